@@ -1,0 +1,424 @@
+"""One model path: resolve a spec, load it, wrap it for hooks.
+
+A *spec* is any of
+
+* ``organism:<variant>`` (or the bare variant name): a project-made checkpoint under
+  ``cache/organisms/<variant>/`` (see :mod:`interp.organisms`);
+* a name registered in ``cache/models.json`` (e.g. ``smollm2-135m-instruct`` after
+  ``python -m interp models fetch-smollm2``);
+* a local directory holding ``config.json`` + safetensors + tokenizer;
+* a ``.gguf`` file (dequantised once into a normal checkpoint under ``cache/models/``);
+* a hub name ``org/name`` (downloaded with ``huggingface_hub`` where there is network).
+
+Every spec resolves to a local transformers checkpoint directory, loaded with
+transformers and wrapped as a TransformerLens ``HookedTransformer`` with **unprocessed**
+weights (no LayerNorm folding, no centring), so hook names are the same for every model
+(``blocks.{l}.hook_resid_pre``, ``blocks.{l}.ln2.hook_normalized``,
+``blocks.{l}.hook_mlp_out``, ``blocks.{l}.attn.hook_z``, ...) and weights can be
+compared and edited in the model's own basis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ModelLoadError, ModelNotFoundError, PairMismatchError
+from .store import DEFAULT_ROOT, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+ORGANISM_VARIANTS = ("base", "reasoner", "sft", "grpo", "instruct")
+DEFAULT_PAIR = ("organism:base", "organism:reasoner")
+
+
+# --------------------------------------------------------------------------- device
+def pick_device(preference: str = "auto") -> torch.device:
+    """``auto`` picks cuda > mps > cpu; any other value is taken as given."""
+    if preference in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(preference)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("CUDA was requested but no CUDA device is available")
+    return dev
+
+
+def pick_dtype(device: torch.device, preference: str | torch.dtype = "auto") -> torch.dtype:
+    """``auto``: bf16 on CUDA, fp32 elsewhere; or ``float32`` / ``bfloat16`` / ``float16``."""
+    if isinstance(preference, torch.dtype):
+        return preference
+    if preference in (None, "", "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        dt = getattr(torch, str(preference).removeprefix("torch."))
+    except AttributeError:
+        dt = None
+    if not isinstance(dt, torch.dtype):
+        raise ModelLoadError(f"unknown dtype {preference!r}")
+    return dt
+
+
+# --------------------------------------------------------------------------- registry
+def cache_root() -> Path:
+    return DEFAULT_ROOT
+
+
+def organisms_dir() -> Path:
+    return cache_root() / "organisms"
+
+
+def registry_path() -> Path:
+    return cache_root() / "models.json"
+
+
+def read_registry() -> dict[str, dict[str, Any]]:
+    p = registry_path()
+    if not p.exists():
+        return {}
+    try:
+        return json.loads(p.read_text())
+    except ValueError:
+        log.warning("ignoring unreadable model registry %s", p)
+        return {}
+
+
+def register_model(name: str, path: str | os.PathLike, **info: Any) -> None:
+    """Register a local checkpoint under a short name (shown in the app's model list)."""
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+        raise ModelLoadError(f"invalid model name {name!r}: use letters, digits, . _ -")
+    reg = read_registry()
+    reg[name] = {"path": str(Path(path).resolve()), **info}
+    write_json_atomic(registry_path(), reg)
+
+
+def available_models() -> list[str]:
+    """Specs the app offers: built organisms first, then registered models."""
+    out = [f"organism:{v}" for v in ORGANISM_VARIANTS
+           if (organisms_dir() / v / "config.json").exists()]
+    out += sorted(read_registry())
+    return out
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    spec: str
+    source: str  # organism | registry | local | gguf | hub
+    path: Path   # a local checkpoint directory (or the .gguf file for source=gguf)
+
+
+def resolve(spec: str) -> ResolvedSpec:
+    """Map a spec to a local checkpoint; raise ModelNotFoundError with the choices."""
+    spec = (spec or "").strip()
+    if not spec:
+        raise ModelNotFoundError("no model given")
+    name = spec.removeprefix("organism:")
+    if spec.startswith("organism:") or name in ORGANISM_VARIANTS:
+        d = organisms_dir() / name
+        if name not in ORGANISM_VARIANTS:
+            raise ModelNotFoundError(
+                f"unknown organism {name!r}; the organisms are {', '.join(ORGANISM_VARIANTS)}")
+        if not (d / "config.json").exists():
+            raise ModelNotFoundError(
+                f"organism {name!r} is not built; run `python -m interp organisms build`")
+        return ResolvedSpec(f"organism:{name}", "organism", d)
+    reg = read_registry()
+    if spec in reg:
+        p = Path(reg[spec]["path"])
+        if not p.exists():
+            raise ModelNotFoundError(f"registered model {spec!r} points to a missing folder")
+        return ResolvedSpec(spec, "registry", p)
+    p = Path(spec).expanduser()
+    if p.suffix.lower() == ".gguf":
+        if not p.is_file():
+            raise ModelNotFoundError(f"GGUF file not found: {spec}")
+        return ResolvedSpec(spec, "gguf", p)
+    if p.exists():
+        if p.is_dir() and (p / "config.json").exists():
+            return ResolvedSpec(spec, "local", p)
+        if p.is_dir():
+            raise ModelNotFoundError(f"{spec} is a folder without a config.json checkpoint")
+        raise ModelNotFoundError(f"{spec} is neither a checkpoint folder nor a .gguf file")
+    if re.fullmatch(r"[\w.\-]+/[\w.\-]+", spec) and not spec.startswith((".", "/")):
+        return ResolvedSpec(spec, "hub", Path(spec))
+    known = ", ".join(available_models()) or "none built yet"
+    raise ModelNotFoundError(
+        f"unknown model {spec!r}: not an organism, registered name, folder, .gguf file "
+        f"or hub name (org/name). Available: {known}")
+
+
+def _download_hub(name: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(
+            name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+    except Exception as e:  # network, auth, missing repo: all mean "cannot get it"
+        raise ModelNotFoundError(
+            f"could not download {name!r} from the hub ({type(e).__name__}: {e}). "
+            "Without network, use a local folder or a .gguf file.") from e
+
+
+def convert_gguf(gguf: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
+    """Dequantise a GGUF file once into a normal safetensors checkpoint; return its folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = Path(gguf)
+    out = Path(out_dir) if out_dir else cache_root() / "models" / gguf.stem.lower()
+    if (out / "config.json").exists():
+        return out
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        hf = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as e:
+        raise ModelLoadError(f"could not read GGUF file {gguf.name}: {e}") from e
+    if getattr(hf.config, "quantization_config", None) is not None:
+        del hf.config.quantization_config
+    hf.hf_quantizer = None
+    hf.config.architectures = [type(hf).__name__]
+    tmp = out.with_name(out.name + ".tmp-convert")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    hf.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)
+    os.rename(tmp, out)
+    return out
+
+
+def local_checkpoint(spec: str) -> tuple[ResolvedSpec, Path]:
+    """Resolve a spec and return the local checkpoint folder (downloading/converting)."""
+    r = resolve(spec)
+    if r.source == "hub":
+        return r, _download_hub(r.spec)
+    if r.source == "gguf":
+        return r, convert_gguf(r.path)
+    return r, r.path
+
+
+# --------------------------------------------------------------------------- loading
+def load_tokenizer(path: str | os.PathLike):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:
+        raise ModelLoadError(f"could not load the tokenizer in {path}: {e}") from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_hf(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
+            device: torch.device | str = "cpu"):
+    """A transformers causal LM from a local checkpoint folder."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    except Exception as e:
+        raise ModelLoadError(f"could not load the model in {path}: {e}") from e
+    return hf.to(device).eval()
+
+
+def hooked_from_hf(hf, tokenizer, path: str | os.PathLike,
+                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                   n_ctx: int | None = None):
+    """Wrap a transformers model as a HookedTransformer with unprocessed weights."""
+    from transformer_lens import HookedTransformer
+    from transformer_lens.loading_from_pretrained import (
+        get_pretrained_model_config,
+        get_pretrained_state_dict,
+    )
+
+    with _quiet():
+        try:
+            cfg = get_pretrained_model_config(
+                str(Path(path).resolve()), fold_ln=False, device=str(device), dtype=dtype,
+                n_ctx=n_ctx)
+            sd = get_pretrained_state_dict(str(Path(path).resolve()), cfg, hf_model=hf,
+                                           dtype=dtype)
+            model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False,
+                                      default_padding_side="left")
+            model.load_and_process_state_dict(
+                sd, fold_ln=False, center_writing_weights=False, center_unembed=False,
+                fold_value_biases=False, refactor_factored_attn_matrices=False)
+        except Exception as e:
+            raise ModelLoadError(
+                f"TransformerLens cannot wrap this model ({type(hf).__name__}): {e}") from e
+    model.to(device)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence TransformerLens' prints and warnings during wrapping."""
+    import warnings
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        prev = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            logging.getLogger().setLevel(prev)
+
+
+def files_hash(path: str | os.PathLike) -> str:
+    """SHA-256 over the checkpoint's weight files (names + bytes), in sorted order."""
+    h = hashlib.sha256()
+    p = Path(path)
+    files = sorted(p.glob("*.safetensors")) or sorted(p.glob("*.bin"))
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for interpretability work.
+
+    ``hooked`` is the HookedTransformer (unprocessed weights); ``hf`` the transformers
+    model it was built from, kept only when ``keep_hf=True``.
+    """
+
+    spec: str
+    source: str
+    path: Path
+    tokenizer: Any
+    hooked: Any
+    device: torch.device
+    dtype: torch.dtype
+    hf: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def weight_hash(self) -> str:
+        return files_hash(self.path)
+
+    @property
+    def cfg(self):
+        return self.hooked.cfg
+
+    @property
+    def n_layers(self) -> int:
+        return self.hooked.cfg.n_layers
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance record: id, source, weight hash, architecture, device, dtype."""
+        c = self.hooked.cfg
+        return {
+            "id": self.spec, "source": self.source, "weight_hash": self.weight_hash,
+            "architecture": c.original_architecture, "n_layers": c.n_layers,
+            "d_model": c.d_model, "n_heads": c.n_heads, "d_mlp": c.d_mlp,
+            "d_vocab": c.d_vocab, "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.hooked.parameters())
+
+
+def load_model(spec: str, device: str | torch.device = "auto",
+               dtype: str | torch.dtype = "auto", keep_hf: bool = False,
+               n_ctx: int | None = None) -> LoadedModel:
+    """Resolve, load and wrap one model. Raises ModelNotFoundError / ModelLoadError."""
+    r, path = local_checkpoint(spec)
+    dev = pick_device(device) if not isinstance(device, torch.device) else device
+    dt = pick_dtype(dev, dtype)
+    tok = load_tokenizer(path)
+    hf = load_hf(path, dtype=dt, device=dev)
+    if n_ctx is None:
+        n_ctx = min(int(getattr(hf.config, "max_position_embeddings", 2048) or 2048), 8192)
+    hooked = hooked_from_hf(hf, tok, path, device=dev, dtype=dt, n_ctx=n_ctx)
+    if not keep_hf:
+        hf = None
+    return LoadedModel(spec=r.spec, source=r.source, path=Path(path), tokenizer=tok,
+                       hooked=hooked, device=dev, dtype=dt, hf=hf)
+
+
+# --------------------------------------------------------------------------- pairs
+def _config_summary(path: Path) -> dict[str, Any]:
+    cfg = json.loads((path / "config.json").read_text())
+    if "text_config" in cfg and isinstance(cfg["text_config"], dict):
+        cfg = {**cfg, **cfg["text_config"]}
+    keys = ("architectures", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "intermediate_size", "vocab_size", "hidden_act",
+            "tie_word_embeddings", "head_dim")
+    return {k: cfg.get(k) for k in keys}
+
+
+def pair_differences(path_a: Path, path_b: Path, tok_a=None, tok_b=None) -> list[str]:
+    """Everything that makes two checkpoints incomparable (empty list: comparable)."""
+    diffs: list[str] = []
+    ca, cb = _config_summary(path_a), _config_summary(path_b)
+    for k in ca:
+        if ca[k] != cb[k]:
+            diffs.append(f"config {k}: {ca[k]!r} vs {cb[k]!r}")
+    tok_a = tok_a or load_tokenizer(path_a)
+    tok_b = tok_b or load_tokenizer(path_b)
+    va, vb = tok_a.get_vocab(), tok_b.get_vocab()
+    if va != vb:
+        only_a = sorted(set(va) - set(vb))[:5]
+        only_b = sorted(set(vb) - set(va))[:5]
+        moved = sum(1 for t in set(va) & set(vb) if va[t] != vb[t])
+        diffs.append(
+            f"tokenizer vocabularies differ: {len(va)} vs {len(vb)} tokens; only in first: "
+            f"{only_a}; only in second: {only_b}; {moved} shared tokens with other ids")
+    for attr in ("bos_token", "eos_token"):
+        if getattr(tok_a, attr, None) != getattr(tok_b, attr, None):
+            diffs.append(f"tokenizer {attr}: {getattr(tok_a, attr, None)!r} vs "
+                         f"{getattr(tok_b, attr, None)!r}")
+    return diffs
+
+
+def validate_pair(spec_a: str, spec_b: str) -> tuple[Path, Path]:
+    """Resolve two specs and raise PairMismatchError listing what differs, if anything."""
+    _, pa = local_checkpoint(spec_a)
+    _, pb = local_checkpoint(spec_b)
+    diffs = pair_differences(pa, pb)
+    if diffs:
+        raise PairMismatchError(f"{spec_a} and {spec_b} are not a comparable pair:", diffs)
+    return pa, pb
+
+
+@dataclass
+class ModelPair:
+    base: LoadedModel
+    fine: LoadedModel
+
+    def describe(self) -> dict[str, Any]:
+        return {"base": self.base.describe(), "fine": self.fine.describe()}
+
+
+def load_pair(base: str = DEFAULT_PAIR[0], fine: str = DEFAULT_PAIR[1],
+              device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+              keep_hf: bool = False) -> ModelPair:
+    """Load a base model and its fine-tune after checking that they are comparable."""
+    validate_pair(base, fine)
+    return ModelPair(load_model(base, device, dtype, keep_hf),
+                     load_model(fine, device, dtype, keep_hf))
