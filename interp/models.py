@@ -34,8 +34,9 @@ from typing import Any
 
 import torch
 
+from . import store as _store
 from .errors import ModelLoadError, ModelNotFoundError, PairMismatchError
-from .store import DEFAULT_ROOT, write_json_atomic
+from .store import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ def pick_dtype(device: torch.device, preference: str | torch.dtype = "auto") -> 
 
 # --------------------------------------------------------------------------- registry
 def cache_root() -> Path:
-    return DEFAULT_ROOT
+    """The artifact store root, read at call time so tests and the CLI can redirect it."""
+    return _store.DEFAULT_ROOT
 
 
 def organisms_dir() -> Path:
@@ -248,13 +250,11 @@ def hooked_from_hf(hf, tokenizer, path: str | os.PathLike,
         get_pretrained_state_dict,
     )
 
-    with _quiet():
+    with _quiet(), _neutral_path(path) as tl_path:
         try:
             cfg = get_pretrained_model_config(
-                str(Path(path).resolve()), fold_ln=False, device=str(device), dtype=dtype,
-                n_ctx=n_ctx)
-            sd = get_pretrained_state_dict(str(Path(path).resolve()), cfg, hf_model=hf,
-                                           dtype=dtype)
+                tl_path, fold_ln=False, device=str(device), dtype=dtype, n_ctx=n_ctx)
+            sd = get_pretrained_state_dict(tl_path, cfg, hf_model=hf, dtype=dtype)
             model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False,
                                       default_padding_side="left")
             model.load_and_process_state_dict(
@@ -263,11 +263,41 @@ def hooked_from_hf(hf, tokenizer, path: str | os.PathLike,
         except Exception as e:
             raise ModelLoadError(
                 f"TransformerLens cannot wrap this model ({type(hf).__name__}): {e}") from e
-    model.to(device)
+        model.to(device)  # TransformerLens prints "Moving model to device" to stdout
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+# TransformerLens picks some architectures from substrings of the *name* it is given
+# (a local folder path counts), skipping the folder's config.json: any path containing
+# "llama" or "gemma" then fails (or gets a hard-coded config).
+_TL_NAME_TRIGGERS = ("llama", "gemma", "wav2vec2", "santacoder")
+
+
+@contextlib.contextmanager
+def _neutral_path(path: str | os.PathLike):
+    """Yield ``path`` (absolute) or, if TransformerLens would sniff its name, a symlink to
+    it under a neutral temporary name."""
+    import shutil
+    import tempfile
+
+    real = str(Path(path).resolve())
+    if not any(t in real.lower() for t in _TL_NAME_TRIGGERS):
+        yield real
+        return
+    tmp = tempfile.mkdtemp(prefix="interp-ckpt-")
+    try:
+        link = os.path.join(tmp, "checkpoint")
+        os.symlink(real, link)
+        if any(t in link.lower() for t in _TL_NAME_TRIGGERS):
+            raise ModelLoadError(
+                f"cannot wrap {path}: its path and the temp folder name contain one of "
+                f"{_TL_NAME_TRIGGERS}, which TransformerLens mistakes for a model name")
+        yield link
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,161 @@
+"""Shared pytest fixtures: tiny real checkpoints, seeded RNGs, a private cache root.
+
+No test downloads anything. Models are built from a small config with random weights,
+saved with ``save_pretrained`` into a session temp dir, and then loaded through the
+project's normal loader (``interp.models.load_model(str(dir))``), exactly like a user's
+local checkpoint. Treat the session-scoped folders as **read-only**: copy them
+(``shutil.copytree``) before editing files in them.
+
+Fixtures
+--------
+``tiny_tokenizer`` (session)
+    A ``PreTrainedTokenizerFast`` over a word-level vocabulary (``TINY_VOCAB``: special
+    tokens, digits 0-9, ``+ - = <think> </think> wait`` and a few words), split on
+    whitespace. ``bos_token="<bos>"``, ``eos_token="<eos>"``, ``pad_token="<pad>"``,
+    ``unk_token="<unk>"``; no automatic BOS. A chat template renders
+    ``<|user|> {content} <eos> `` per message and ``<|assistant|>`` as the generation
+    prompt, so ``apply_chat_template`` works.
+``tiny_qwen_dir`` (session) -> Path
+    ``Qwen2ForCausalLM``: 2 layers, d_model 32, 4 heads (2 KV heads), d_mlp 64,
+    128 positions, vocab = the tiny tokenizer, seed 0. Folder has config.json,
+    model.safetensors and the tokenizer files.
+``tiny_llama_dir`` (session) -> Path
+    ``LlamaForCausalLM`` with the same sizes and tokenizer, seed 1.
+``tiny_pair_dirs`` (session) -> tuple[Path, Path]
+    ``(base_dir, fine_dir)``: two Qwen2 checkpoints with the identical config and
+    tokenizer but different weights (fine = base + small noise), i.e. a valid pair.
+``tmp_cache`` (function) -> Path
+    An empty temp folder that becomes the artifact-store / model-registry root for the
+    test: ``interp.store.DEFAULT_ROOT`` is monkeypatched and ``INTERP_CACHE`` is set (for
+    subprocesses). Use it in any test that saves artifacts or registers models, so the
+    project's ``cache/`` is never touched. The committed organisms are *not* visible
+    under it; symlink ``PROJECT_ROOT/cache/organisms`` in yourself if a test needs them.
+``_seed_everything`` (autouse)
+    Seeds ``random``, ``numpy`` and ``torch`` with 0 before every test.
+
+Helpers (importable as ``from tests.conftest import ...``): ``TINY_VOCAB``,
+``make_tiny_tokenizer()``, ``make_tiny_checkpoint(out_dir, arch, seed, **overrides)``.
+
+Markers (pyproject.toml): ``slow`` (deselected by default; ``pytest -m slow`` runs
+them) and ``browser`` (needs Chromium).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>", "<|user|>", "<|assistant|>"]
+TINY_VOCAB: list[str] = SPECIALS + [str(d) for d in range(10)] + [
+    "+", "-", "=", "<think>", "</think>", "wait", "answer", "is", "the", "so",
+    "carry", "check", "hello", "world", "a", "b", "c", "yes", "no", "ok",
+]
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <eos> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+TINY_SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128)
+
+
+def make_tiny_tokenizer(vocab: list[str] | None = None):
+    """A word-level fast tokenizer over ``vocab`` (default ``TINY_VOCAB``)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = list(vocab or TINY_VOCAB)
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+        unk_token="<unk>", additional_special_tokens=["<|user|>", "<|assistant|>"])
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def make_tiny_checkpoint(out_dir: str | os.PathLike, arch: str = "qwen2", seed: int = 0,
+                         tokenizer=None, **overrides) -> Path:
+    """Build a random ``qwen2`` or ``llama`` causal LM and ``save_pretrained`` it.
+
+    ``overrides`` replace entries of the config (e.g. ``hidden_size=48``).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    tok = tokenizer if tokenizer is not None else make_tiny_tokenizer()
+    cls_cfg, cls_model = {"qwen2": (Qwen2Config, Qwen2ForCausalLM),
+                          "llama": (LlamaConfig, LlamaForCausalLM)}[arch]
+    kw = dict(TINY_SIZES, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+              tie_word_embeddings=False, rms_norm_eps=1e-6)
+    kw.update(overrides)
+    cfg = cls_cfg(**kw)
+    torch.manual_seed(seed)
+    model = cls_model(cfg).eval()
+    # Random RMSNorm gains so a wrapper that drops or folds them is caught.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return make_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_qwen") / "ckpt", "qwen2", 0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_llama") / "ckpt", "llama", 1)
+
+
+@pytest.fixture(scope="session")
+def tiny_pair_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("tiny_pair")
+    base = make_tiny_checkpoint(root / "base", "qwen2", seed=10)
+    fine = root / "fine"
+    shutil.copytree(base, fine)
+    model = AutoModelForCausalLM.from_pretrained(str(fine), dtype=torch.float32)
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    model.save_pretrained(fine)
+    return base, fine
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch) -> Path:
+    import interp.store
+
+    root = tmp_path / "cache"
+    root.mkdir()
+    monkeypatch.setattr(interp.store, "DEFAULT_ROOT", root)
+    monkeypatch.setenv("INTERP_CACHE", str(root))
+    return root
