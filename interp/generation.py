@@ -1,0 +1,251 @@
+"""Batched generation on a HookedTransformer, with a KV cache and hooks.
+
+Prompts of different lengths are left-padded and masked; TransformerLens offsets the
+rotary positions by the mask, so a padded row generates exactly what it would alone
+(tested). Hooks given in ``fwd_hooks`` are active for the prompt pass and for every
+decoding step, and are always removed afterwards, also when an exception is raised.
+
+``fwd_hooks`` is either a list of ``(hook_name, fn)`` pairs, or a callable
+``factory(state) -> list`` called once per batch chunk; ``state`` is a
+:class:`GenState` whose ``rows`` are the indices of the chunk's prompts in the full
+prompt list and whose ``tokens`` / ``positions`` hold what the model is processing in the
+current forward pass (the whole prompt first, then one new token per step). Hooks can
+read them at call time to steer per row (an α sweep as one batch) or only at chosen
+tokens (separator-conditional steering).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .errors import PromptError
+
+Hook = tuple[str, Callable[..., Any]]
+ProgressFn = Callable[..., None]
+
+
+@dataclass
+class Generation:
+    """One prompt's result. ``output_ids`` excludes the prompt and padding; it ends with
+    the EOS/stop token when generation stopped on one (``finished``)."""
+
+    prompt_ids: list[int]
+    output_ids: list[int]
+    text: str
+    finished: bool
+    row: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenState:
+    """What hooks may read while a chunk is generated (updated before each forward)."""
+
+    rows: torch.Tensor                  # [b] indices into the full prompt list
+    tokens: torch.Tensor | None = None  # [b, pos] tokens of the current forward pass
+    positions: torch.Tensor | None = None  # [b, pos] absolute positions (pad-aware)
+    step: int = -1                      # -1 for the prompt pass, then 0, 1, ...
+    history: torch.Tensor | None = None  # [b, pos_so_far] all tokens so far (incl. pads)
+
+
+def _hooked(model):
+    return getattr(model, "hooked", model)
+
+
+def _tokenizer(model):
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        tok = getattr(_hooked(model), "tokenizer", None)
+    return tok
+
+
+def encode_prompts(model, prompts: Sequence[str] | Sequence[Sequence[int]],
+                   max_prompt_tokens: int | None = None) -> list[list[int]]:
+    """Token ids for each prompt (strings via the model's tokenizer, specials added)."""
+    if len(prompts) == 0:
+        raise PromptError("no prompts given")
+    out: list[list[int]] = []
+    tok = _tokenizer(model)
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            if not p.strip():
+                raise PromptError(f"prompt {i} is empty")
+            ids = tok(p, add_special_tokens=True)["input_ids"]
+        else:
+            ids = [int(t) for t in p]
+        if not ids:
+            raise PromptError(f"prompt {i} has no tokens")
+        if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+            raise PromptError(
+                f"prompt {i} has {len(ids)} tokens; the limit is {max_prompt_tokens}")
+        out.append(ids)
+    return out
+
+
+def left_pad(batch: Sequence[Sequence[int]], pad_id: int,
+             device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(tokens, attention_mask)``, both [b, max_len], padded on the left."""
+    n = max(len(x) for x in batch)
+    toks = torch.full((len(batch), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), n), dtype=torch.long)
+    for i, ids in enumerate(batch):
+        toks[i, n - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        mask[i, n - len(ids):] = 1
+    return toks.to(device), mask.to(device)
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """Greedy when ``temperature == 0``; else temperature + nucleus (top-p) sampling."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sp, si = probs.sort(dim=-1, descending=True)
+        keep = sp.cumsum(-1) - sp < top_p  # always keeps the top token
+        sp = sp * keep
+        probs = torch.zeros_like(probs).scatter(-1, si, sp)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompts: Sequence[str] | Sequence[Sequence[int]],
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 64,
+    fwd_hooks: Sequence[Hook] | Callable[[GenState], Sequence[Hook]] = (),
+    stop_at_eos: bool = True,
+    stop_token_ids: Sequence[int] | None = None,
+    max_prompt_tokens: int | None = None,
+    use_kv_cache: bool = True,
+    progress: ProgressFn | None = None,
+) -> list[Generation]:
+    """Generate continuations for many prompts in batches (see the module docstring).
+
+    Sampling is seeded per chunk from ``seed``, so a run is reproducible for a given
+    batch size. ``progress(done_prompts, total_prompts)`` is called after each chunk.
+    """
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    hooked = _hooked(model)
+    tok = _tokenizer(model)
+    ids = encode_prompts(model, prompts, max_prompt_tokens)
+    device = next(hooked.parameters()).device
+    pad_id = tok.pad_token_id if tok is not None and tok.pad_token_id is not None else 0
+    stops = set(stop_token_ids or [])
+    if stop_at_eos and tok is not None and tok.eos_token_id is not None:
+        stops.add(int(tok.eos_token_id))
+    stop_t = torch.tensor(sorted(stops), device=device, dtype=torch.long)
+    results: list[Generation] = []
+    total = len(ids)
+    for start in range(0, total, batch_size):
+        chunk = ids[start:start + batch_size]
+        b = len(chunk)
+        rows = torch.arange(start, start + b, device=device)
+        toks, mask = left_pad(chunk, pad_id, device)
+        state = GenState(rows=rows)
+        hooks = list(fwd_hooks(state) if callable(fwd_hooks) else fwd_hooks)
+        gen = torch.Generator(device=device).manual_seed(seed * 100003 + start)
+        out = torch.full((b, max_new_tokens), pad_id, dtype=torch.long, device=device)
+        done = torch.zeros(b, dtype=torch.bool, device=device)
+        n_out = torch.zeros(b, dtype=torch.long, device=device)
+        pos0 = (mask.cumsum(-1) - 1).clamp(min=0)
+        with hooked.hooks(fwd_hooks=hooks):
+            cache = (TransformerLensKeyValueCache.init_cache(hooked.cfg, device, b)
+                     if use_kv_cache else None)
+            state.tokens, state.positions, state.step, state.history = toks, pos0, -1, toks
+            logits = hooked(toks, attention_mask=mask, past_kv_cache=cache)
+            seq, seq_mask = toks, mask
+            next_pos = mask.sum(-1)
+            for step in range(max_new_tokens):
+                nxt = sample_next(logits[:, -1, :], temperature, top_p, gen)
+                nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+                out[:, step] = nxt
+                n_out += (~done).long()
+                if len(stop_t):
+                    done = done | torch.isin(nxt, stop_t)
+                if bool(done.all()) or step == max_new_tokens - 1:
+                    break
+                seq = torch.cat([seq, nxt[:, None]], dim=1)
+                seq_mask = torch.cat([seq_mask, torch.ones_like(nxt)[:, None]], dim=1)
+                state.step, state.history = step, seq
+                if use_kv_cache:
+                    state.tokens, state.positions = nxt[:, None], next_pos[:, None]
+                    logits = hooked(nxt[:, None], attention_mask=torch.ones_like(nxt)[:, None],
+                                    past_kv_cache=cache)
+                else:
+                    state.tokens = seq
+                    state.positions = (seq_mask.cumsum(-1) - 1).clamp(min=0)
+                    logits = hooked(seq, attention_mask=seq_mask)
+                next_pos = next_pos + 1
+        for i in range(b):
+            o = out[i, : int(n_out[i])].tolist()
+            fin = bool(o) and o[-1] in stops
+            body = o[:-1] if fin else o
+            text = tok.decode(body, skip_special_tokens=False) if tok is not None else ""
+            results.append(Generation(prompt_ids=list(chunk[i]), output_ids=o, text=text,
+                                      finished=fin, row=start + i))
+        if progress is not None:
+            progress(min(start + b, total), total)
+    return results
+
+
+# ------------------------------------------------------------------ think spans
+@dataclass
+class ThinkSpan:
+    """Where the thinking is in a continuation. Counts are in tokens of ``output_ids``.
+
+    ``opened``: a think-open marker was seen (or the prompt already ended inside one);
+    ``closed``: the close marker was generated; ``n_think_tokens``: tokens strictly
+    between the markers (to the end of the output when never closed).
+    """
+
+    opened: bool
+    closed: bool
+    start: int
+    end: int
+    n_think_tokens: int
+
+
+def think_span_ids(output_ids: Sequence[int], open_id: int | None, close_id: int,
+                   starts_open: bool = False) -> ThinkSpan:
+    """Locate the think span in token ids (``starts_open`` when the prompt ends with
+    the open marker, as in the organisms' think format)."""
+    ids = list(output_ids)
+    if starts_open:
+        start = 0
+    elif open_id is not None and open_id in ids:
+        start = ids.index(open_id) + 1
+    else:
+        return ThinkSpan(False, False, 0, 0, 0)
+    try:
+        end = ids.index(close_id, start)
+        closed = True
+    except ValueError:
+        end, closed = len(ids), False
+    return ThinkSpan(True, closed, start, end, end - start)
+
+
+def parse_think_text(text: str, open_marker: str = "<think>", close_marker: str = "</think>",
+                     starts_open: bool = False) -> dict[str, Any]:
+    """Split a decoded continuation into thinking and answer text (marker-agnostic)."""
+    if starts_open:
+        head, rest = "", text
+    else:
+        m = re.search(re.escape(open_marker), text)
+        if not m:
+            return {"opened": False, "closed": False, "thinking": "", "answer": text}
+        head, rest = text[: m.start()], text[m.end():]
+    m2 = re.search(re.escape(close_marker), rest)
+    if not m2:
+        return {"opened": True, "closed": False, "thinking": rest, "answer": ""}
+    return {"opened": True, "closed": True, "thinking": rest[: m2.start()],
+            "answer": rest[m2.end():], "before": head}

@@ -1,0 +1,102 @@
+"""Batched generation with left padding and KV cache; steering hooks and their removal."""
+
+import pytest
+import torch
+
+from interp.generation import generate, parse_think_text, think_span_ids
+from interp.models import load_hf, load_model
+from interp.steering import add_vector, at_tokens, n_active_hooks, project_out, steered
+
+from ._tiny import save_tiny_qwen
+
+PROMPTS = ["<bos> 1 2 + 3 =", "<bos> 4 5 6 7 8 + 9 9 =", "<bos> 7"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = save_tiny_qwen(tmp_path_factory.mktemp("gen") / "m", seed=1)
+    return load_model(str(d), device="cpu"), d
+
+
+def test_batched_equals_single_and_hf(tiny):
+    lm, d = tiny
+    batched = generate(lm, PROMPTS, max_new_tokens=10, stop_at_eos=False)
+    hf = load_hf(d)
+    for g, p in zip(batched, PROMPTS):
+        single = generate(lm, [p], max_new_tokens=10, stop_at_eos=False)[0]
+        nocache = generate(lm, [p], max_new_tokens=10, stop_at_eos=False, use_kv_cache=False)[0]
+        ids = lm.tokenizer(p, return_tensors="pt")["input_ids"]
+        ref = hf.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=0,
+                          eos_token_id=None)[0, ids.shape[1]:].tolist()
+        assert g.output_ids == single.output_ids == nocache.output_ids == ref
+
+
+def test_sampling_is_seeded(tiny):
+    lm, _ = tiny
+    a = generate(lm, PROMPTS, max_new_tokens=8, temperature=1.0, seed=3)
+    b = generate(lm, PROMPTS, max_new_tokens=8, temperature=1.0, seed=3)
+    assert [g.output_ids for g in a] == [g.output_ids for g in b]
+
+
+def test_alpha_zero_and_per_row_alpha(tiny):
+    lm, _ = tiny
+    toks = lm.tokenizer(PROMPTS[1], return_tensors="pt")["input_ids"]
+    v = torch.randn(lm.cfg.d_model)
+    base = lm.hooked(toks)
+    with steered(lm, [add_vector("blocks.0.hook_resid_post", v, 0.0)]):
+        assert torch.equal(lm.hooked(toks), base)
+    # one batch, one alpha per row == separate runs
+    alphas = torch.tensor([0.0, 2.0, -2.0])
+    rows = [PROMPTS[1]] * 3
+    batch = generate(lm, rows, max_new_tokens=6, stop_at_eos=False,
+                     fwd_hooks=lambda st: [add_vector("blocks.1.hook_resid_post", v * 3,
+                                                      alphas, state=st)])
+    for i, a in enumerate(alphas.tolist()):
+        one = generate(lm, [rows[i]], max_new_tokens=6, stop_at_eos=False,
+                       fwd_hooks=[add_vector("blocks.1.hook_resid_post", v * 3, a)])[0]
+        assert one.output_ids == batch[i].output_ids
+    assert n_active_hooks(lm) == 0
+
+
+def test_hooks_removed_after_exception(tiny):
+    lm, _ = tiny
+
+    def boom(act, hook):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        generate(lm, PROMPTS, max_new_tokens=3, fwd_hooks=[("blocks.0.hook_resid_post", boom)])
+    assert n_active_hooks(lm) == 0
+    with pytest.raises(RuntimeError), steered(lm, [("blocks.0.hook_resid_post", boom)]):
+        lm.hooked(torch.tensor([[1, 2, 3]]))
+    assert n_active_hooks(lm) == 0
+
+
+def test_project_out_and_token_conditional(tiny):
+    lm, _ = tiny
+    seen = {}
+    d = torch.randn(lm.cfg.d_model)
+
+    def grab(act, hook):
+        seen["a"] = act.clone()
+
+    with steered(lm, [project_out("blocks.0.hook_resid_post", d),
+                      ("blocks.0.hook_resid_post", grab)]):
+        lm.hooked(torch.tensor([[1, 4, 5, 6]]))
+    assert (seen["a"] @ (d / d.norm())).abs().max() < 1e-5
+    # steering only at ';' tokens changes nothing when no ';' is fed
+    semi = lm.tokenizer.convert_tokens_to_ids(";")
+    plain = generate(lm, [PROMPTS[0]], max_new_tokens=5, stop_at_eos=False)[0]
+    cond = generate(lm, [PROMPTS[0]], max_new_tokens=5, stop_at_eos=False, fwd_hooks=lambda st: [
+        add_vector("blocks.0.hook_resid_post", d * 100, 1.0, state=st, where=at_tokens([semi]))])[0]
+    if semi not in plain.output_ids[:-1]:
+        assert cond.output_ids == plain.output_ids
+
+
+def test_think_parsing():
+    s = think_span_ids([5, 6, 20, 7], open_id=19, close_id=20, starts_open=True)
+    assert (s.opened, s.closed, s.n_think_tokens) == (True, True, 2)
+    s = think_span_ids([19, 5, 6, 7], open_id=19, close_id=20)
+    assert (s.opened, s.closed, s.n_think_tokens) == (True, False, 3)
+    p = parse_think_text("hi <think> a b </think> 42")
+    assert p["thinking"].strip() == "a b" and p["answer"].strip() == "42"
