@@ -104,7 +104,12 @@ def register_model(name: str, path: str | os.PathLike, **info: Any) -> None:
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
         raise ModelLoadError(f"invalid model name {name!r}: use letters, digits, . _ -")
     reg = read_registry()
-    reg[name] = {"path": str(Path(path).resolve()), **info}
+    full = Path(path).resolve()
+    try:  # inside the cache: store it relative, so the project folder can move
+        stored = str(full.relative_to(cache_root().resolve()))
+    except ValueError:
+        stored = str(full)
+    reg[name] = {"path": stored, **info}
     write_json_atomic(registry_path(), reg)
 
 
@@ -141,6 +146,8 @@ def resolve(spec: str) -> ResolvedSpec:
     reg = read_registry()
     if spec in reg:
         p = Path(reg[spec]["path"])
+        if not p.is_absolute():
+            p = cache_root() / p
         if not p.exists():
             raise ModelNotFoundError(f"registered model {spec!r} points to a missing folder")
         return ResolvedSpec(spec, "registry", p)
