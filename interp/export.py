@@ -1,0 +1,155 @@
+"""Export figures (PNG, SVG, HTML) and their data (CSV, JSON) as bytes.
+
+* PNG and SVG go through kaleido, which drives a headless Chromium. The first static
+  export in a process starts a persistent kaleido server (``kaleido.start_sync_server``,
+  about 2 s); every later export reuses the browser and takes a fraction of a second.
+  Exports are serialised by a lock (the kaleido server answers one call at a time).
+  Without a Chromium binary :class:`~interp.errors.ChromiumMissingError` is raised,
+  with install instructions, before anything is started.
+* HTML is written by plotly with plotly.js inline, so the file works offline.
+* Tables: a DataFrame, a list of records, or a dict (of lists or of scalars) -> CSV or
+  JSON (records orientation; NaN becomes null).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import math
+import threading
+import warnings
+from typing import Any
+
+import pandas as pd
+
+from .errors import ChromiumMissingError, ExportError
+
+FIGURE_FORMATS = ("png", "svg", "html")
+TABLE_FORMATS = ("csv", "json")
+MIME = {"png": "image/png", "svg": "image/svg+xml", "html": "text/html",
+        "csv": "text/csv", "json": "application/json"}
+PNG_SCALE = 2  # PNGs at twice the layout size: crisp in papers and slides
+DEFAULT_SIZE = (900, 550)  # used when a figure has no width / height of its own
+
+CHROMIUM_HELP = (
+    "Static image export (PNG, SVG) needs a Chromium browser, and none was found. "
+    "Install one, e.g. `sudo apt-get install -y chromium` (Debian/Ubuntu), "
+    "`brew install --cask chromium` (macOS), or `plotly_get_chrome` (downloads a copy "
+    "for kaleido); or point the BROWSER_PATH environment variable at a Chrome/Chromium "
+    "binary. HTML export and the data downloads work without it.")
+
+_lock = threading.Lock()
+_server_started = False
+
+
+@functools.lru_cache(maxsize=1)
+def chromium_path() -> str | None:
+    """The Chromium/Chrome binary kaleido will use, or None when there is none."""
+    try:
+        from choreographer.browsers.chromium import Chromium
+
+        return Chromium.find_browser(skip_local=False)
+    except Exception:  # an unusual platform: let kaleido try and fail clearly
+        return None
+
+
+def static_export_available() -> bool:
+    return chromium_path() is not None
+
+
+def _ensure_server() -> None:
+    global _server_started
+    if _server_started:
+        return
+    import kaleido
+
+    kaleido.start_sync_server(silence_warnings=True)
+    _server_started = True
+
+
+def figure_bytes(fig: Any, fmt: str, width: int | None = None,
+                 height: int | None = None) -> bytes:
+    """The figure as ``png``, ``svg`` or ``html`` bytes."""
+    fmt = fmt.lower()
+    if fmt not in FIGURE_FORMATS:
+        raise ExportError(f"unknown figure format {fmt!r}; use one of {FIGURE_FORMATS}")
+    import plotly.io as pio
+
+    if fmt == "html":
+        return pio.to_html(fig, include_plotlyjs=True, full_html=True,
+                           config={"displaylogo": False}).encode()
+    if not static_export_available():
+        raise ChromiumMissingError(CHROMIUM_HELP)
+    layout = fig.layout
+    w = width or layout.width or DEFAULT_SIZE[0]
+    h = height or layout.height or DEFAULT_SIZE[1]
+    try:
+        with _lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "kopts is ignored if using a server"
+            _ensure_server()
+            return pio.to_image(fig, format=fmt, width=w, height=h,
+                                scale=PNG_SCALE if fmt == "png" else 1)
+    except Exception as e:  # kaleido/browser failures: a typed, readable error
+        raise ExportError(f"could not export the figure as {fmt.upper()}: {e}") from e
+
+
+def stop_server() -> None:
+    """Close the persistent kaleido browser (it also closes at interpreter exit)."""
+    global _server_started
+    if _server_started:
+        import kaleido
+
+        with _lock:
+            kaleido.stop_sync_server(silence_warnings=True)
+            _server_started = False
+
+
+def _frame(data: Any) -> pd.DataFrame:
+    if isinstance(data, pd.DataFrame):
+        return data
+    if isinstance(data, pd.Series):
+        return data.to_frame()
+    if isinstance(data, dict):
+        if data and all(not isinstance(v, (list, tuple, dict, pd.Series)) for v in data.values()):
+            return pd.DataFrame({"key": list(data), "value": list(data.values())})
+        return pd.DataFrame(data)
+    if isinstance(data, (list, tuple)):
+        return pd.DataFrame(list(data))
+    raise ExportError(f"cannot export {type(data).__name__} as a table")
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return _clean(obj.tolist())
+    if obj is pd.NA or obj is pd.NaT:
+        return None
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def table_bytes(data: Any, fmt: str) -> bytes:
+    """A table (DataFrame, list of records, dict) as ``csv`` or ``json`` bytes.
+
+    JSON is a list of records for tables; a plain dict of scalars is written as is.
+    """
+    fmt = fmt.lower()
+    if fmt not in TABLE_FORMATS:
+        raise ExportError(f"unknown table format {fmt!r}; use one of {TABLE_FORMATS}")
+    if fmt == "json" and isinstance(data, dict) and not any(
+            isinstance(v, (list, tuple, pd.Series)) for v in data.values()):
+        return json.dumps(_clean(data), indent=1).encode()
+    df = _frame(data)
+    if fmt == "csv":
+        buf = io.StringIO()
+        df.to_csv(buf, index=not isinstance(df.index, pd.RangeIndex))
+        return buf.getvalue().encode()
+    if not isinstance(df.index, pd.RangeIndex):
+        df = df.reset_index()
+    records = df.astype(object).where(df.notna(), None).to_dict(orient="records")
+    return json.dumps(_clean(records), indent=1).encode()

@@ -1,0 +1,108 @@
+"""Shared look of every figure, generic builders, and the Models page's figures.
+
+Colour convention (used by every page, and by the UI text): the **base** model is
+blue, the **fine-tune** (reasoning model) orange, a **difference** between them
+green. Magnitudes use the sequential :data:`SEQUENTIAL` scale (Viridis: readable in
+greyscale and by colour-blind readers); signed quantities use the diverging
+:data:`DIVERGING` scale centred on 0 (red positive, blue negative).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+
+ROLE_COLORS: dict[str, str] = {
+    "base": "#1C83E1",      # Streamlit's :blue[]
+    "fine": "#FF8700",      # Streamlit's :orange[]
+    "difference": "#21A366",  # Streamlit's :green[]
+    "other": "#7F7F7F",
+}
+ROLE_MARKDOWN = {"base": "blue", "fine": "orange", "difference": "green"}
+SEQUENTIAL = "Viridis"
+DIVERGING = "RdBu_r"
+FONT = "Inter, Helvetica, Arial, sans-serif"
+
+
+def style(fig: go.Figure, title: str | None = None, *, height: int | None = 420,
+          x_title: str | None = None, y_title: str | None = None) -> go.Figure:
+    """Apply the common layout: white template, title, axis titles, compact margins."""
+    fig.update_layout(
+        template="plotly_white", font=dict(family=FONT, size=13),
+        title=dict(text=title, x=0.0, xanchor="left") if title else None,
+        margin=dict(l=60, r=30, t=60 if title else 20, b=50), height=height,
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1.0),
+    )
+    if x_title is not None:
+        fig.update_xaxes(title_text=x_title)
+    if y_title is not None:
+        fig.update_yaxes(title_text=y_title)
+    return fig
+
+
+def heatmap(matrix: pd.DataFrame, title: str | None = None, *, colorbar_title: str = "",
+            x_title: str | None = None, y_title: str | None = None, signed: bool = False,
+            value_format: str = ".3g", annotate: bool | None = None,
+            height: int | None = None) -> go.Figure:
+    """A labelled heatmap of a DataFrame (rows top to bottom in index order).
+
+    ``signed=True`` uses the diverging scale centred on 0. Cells are annotated with
+    their values when the matrix is small (``annotate=None``: at most 300 cells).
+    """
+    z = matrix.to_numpy(dtype=float)
+    x = [str(c) for c in matrix.columns]
+    y = [str(i) for i in matrix.index]
+    if annotate is None:
+        annotate = z.size <= 300
+    kw: dict[str, Any] = dict(colorscale=DIVERGING, zmid=0.0) if signed else dict(
+        colorscale=SEQUENTIAL)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=x, y=y, colorbar=dict(title=dict(text=colorbar_title, side="right")),
+        hovertemplate=f"{y_title or 'row'} %{{y}}<br>{x_title or 'column'} %{{x}}<br>"
+                      f"%{{z:{value_format}}}<extra></extra>",
+        texttemplate=f"%{{z:{value_format}}}" if annotate else None,
+        xgap=1, ygap=1, **kw))
+    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_xaxes(type="category", side="bottom")
+    if height is None:
+        height = max(260, min(900, 90 + 34 * len(y)))
+    return style(fig, title, height=height, x_title=x_title, y_title=y_title)
+
+
+def bar(labels: Sequence[str], values: Sequence[float], title: str | None = None, *,
+        color: str | Sequence[str] = ROLE_COLORS["difference"], y_title: str | None = None,
+        x_title: str | None = None, value_format: str = ".3g",
+        hover: Sequence[str] | None = None, height: int | None = 380) -> go.Figure:
+    """A vertical bar chart with one bar per label (order kept)."""
+    fig = go.Figure(go.Bar(
+        x=list(labels), y=list(values), marker_color=color,
+        customdata=list(hover) if hover is not None else None,
+        hovertemplate="%{x}<br>%{y:" + value_format + "}"
+                      + ("<br>%{customdata}" if hover is not None else "")
+                      + "<extra></extra>"))
+    fig.update_xaxes(type="category")
+    return style(fig, title, height=height, x_title=x_title, y_title=y_title)
+
+
+# --------------------------------------------------------------------- Models page
+METRIC_LABELS = {
+    "relative": "relative change ‖Δθ‖ / ‖θ_base‖",
+    "delta_norm": "absolute change ‖Δθ‖",
+}
+
+
+def weight_diff_heatmap(pivot: pd.DataFrame, metric: str = "relative") -> go.Figure:
+    """Layer x module heatmap of :func:`interp.weights.weight_diff_pivot`."""
+    return heatmap(pivot, None, colorbar_title="‖Δθ‖/‖θ‖" if metric == "relative" else "‖Δθ‖",
+                   x_title="module", y_title="layer")
+
+
+def weight_diff_bars(groups: pd.DataFrame, metric: str = "relative") -> go.Figure:
+    """One bar per group of :func:`interp.weights.weight_diff_groups`."""
+    hover = [f"{n:,} parameters" for n in groups["numel"]]
+    colors = [ROLE_COLORS["difference"] if g.startswith("layer") else ROLE_COLORS["other"]
+              for g in groups["group"]]
+    return bar(groups["group"], groups[metric], None, color=colors,
+               y_title=METRIC_LABELS[metric], hover=hover)
