@@ -1,0 +1,169 @@
+"""Saving and loading adapter sets.
+
+An ``adapters`` artifact (:class:`interp.store.Store`) holds:
+
+* ``layer_<l>/cfg.json`` + ``layer_<l>/sae_weights.safetensors``: each layer's sparse
+  branch in the SAELens transcoder format (architecture ``transcoder``: ``W_enc [d_in,
+  d_sae]``, ``b_enc``, ``W_dec [d_sae, d_out]``, ``b_dec``; ``apply_b_dec_to_input`` false;
+  metadata ``hook_name`` = ``blocks.<l>.ln2.hook_normalized``, ``hook_name_out`` =
+  ``blocks.<l>.hook_mlp_out``), loadable with ``sae_lens.Transcoder.load_from_disk``;
+* ``meta.json`` (the manifest): the pair (ids + weight hashes), hook names, conventions,
+  the training config and its small-model scaling, training summary.
+
+Weights are written and read as float32 tensors, byte for byte (tested).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from ..errors import ArtifactError
+from ..store import Artifact, Store, provenance
+from .model import MLP_IN_HOOK, MLP_OUT_HOOK
+from .module import AdapterSet
+
+KIND = "adapters"
+WEIGHTS = "sae_weights.safetensors"
+
+CONVENTIONS = {
+    "formula": "y_l(x) = MLP_base,l(x_mlp) + W_dec^T ReLU(W_enc^T x + b_enc) + b_dec",
+    "input": "x = blocks.{l}.ln2.hook_normalized (after the pre-MLP norm, before its gain)",
+    "output": "added to blocks.{l}.hook_mlp_out",
+    "layout": "SAELens: W_enc [d_in, d_sae], W_dec [d_sae, d_out]",
+    "backbone": "reasoner embeddings/attention/norms/unembedding + base MLPs + adapters",
+    "layer_index": "0-based TransformerLens block index",
+    "weights": "TransformerLens unprocessed (no LN folding, no centring)",
+}
+
+SCALING_NOTE = (
+    "Source defaults (7B): 8,192 features/layer (~2.3 x d_model), one 10k-token sequence "
+    "per step, 1 epoch of ~50k traces, l1 1e-3. Here: d_sae = 4 x d_model unless set, "
+    "batches of organism traces, fixed step count; l1 chosen by sweep; lambdas, lr, "
+    "warm-up, clipping as the source. Bridged term estimated on bridge_fraction of each "
+    "batch's sequences (unbiased; cheaper)."
+)
+
+
+def layer_dir(layer: int) -> str:
+    return f"layer_{layer}"
+
+
+def _saelens_transcoder(adapters: AdapterSet, layer: int, model_name: str):
+    from sae_lens import Transcoder, TranscoderConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    a = adapters[layer]
+    cfg = TranscoderConfig(
+        d_in=a.d_in, d_sae=a.d_sae, d_out=a.d_out, dtype="float32", device="cpu",
+        apply_b_dec_to_input=False, normalize_activations="none",
+        metadata=SAEMetadata(model_name=model_name, hook_name=MLP_IN_HOOK.format(layer=layer),
+                             hook_name_out=MLP_OUT_HOOK.format(layer=layer),
+                             hook_layer=layer, hook_layer_out=layer,
+                             prepend_bos=True, context_size=None,
+                             model_class_name="HookedTransformer"))
+    tc = Transcoder(cfg)
+    with torch.no_grad():
+        tc.load_state_dict({k: v.detach().float().cpu().clone()
+                            for k, v in a.state_dict().items()})
+    return tc
+
+
+def export_saelens(adapters: AdapterSet, out_dir: str | Path, model_name: str = "hybrid"
+                   ) -> list[Path]:
+    """Write ``layer_<l>/`` SAELens transcoder folders under ``out_dir``."""
+    out = Path(out_dir)
+    paths = []
+    for layer in range(adapters.n_layers):
+        p = out / layer_dir(layer)
+        _saelens_transcoder(adapters, layer, model_name).save_model(p)
+        paths.append(p)
+    return paths
+
+
+def save_adapters(setup: Any, cfg: Any, training: dict[str, Any] | None = None,
+                  store: Store | None = None) -> Artifact:
+    """Save ``setup.model.adapters`` + manifest as an ``adapters`` artifact."""
+    adapters = setup.model.adapters
+    base, reasoner = setup.base, setup.reasoner
+    pair = {"base": _describe(base), "reasoner": _describe(reasoner)}
+    store = store or Store(getattr(cfg, "store_root", None))
+    ident = cfg.identity() if hasattr(cfg, "identity") else dict(cfg)
+    config = {**ident, "d_sae": adapters.d_sae,
+              "pair_hashes": {k: v.get("weight_hash") for k, v in pair.items()}}
+    meta = {
+        "pair": pair,
+        "n_layers": adapters.n_layers, "d_model": adapters.d_model, "d_sae": adapters.d_sae,
+        "layers": [layer_dir(layer) for layer in range(adapters.n_layers)],
+        "hooks": {"input": MLP_IN_HOOK, "output": MLP_OUT_HOOK},
+        "conventions": CONVENTIONS,
+        "scaling": SCALING_NOTE,
+        "training_config": cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg),
+        "training": training or {},
+        "format": "saelens-transcoder",
+    }
+    name = f"hybrid({pair['reasoner'].get('id')}+{pair['base'].get('id')} MLPs)"
+    with tempfile.TemporaryDirectory(prefix="adapters-") as tmp:
+        export_saelens(adapters, tmp, model_name=name)
+        dirs = {layer_dir(layer): Path(tmp) / layer_dir(layer)
+                for layer in range(adapters.n_layers)}
+        return store.save(KIND, config, provenance=provenance(
+            models=pair, seed=getattr(cfg, "seed", None)), meta=meta, dirs=dirs)
+
+
+def _describe(m: Any) -> dict[str, Any]:
+    if hasattr(m, "describe"):
+        return m.describe()
+    return {"id": str(getattr(getattr(m, "cfg", None), "model_name", "unknown"))}
+
+
+def load_adapter_tensors(art: Artifact) -> AdapterSet:
+    """The artifact's adapters as an :class:`AdapterSet` (CPU, float32), read directly
+    from the SAELens safetensors files."""
+    meta = art.meta
+    n, d, k = meta.get("n_layers"), meta.get("d_model"), meta.get("d_sae")
+    if not (n and d and k):
+        raise ArtifactError(f"adapters artifact {art.key} has an incomplete manifest")
+    ad = AdapterSet(n, d, k)
+    tensors = {}
+    for layer in range(n):
+        f = art.path / layer_dir(layer) / WEIGHTS
+        if not f.exists():
+            raise ArtifactError(f"adapters artifact {art.key} lacks {layer_dir(layer)}/{WEIGHTS}")
+        for name, t in load_file(str(f)).items():
+            tensors[f"{layer}.{name}"] = t
+    ad.load_tensors(tensors)
+    return ad
+
+
+def load_saelens(art: Artifact, layer: int, device: str = "cpu"):
+    """One layer as a ``sae_lens.Transcoder`` (via SAELens' own loader)."""
+    from sae_lens import Transcoder
+
+    return Transcoder.load_from_disk(str(art.path / layer_dir(layer)), device=device)
+
+
+def find_adapters(store: Store | None = None, key: str | None = None) -> Artifact:
+    """A saved adapters artifact by key, else the newest one; ArtifactError if none."""
+    store = store or Store()
+    if key:
+        return store.load(KIND, key)
+    arts = store.list(KIND)
+    if not arts:
+        raise ArtifactError("no adapters artifact saved yet; train one "
+                            "(`python -m interp adapters train`)")
+    return arts[0]
+
+
+def manifest_summary(art: Artifact) -> dict[str, Any]:
+    m = art.meta
+    return {"key": art.key, "d_sae": m.get("d_sae"), "n_layers": m.get("n_layers"),
+            "l1": art.config.get("l1"), "steps": art.config.get("steps"),
+            "pair": {k: v.get("id") for k, v in m.get("pair", {}).items()},
+            "created": art.provenance.get("created"),
+            "final": json.loads(json.dumps(m.get("training", {}).get("final", {})))}

@@ -1,0 +1,375 @@
+"""Adapter training: all layers jointly, as a resumable, cancellable background job.
+
+Job kinds (:mod:`interp.jobs`): ``adapters.train`` -> :func:`train_job` (spec = a
+:class:`TrainConfig` as a dict) and ``adapters.sweep`` -> :func:`sweep_job` (spec = a
+TrainConfig plus ``l1_values``). Headless: ``python -m interp adapters train --set k=v``.
+
+Optimisation (METHODS.md §1): AdamW (weight decay 0), cosine schedule with linear
+warm-up (5%), gradient clipping at 1.0, bf16 autocast on CUDA (fp32 elsewhere).
+
+Scaling for small models (the source trains 7B with 8,192 features per layer, one
+10k-token sequence per step, 1 epoch of ~50k traces): defaults here are ``d_sae = 4 ·
+d_model`` (7B: ~2.3 · d_model), batches of 32 organism traces (~1.5k tokens per step,
+about a 7B step's token count scaled down by the model size ratio) and a fixed number of
+steps instead of an epoch (the organism generator is unlimited). ``l1`` is model- and
+data-dependent (it multiplies activations in residual units): sweep it
+(:func:`sweep_job`); the λ's, lr, warm-up and clipping keep the source's values.
+The recorded config (manifest ``meta.scaling``) says this.
+
+Checkpoints (``<work>/ckpt-<step>.safetensors`` + ``.json``, pointer ``latest.json``
+replaced atomically; older ones deleted) hold the adapters, the AdamW state and the
+dead-feature counters. Randomness is counter-based (batch and cutoff are functions of
+``(seed, step)``), and the learning rate a function of the step, so a run resumed from a
+checkpoint follows the same loss curve as an uninterrupted one. A NaN/inf loss stops the
+run with :class:`NaNLossError` before the optimiser step; the last checkpoint stays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import ConfigError, NaNLossError
+from ..store import write_json_atomic
+from .data import BatchSource, _seed
+from .loss import LossWeights, adapter_loss
+from .model import AdapterModel, build_hybrid
+from .module import AdapterSet
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (the job spec and the manifest config)."""
+
+    base: str = "organism:base"
+    reasoner: str = "organism:reasoner"
+    d_sae: int = 0                  # 0: 4 * d_model
+    steps: int = 1500
+    batch_size: int = 32
+    max_len: int = 256
+    lr: float = 8e-4
+    warmup_frac: float = 0.05
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    lambda_adapt: float = 1.0
+    l1: float = 1e-3
+    lambda_nmse: float = 1.0
+    lambda_bridge: float = 2.0
+    bridge_fraction: float = 0.25   # share of each batch's sequences in the bridged term
+    data: str = "traces"            # traces | random
+    seed: int = 0
+    ckpt_every: int = 100
+    dead_steps: int = 200           # a feature silent this many steps counts as dead
+    device: str = "auto"
+    autocast: bool = True           # bf16 autocast on CUDA
+    threads: int = 0                # torch CPU threads (0: leave as is)
+    store_root: str | None = None   # artifact store root (None: the default cache)
+    save: bool = True               # save the adapters artifact at the end
+    nan_at_step: int | None = None  # testing aid: make the loss NaN at this step
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown training option(s): {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(names))}")
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        checks = [
+            (self.steps >= 1, "steps must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (0 <= self.warmup_frac < 1, "warmup_frac must be in [0, 1)"),
+            (self.l1 >= 0, "l1 must be >= 0"),
+            (0 < self.bridge_fraction <= 1, "bridge_fraction must be in (0, 1]"),
+            (self.ckpt_every >= 1, "ckpt_every must be >= 1"),
+            (self.d_sae >= 0, "d_sae must be >= 0"),
+            (self.grad_clip > 0, "grad_clip must be > 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define the result (not where/how it runs)."""
+        d = self.to_dict()
+        for k in ("device", "threads", "store_root", "save", "ckpt_every", "nan_at_step"):
+            d.pop(k)
+        return d
+
+    def weights(self) -> LossWeights:
+        return LossWeights(self.lambda_adapt, self.l1, self.lambda_nmse, self.lambda_bridge)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over ``warmup_frac`` of the steps, then cosine decay to 0."""
+    warm = max(1, int(round(cfg.warmup_frac * cfg.steps)))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    t = (step - warm) / max(1, cfg.steps - warm)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def draw_bridge(cfg: TrainConfig, step: int, n_layers: int, batch: int
+                ) -> tuple[int, torch.Tensor]:
+    """The step's cutoff ``k`` (uniform in 0..L) and bridged rows (counter-based)."""
+    g = torch.Generator().manual_seed(_seed(cfg.seed, step, 3))
+    k = int(torch.randint(0, n_layers + 1, (1,), generator=g))
+    n = max(1, int(round(cfg.bridge_fraction * batch)))
+    rows = torch.randperm(batch, generator=g)[:n].sort().values
+    return k, rows
+
+
+# ---------------------------------------------------------------------- setup
+@dataclass
+class Setup:
+    model: AdapterModel
+    base: Any
+    reasoner: Any
+    device: torch.device
+    tokenizer: Any
+
+
+def setup_models(cfg: TrainConfig, base: Any = None, reasoner: Any = None) -> Setup:
+    """Load the pair (fp32), build the hybrid and a fresh adapter set."""
+    from ..models import load_model, pick_device, validate_pair
+
+    dev = pick_device(cfg.device)
+    if base is None or reasoner is None:
+        validate_pair(cfg.base, cfg.reasoner)
+        base = load_model(cfg.base, device=dev, dtype=torch.float32)
+        reasoner = load_model(cfg.reasoner, device=dev, dtype=torch.float32)
+    hybrid = build_hybrid(base, reasoner)
+    c = hybrid.cfg
+    d_sae = cfg.d_sae or 4 * c.d_model
+    adapters = AdapterSet(c.n_layers, c.d_model, d_sae, seed=cfg.seed).to(dev)
+    model = AdapterModel(hybrid, getattr(reasoner, "hooked", reasoner), adapters).to(dev)
+    tok = getattr(reasoner, "tokenizer", None) or hybrid.tokenizer
+    return Setup(model, base, reasoner, dev, tok)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+# ---------------------------------------------------------------------- checkpoints
+def save_checkpoint(work: Path, step: int, model: AdapterModel, opt: torch.optim.Optimizer,
+                    silent: torch.Tensor, history: list[dict[str, Any]]) -> Path:
+    """Write ``ckpt-<step>`` (safetensors + JSON), point ``latest.json`` at it, drop older."""
+    work.mkdir(parents=True, exist_ok=True)
+    tensors = {f"adapter.{k}": v.contiguous().cpu() for k, v in model.adapters.tensors().items()}
+    for i, st in opt.state_dict()["state"].items():
+        for name, t in st.items():
+            tensors[f"opt.{i}.{name}"] = torch.as_tensor(t).detach().contiguous().cpu()
+    tensors["silent_steps"] = silent.contiguous().cpu()
+    name = f"ckpt-{step:07d}"
+    tmp = work / f".{name}.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(work / f"{name}.safetensors")
+    write_json_atomic(work / f"{name}.json", {"step": step, "history_tail": history[-5:]})
+    write_json_atomic(work / "latest.json", {"name": name, "step": step})
+    for old in work.glob("ckpt-*"):
+        if not old.name.startswith(name):
+            old.unlink(missing_ok=True)
+    return work / f"{name}.safetensors"
+
+
+def load_checkpoint(work: Path, model: AdapterModel, opt: torch.optim.Optimizer
+                    ) -> tuple[int, torch.Tensor | None]:
+    """Restore the latest checkpoint in ``work``; returns ``(step, silent_steps)`` or
+    ``(0, None)`` when there is none."""
+    ptr = work / "latest.json"
+    if not ptr.exists():
+        return 0, None
+    info = json.loads(ptr.read_text())
+    tensors = load_file(str(work / f"{info['name']}.safetensors"))
+    dev = model.device
+    model.adapters.load_tensors({k.removeprefix("adapter."): v.to(dev)
+                                 for k, v in tensors.items() if k.startswith("adapter.")})
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, i, name = k.split(".", 2)
+            state.setdefault(int(i), {})[name] = v if name == "step" else v.to(dev)
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+    return int(info["step"]), tensors["silent_steps"].to(dev)
+
+
+# ---------------------------------------------------------------------- training
+ProgressFn = Callable[..., None]
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    resumed_from: int
+    seconds: float
+    tokens_per_s: float
+    final: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _float_parts(parts: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: float(v) for k, v in parts.items() if v.ndim == 0}
+
+
+def train(cfg: TrainConfig, setup: Setup, work: Path, progress: ProgressFn | None = None
+          ) -> TrainResult:
+    """Train ``setup.model.adapters`` in place, checkpointing into ``work``.
+
+    ``progress(step, total, **metrics)`` is called after every step (the job's
+    ``ctx.progress``; it may raise to cancel). Metrics: loss, kl, l1, nmse, bridge, l0,
+    dead (fraction silent for ``dead_steps``), lr, k, tokens_per_s.
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model, dev = setup.model, setup.device
+    params = list(model.adapters.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, silent = load_checkpoint(work, model, opt)
+    L, d_sae = model.n_layers, model.adapters.d_sae
+    if silent is None:
+        silent = torch.zeros(L, d_sae, dtype=torch.long, device=dev)
+    src = BatchSource(setup.tokenizer, cfg.batch_size, cfg.seed, cfg.data, "train",
+                      cfg.max_len, vocab_size=model.hybrid.cfg.d_vocab)
+    w = cfg.weights()
+    history: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    n_tok = 0
+    parts_f: dict[str, float] = {}
+    for step in range(start, cfg.steps):
+        lr = lr_at(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        tokens, valid = src.batch(step)
+        tokens, valid = tokens.to(dev), valid.to(dev)
+        k, rows = draw_bridge(cfg, step, L, tokens.shape[0])
+        with _autocast(dev, cfg.autocast):
+            loss, parts = adapter_loss(model, tokens, valid, w, k, rows.to(dev))
+        if cfg.nan_at_step is not None and step == cfg.nan_at_step:
+            loss = loss * float("nan")
+        if not torch.isfinite(loss):
+            last = json.loads((work / "latest.json").read_text())["step"] \
+                if (work / "latest.json").exists() else None
+            kept = (f"the last good checkpoint (step {last}) is kept" if last is not None
+                    else "no checkpoint had been written yet")
+            raise NaNLossError(
+                f"adapter training stopped: the loss became {float(loss)} at step {step} "
+                f"(kl={float(parts['kl']):.4g}, l1={float(parts['l1']):.4g}, "
+                f"nmse={float(parts['nmse']):.4g}, bridge={float(parts['bridge']):.4g}); "
+                f"{kept}. Lower lr or l1, or resume from the checkpoint.")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        silent = torch.where(parts["fired"], torch.zeros_like(silent), silent + 1)
+        n_tok += int(valid.sum())
+        if dev.type != "cpu":
+            _sync(dev)
+        el = time.perf_counter() - t0
+        parts_f = _float_parts(parts)
+        rec = {**parts_f, "lr": lr, "k": k, "grad_norm": float(gnorm),
+               "dead": float((silent >= cfg.dead_steps).float().mean()),
+               "tokens_per_s": n_tok / max(el, 1e-9)}
+        history.append({"step": step + 1, **rec})
+        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint(work, step + 1, model, opt, silent, history)
+        if progress is not None:
+            progress(step + 1, cfg.steps, **rec)
+    el = time.perf_counter() - t0
+    return TrainResult(steps=cfg.steps, resumed_from=start, seconds=el,
+                       tokens_per_s=n_tok / max(el, 1e-9),
+                       final=history[-1] if history else {}, history=history)
+
+
+# ---------------------------------------------------------------------- jobs
+def run_training(cfg: TrainConfig, work: Path, progress: ProgressFn | None = None,
+                 setup: Setup | None = None) -> dict[str, Any]:
+    """Load, train, save the artifact (when ``cfg.save``); returns the job result."""
+    setup = setup or setup_models(cfg)
+    res = train(cfg, setup, work, progress)
+    out: dict[str, Any] = {"steps": res.steps, "resumed_from": res.resumed_from,
+                           "seconds": res.seconds, "tokens_per_s": res.tokens_per_s,
+                           "final": res.final}
+    if cfg.save:
+        from .io import save_adapters
+
+        art = save_adapters(setup, cfg, training={
+            "final": res.final, "seconds": res.seconds, "tokens_per_s": res.tokens_per_s,
+            "resumed_from": res.resumed_from})
+        out["key"] = art.key
+        out["path_name"] = art.path.name
+    return out
+
+
+def train_job(spec: dict[str, Any], ctx) -> dict[str, Any]:
+    """Job entry (``adapters.train``): spec = TrainConfig fields."""
+    cfg = TrainConfig.from_dict(spec)
+    return run_training(cfg, Path(ctx.dir), ctx.progress)
+
+
+def sweep_job(spec: dict[str, Any], ctx) -> dict[str, Any]:
+    """Job entry (``adapters.sweep``): train one run per ``l1_values`` entry (each resumable
+    in its own sub-folder), evaluate faithfulness, save an ``adapters_sweep`` artifact
+    with the L0-vs-gap-closed frontier."""
+    spec = dict(spec)
+    l1s = [float(v) for v in spec.pop("l1_values", [3e-4, 1e-3, 3e-3, 1e-2])]
+    n_eval = int(spec.pop("n_eval", 256))
+    if not l1s:
+        raise ConfigError("l1_values is empty")
+    base_cfg = TrainConfig.from_dict(spec)
+    total = base_cfg.steps * len(l1s)
+    setup0 = setup_models(base_cfg)
+    rows = []
+    from .evaluate import faithfulness
+
+    for i, l1 in enumerate(l1s):
+        cfg = dataclasses.replace(base_cfg, l1=l1)
+        fresh = setup_models(cfg, setup0.base, setup0.reasoner)
+
+        def prog(step, tot, _i=i, _l1=l1, **m):
+            ctx.progress(_i * base_cfg.steps + step, total, message=f"l1={_l1:g}", **m)
+
+        out = run_training(cfg, Path(ctx.dir) / f"l1-{l1:g}", prog, fresh)
+        fa = faithfulness(fresh.model, fresh.tokenizer, n=n_eval, source=cfg.data)
+        rows.append({"l1": l1, "key": out.get("key"), "kl_gap_closed": fa["kl_gap_closed"],
+                     "mean_l0": fa["mean_l0"], "dead_fraction": fa["dead_fraction"],
+                     "kl_adapter": fa["kl_adapter"], "kl_hybrid": fa["kl_hybrid"]})
+    result = {"runs": rows}
+    if base_cfg.save:
+        from ..store import Store, provenance
+
+        store = Store(base_cfg.store_root)
+        conf = {**base_cfg.identity(), "l1_values": l1s, "n_eval": n_eval}
+        conf.pop("l1")
+        art = store.save("adapters_sweep", conf, provenance=provenance(
+            models={"base": setup0.base.describe(), "reasoner": setup0.reasoner.describe()},
+            seed=base_cfg.seed), meta={"runs": rows})
+        result["key"] = art.key
+    return result
