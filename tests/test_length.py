@@ -1,0 +1,307 @@
+"""Reasoning-length tools on tiny random models: every piece of math is checked against
+an independent computation (full activation caches, real ablations, HF reloads)."""
+
+import numpy as np
+import pytest
+import torch
+
+from interp.errors import ConfigError
+from interp.generation import ThinkSpan
+from interp.length.data import (
+    ThinkExample,
+    ThinkMarkers,
+    examples_from_records,
+    generate_thinking,
+    mean_activations,
+    split_long_short,
+    think_example,
+    think_span,
+)
+from interp.length.directions import thinking_length_direction
+from interp.length.edit import (
+    apply_head_edit,
+    edited,
+    export_edited_checkpoint,
+    head_write_norms,
+    max_logit_diff,
+)
+from interp.length.heads import head_short_scores, top_heads
+from interp.length.seal import classify_step, labelled_separators, seal_hooks, seal_vector
+from interp.length.stats import auroc, spearman, wilson
+from interp.length.steer import alpha_grid, alpha_sweep, steering_hooks
+from interp.models import load_model
+from interp.steering import n_active_hooks, steered
+
+MK = ThinkMarkers("<think>", "</think>", True, "ok", "wait")
+PROMPTS = ["<bos> 1 2 + 3 = <think>", "<bos> 4 5 + 6 7 = <think>", "<bos> 9 = <think>"]
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_qwen_dir, tiny_tokenizer):
+    m = load_model(str(tiny_qwen_dir), device="cpu")
+    # AutoTokenizer reloads the saved word-level tokenizer as a Qwen2Tokenizer that drops
+    # some words (<think>, ok, ...): use the in-memory original (reported upstream).
+    m.tokenizer = tiny_tokenizer
+    m.hooked.tokenizer = tiny_tokenizer
+    return m
+
+
+def _ids(lm, text):
+    return lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _examples(lm):
+    """Teacher-forcing inputs with 0, 1 and 4 thinking tokens."""
+    out = []
+    for p, think in [(PROMPTS[0], ""), (PROMPTS[1], "7"), (PROMPTS[2], "1 ok 2 wait 3")]:
+        pid = _ids(lm, p)
+        tid = _ids(lm, think) if think else []
+        sp = ThinkSpan(True, True, 0, len(tid), len(tid))
+        out.append(think_example(pid, tid + _ids(lm, "</think> 5"), sp, "think"))
+    return out
+
+
+# ------------------------------------------------------------------ data / positions
+def test_positions_rule_short_contributes_one_position(lm):
+    ex = _examples(lm)
+    close = lm.tokenizer.convert_tokens_to_ids("</think>")
+    for e in ex:
+        # positions predict thinking tokens then the close marker: n_think + 1 of them
+        assert len(e.positions) == e.think_tokens + 1
+        assert e.ids[e.positions[0]] == lm.tokenizer.convert_tokens_to_ids("<think>")
+        assert close not in e.ids
+    assert ex[0].positions == [len(ex[0].ids) - 1]
+
+
+def test_think_span_single_and_multi_token_markers(lm):
+    out = _ids(lm, "1 2 </think> 5")
+    assert think_span(out, MK, lm.tokenizer).n_think_tokens == 2
+    # a marker that is not one token: the close marker written as two words
+    mk2 = ThinkMarkers("<think>", "answer is", True)
+    sp = think_span(_ids(lm, "1 2 3 answer is 5"), mk2, lm.tokenizer)
+    assert (sp.closed, sp.n_think_tokens) == (True, 3)
+    mk3 = ThinkMarkers("so the", "answer is", False)
+    sp = think_span(_ids(lm, "a so the 1 2 answer is 5"), mk3, lm.tokenizer)
+    assert (sp.opened, sp.start, sp.n_think_tokens) == (True, 3, 2)
+
+
+def test_mean_activations_match_full_cache(lm):
+    ex = _examples(lm)
+    feats = mean_activations(lm, ex, batch_size=2)          # padded batches
+    for i, e in enumerate(ex):
+        _, cache = lm.hooked.run_with_cache(torch.tensor([e.ids]))
+        for site in ("resid_mid", "resid_post"):
+            for layer in range(lm.cfg.n_layers):
+                ref = cache[f"blocks.{layer}.hook_{site}"][0, e.positions].mean(0)
+                torch.testing.assert_close(feats[site][i, layer], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_split_thresholds_and_percentiles():
+    lab, info = split_long_short([0, 0, 1, 5, 30, 40, 50], "threshold", 1, 30)
+    assert lab.tolist() == [0, 0, 0, -1, 1, 1, 1]
+    lab, info = split_long_short(np.arange(10), "percentile", 0.2, 0.8)
+    assert info["n_short"] == 2 and info["n_long"] == 2
+    with pytest.raises(ConfigError):
+        split_long_short([3, 3, 3], "percentile", 0.2, 0.8)
+
+
+# ------------------------------------------------------------------ directions
+def test_direction_sign_on_planted_toy():
+    g = torch.Generator().manual_seed(0)
+    n, L, d = 80, 3, 16
+    x = torch.randn(n, L, d, generator=g)
+    y = np.array([1] * 40 + [0] * 40)
+    x[:40, :, 2] += 3.0     # long examples sit further along +e2
+    dirs = thinking_length_direction({"resid_mid": x}, y)
+    v = dirs.dirs["resid_mid"]
+    assert (v[:, 2] > 2.0).all()                       # long - short, not short - long
+    assert (dirs.unit_short("resid_mid", 0)[2] < -0.5)
+    torch.testing.assert_close(v, x[:40].mean(0) - x[40:].mean(0))
+    assert min(dirs.auroc["resid_mid"]) > 0.95
+    assert dirs.best()["auroc"] > 0.95
+    torch.testing.assert_close(dirs.cosine["resid_mid"].diagonal(), torch.ones(L))
+
+
+def test_stats_against_sklearn_scipy():
+    sk = pytest.importorskip("sklearn.metrics")
+    st = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 5, 50).astype(float)            # many ties
+    y = rng.integers(0, 2, 50)
+    assert abs(auroc(s, y) - sk.roc_auc_score(y, s)) < 1e-12
+    a, b = rng.normal(size=20), rng.normal(size=20)
+    assert abs(spearman(a, b) - st.spearmanr(a, b).statistic) < 1e-12
+    lo, hi = wilson(30, 100)
+    assert lo < 0.3 < hi and abs(lo - 0.2189) < 1e-3
+
+
+# ------------------------------------------------------------------ steering
+def test_alpha_zero_reproduces_logits_exactly(lm):
+    toks = torch.tensor([_ids(lm, PROMPTS[1] + " 1 2")])
+    base = lm.hooked(toks)
+    dirs = torch.randn(lm.cfg.n_layers, lm.cfg.d_model)
+    for site in ("resid_mid", "resid_post"):
+        with steered(lm, steering_hooks(dirs, site, 0.0)):
+            assert torch.equal(lm.hooked(toks), base)
+    assert n_active_hooks(lm) == 0
+
+
+def test_per_row_alpha_sweep_equals_separate_runs(lm):
+    dirs = 3 * torch.randn(lm.cfg.n_layers, lm.cfg.d_model)
+    alphas = alpha_grid(lm.cfg.n_layers, 5)
+    kw = dict(site="resid_mid", markers=MK, max_new_tokens=8)
+    one = alpha_sweep(lm, PROMPTS, dirs, alphas, batched=True, **kw)
+    sep = alpha_sweep(lm, PROMPTS, dirs, alphas, batched=False, **kw)
+    assert [r["output_ids"] for r in one["records"]] == [r["output_ids"] for r in sep["records"]]
+    # and steering actually does something at the extremes
+    outs = [r["output_ids"] for r in one["records"]]
+    assert outs[:3] != outs[-3:]
+    assert n_active_hooks(lm) == 0
+
+
+def test_hooks_removed_after_exception_in_steered_generation(lm):
+    bad = torch.randn(lm.cfg.n_layers, lm.cfg.d_model + 1)     # wrong width: fails mid-run
+    with pytest.raises(RuntimeError):
+        generate_thinking(lm, PROMPTS, MK, max_new_tokens=4,
+                          fwd_hooks=lambda st: steering_hooks(bad, "resid_mid",
+                                                              torch.ones(3), state=st))
+    assert n_active_hooks(lm) == 0
+
+
+# ------------------------------------------------------------------ heads and edit
+def test_head_scores_match_ablation(lm):
+    ex = _examples(lm)
+    u = torch.nn.functional.normalize(torch.randn(lm.cfg.n_layers, lm.cfg.d_model), dim=-1)
+    scores = head_short_scores(lm, ex, u, batch_size=2)
+    for layer, h in [(0, 1), (1, 3)]:
+        ref = []
+        for e in ex:
+            toks = torch.tensor([e.ids])
+            _, c_full = lm.hooked.run_with_cache(toks)
+
+            def kill(z, hook, h=h):
+                z[:, :, h] = 0
+                return z
+            with steered(lm, [(f"blocks.{layer}.attn.hook_z", kill)]):
+                _, c_abl = lm.hooked.run_with_cache(toks)
+            name = f"blocks.{layer}.hook_attn_out"
+            delta = (c_full[name] - c_abl[name])[0, e.positions]     # the head's write
+            ref.append((delta @ u[layer]).mean())
+        assert abs(float(torch.stack(ref).mean()) - float(scores[layer, h])) < 1e-5
+    top = top_heads(scores, 3)
+    assert top[0]["score"] == float(scores.max())
+
+
+def test_edit_zeroes_head_write_and_leaves_rest(lm):
+    u = torch.nn.functional.normalize(torch.randn(lm.cfg.n_layers, lm.cfg.d_model), dim=-1)
+    heads = [(0, 1), (1, 2)]
+    before = {k: v.clone() for k, v in lm.hooked.state_dict().items()}
+    with edited(lm, heads, u) as rep:
+        assert all(r["norm_before"] > 1e-3 and r["norm_after"] < 1e-5 for r in rep)
+        for layer, h in heads:
+            assert (lm.hooked.blocks[layer].attn.W_O[h] @ u[layer]).abs().max() < 1e-6
+        for k, v in lm.hooked.state_dict().items():
+            if k.endswith("attn.W_O"):
+                layer = int(k.split(".")[1])
+                for hh in range(lm.cfg.n_heads):
+                    if (layer, hh) not in heads:
+                        assert torch.equal(v[hh], before[k][hh])
+            else:
+                assert torch.equal(v, before[k])
+    for k, v in lm.hooked.state_dict().items():      # restored bit-exactly
+        assert torch.equal(v, before[k])
+
+
+def test_exported_checkpoint_reproduces_edited_model(lm, tiny_qwen_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    u = torch.nn.functional.normalize(torch.randn(lm.cfg.n_layers, lm.cfg.d_model), dim=-1)
+    heads = [(0, 3), (1, 0)]
+    out = export_edited_checkpoint(lm, heads, u, tmp_path / "edited")
+    re = load_model(str(out), device="cpu")
+    toks = torch.tensor([_ids(lm, PROMPTS[1] + " 1 2 ok 3")])
+    with edited(lm, heads, u):
+        assert max_logit_diff(lm, re, toks) < 1e-5
+        for layer, h in heads:
+            torch.testing.assert_close(re.hooked.blocks[layer].attn.W_O[h],
+                                       lm.hooked.blocks[layer].attn.W_O[h], atol=0, rtol=0)
+    assert max(head_write_norms(re.hooked, heads, u)) < 1e-5
+    # untouched tensors of the HF checkpoint are bit-identical, o_proj only in edited columns
+    a, b = load_file(str(tiny_qwen_dir / "model.safetensors")), load_file(
+        str(out / "model.safetensors"))
+    dh = lm.cfg.d_head
+    for k in a:
+        if "o_proj" in k:
+            layer = int(k.split(".")[2])
+            for hh in range(lm.cfg.n_heads):
+                same = torch.equal(a[k][:, hh * dh:(hh + 1) * dh], b[k][:, hh * dh:(hh + 1) * dh])
+                assert same == ((layer, hh) not in heads)
+        else:
+            assert torch.equal(a[k], b[k])
+    # apply_head_edit on the reloaded copy is idempotent (already projected)
+    rep = apply_head_edit(re.hooked, heads, u)
+    assert all(r["norm_before"] < 1e-5 for r in rep)
+
+
+# ------------------------------------------------------------------ SEAL
+def test_seal_rules_and_anchors(lm):
+    rules = [{"class": "reflection", "mode": "starts", "keyword": "wait"},
+             {"class": "transition", "mode": "contains", "keyword": "so the"}]
+    assert classify_step("Wait, let me", rules) == "reflection"
+    assert classify_step("1 + 2 so  the", rules) == "transition"
+    assert classify_step("1 + 2", rules) == "execution"
+    pid, tid = _ids(lm, PROMPTS[0]), _ids(lm, "1 2 ok wait 3 ok 4")
+    sep = lm.tokenizer.convert_tokens_to_ids("ok")
+    end = labelled_separators(pid, tid, lm.tokenizer, sep, rules, "end")
+    start = labelled_separators(pid, tid, lm.tokenizer, sep, rules, "start")
+    p = len(pid)
+    assert end == [(p + 2, "execution"), (p + 5, "reflection")]
+    assert start == [(p - 1, "execution"), (p + 2, "reflection"), (p + 5, "execution")]
+
+
+def test_seal_steering_only_at_separators_inside_think(lm):
+    items = [(_ids(lm, PROMPTS[i % 3]), _ids(lm, t)) for i, t in
+             enumerate(["1 ok wait 2 ok 3", "4 ok 5 ok wait 6 ok", "wait 7 ok 8 ok"])]
+    sv = seal_vector(lm, items, MK, layer=0, rules=[
+        {"class": "reflection", "mode": "starts", "keyword": "wait"}])
+    assert sv["counts"]["reflection"] >= 2 and sv["counts"]["execution"] >= 2
+    vec = 5 * sv["vector"] / sv["vector"].norm()
+    seen = []
+
+    def spy(act, hook):
+        seen.append(act.detach().clone())
+        return act
+
+    sep = lm.tokenizer.convert_tokens_to_ids("ok")
+    close = lm.tokenizer.convert_tokens_to_ids("</think>")
+    # feed tokens as a teacher-forced "generation" prompt: separators before and after close
+    text = "<bos> 1 = <think> 2 ok 3 </think> ok 4"
+    factory = seal_hooks(lm, vec, 0, MK, alpha=1.0)
+    from interp.generation import GenState
+
+    ids = torch.tensor([_ids(lm, text)])
+    st = GenState(rows=torch.arange(1), tokens=ids, positions=None, step=-1, history=ids[:, :6])
+    hooks = factory(st) + [("blocks.0.hook_resid_post", spy)]
+    base = lm.hooked.run_with_cache(ids)[1]["blocks.0.hook_resid_post"]
+    with steered(lm, hooks):
+        lm.hooked(ids)
+    diff = (seen[0] - base)[0].norm(dim=-1)
+    is_sep = (ids[0] == sep)
+    # history has no close marker yet -> the row is inside think: every separator steered
+    assert (diff[is_sep] > 1).all() and (diff[~is_sep] < 1e-5).all()
+    st.history = ids                       # history now contains </think>: nothing steered
+    seen.clear()
+    with steered(lm, factory(st) + [("blocks.0.hook_resid_post", spy)]):
+        lm.hooked(ids)
+    assert (seen[0] - base).abs().max() < 1e-6
+    assert close in ids[0].tolist() and n_active_hooks(lm) == 0
+
+
+def test_examples_from_generation_records(lm):
+    recs = generate_thinking(lm, PROMPTS, MK, max_new_tokens=6)
+    ex = examples_from_records(recs, "think")
+    for r, e in zip(recs, ex):
+        assert len(e.positions) == r["think_tokens"] + 1
+        assert isinstance(e, ThinkExample)
+    ex_open = examples_from_records(recs, "open")
+    assert all(len(e.positions) == 1 for e in ex_open)
