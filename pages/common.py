@@ -1,0 +1,393 @@
+"""Shared pieces of every page: cached models, URL state, errors, export, progress, jobs.
+
+A page reads like a form::
+
+    import pages.common as ui
+
+    base, fine = ui.current_pair()
+    alpha = ui.url_widget(st.slider, "α", "alpha", 1.0, float, min_value=-4.0, max_value=4.0)
+    result = ui.attempt(interp.length.sweep, ...)     # InterpError -> st.error, None
+    fig = interp.plots.length.alpha_curve(result)
+    st.plotly_chart(fig)
+    ui.export_panel(fig, result.table, "alpha-sweep", key="alpha")
+
+URL state
+    Every widget that defines the view is created with :func:`url_widget`: its first
+    value comes from ``st.query_params`` (so a copied link reopens the same view), and
+    its current value is written back on every run (only when it differs from the
+    default, to keep links short). The URL name and the widget key are the same string;
+    keep them short and unique across the sidebar and the page.
+
+Models
+    :func:`cached_model` loads through ``interp.models.load_model`` inside
+    ``st.cache_resource``; spec, device, dtype *and* a stamp of the checkpoint files are
+    all hashed, so a rebuilt checkpoint or another device never reuses a stale model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import streamlit as st
+
+from interp import export as _export
+from interp.errors import InterpError, ModelNotFoundError
+from interp.models import DEFAULT_PAIR, LoadedModel, load_model, resolve
+from interp.store import Store
+
+log = logging.getLogger("interp.app")
+T = TypeVar("T")
+
+
+def _leave_pages_directory_mode() -> None:
+    """Make Streamlit treat ``pages/`` as st.navigation pages, not as a v1 pages folder.
+
+    Streamlit decides per process, before app.py runs, whether a folder named
+    ``pages/`` next to the main script means the old multipage mode; only a call of
+    ``st.navigation`` switches that off. So the very first run of a fresh server that
+    opens a link such as ``/models`` would run ``pages/models.py`` on its own (no
+    sidebar, a file-list menu), and stay in that mode. Every page imports this module,
+    so on that first run we switch the mode off and rerun through app.py.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    if PagesManager.uses_pages_directory and get_script_run_ctx() is not None:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_leave_pages_directory_mode()
+
+DEMO_MAX_PROMPT_CHARS = 600
+MAX_URL_TEXT = 2000  # longer text inputs are not mirrored into the URL
+NOT_BUILT_HELP = ("No models are built yet. Build the model organisms (a few minutes on a "
+                  "CPU) with\n\n```\npython -m interp organisms build\n```\n\nor choose "
+                  "*Other* in the sidebar and enter a hub name, a checkpoint folder or a "
+                  "`.gguf` file.")
+
+
+# ------------------------------------------------------------------ mode and store
+def demo_mode() -> bool:
+    """Hosted demo (env ``INTERP_DEMO=1``): read-only store, no training, short prompts."""
+    return os.environ.get("INTERP_DEMO", "").strip().lower() in ("1", "true", "yes")
+
+
+def max_prompt_chars() -> int | None:
+    return DEMO_MAX_PROMPT_CHARS if demo_mode() else None
+
+
+def store(root: str | os.PathLike | None = None) -> Store:
+    """The artifact store (read-only in demo mode)."""
+    return Store(root, read_only=demo_mode())
+
+
+# ------------------------------------------------------------------ URL state
+def url_param(key: str, default: T, cast: Callable[[str], T] = str) -> T:
+    """``st.query_params[key]`` cast with ``cast``; ``default`` when absent or invalid."""
+    raw = st.query_params.get(key)
+    if raw is None:
+        return default
+    try:
+        return cast(raw)
+    except (TypeError, ValueError):
+        return default
+
+
+def set_url_param(key: str, value: Any, default: Any = None) -> None:
+    """Write ``value`` to the URL (removed when it equals ``default`` or is None)."""
+    if value is None or value == default or (isinstance(value, str) and
+                                            len(value) > MAX_URL_TEXT):
+        if key in st.query_params:
+            del st.query_params[key]
+        return
+    text = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    if st.query_params.get(key) != text:
+        st.query_params[key] = text
+
+
+def as_bool(text: str) -> bool:
+    """Cast for boolean URL values (``1/0``, ``true/false``, ``yes/no``)."""
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def url_widget(widget: Callable[..., T], label: str, key: str, default: T,
+               cast: Callable[[str], Any] = str, **kwargs: Any) -> T:
+    """Create ``widget(label, key=key, **kwargs)`` initialised from and mirrored to the URL.
+
+    ``cast`` parses the URL text (use :func:`as_bool` for checkboxes, ``int``/``float``
+    for numbers). With ``options=`` (selectbox, radio, segmented control), a URL value
+    that is not an option falls back to ``default``. Returns the widget's value.
+    """
+    if cast is bool:
+        cast = as_bool
+    if key not in st.session_state:
+        value = url_param(key, default, cast)
+        options = kwargs.get("options")
+        if options is not None and value not in list(options):
+            value = default
+        st.session_state[key] = value
+    value = widget(label, key=key, **kwargs)
+    set_url_param(key, value, default)
+    return value
+
+
+# ------------------------------------------------------------------ pair and device
+def current_pair() -> tuple[str, str]:
+    """(base spec, fine-tune spec) chosen in the sidebar (URL ``base`` / ``fine``)."""
+    base = st.session_state.get("pair_base") or url_param("base", DEFAULT_PAIR[0])
+    fine = st.session_state.get("pair_fine") or url_param("fine", DEFAULT_PAIR[1])
+    return base.strip(), fine.strip()
+
+
+def current_device() -> tuple[str, str]:
+    """(device, dtype) chosen in the sidebar: ``auto``/``cpu``/``cuda``/``mps`` and
+    ``auto``/``float32``/``bfloat16``/``float16``."""
+    return (st.session_state.get("device") or url_param("device", "auto"),
+            st.session_state.get("dtype") or url_param("dtype", "auto"))
+
+
+def short_name(spec: str) -> str:
+    """A model spec for headings: organism/registry/hub names as they are, a path as its
+    last two components (``…/pair/base``)."""
+    if spec.startswith(("/", "~", ".")) or os.sep in spec and Path(spec).exists():
+        parts = Path(spec).parts
+        return spec if len(parts) <= 2 else "…/" + "/".join(parts[-2:])
+    return spec
+
+
+def count(n: int) -> str:
+    """1234 -> '1,234'; 1.5e6 -> '1.50 M'; 1.5e9 -> '1.50 B'."""
+    if n >= 1e9:
+        return f"{n / 1e9:.2f} B"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f} M"
+    return f"{n:,}"
+
+
+def unbuilt_organisms(*specs: str) -> list[str]:
+    """The organism specs among ``specs`` whose checkpoints are not built yet."""
+    out = []
+    for s in specs:
+        try:
+            resolve(s)
+        except ModelNotFoundError as e:
+            if "organisms build" in str(e):
+                out.append(s)
+    return out
+
+
+def checkpoint_stamp(spec: str) -> str:
+    """Cheap fingerprint (names, sizes, mtimes) of a spec's checkpoint files, so caches
+    notice a rebuilt model. Hub names that are not downloaded yet give ``""``."""
+    try:
+        r = resolve(spec)
+    except InterpError:
+        return ""
+    p = Path(r.path)
+    if not p.exists():
+        return ""
+    files = [p] if p.is_file() else sorted(p.glob("*.safetensors")) + sorted(p.glob("*.json"))
+    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _load_cached(spec: str, device: str, dtype: str, stamp: str) -> LoadedModel:
+    return load_model(spec, device=device, dtype=dtype)
+
+
+def cached_model(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """``interp.models.load_model`` cached across reruns and sessions.
+
+    Every argument is part of the cache key (plus the checkpoint's file stamp).
+    Raises the loader's InterpErrors (ModelNotFoundError, ModelLoadError).
+    """
+    return _load_cached(spec.strip(), str(device), str(dtype), checkpoint_stamp(spec))
+
+
+# ------------------------------------------------------------------ errors
+def show_error(exc: BaseException) -> None:
+    """Show an exception in the page: an InterpError's own message, otherwise a short
+    one-line note (details go to the server log, never a traceback in the page)."""
+    if isinstance(exc, InterpError):
+        text = str(exc)
+        if "organisms build" in text:
+            st.info(NOT_BUILT_HELP, icon=":material/info:")
+        else:
+            st.error(text, icon=":material/error:")
+    else:
+        log.exception("unexpected error in the app", exc_info=exc)
+        st.error(f"Unexpected error ({type(exc).__name__}): {exc}. "
+                 "The server log has the details.", icon=":material/error:")
+
+
+def attempt(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """``fn(*args, **kwargs)``; on an exception show it with :func:`show_error` and
+    return None (the page goes on; call ``st.stop()`` if nothing else makes sense)."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - everything is shown, nothing is swallowed
+        show_error(e)
+        return None
+
+
+# ------------------------------------------------------------------ export
+def export_panel(fig: Any | None, data: Any | None, name: str, key: str) -> None:
+    """A row of download buttons: the figure as PNG, SVG, HTML and ``data`` as CSV, JSON.
+
+    Not inside any ``if st.button``: the buttons are rebuilt on every run. Files are
+    produced lazily, only when a button is clicked (Streamlit's deferred downloads),
+    so an unused export costs nothing. Pass ``fig=None`` for a data-only panel and
+    ``data=None`` for a figure-only one.
+    """
+    static = fig is not None and _export.static_export_available()
+    with st.container(horizontal=True, gap="small", key=f"export_{key}"):
+        st.caption(":material/download: Export", width="content")
+        if fig is not None:
+            for fmt in (("png", "svg") if static else ()) + ("html",):
+                st.download_button(
+                    fmt.upper(), data=_lazy(_export.figure_bytes, fig, fmt),
+                    file_name=f"{name}.{fmt}", mime=_export.MIME[fmt], key=f"{key}_{fmt}",
+                    on_click="ignore", type="tertiary",
+                    help=f"the figure as {fmt.upper()}" + (
+                        " (self-contained, works offline)" if fmt == "html" else ""))
+        if data is not None:
+            for fmt in _export.TABLE_FORMATS:
+                st.download_button(
+                    f"{fmt.upper()} data", data=_lazy(_export.table_bytes, data, fmt),
+                    file_name=f"{name}.{fmt}", mime=_export.MIME[fmt], key=f"{key}_{fmt}",
+                    on_click="ignore", type="tertiary", help=f"the plotted data as {fmt.upper()}")
+    if fig is not None and not static:
+        st.info("PNG and SVG export are off: " + _export.CHROMIUM_HELP,
+                icon=":material/image_not_supported:")
+
+
+def _lazy(fn: Callable[..., bytes], *args: Any) -> Callable[[], bytes]:
+    def make() -> bytes:
+        return fn(*args)
+
+    return make
+
+
+# ------------------------------------------------------------------ progress
+def progress_callback(label: str = "", container: Any = None,
+                      min_interval: float = 0.1) -> Callable[..., None]:
+    """A ``progress(done, total, **info)`` function for backend calls, drawn as a
+    progress bar (in ``container``, e.g. an ``st.status``, or in the page).
+
+    ``info`` items (loss=..., message=...) are shown after the count; an ETA is
+    estimated from the elapsed time. Updates are throttled to one per ``min_interval``
+    seconds (the last one always shows).
+    """
+    target = container if container is not None else st
+    bar = target.progress(0.0, text=label or "starting…")
+    t0 = time.perf_counter()
+    last = [0.0]
+
+    def progress(done: int, total: int, **info: Any) -> None:
+        now = time.perf_counter()
+        if now - last[0] < min_interval and done < total:
+            return
+        last[0] = now
+        frac = min(1.0, done / total) if total else 0.0
+        parts = [label, f"{done}/{total}" if total else str(done)]
+        parts += [f"{k} {_fmt(v)}" for k, v in info.items() if v is not None]
+        if 0 < frac < 1:
+            parts.append(f"ETA {_duration((now - t0) / frac * (1 - frac))}")
+        bar.progress(frac, text=" · ".join(p for p in parts if p))
+
+    return progress
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _duration(s: float) -> str:
+    s = max(0.0, s)
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+# ------------------------------------------------------------------ jobs
+def job_panel(kind: str, spec: dict[str, Any], key: str, label: str = "Start",
+              refresh_seconds: float = 1.0) -> Any | None:
+    """Start, watch and cancel the background job ``(kind, spec)``.
+
+    The job id is derived from kind + spec (:func:`interp.jobs.job_id`), so a page
+    reload, another session or a copied link finds the same job. While it runs, a
+    fragment refreshes every ``refresh_seconds`` (progress, metrics, ETA, Cancel);
+    when it ends the whole page reruns once so it can show the result. In demo mode
+    nothing can be started. Returns the job's :class:`~interp.jobs.JobStatus` (None
+    when it was never started).
+    """
+    from interp import jobs
+    from interp.errors import JobError
+
+    jid = jobs.job_id(kind, spec)
+    try:
+        status = jobs.status(jid)
+    except JobError:
+        status = None
+    active = status is not None and status.active
+    with st.container(border=True, key=f"job_{key}"):
+        if not active:
+            if demo_mode():
+                st.caption(":material/lock: Training and sweeps are off in the hosted demo; "
+                           "the results shown were computed offline.")
+            else:
+                again = status is not None and status.state in (
+                    "failed", "cancelled", "interrupted")
+                text = "Resume" if status is not None and status.state == "interrupted" else (
+                    "Run again" if again else label)
+                if status is None or again:
+                    if st.button(text, key=f"{key}_start", type="primary",
+                                 icon=":material/play_arrow:"):
+                        attempt(jobs.submit, kind, spec)
+                        st.rerun()
+        if status is not None:
+            _job_body(jobs, jid, key, refresh_seconds if active else None, active)
+    return status
+
+
+def _job_body(jobs: Any, jid: str, key: str, run_every: float | None, was_active: bool):
+    @st.fragment(run_every=run_every)
+    def body() -> None:
+        st_ = jobs.status(jid)
+        if was_active and not st_.active:
+            st.rerun(scope="app")
+        icon = {"queued": ":material/schedule:", "running": ":material/sync:",
+                "done": ":material/check_circle:", "failed": ":material/error:",
+                "cancelled": ":material/cancel:",
+                "interrupted": ":material/pause_circle:"}.get(st_.state, "")
+        st.markdown(f"{icon} **{st_.state}** · job `{jid}`")
+        if st_.total:
+            text = f"step {st_.step}/{st_.total}"
+            if st_.eta_seconds is not None and st_.active:
+                text += f" · ETA {_duration(st_.eta_seconds)}"
+            st.progress(st_.fraction, text=text)
+        if st_.metrics:
+            cols = st.columns(min(4, len(st_.metrics)))
+            for i, (k, v) in enumerate(st_.metrics.items()):
+                cols[i % len(cols)].metric(k, _fmt(v))
+        if st_.message:
+            st.caption(st_.message)
+        if st_.error and st_.state != "done":
+            (st.warning if st_.state == "cancelled" else st.error)(st_.error)
+        if st_.active and not demo_mode():
+            if st.button("Cancel", key=f"{key}_cancel", icon=":material/stop:"):
+                attempt(jobs.cancel, jid)
+
+    body()

@@ -1,0 +1,232 @@
+"""Models: the pair, where their weights differ, and how they answer the same prompt.
+
+URL state: ``base``, ``fine``, ``device``, ``dtype`` (sidebar); ``metric``, ``prompt``,
+``chat``, ``max_new``, ``gen`` (this page).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+import pages.common as ui
+from interp.errors import PromptError
+from interp.generation import generate
+from interp.models import cache_root, validate_pair
+from interp.plots.common import METRIC_LABELS, weight_diff_bars, weight_diff_heatmap
+from interp.weights import weight_diff_groups, weight_diff_pivot, weight_diff_table
+
+DEFAULT_PROMPT = "what is 12 + 34 ?"
+
+
+# ------------------------------------------------------------------ cached backend calls
+@st.cache_data(max_entries=16, show_spinner=False)
+def _validate(base: str, fine: str, stamp_base: str, stamp_fine: str) -> None:
+    validate_pair(base, fine)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _weight_table(path_a: str, path_b: str, stamp_a: str, stamp_b: str) -> pd.DataFrame:
+    return weight_diff_table(path_a, path_b)
+
+
+def prompt_ids(tokenizer, prompt: str, chat: bool, max_chars: int | None) -> list[int]:
+    """Token ids of the prompt, through the chat template when ``chat`` (PromptError
+    when the prompt is empty or longer than ``max_chars``)."""
+    if not prompt.strip():
+        raise PromptError("The prompt is empty: type something to generate from.")
+    if max_chars is not None and len(prompt) > max_chars:
+        raise PromptError(f"The prompt has {len(prompt)} characters; this demo accepts at "
+                          f"most {max_chars}.")
+    if chat:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                             add_generation_prompt=True, tokenize=False)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _generate(spec: str, device: str, dtype: str, stamp: str, prompt: str, chat: bool,
+              max_new: int, max_chars: int | None) -> dict:
+    model = ui.cached_model(spec, device, dtype)
+    ids = prompt_ids(model.tokenizer, prompt, chat, max_chars)
+    n_ctx = model.cfg.n_ctx
+    if len(ids) + max_new > n_ctx:
+        raise PromptError(f"The prompt has {len(ids)} tokens; with {max_new} new tokens that "
+                          f"exceeds the model's context of {n_ctx} tokens.")
+    g = generate(model, [ids], max_new_tokens=max_new, temperature=0.0)[0]
+    return {"prompt": model.tokenizer.decode(ids), "prompt_tokens": len(ids),
+            "text": g.text, "new_tokens": len(g.output_ids), "finished": g.finished}
+
+
+def _behaviour_table(art) -> pd.DataFrame | None:
+    """The behaviour artifact as a table (rows: variants), whatever JSON layout it uses."""
+    for k in ("table", "rows", "behaviour"):
+        if k in art.meta:
+            return pd.DataFrame(art.meta[k])
+    for f in sorted(art.path.glob("*.json")):
+        if f.name == "meta.json":
+            continue
+        data = art.read_json(f.name)
+        if isinstance(data, dict):
+            data = data.get("table", data.get("rows", data))
+        try:
+            df = pd.DataFrame(data)
+            return df.T if isinstance(data, dict) and all(
+                isinstance(v, dict) for v in data.values()) else df
+        except ValueError:
+            continue
+    for f in sorted(art.path.glob("*.csv")):
+        return pd.read_csv(f)
+    return None
+
+
+# ------------------------------------------------------------------ page
+st.title("Models")
+base_spec, fine_spec = ui.current_pair()
+device, dtype = ui.current_device()
+st.markdown(f":blue[**base**] `{ui.short_name(base_spec)}` vs :orange[**fine-tune**] "
+            f"`{ui.short_name(fine_spec)}`")
+
+if ui.unbuilt_organisms(base_spec, fine_spec):
+    st.info(ui.NOT_BUILT_HELP, icon=":material/info:")
+    st.stop()
+
+stamps = (ui.checkpoint_stamp(base_spec), ui.checkpoint_stamp(fine_spec))
+with st.status("Loading the pair…", expanded=False) as status:
+    bar = ui.progress_callback("", container=status)
+    bar(0, 3, step="checking that the pair is comparable")
+    try:
+        _validate(base_spec, fine_spec, *stamps)
+        bar(1, 3, step=f"loading {base_spec}")
+        base = ui.cached_model(base_spec, device, dtype)
+        bar(2, 3, step=f"loading {fine_spec}")
+        fine = ui.cached_model(fine_spec, device, dtype)
+        bar(3, 3, step="ready")
+    except Exception as e:  # noqa: BLE001 - shown below, outside the collapsed box
+        status.update(label="Could not load the pair", state="error", expanded=False)
+        ui.show_error(e)
+        st.stop()
+    status.update(label=f"Pair loaded · {ui.count(base.n_params())} parameters each · "
+                        f"{base.device} · {str(base.dtype).removeprefix('torch.')}",
+                  state="complete", expanded=False)
+
+# ------------------------------------------------------------------ model cards
+st.subheader("The pair")
+cards = st.columns(2)
+for col, role, colour, model in ((cards[0], "Base", "blue", base),
+                                 (cards[1], "Fine-tune", "orange", fine)):
+    d = model.describe()
+    with col.container(border=True):
+        st.markdown(f"#### :{colour}[{role}] · `{ui.short_name(model.spec)}`",
+                    help=f"spec: {model.spec}")
+        m = st.columns([3, 2, 2])
+        m[0].metric("parameters", ui.count(model.n_params()))
+        m[1].metric("layers", d["n_layers"])
+        m[2].metric("d_model", d["d_model"])
+        st.caption(f"{d['architecture']} · {d['n_heads']} heads · d_mlp {d['d_mlp']} · "
+                   f"vocab {d['d_vocab']:,} · "
+                   f"source {d['source']} · weights sha256 `{d['weight_hash'][:12]}`")
+
+# ------------------------------------------------------------------ weight differences
+st.subheader("Where the weights moved")
+table = ui.attempt(_weight_table, str(base.path), str(fine.path), *stamps)
+if table is not None:
+    metric = ui.url_widget(st.radio, "Measure", "metric", "relative",
+                           options=list(METRIC_LABELS), format_func=METRIC_LABELS.get,
+                           horizontal=True)
+    st.caption(
+        "Per parameter tensor in the checkpoints' own (HF) parameter space: "
+        "Δθ = θ_fine − θ_base; relative change ‖Δθ‖ / ‖θ_base‖ (Frobenius norms). "
+        "A cell or bar pools its tensors: √Σ‖Δθ‖² / √Σ‖θ_base‖². Tied embeddings are "
+        "counted once, as embed.")
+    left, right = st.columns([3, 2])
+    with left:
+        pivot = weight_diff_pivot(table, metric)
+        fig_h = weight_diff_heatmap(pivot, metric)
+        st.markdown("**By layer and module**")
+        st.plotly_chart(fig_h, key="fig_weight_heatmap")
+        ui.export_panel(fig_h, pivot, "weight-diff-heatmap", key="exp_heatmap")
+    with right:
+        groups = weight_diff_groups(table)
+        fig_b = weight_diff_bars(groups, metric)
+        st.markdown("**By block** (embedding and unembedding in grey)")
+        st.plotly_chart(fig_b, key="fig_weight_bars")
+        ui.export_panel(fig_b, groups, "weight-diff-by-block", key="exp_bars")
+    with st.expander(f"All {len(table)} tensors"):
+        shown = table.assign(shape=table["shape"].map(lambda s: "×".join(map(str, s))))
+        st.dataframe(shown, hide_index=True, column_config={
+            "relative": st.column_config.NumberColumn(format="%.4g"),
+            "delta_norm": st.column_config.NumberColumn("‖Δθ‖", format="%.4g"),
+            "norm_a": st.column_config.NumberColumn("‖θ_base‖", format="%.4g"),
+            "norm_b": st.column_config.NumberColumn("‖θ_fine‖", format="%.4g"),
+            "cosine": st.column_config.NumberColumn(format="%.6f")})
+        ui.export_panel(None, shown, "weight-diff-tensors", key="exp_tensors")
+
+# ------------------------------------------------------------------ generation
+st.subheader("Side by side")
+st.caption("Greedy decoding (temperature 0) from both models on the same prompt.")
+has_template = bool(getattr(base.tokenizer, "chat_template", None))
+with st.container(border=True):
+    prompt = ui.url_widget(st.text_area, "Prompt", "prompt", DEFAULT_PROMPT, height=90,
+                           max_chars=ui.max_prompt_chars())
+    c1, c2, c3 = st.columns([2, 2, 1], vertical_alignment="bottom")
+    with c1:
+        chat = ui.url_widget(st.checkbox, "Use the chat template", "chat", has_template, bool,
+                             disabled=not has_template,
+                             help=None if has_template else "this tokenizer has no chat template")
+    with c2:
+        max_new = ui.url_widget(st.number_input, "New tokens", "max_new", 48, int,
+                                min_value=1, max_value=512, step=8)
+    with c3:
+        clicked = st.button("Generate", key="generate", type="primary",
+                            icon=":material/play_arrow:")
+chat = bool(chat and has_template)
+inputs = (base_spec, fine_spec, prompt, chat, int(max_new))
+if clicked:
+    st.session_state["generated_for"] = inputs
+elif "generated_for" not in st.session_state and ui.url_param("gen", False, ui.as_bool):
+    st.session_state["generated_for"] = inputs  # opened from a link with results
+show = st.session_state.get("generated_for") == inputs
+ui.set_url_param("gen", show, False)
+if show:
+    outs = {}
+    for role, spec, stamp in (("base", base_spec, stamps[0]), ("fine", fine_spec, stamps[1])):
+        with st.spinner(f"Generating with {spec}…"):
+            outs[role] = ui.attempt(_generate, spec, device, dtype, stamp, prompt, chat,
+                                    int(max_new), ui.max_prompt_chars())
+        if outs[role] is None:
+            break
+    if all(o is not None for o in outs.values()) and len(outs) == 2:
+        with st.expander("Prompt as the models see it"):
+            st.code(outs["base"]["prompt"], language=None, wrap_lines=True)
+        cols = st.columns(2)
+        for col, role, colour, spec in ((cols[0], "base", "blue", base_spec),
+                                        (cols[1], "fine", "orange", fine_spec)):
+            o = outs[role]
+            with col.container(border=True):
+                st.markdown(f"**:{colour}[{'Base' if role == 'base' else 'Fine-tune'}]** "
+                            f"`{ui.short_name(spec)}`")
+                st.code(o["text"] or "(no text)", language=None, wrap_lines=True)
+                st.caption(f"{o['new_tokens']} new tokens · "
+                           + ("stopped at end-of-sequence" if o["finished"]
+                              else "stopped at the token limit"))
+        ui.export_panel(None, [{"model": r, "spec": s, **outs[r]} for r, s in
+                               (("base", base_spec), ("fine", fine_spec))],
+                        "generations", key="exp_gen")
+else:
+    st.caption(":material/keyboard_return: Press **Generate** to compare the two answers.")
+
+# ------------------------------------------------------------------ behaviour
+st.subheader("Behaviour of the organisms")
+arts = ui.attempt(ui.store(cache_root() / "demo").list, "organism_behaviour") or []
+behaviour = _behaviour_table(arts[0]) if arts else None
+if behaviour is None:
+    st.caption(":material/info: No behaviour table yet: it is written when the organisms "
+               "are built and evaluated (`python -m interp organisms build`), as the "
+               "`organism_behaviour` artifact.")
+else:
+    st.caption("Accuracy, hesitation rate and thinking length per organism, measured on "
+               f"held-out problems (artifact `{arts[0].key}`).")
+    st.dataframe(behaviour)
+    ui.export_panel(None, behaviour, "organism-behaviour", key="exp_behaviour")

@@ -1,0 +1,181 @@
+"""AppTest of app.py and the Models page: no organisms, a tiny pair, bad input.
+
+The app runs in this process; ``tmp_cache`` points the artifact store and the model
+registry at an empty temp folder, so the project's cache/ is never read or written.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from interp.store import PROJECT_ROOT
+from interp.weights import weight_diff_pivot, weight_diff_table
+
+APP = str(PROJECT_ROOT / "app.py")
+MODELS = "pages/models.py"
+
+
+@pytest.fixture(autouse=True)
+def _navigation_mode(monkeypatch):
+    """AppTest resets Streamlit's "pages/ folder means v1 multipage" flag before every
+    run, so switch_page would run a page file without app.py (no sidebar). A real
+    server clears the flag once per process (pages/common.py); do the same here."""
+    import streamlit.testing.v1.app_test as app_test
+    from streamlit.runtime.pages_manager import PagesManager
+
+    class V2PagesManager(PagesManager):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(app_test, "PagesManager", V2PagesManager)
+
+
+def _app(params: dict[str, str] | None = None, page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params.update(params or {})
+    if page:
+        at.switch_page(page)
+    return at.run()
+
+
+def _texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def _figures(at) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def _z(fig: dict) -> np.ndarray:
+    """The heatmap's z matrix (plotly encodes arrays as base64 typed arrays)."""
+    z = fig["data"][0]["z"]
+    if isinstance(z, dict):
+        arr = np.frombuffer(base64.b64decode(z["bdata"]), dtype=np.dtype(z["dtype"]))
+        return arr.reshape([int(n) for n in str(z["shape"]).split(",")])
+    return np.asarray(z, dtype=float)
+
+
+def test_home_and_models_without_organisms(tmp_cache):
+    at = _app()
+    assert not at.exception
+    assert "organisms build" in _texts(at.info)
+    at.switch_page(MODELS).run()
+    assert not at.exception
+    assert not at.error
+    assert "python -m interp organisms build" in _texts(at.info)
+    # the sidebar offers the default pair, marked as not built
+    assert at.selectbox(key="base_choice").value == "organism:base"
+
+
+@pytest.fixture
+def pair_app(tmp_cache, tiny_pair_dirs):
+    base, fine = tiny_pair_dirs
+    return _app({"base": str(base), "fine": str(fine), "device": "cpu"}, MODELS), base, fine
+
+
+def test_models_page_with_tiny_pair(pair_app):
+    at, base, fine = pair_app
+    assert not at.exception, at.exception
+    assert not at.error, _texts(at.error)
+    # sidebar took the pair from the URL (free-text field)
+    assert at.text_input(key="base_other").value == str(base)
+    assert at.text_input(key="fine_other").value == str(fine)
+    figs = _figures(at)
+    assert len(figs) == 2
+    heat = next(f for f in figs if f["data"][0]["type"] == "heatmap")
+    # the heatmap shows the relative change computed directly from the weights
+    sa = AutoModelForCausalLM.from_pretrained(str(base)).state_dict()
+    sb = AutoModelForCausalLM.from_pretrained(str(fine)).state_dict()
+    names = [n for n in sa if n.startswith("model.layers.1.mlp.down_proj")]
+    rel = (sum(((sb[n] - sa[n]).double() ** 2).sum() for n in names).sqrt()
+           / sum((sa[n].double() ** 2).sum() for n in names).sqrt()).item()
+    x, y = heat["data"][0]["x"], heat["data"][0]["y"]
+    z = _z(heat)
+    assert z[y.index("1"), x.index("mlp_down")] == pytest.approx(rel, rel=1e-6)
+    # switching the measure updates the URL and the figure
+    at.radio(key="metric").set_value("delta_norm").run()
+    assert not at.exception
+    assert at.query_params["metric"] == ["delta_norm"] or at.query_params["metric"] == \
+        "delta_norm"
+    pv = weight_diff_pivot(weight_diff_table(base, fine), "delta_norm")
+    z = _z(next(f for f in _figures(at) if f["data"][0]["type"] == "heatmap"))
+    assert z[1, list(pv.columns).index("mlp_down")] == pytest.approx(pv.loc[1, "mlp_down"])
+
+
+def test_generation_matches_transformers(pair_app):
+    at, base, fine = pair_app
+    at.text_area(key="prompt").set_value("what is 1 + 2 ?")
+    at.number_input(key="max_new").set_value(6)
+    at.button(key="generate").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, _texts(at.error)
+    shown = [c.value for c in at.code]
+    tok = AutoTokenizer.from_pretrained(str(base))
+    text = tok.apply_chat_template([{"role": "user", "content": "what is 1 + 2 ?"}],
+                                   add_generation_prompt=True, tokenize=False)
+    ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    for path in (base, fine):
+        hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+        out = hf.generate(ids, max_new_tokens=6, do_sample=False,
+                          pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
+        if tok.eos_token_id in out:
+            out = out[:out.index(tok.eos_token_id)]
+        assert tok.decode(out, skip_special_tokens=False) in shown
+    assert "gen" in at.query_params
+
+
+def test_empty_prompt_shows_error(pair_app):
+    at, _, _ = pair_app
+    at.text_area(key="prompt").set_value("   ")
+    at.button(key="generate").click().run()
+    assert not at.exception
+    assert "empty" in _texts(at.error)
+
+
+def test_demo_mode_caps_prompt_length(tmp_cache, tiny_pair_dirs, monkeypatch):
+    # a shared link with an over-long prompt, opened on a hosted demo
+    monkeypatch.setenv("INTERP_DEMO", "1")
+    base, fine = tiny_pair_dirs
+    at = _app({"base": str(base), "fine": str(fine), "device": "cpu", "gen": "1",
+               "prompt": "1 + 1 = " * 100}, MODELS)
+    assert not at.exception
+    assert "at most 600" in _texts(at.error)
+    assert "Hosted demo" in _texts(at.sidebar.caption)
+
+
+@pytest.mark.parametrize("spec", ["no-such-model", "/no/such/folder"])
+def test_unknown_model_shows_error(tmp_cache, tiny_pair_dirs, spec):
+    at = _app({"base": spec, "fine": str(tiny_pair_dirs[1]), "device": "cpu"}, MODELS)
+    assert not at.exception
+    assert "no-such-model" in _texts(at.error) or "/no/such/folder" in _texts(at.error)
+
+
+def test_mismatched_pair_shows_what_differs(tmp_cache, tiny_qwen_dir, tiny_llama_dir):
+    at = _app({"base": str(tiny_qwen_dir), "fine": str(tiny_llama_dir), "device": "cpu"},
+              MODELS)
+    assert not at.exception
+    err = _texts(at.error)
+    assert "not a comparable pair" in err and "architectures" in err
+
+
+def test_optional_pages_appear_when_their_file_exists(tmp_cache, tmp_path):
+    import shutil
+
+    shutil.copy(PROJECT_ROOT / "app.py", tmp_path / "app.py")
+    shutil.copytree(PROJECT_ROOT / "pages", tmp_path / "pages",
+                    ignore=shutil.ignore_patterns("adapters.py", "length.py", "vectors.py"))
+    at = AppTest.from_file(str(tmp_path / "app.py"), default_timeout=60).run()
+    assert not at.exception
+    titles = lambda: {i["page_name"] for i in at._registered_pages.values()}  # noqa: E731
+    assert titles() == {"Home", "Models"}
+    (tmp_path / "pages" / "length.py").write_text("import streamlit as st\nst.write('L')\n")
+    at.run()
+    assert titles() == {"Home", "Models", "Reasoning length"}
