@@ -86,9 +86,20 @@ def export_saelens(adapters: AdapterSet, out_dir: str | Path, model_name: str = 
     return paths
 
 
+def thin_history(history: list[dict[str, Any]], max_points: int = 400) -> list[dict[str, Any]]:
+    """At most ``max_points`` records, evenly spaced, the last one always kept."""
+    if len(history) <= max_points:
+        return list(history)
+    step = len(history) / max_points
+    idx = sorted({int(i * step) for i in range(max_points)} | {len(history) - 1})
+    return [history[i] for i in idx]
+
+
 def save_adapters(setup: Any, cfg: Any, training: dict[str, Any] | None = None,
-                  store: Store | None = None) -> Artifact:
-    """Save ``setup.model.adapters`` + manifest as an ``adapters`` artifact."""
+                  store: Store | None = None,
+                  history: list[dict[str, Any]] | None = None) -> Artifact:
+    """Save ``setup.model.adapters`` + manifest as an ``adapters`` artifact (with the
+    training curve as ``history.json`` when given, thinned to 400 points)."""
     adapters = setup.model.adapters
     base, reasoner = setup.base, setup.reasoner
     pair = {"base": _describe(base), "reasoner": _describe(reasoner)}
@@ -112,8 +123,9 @@ def save_adapters(setup: Any, cfg: Any, training: dict[str, Any] | None = None,
         export_saelens(adapters, tmp, model_name=name)
         dirs = {layer_dir(layer): Path(tmp) / layer_dir(layer)
                 for layer in range(adapters.n_layers)}
+        files = {"history.json": json.dumps(thin_history(history))} if history else None
         return store.save(KIND, config, provenance=provenance(
-            models=pair, seed=getattr(cfg, "seed", None)), meta=meta, dirs=dirs)
+            models=pair, seed=getattr(cfg, "seed", None)), meta=meta, dirs=dirs, files=files)
 
 
 def _describe(m: Any) -> dict[str, Any]:

@@ -225,6 +225,29 @@ def load_checkpoint(work: Path, model: AdapterModel, opt: torch.optim.Optimizer
 ProgressFn = Callable[..., None]
 
 
+def train_step(model: AdapterModel, opt: torch.optim.Optimizer, params: list[torch.Tensor],
+               tokens: torch.Tensor, valid: torch.Tensor, w: LossWeights, k: int,
+               rows: torch.Tensor, cfg: TrainConfig, poison: bool = False
+               ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor], torch.Tensor | None]:
+    """One optimisation step: loss (bf16 autocast on CUDA), backward, clip, AdamW.
+
+    Returns ``(loss, parts, grad_norm)``; when the loss is not finite nothing is updated
+    and ``(None, parts, None)`` is returned (``parts["loss"]`` holds the bad value).
+    """
+    with _autocast(model.device, cfg.autocast):
+        loss, parts = adapter_loss(model, tokens, valid, w, k, rows)
+    if poison:
+        loss = loss * float("nan")
+        parts["loss"] = loss.detach()
+    if not torch.isfinite(loss):
+        return None, parts, None
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    opt.step()
+    return loss, parts, gnorm
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -270,24 +293,19 @@ def train(cfg: TrainConfig, setup: Setup, work: Path, progress: ProgressFn | Non
         tokens, valid = src.batch(step)
         tokens, valid = tokens.to(dev), valid.to(dev)
         k, rows = draw_bridge(cfg, step, L, tokens.shape[0])
-        with _autocast(dev, cfg.autocast):
-            loss, parts = adapter_loss(model, tokens, valid, w, k, rows.to(dev))
-        if cfg.nan_at_step is not None and step == cfg.nan_at_step:
-            loss = loss * float("nan")
-        if not torch.isfinite(loss):
+        poison = cfg.nan_at_step is not None and step == cfg.nan_at_step
+        loss, parts, gnorm = train_step(model, opt, params, tokens, valid, w, k, rows.to(dev),
+                                        cfg, poison=poison)
+        if loss is None:
             last = json.loads((work / "latest.json").read_text())["step"] \
                 if (work / "latest.json").exists() else None
             kept = (f"the last good checkpoint (step {last}) is kept" if last is not None
                     else "no checkpoint had been written yet")
             raise NaNLossError(
-                f"adapter training stopped: the loss became {float(loss)} at step {step} "
+                f"adapter training stopped: the loss became {float(parts['loss'])} at step {step} "
                 f"(kl={float(parts['kl']):.4g}, l1={float(parts['l1']):.4g}, "
                 f"nmse={float(parts['nmse']):.4g}, bridge={float(parts['bridge']):.4g}); "
                 f"{kept}. Lower lr or l1, or resume from the checkpoint.")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
         silent = torch.where(parts["fired"], torch.zeros_like(silent), silent + 1)
         n_tok += int(valid.sum())
         if dev.type != "cpu":
@@ -322,10 +340,28 @@ def run_training(cfg: TrainConfig, work: Path, progress: ProgressFn | None = Non
 
         art = save_adapters(setup, cfg, training={
             "final": res.final, "seconds": res.seconds, "tokens_per_s": res.tokens_per_s,
-            "resumed_from": res.resumed_from})
+            "resumed_from": res.resumed_from}, history=_full_history(work, res.history))
         out["key"] = art.key
         out["path_name"] = art.path.name
     return out
+
+
+def _full_history(work: Path, tail: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The run's whole curve: the job's progress records (all attempts, last record per
+    step) when ``work`` is a job folder, else this process's records."""
+    f = Path(work).parent / "progress.jsonl"
+    recs: dict[int, dict[str, Any]] = {}
+    if f.exists():
+        for line in f.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if "step" in r and "loss" in r:
+                recs[int(r["step"])] = r
+    for r in tail:
+        recs[int(r["step"])] = r
+    return [recs[s] for s in sorted(recs)]
 
 
 def train_job(spec: dict[str, Any], ctx) -> dict[str, Any]:

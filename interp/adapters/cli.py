@@ -1,0 +1,143 @@
+"""``python -m interp adapters ...``: train, sweep, evaluate and list adapter sets.
+
+    python -m interp adapters train [--config FILE.json] [--set k=v ...] [--device D]
+                                    [--background]
+    python -m interp adapters sweep --set l1_values=[3e-4,1e-3,3e-3] [--set k=v ...]
+    python -m interp adapters eval [KEY] [--n-faith N] [--n-behaviour N]
+    python -m interp adapters list
+
+``train``/``sweep`` run the same job as the Adapters page (:mod:`interp.jobs`), here in
+the foreground with a progress bar on stderr (``--background`` submits it to a worker
+and prints the job id). Re-running the same config resumes from the job's checkpoint.
+The last stdout line is the result as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+
+def parse_sets(pairs: list[str] | None) -> dict[str, Any]:
+    """``["k=v", ...]`` -> dict; values parsed as JSON when possible (numbers, lists,
+    true/false/null), else kept as strings."""
+    out: dict[str, Any] = {}
+    for item in pairs or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except ValueError:
+            out[k.strip()] = v
+    return out
+
+
+def build_spec(args) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        try:
+            spec.update(json.loads(Path(args.config).read_text()))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read config {args.config}: {e}") from e
+    spec.update(parse_sets(getattr(args, "set", None)))
+    if getattr(args, "device", None):
+        spec["device"] = args.device
+    return spec
+
+
+def _tqdm():
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, file=sys.stderr, dynamic_ncols=True, unit="step")
+
+    def on(st) -> None:
+        bar.total = st.total
+        bar.n = st.step
+        m = st.metrics
+        bar.set_postfix({k: f"{m[k]:.4g}" for k in ("loss", "kl", "l0", "tokens_per_s")
+                         if isinstance(m.get(k), (int, float))}, refresh=False)
+        bar.refresh()
+
+    return bar, on
+
+
+def _run_job(kind: str, spec: dict[str, Any], background: bool) -> int:
+    from .. import jobs
+    from .train import TrainConfig
+
+    check = {k: v for k, v in spec.items() if k not in ("l1_values", "n_eval")}
+    TrainConfig.from_dict(check)  # fail fast on typos, before a worker starts
+    if background:
+        print(jobs.submit(kind, spec))
+        return 0
+    bar, on = _tqdm()
+    st = jobs.run_inline(kind, spec, on_progress=on, raise_on_error=False)
+    bar.close()
+    print(json.dumps({"id": st.id, "state": st.state, "error": st.error, "result": st.result},
+                     default=str))
+    return 0 if st.state == "done" else 1
+
+
+def _cmd_train(args) -> int:
+    return _run_job("adapters.train", build_spec(args), args.background)
+
+
+def _cmd_sweep(args) -> int:
+    return _run_job("adapters.sweep", build_spec(args), args.background)
+
+
+def _cmd_eval(args) -> int:
+    from ..store import Store
+    from .evaluate import evaluate_artifact
+    from .io import find_adapters
+
+    store = Store(args.store) if args.store else Store()
+    art = find_adapters(store, args.key)
+    ev = evaluate_artifact(art, store, n_faith=args.n_faith, n_behaviour=args.n_behaviour,
+                           device=args.device or "auto")
+    fa = ev.meta["faithfulness"]
+    summary = {"eval_key": ev.key, "adapters_key": art.key,
+               **{k: fa[k] for k in ("kl_adapter", "kl_hybrid", "kl_gap_closed", "mean_l0",
+                                     "dead_fraction")},
+               **ev.meta.get("behaviour", {}).get("derived", {})}
+    print(json.dumps(summary, default=float))
+    return 0
+
+
+def _cmd_list(args) -> int:
+    from ..store import Store
+    from .io import KIND, manifest_summary
+
+    store = Store(args.store) if args.store else Store()
+    for art in store.list(KIND):
+        print(json.dumps(manifest_summary(art), default=str))
+    return 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("adapters", help="transcoder adapters: train, sweep, eval, list")
+    s = p.add_subparsers(dest="adapters_command", required=True)
+    for name, fn, hlp in (("train", _cmd_train, "train an adapter set (job; resumable)"),
+                          ("sweep", _cmd_sweep, "L1 sweep -> L0 vs gap-closed frontier")):
+        t = s.add_parser(name, help=hlp)
+        t.add_argument("--config", help="JSON file of training options")
+        t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override one option (repeatable), e.g. --set l1=0.003")
+        t.add_argument("--device", help="auto | cpu | cuda | mps")
+        t.add_argument("--background", action="store_true", help="submit to a worker")
+        t.set_defaults(func=fn)
+    e = s.add_parser("eval", help="faithfulness + behaviour of a saved adapter set")
+    e.add_argument("key", nargs="?", help="adapters artifact key (default: newest)")
+    e.add_argument("--n-faith", type=int, default=512)
+    e.add_argument("--n-behaviour", type=int, default=256)
+    e.add_argument("--device")
+    e.add_argument("--store", help="artifact store root")
+    e.set_defaults(func=_cmd_eval)
+    ls = s.add_parser("list", help="saved adapter sets")
+    ls.add_argument("--store", help="artifact store root")
+    ls.set_defaults(func=_cmd_list)
