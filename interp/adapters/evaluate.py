@@ -38,6 +38,7 @@ def faithfulness(model: AdapterModel, tokenizer: Any, n: int = 256, source: str 
     (``[L]``) or per residual site / cutoff (``[L+1]``)."""
     L, d_sae = model.n_layers, model.adapters.d_sae
     dev = model.device
+    max_len = min(max_len, model.hybrid.cfg.n_ctx)
     batches = eval_batches(tokenizer, n, batch_size, seed, source, max_len,
                            vocab_size=model.hybrid.cfg.d_vocab)
     acc = {k: 0.0 for k in ("kl_a", "kl_h", "ce_r", "ce_h", "ce_a", "n_tok", "n_ce")}
@@ -206,7 +207,8 @@ def evaluate_artifact(art: Artifact, store: Store | None = None, n_faith: int = 
     model, base, reasoner = model_bundle or load_adapter_model(art, device)
     src = source or art.config.get("data", "traces")
     tok = reasoner.tokenizer
-    fa = faithfulness(model, tok, n=n_faith, source=src)
+    fa = faithfulness(model, tok, n=n_faith, source=src,
+                      max_len=int(art.config.get("max_len", 256)))
     if progress:
         progress(1, 2)
     be = behaviour(model.hybrid, model.adapters, base, reasoner, n=n_behaviour) \

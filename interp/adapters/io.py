@@ -179,3 +179,26 @@ def manifest_summary(art: Artifact) -> dict[str, Any]:
             "pair": {k: v.get("id") for k, v in m.get("pair", {}).items()},
             "created": art.provenance.get("created"),
             "final": json.loads(json.dumps(m.get("training", {}).get("final", {})))}
+
+
+def history_of(art: Artifact) -> list[dict[str, Any]]:
+    """The training curve saved with an adapters artifact ([] when none was saved)."""
+    f = art.path / "history.json"
+    return json.loads(f.read_text()) if f.exists() else []
+
+
+def catalog(stores: dict[str, Store]) -> list[dict[str, Any]]:
+    """Every adapters artifact in the named stores with its newest evaluation (or None):
+    ``[{"label", "store", "artifact", "eval"}]``, demo-store entries first as given."""
+    out = []
+    for sname, store in stores.items():
+        evals: dict[str, Artifact] = {}
+        for ev in store.list("adapters_eval"):  # newest first: keep the first per key
+            evals.setdefault(ev.meta.get("adapters_key", ""), ev)
+        for art in store.list(KIND):
+            l1 = art.config.get("l1")
+            label = (f"{sname} · l1={l1:g} · {art.config.get('steps')} steps · "
+                     f"{art.key[-8:]}") if isinstance(l1, (int, float)) else f"{sname} · {art.key}"
+            out.append({"label": label, "store": sname, "artifact": art,
+                        "eval": evals.get(art.key)})
+    return out

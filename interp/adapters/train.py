@@ -280,7 +280,8 @@ def train(cfg: TrainConfig, setup: Setup, work: Path, progress: ProgressFn | Non
     if silent is None:
         silent = torch.zeros(L, d_sae, dtype=torch.long, device=dev)
     src = BatchSource(setup.tokenizer, cfg.batch_size, cfg.seed, cfg.data, "train",
-                      cfg.max_len, vocab_size=model.hybrid.cfg.d_vocab)
+                      min(cfg.max_len, model.hybrid.cfg.n_ctx),
+                      vocab_size=model.hybrid.cfg.d_vocab)
     w = cfg.weights()
     history: list[dict[str, Any]] = []
     t0 = time.perf_counter()
