@@ -1,0 +1,319 @@
+"""The reasoning-length workflow end to end, one artifact per stage.
+
+Stages (each saves an artifact with its config and provenance; later stages name the
+keys of the earlier ones in their config, so the chain is reproducible):
+
+1. ``length_generations``: batched generation on *direction* prompts, thinking lengths,
+   correctness (organisms), sampling settings;
+2. ``length_direction``: long/short split, ``dir_l`` at resid_mid and resid_post,
+   held-out separability, cosines (:mod:`.directions`);
+3. ``length_sweep``: all-layer additive steering over the α grid on held-out prompts
+   (one batched generation);
+4. ``length_heads``: ``[layers, heads]`` head scores on the short examples, top-k;
+5. ``length_edit``: the W_O edit of the top heads: ``||W_O[h] v||`` before/after, the
+   edited model exported as a checkpoint, reloaded through ``load_model`` and checked
+   against the in-place edited model, evaluation before/after on held-out problems;
+6. ``length_seal``: the SEAL vector and conditional steering before/after;
+7. ``length_demo``: an index of the keys above plus the headline figures.
+
+Prompt sources: ``"organism"`` (the organisms' think format; the scorer gives
+accuracy) or a list of user prompts (no accuracy).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..store import Store, provenance
+from .data import (
+    ThinkMarkers,
+    examples_from_records,
+    generate_thinking,
+    mean_activations,
+    organism_eval_set,
+    sampling_settings,
+    split_long_short,
+)
+from .directions import LengthDirections, thinking_length_direction
+from .edit import edited, export_edited_checkpoint, max_logit_diff
+from .heads import head_short_scores, top_heads
+from .seal import rules_for, seal_hooks, seal_vector
+from .stats import paired_diff_ci, spearman
+from .steer import alpha_grid, alpha_sweep, compact, summarize
+
+log = logging.getLogger(__name__)
+Progress = Callable[..., None]
+
+DEFAULTS: dict[str, Any] = {
+    "model": "organism:reasoner",
+    "source": "organism",
+    "markers": None,                    # None: the organisms' markers
+    "n_direction": 600,                 # train-split prompts for the direction
+    "n_sweep": 200,                     # held-out prompts per α
+    "n_eval": 600,                      # held-out prompts for the edit / SEAL evaluation
+    "split": {"mode": "threshold", "short": 2, "long": 10},
+    "positions": "think",
+    "max_positions": 256,
+    "sites": ["resid_mid", "resid_post"],
+    "sweep_site": "resid_mid",
+    "n_alpha": 9, "alpha_scale": 2.0,
+    "top_k": None,                      # None: 6% of all heads, at least 2
+    "seal_layer": None,                 # None: round(0.7 * n_layers) - 1
+    "seal_anchor": "start", "seal_alpha": -1.0,
+    "max_new_tokens": 96, "temperature": 0.0, "top_p": 1.0, "seed": 0,
+    "batch_size": 512,
+}
+
+
+def make_config(**overrides: Any) -> dict[str, Any]:
+    cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
+    for k, v in overrides.items():
+        if k not in DEFAULTS and k != "prompts":
+            raise ConfigError(f"unknown length setting {k!r}")
+        cfg[k] = v
+    return cfg
+
+
+def _markers(cfg: dict[str, Any]) -> ThinkMarkers:
+    return ThinkMarkers.from_dict(cfg["markers"]) if cfg.get("markers") else \
+        ThinkMarkers.organism()
+
+
+def prompt_set(cfg: dict[str, Any], n: int, split: str, seed_offset: int = 0):
+    """``(prompts, scorer or None)`` for a stage."""
+    if cfg["source"] == "organism":
+        _, prompts, scorer = organism_eval_set(n, seed=cfg["seed"] + seed_offset, split=split)
+        return prompts, scorer
+    prompts = list(cfg.get("prompts") or [])
+    if not prompts:
+        raise ConfigError("no prompts given (source is not 'organism')")
+    return prompts[:n], None
+
+
+def _sampling(cfg):
+    return sampling_settings(cfg["max_new_tokens"], cfg["temperature"], cfg["top_p"],
+                             cfg["seed"], cfg["batch_size"])
+
+
+def _stage_progress(progress: Progress | None, stage: str, k: int, n_stages: int):
+    if progress is None:
+        return None
+    return lambda done, total: progress(k, n_stages, stage=stage, done=done, total=total)
+
+
+def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = None,
+          export_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run every stage on a loaded ``model``; returns the index (also saved)."""
+    mk = _markers(cfg)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    prov = provenance(models={"model": model.describe()}, seed=cfg["seed"])
+    stages = 7
+    t0 = time.time()
+    timings: dict[str, float] = {}
+
+    def tick(name):
+        timings[name] = round(time.time() - t0 - sum(timings.values()), 2)
+        log.info("length stage %s done (%.1fs)", name, timings[name])
+
+    # 1. generations for the direction (train split) ----------------------------------
+    prompts, scorer = prompt_set(cfg, cfg["n_direction"], "train")
+    if progress:
+        progress(0, stages, stage="generate")
+    recs = generate_thinking(model, prompts, mk, max_new_tokens=cfg["max_new_tokens"],
+                             temperature=cfg["temperature"], top_p=cfg["top_p"],
+                             seed=cfg["seed"], batch_size=cfg["batch_size"], scorer=scorer,
+                             progress=_stage_progress(progress, "generate", 0, stages))
+    gcfg = {"model": model.spec, "weight_hash": model.weight_hash, "source": cfg["source"],
+            "n": len(prompts), "split": "train", "markers": mk.to_dict(),
+            "sampling": _sampling(cfg)}
+    gen_art = store.save("length_generations", gcfg, provenance=prov,
+                         meta={"records": compact(recs), "summary": summarize(recs, 0)})
+    tick("generate")
+
+    # 2. directions ---------------------------------------------------------------------
+    lengths = [r["think_tokens"] for r in recs]
+    sp = cfg["split"]
+    labels, split_info = split_long_short(lengths, sp["mode"], sp["short"], sp["long"])
+    ex = examples_from_records(recs, cfg["positions"], cfg["max_positions"])
+    keep = np.flatnonzero(labels >= 0)
+    if progress:
+        progress(1, stages, stage="directions")
+    feats = mean_activations(model, [ex[i] for i in keep], cfg["sites"],
+                             batch_size=min(cfg["batch_size"], 128),
+                             progress=_stage_progress(progress, "directions", 1, stages))
+    dirs = thinking_length_direction(feats, labels[keep], seed=cfg["seed"], meta={
+        "positions_rule": cfg["positions"], "max_positions": cfg["max_positions"],
+        "split": split_info, "markers": mk.to_dict(), "generations": gen_art.key})
+    dcfg = {"generations": gen_art.key, "split": sp, "positions": cfg["positions"],
+            "max_positions": cfg["max_positions"], "sites": cfg["sites"]}
+    dir_art = store.save("length_direction", dcfg, dirs.tensors(), provenance=prov,
+                         meta=dirs.meta)
+    tick("directions")
+
+    # 3. α sweep ------------------------------------------------------------------------
+    alphas = alpha_grid(L, cfg["n_alpha"], "all", cfg["alpha_scale"])
+    sw_prompts, sw_scorer = prompt_set(cfg, cfg["n_sweep"], "eval", seed_offset=1)
+    if progress:
+        progress(2, stages, stage="sweep")
+    short_max = split_info["short_max_tokens"]
+    sw = alpha_sweep(model, sw_prompts, dirs.dirs[cfg["sweep_site"]], alphas,
+                     site=cfg["sweep_site"], markers=mk, scorer=sw_scorer,
+                     short_max_tokens=short_max, max_new_tokens=cfg["max_new_tokens"],
+                     temperature=cfg["temperature"], top_p=cfg["top_p"], seed=cfg["seed"],
+                     batch_size=cfg["batch_size"],
+                     progress=_stage_progress(progress, "sweep", 2, stages))
+    means = [p["mean_think_tokens"] for p in sw["per_alpha"]]
+    rho = spearman(alphas, means)
+    scfg = {"direction": dir_art.key, "site": cfg["sweep_site"], "layers": "all",
+            "alphas": alphas, "n_prompts": len(sw_prompts), "sampling": _sampling(cfg),
+            "alpha_units": "multiples of dir_l (unnormalised long - short)"}
+    sweep_art = store.save("length_sweep", scfg, provenance=prov, meta={
+        "per_alpha": sw["per_alpha"], "records": compact(sw["records"]),
+        "spearman_mean_length_vs_alpha": rho, "short_max_tokens": short_max,
+        "alpha_scale": cfg["alpha_scale"],
+        "alpha_grid_rule": f"linspace(-s/L, s/L, n), s={cfg['alpha_scale']}, L={L}",
+        "shift_over_resid_norm": [
+            [abs(a) * n / max(r, 1e-9) for n, r in
+             zip(dirs.norms(cfg["sweep_site"]), dirs.meta["mean_resid_norm"][cfg["sweep_site"]])]
+            for a in alphas[-1:]][0]})
+    tick("sweep")
+
+    # 4. head scores --------------------------------------------------------------------
+    if progress:
+        progress(3, stages, stage="heads")
+    short_idx = [i for i in range(len(recs)) if labels[i] == 0]
+    units = torch.stack([dirs.unit_short("resid_mid", ly) for ly in range(L)])
+    scores = head_short_scores(model, [ex[i] for i in short_idx], units,
+                               batch_size=min(cfg["batch_size"], 128))
+    k = cfg["top_k"] or max(2, math.ceil(0.06 * L * H))
+    top = top_heads(scores, k)
+    hcfg = {"direction": dir_art.key, "site": "resid_mid", "positions": cfg["positions"],
+            "top_k": k}
+    heads_art = store.save("length_heads", hcfg, {"scores": scores}, provenance=prov, meta={
+        "top": top, "n_short_examples": len(short_idx), "n_layers": L, "n_heads": H,
+        "score": "mean over short examples of mean over thinking positions of "
+                 "(z_h W_O[h]) . unit_short_l; positive = writes towards short"})
+    tick("heads")
+
+    # 5. the edit -----------------------------------------------------------------------
+    if progress:
+        progress(4, stages, stage="edit")
+    heads = [(t["layer"], t["head"]) for t in top]
+    ev_prompts, ev_scorer = prompt_set(cfg, cfg["n_eval"], "eval", seed_offset=2)
+    gen_kw = dict(max_new_tokens=cfg["max_new_tokens"], temperature=cfg["temperature"],
+                  top_p=cfg["top_p"], seed=cfg["seed"], batch_size=cfg["batch_size"],
+                  scorer=ev_scorer)
+    before = generate_thinking(model, ev_prompts, mk, **gen_kw)
+    from .. import store as _store
+    from ..models import load_model
+
+    # the edited checkpoint goes to the (git-ignored) main cache, never into a demo store
+    export_dir = Path(export_dir) if export_dir else \
+        Path(_store.DEFAULT_ROOT) / "length_edited" / heads_art.key
+    out = export_edited_checkpoint(model, heads, units, export_dir,
+                                   meta={"heads_artifact": heads_art.key})
+    reloaded = load_model(str(out), device=model.device, dtype=model.dtype)
+    reloaded.tokenizer = model.tokenizer
+    reloaded.hooked.tokenizer = model.tokenizer
+    check = torch.tensor([before[0]["prompt_ids"] + before[0]["output_ids"]])
+    with edited(model, heads, units) as norms:
+        diff = max_logit_diff(model, reloaded, check)
+    after = generate_thinking(reloaded, ev_prompts, mk, **gen_kw)
+    sb, sa = summarize(before, short_max), summarize(after, short_max)
+    ecfg = {"heads": heads_art.key, "edited_heads": [list(h) for h in heads],
+            "n_eval": len(ev_prompts), "sampling": _sampling(cfg)}
+    emeta = {"norms": norms, "before": sb, "after": sa,
+             "export_max_logit_diff": diff,
+             "records_before": compact(before), "records_after": compact(after),
+             "edited_param_fraction": len(heads) * model.cfg.d_head * model.cfg.d_model
+             / model.n_params()}
+    if ev_scorer is not None:
+        emeta["accuracy_change"] = dict(zip(("mean", "ci_low", "ci_high"), paired_diff_ci(
+            [r["correct"] for r in before], [r["correct"] for r in after], seed=cfg["seed"])))
+    short_b = [bool(r["closed"] and r["think_tokens"] <= short_max) for r in before]
+    short_a = [bool(r["closed"] and r["think_tokens"] <= short_max) for r in after]
+    emeta["short_fraction_change"] = dict(zip(("mean", "ci_low", "ci_high"),
+                                              paired_diff_ci(short_b, short_a, seed=cfg["seed"])))
+    edit_art = store.save("length_edit", ecfg, provenance=prov, meta=emeta)
+    tick("edit")
+
+    # 6. SEAL ---------------------------------------------------------------------------
+    if progress:
+        progress(5, stages, stage="seal")
+    seal_meta: dict[str, Any] = {}
+    seal_key = None
+    try:
+        layer = cfg["seal_layer"] if cfg["seal_layer"] is not None else \
+            max(0, round(0.7 * L) - 1)
+        items = [(r["prompt_ids"], r["output_ids"][r["think_start"]: r["think_end"]])
+                 for r in recs if r["think_tokens"] > 0]
+        rules = rules_for(mk)
+        sv = seal_vector(model, items, mk, layer, rules, cfg["seal_anchor"])
+        steered_recs = generate_thinking(
+            model, ev_prompts, mk, fwd_hooks=seal_hooks(model, sv["vector"], layer, mk,
+                                                        cfg["seal_alpha"]), **gen_kw)
+        hes = mk.hesitation
+
+        def hes_rate(rs):
+            return float(np.mean([model.tokenizer.decode(r["output_ids"]).split().count(hes)
+                                  for r in rs]))
+        seal_meta = {k: v for k, v in sv.items() if k != "vector"}
+        seal_meta.update(before=sb, after=summarize(steered_recs, short_max),
+                         hesitations_before=hes_rate(before),
+                         hesitations_after=hes_rate(steered_recs), alpha=cfg["seal_alpha"])
+        seal_art = store.save("length_seal", {"generations": gen_art.key, "layer": layer,
+                                              "anchor": cfg["seal_anchor"], "rules": rules,
+                                              "alpha": cfg["seal_alpha"]},
+                              {"vector": sv["vector"]}, provenance=prov, meta=seal_meta)
+        seal_key = seal_art.key
+    except ConfigError as e:
+        seal_meta = {"error": str(e)}
+    tick("seal")
+
+    # 7. index --------------------------------------------------------------------------
+    best = dirs.best()
+    neg = [p for p in sw["per_alpha"] if p["alpha"] < 0]
+    zero = [p for p in sw["per_alpha"] if p["alpha"] == 0]
+    index = {
+        "keys": {"generations": gen_art.key, "direction": dir_art.key,
+                 "sweep": sweep_art.key, "heads": heads_art.key, "edit": edit_art.key,
+                 "seal": seal_key},
+        "model": model.spec, "timings": timings,
+        "best_layer_separability": best["auroc"], "best": best,
+        "length_alpha_spearman": rho,
+        "short_fraction_alpha0": zero[0]["short_fraction"]["value"] if zero else None,
+        "short_fraction_most_negative_alpha": neg[0]["short_fraction"]["value"] if neg else None,
+        "export_dir": str(Path(out).name),
+    }
+    if progress:
+        progress(6, stages, stage="index")
+    idx = store.save("length_demo", {"config": {k: v for k, v in cfg.items()
+                                                if k != "prompts"}},
+                     provenance=prov, meta=index)
+    if progress:
+        progress(stages, stages, stage="done")
+    index["key"] = idx.key
+    return index
+
+
+def latest_index(store: Store) -> Any:
+    """The newest ``length_demo`` artifact in ``store`` (or None)."""
+    arts = store.list("length_demo")
+    return arts[0] if arts else None
+
+
+def load_directions(store: Store, key: str) -> LengthDirections:
+    return LengthDirections.from_artifact(store.load("length_direction", key))
+
+
+def prompts_from_text(text: str) -> Sequence[str]:
+    """One prompt per non-empty line."""
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
