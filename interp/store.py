@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,12 +140,18 @@ class Artifact:
     provenance: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
     _tensors: dict[str, torch.Tensor] | None = None
+    files: list[str] = field(default_factory=list)
 
     @property
     def tensors(self) -> dict[str, torch.Tensor]:
         if self._tensors is None:
             f = self.path / TENSORS_FILE
-            self._tensors = load_file(str(f)) if f.exists() else {}
+            if f.exists():
+                self._tensors = load_file(str(f))
+            elif TENSORS_FILE in self.files:  # replaced by a concurrent overwrite
+                raise ArtifactError(f"artifact {self.key} changed while reading; load it again")
+            else:
+                self._tensors = {}
         return self._tensors
 
     def file(self, name: str) -> Path:
@@ -273,6 +280,9 @@ class Store:
                 else:
                     os.rename(tmp, final)
                 _fsync_dir(kdir)
+                # read back under the lock: a concurrent writer of the same key may
+                # replace the folder as soon as the lock is released
+                saved = self.load(kind, key)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -283,7 +293,7 @@ class Store:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return self.load(kind, key)
+        return saved
 
     # -- read --------------------------------------------------------------------
     @staticmethod
@@ -298,19 +308,25 @@ class Store:
 
     def load(self, kind: str, key: str) -> Artifact:
         p = self.path(kind, key)
-        try:
-            record = json.loads((p / META_FILE).read_text())
-        except FileNotFoundError:
-            raise ArtifactNotFoundError(f"no {kind} artifact with key {key}") from None
-        except ValueError as e:
-            raise ArtifactError(f"{kind} artifact {key} has unreadable metadata: {e}") from e
-        if not record.get("complete") or record.get("kind") != kind:
-            raise ArtifactError(f"{kind} artifact {key} is incomplete")
-        for name in record.get("files", []):
-            if not (p / name.rstrip("/")).exists():
-                raise ArtifactError(f"{kind} artifact {key} is missing {name}")
+        for attempt in range(5):
+            try:
+                record = json.loads((p / META_FILE).read_text())
+            except FileNotFoundError:
+                raise ArtifactNotFoundError(f"no {kind} artifact with key {key}") from None
+            except ValueError as e:
+                raise ArtifactError(f"{kind} artifact {key} has unreadable metadata: {e}") from e
+            if not record.get("complete") or record.get("kind") != kind:
+                raise ArtifactError(f"{kind} artifact {key} is incomplete")
+            missing = [n for n in record.get("files", []) if not (p / n.rstrip("/")).exists()]
+            if not missing:
+                break
+            # a concurrent overwrite may have swapped the folder after meta.json was read
+            time.sleep(0.01 * (attempt + 1))
+        else:
+            raise ArtifactError(f"{kind} artifact {key} is missing {missing[0]}")
         return Artifact(kind=kind, key=key, path=p, config=record["config"],
-                        provenance=record.get("provenance", {}), meta=record.get("meta", {}))
+                        provenance=record.get("provenance", {}), meta=record.get("meta", {}),
+                        files=list(record.get("files", [])))
 
     def find(self, kind: str, config: Mapping[str, Any]) -> Artifact | None:
         """The artifact saved for exactly this config, or None."""
