@@ -185,8 +185,23 @@ def measure_cold_start(base: str, fine: str, env: dict[str, str],
 
 
 def measure_cached_interactions(base: str, fine: str, repeats: int = 3) -> list[float]:
+    import streamlit.testing.v1.app_test as app_test
+    from streamlit.runtime.pages_manager import PagesManager
     from streamlit.testing.v1 import AppTest
 
+    class V2PagesManager(PagesManager):  # as a real server after its first run: the
+        def __init__(self, *a, **kw):     # pages/ folder is not a v1 pages directory
+            super().__init__(*a, **kw)
+            PagesManager.uses_pages_directory = False
+
+    original, app_test.PagesManager = app_test.PagesManager, V2PagesManager
+    try:
+        return _interactions(AppTest, base, fine, repeats)
+    finally:
+        app_test.PagesManager = original
+
+
+def _interactions(AppTest, base: str, fine: str, repeats: int) -> list[float]:  # noqa: N803
     at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=300)
     at.query_params.update({"base": base, "fine": fine, "device": "cpu"})
     at.switch_page("pages/models.py")
@@ -197,11 +212,11 @@ def measure_cached_interactions(base: str, fine: str, repeats: int = 3) -> list[
     metrics = ["delta_norm", "relative"]
     for i in range(repeats):
         t = time.perf_counter()
-        at.radio(key="m_metric").set_value(metrics[i % 2]).run()
+        at.radio(key="metric").set_value(metrics[i % 2]).run()
         times.append(time.perf_counter() - t)
         t = time.perf_counter()
-        at.number_input(key="m_max_new").set_value(8).run()
-        at.button(key="m_generate").click().run()
+        at.number_input(key="max_new").set_value(8).run()
+        at.button(key="generate").click().run()
         times.append(time.perf_counter() - t)
     return times
 
@@ -216,16 +231,16 @@ def bench_app_latency(args: Any) -> dict[str, Any]:
         cold = measure_cold_start(base, fine, env)
         print(f"cold start {cold:.2f} s; timing cached interactions…", file=sys.stderr)
         if "INTERP_CACHE" in env:  # point this process's loader at the temp cache
-            from . import models, store
+            from . import store
 
             os.environ["INTERP_CACHE"] = env["INTERP_CACHE"]
-            saved = (store.DEFAULT_ROOT, models.DEFAULT_ROOT)
-            store.DEFAULT_ROOT = models.DEFAULT_ROOT = Path(env["INTERP_CACHE"])
+            saved = store.DEFAULT_ROOT
+            store.DEFAULT_ROOT = Path(env["INTERP_CACHE"])
         try:
             times = measure_cached_interactions(base, fine, repeats=2 if quick else 3)
         finally:
             if "INTERP_CACHE" in env:
-                store.DEFAULT_ROOT, models.DEFAULT_ROOT = saved
+                store.DEFAULT_ROOT = saved
                 if old is None:
                     os.environ.pop("INTERP_CACHE", None)
                 else:

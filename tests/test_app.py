@@ -179,3 +179,81 @@ def test_optional_pages_appear_when_their_file_exists(tmp_cache, tmp_path):
     (tmp_path / "pages" / "length.py").write_text("import streamlit as st\nst.write('L')\n")
     at.run()
     assert titles() == {"Home", "Models", "Reasoning length"}
+
+
+def _export_script():
+    import plotly.graph_objects as go
+
+    import pages.common as ui
+
+    fig = go.Figure(go.Bar(x=["a", "b"], y=[1, 2]))
+    ui.export_panel(fig, {"x": ["a", "b"], "y": [1, 2]}, "demo", key="e")
+
+
+def test_export_panel_buttons(monkeypatch):
+    import interp.export as export
+
+    at = AppTest.from_function(_export_script, default_timeout=60).run()
+    assert not at.exception
+    keys = {b.key for b in at.get("download_button")}
+    if export.static_export_available():
+        assert {"e_png", "e_svg"} <= keys
+    assert {"e_html", "e_csv", "e_json"} <= keys
+    # without Chromium: no PNG/SVG buttons, and a clear note on how to get them
+    monkeypatch.setattr(export, "chromium_path", lambda: None)
+    at = AppTest.from_function(_export_script, default_timeout=60).run()
+    keys = {b.key for b in at.get("download_button")}
+    assert keys == {"e_html", "e_csv", "e_json"}
+    assert "apt-get install -y chromium" in _texts(at.info)
+
+
+def _job_script():
+    import streamlit as st
+
+    import pages.common as ui
+
+    status = ui.job_panel("tests.jobs_fixture:counting_job", {"n": 3, "sleep": 0.05,
+                                                              "tag": "app-test"}, key="t")
+    if status is not None and status.state == "done":
+        st.success(f"counted {status.result['counted']}")
+
+
+def test_job_panel_runs_a_job_to_the_end(tmp_cache):
+    import time
+
+    at = AppTest.from_function(_job_script, default_timeout=60).run()
+    assert not at.exception
+    at.button(key="t_start").click().run()
+    assert not at.exception
+    deadline = time.monotonic() + 120
+    while "counted 3" not in _texts(at.success):
+        assert time.monotonic() < deadline, "the job did not finish"
+        time.sleep(0.5)
+        at.run()
+        assert not at.exception
+    assert "done" in _texts(at.markdown)
+
+
+def test_job_panel_in_demo_mode_starts_nothing(tmp_cache, monkeypatch):
+    monkeypatch.setenv("INTERP_DEMO", "1")
+    at = AppTest.from_function(_job_script, default_timeout=60).run()
+    assert not at.exception
+    assert not at.button
+    assert "off in the hosted demo" in _texts(at.caption)
+
+
+def _progress_script():
+    import pages.common as ui
+
+    progress = ui.progress_callback("training", min_interval=0.0)
+    progress(1, 4, loss=0.5)
+    progress(4, 4, loss=0.25)
+
+
+def test_progress_callback_draws_a_bar():
+    at = AppTest.from_function(_progress_script, default_timeout=30).run()
+    assert not at.exception
+    bars = at.get("progress")
+    assert len(bars) == 1
+    assert bars[0].proto.value == 100
+    assert "4/4" in bars[0].proto.text and "loss 0.25" in bars[0].proto.text
