@@ -395,3 +395,33 @@ def test_training_reduces_kl_and_saves_artifact(pair, tmp_path):
         assert key in recs[-1]
     art = Store(tmp_path / "store").load("adapters", st.result["key"])
     assert art.meta["n_layers"] == 2
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_resumes_to_the_same_loss_curve(pair, tmp_path):
+    """The real thing: a detached worker process is SIGKILLed mid-run, then resumed."""
+    import os
+    import signal
+    import time
+
+    from interp import jobs
+
+    spec = _spec(pair, tmp_path, steps=40, ckpt_every=5)
+    full = jobs.run_inline("adapters.train", spec, root=tmp_path / "a")
+    want = _curve(jobs.progress_records(full.id, tmp_path / "a"))
+    jid = jobs.submit("adapters.train", spec, root=tmp_path / "k")
+    t0 = time.time()
+    while time.time() - t0 < 120:
+        recs = jobs.progress_records(jid, tmp_path / "k")
+        if recs and recs[-1]["step"] >= 12:
+            break
+        time.sleep(0.05)
+    st = jobs.status(jid, tmp_path / "k")
+    assert st.state == "running", st
+    os.kill(st.pid, signal.SIGKILL)
+    time.sleep(0.5)
+    assert jobs.status(jid, tmp_path / "k").state == "interrupted"
+    done = jobs.run_inline("adapters.train", spec, root=tmp_path / "k")
+    assert 0 < done.result["resumed_from"] < 40
+    got = _curve(jobs.progress_records(jid, tmp_path / "k"))
+    assert got == want

@@ -70,7 +70,7 @@ def _run_job(kind: str, spec: dict[str, Any], background: bool) -> int:
     from .. import jobs
     from .train import TrainConfig
 
-    check = {k: v for k, v in spec.items() if k not in ("l1_values", "n_eval")}
+    check = {k: v for k, v in spec.items() if k not in ("l1_values", "n_eval", "save_runs")}
     TrainConfig.from_dict(check)  # fail fast on typos, before a worker starts
     if background:
         print(jobs.submit(kind, spec))

@@ -374,10 +374,12 @@ def train_job(spec: dict[str, Any], ctx) -> dict[str, Any]:
 def sweep_job(spec: dict[str, Any], ctx) -> dict[str, Any]:
     """Job entry (``adapters.sweep``): train one run per ``l1_values`` entry (each resumable
     in its own sub-folder), evaluate faithfulness, save an ``adapters_sweep`` artifact
-    with the L0-vs-gap-closed frontier."""
+    with the L0-vs-gap-closed frontier. Extra spec keys: ``l1_values``, ``n_eval``
+    (held-out sequences per evaluation), ``save_runs`` (also save each run's adapters)."""
     spec = dict(spec)
     l1s = [float(v) for v in spec.pop("l1_values", [3e-4, 1e-3, 3e-3, 1e-2])]
     n_eval = int(spec.pop("n_eval", 256))
+    save_runs = bool(spec.pop("save_runs", True))
     if not l1s:
         raise ConfigError("l1_values is empty")
     base_cfg = TrainConfig.from_dict(spec)
@@ -387,7 +389,7 @@ def sweep_job(spec: dict[str, Any], ctx) -> dict[str, Any]:
     from .evaluate import faithfulness
 
     for i, l1 in enumerate(l1s):
-        cfg = dataclasses.replace(base_cfg, l1=l1)
+        cfg = dataclasses.replace(base_cfg, l1=l1, save=base_cfg.save and save_runs)
         fresh = setup_models(cfg, setup0.base, setup0.reasoner)
 
         def prog(step, tot, _i=i, _l1=l1, **m):
