@@ -1,0 +1,76 @@
+"""``python -m interp vectors ...``: build the demo artifacts, export an edited model,
+print task-vector statistics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _mask(args):
+    from .task import GROUPS, Mask
+
+    groups = tuple(args.groups.split(",")) if args.groups else GROUPS
+    layers = tuple(int(x) for x in args.layers.split("-")) if args.layers else None
+    return Mask(groups, layers)
+
+
+def _demo(args) -> int:
+    from .demo import build_demo
+
+    keys = build_demo(device=args.device, n_accuracy=args.n_accuracy, n_sweep=args.n_sweep)
+    print(json.dumps(keys))
+    return 0
+
+
+def _export(args) -> int:
+    from ..models import local_checkpoint
+    from .task import TaskVector, export_edited_checkpoint
+
+    tv = TaskVector.from_specs(args.a, args.b)
+    _, target = local_checkpoint(args.target)
+    out = export_edited_checkpoint(target, tv, args.alpha, args.out, _mask(args),
+                                   provenance={"target_spec": args.target})
+    print(json.dumps({"out": str(out)}))
+    return 0
+
+
+def _stats(args) -> int:
+    from ..models import local_checkpoint
+    from .task import TaskVector, aggregate_stats, task_vector_stats
+
+    tv = TaskVector.from_specs(args.a, args.b)
+    _, target = local_checkpoint(args.target)
+    ref = local_checkpoint(args.reference)[1] if args.reference else None
+    t = task_vector_stats(tv, target, ref, _mask(args))
+    print(aggregate_stats(t, "layer").to_string(index=False), file=sys.stderr)
+    print(json.dumps(aggregate_stats(t, "layer").to_dict(orient="records")))
+    return 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("vectors", help="reasoning vectors: task / control vectors, lenses")
+    vs = p.add_subparsers(dest="vectors_command", required=True)
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--a", default="organism:grpo", help="donor A (v = A − B)")
+        q.add_argument("--b", default="organism:sft", help="donor B")
+        q.add_argument("--target", default="organism:instruct")
+        q.add_argument("--groups", default="", help="mask groups, e.g. attn,mlp (default all)")
+        q.add_argument("--layers", default="", help="block range lo-hi, inclusive")
+
+    d = vs.add_parser("demo", help="rebuild the demo artifacts in cache/demo")
+    d.add_argument("--device", default="auto")
+    d.add_argument("--n-accuracy", type=int, default=500)
+    d.add_argument("--n-sweep", type=int, default=256)
+    d.set_defaults(func=_demo)
+    e = vs.add_parser("export", help="write target + alpha * (m * v) as a checkpoint")
+    common(e)
+    e.add_argument("--alpha", type=float, default=1.0)
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=_export)
+    s = vs.add_parser("stats", help="per-layer ||v|| and cosine(v, target - reference)")
+    common(s)
+    s.add_argument("--reference", default="organism:base")
+    s.set_defaults(func=_stats)
