@@ -63,7 +63,7 @@ def add_commands(sub) -> None:
     d = vs.add_parser("demo", help="rebuild the demo artifacts in cache/demo")
     d.add_argument("--device", default="auto")
     d.add_argument("--n-accuracy", type=int, default=500)
-    d.add_argument("--n-sweep", type=int, default=256)
+    d.add_argument("--n-sweep", type=int, default=128)
     d.set_defaults(func=_demo)
     e = vs.add_parser("export", help="write target + alpha * (m * v) as a checkpoint")
     common(e)

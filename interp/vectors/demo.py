@@ -43,7 +43,7 @@ DEFAULT_SPEC: dict[str, Any] = {
     "mask": None,                        # Mask.to_config(); None = every tensor
     "alphas": list(DEFAULT_ALPHAS),
     "fmt": "think",
-    "n_sweep": 256,                      # prompts of the forward (KL / entropy) sweep
+    "n_sweep": 128,                      # prompts of the forward (KL / entropy) sweep
     "n_accuracy": 500,                   # held-out problems of the accuracy sweep
     "accuracy_alphas": list(DEFAULT_ALPHAS),
     "max_new_tokens": 64,
@@ -220,7 +220,7 @@ def _have(store: Store, kind: str, s: dict[str, Any], what: str, out: dict[str, 
     return art is not None
 
 
-def build_demo(device: str = "auto", n_accuracy: int = 500, n_sweep: int = 256,
+def build_demo(device: str = "auto", n_accuracy: int = 500, n_sweep: int = 128,
                progress: Progress | None = None) -> dict[str, Any]:
     """The shipped demo: the default task-vector experiment (instruct + α(grpo − sft))
     and a control-vector experiment on instruct, saved under ``cache/demo``."""

@@ -1,0 +1,83 @@
+"""One call per view of the Reasoning vectors page (no streamlit here).
+
+A loaded model may be shared by several app sessions, and both kinds of modification
+act on the shared object (weights edited in place, hooks attached), so every function
+that modifies a model holds that model's lock (:func:`model_lock`) for the whole
+original-vs-modified computation; the model is restored before the lock is released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from typing import Any, Sequence
+
+from .control import ControlVector, build_control_vector
+from .lens import generation_lens, layer_token_kl, trace_lens, vector_logit_lens
+from .task import Mask, TaskVector, aggregate_stats, apply_task_vector, task_vector_stats
+
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_GUARD = threading.Lock()
+
+
+def model_lock(model) -> threading.RLock:
+    h = getattr(model, "hooked", model)
+    with _GUARD:
+        if h not in _LOCKS:
+            _LOCKS[h] = threading.RLock()
+        return _LOCKS[h]
+
+
+def task_stats_view(donor_a: str, donor_b: str, target: str, reference: str | None,
+                    mask: Mask) -> dict[str, Any]:
+    """Per-tensor table plus per-layer and per-group aggregates (see task.py)."""
+    from ..models import local_checkpoint
+
+    tv = TaskVector.from_specs(donor_a, donor_b)
+    _, tp = local_checkpoint(target)
+    tv.check_target(tp, target)
+    rp = local_checkpoint(reference)[1] if reference else None
+    table = task_vector_stats(tv, tp, rp, mask)
+    return {"table": table, "by_layer": aggregate_stats(table, "layer"),
+            "by_group": aggregate_stats(table, "group"), "tied": tv.tied}
+
+
+def task_modify(model, donor_a: str, donor_b: str, mask: Mask):
+    """``modify(alpha)`` for the lenses: a streamed in-place edit restored from file."""
+    tv = TaskVector.from_specs(donor_a, donor_b)
+    return lambda alpha: (lambda: apply_task_vector(model, tv, alpha, mask))
+
+
+def control_modify(model, cv: ControlVector):
+    from ..steering import steered
+
+    def outer(alpha: float):
+        return lambda: (contextlib.nullcontext() if float(alpha) == 0.0
+                        else steered(model, cv.hooks(float(alpha))))
+
+    return outer
+
+
+def build_control(model, positives: Sequence[str], negatives: Sequence[str] | None,
+                  layer: int, kind: str, site: str, token_rule: str = "last") -> dict[str, Any]:
+    """A control vector and its logit lens, raw and through the final norm."""
+    with model_lock(model):
+        cv = build_control_vector(model, positives, negatives, layer, kind, site, token_rule)
+    return {"vector": cv, "lens_raw": vector_logit_lens(model, cv.vector, 10, False),
+            "lens_norm": vector_logit_lens(model, cv.vector, 10, True)}
+
+
+def trace_view(model, modify_at, tokens: Sequence[int], alpha: float, own_prompt=None,
+               max_new_tokens: int = 64, k: int = 5, unit: str = "nats") -> dict[str, Any]:
+    """Per-token lens and layer × token KL on ``tokens`` at ``alpha``; with
+    ``own_prompt`` also each model's own greedy generation from it."""
+    mod = modify_at(alpha)
+    with model_lock(model):
+        shared = trace_lens(model, tokens, mod, k, unit, label="shared trace")
+        heat = layer_token_kl(model, tokens, mod, unit)
+        own = (generation_lens(model, own_prompt, mod, max_new_tokens, k, unit)
+               if own_prompt is not None else None)
+    tok = getattr(model, "tokenizer", None)
+    return {"shared": shared, "records": shared.to_records(tok), "layer_kl": heat,
+            "tokens": [r["token"] for r in shared.to_records(tok)], "own": own}

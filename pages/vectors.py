@@ -1,0 +1,212 @@
+"""Reasoning vectors: task arithmetic θ_target + α·(m ⊙ (θ_A − θ_B)) and control vectors
+α·c in the residual stream, seen through KL / entropy / logit lenses and α sweeps.
+
+URL state: ``vmode`` (task | control), ``va`` / ``vb`` / ``vt`` / ``vref`` (donors,
+target, reference), ``vg`` (mask groups, comma list), ``vlo`` / ``vhi`` (block range),
+``valpha`` (α), ``vprob`` (organism problem index), ``vtext`` (own text), ``vgen`` (own
+generations), ``vcl`` / ``vcs`` / ``vck`` (control layer, site, kind), ``vpos`` /
+``vneg`` (control prompt formats), ``vunit`` (nats | bits).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import pages.common as ui
+from interp.vectors import plots as vp
+from interp.vectors import views
+from interp.vectors.demo import demo_store, find_part, full_spec
+from interp.vectors.task import GROUPS, Mask
+
+st.title("Reasoning vectors")
+st.caption(
+    "**Task vectors** move a target model's weights along the difference of two "
+    "fine-tunes of one initialisation (default: organisms grpo − sft, applied to instruct): "
+    "θ = θ_target + α·(m ⊙ v). **Control vectors** add α·c to one layer's residual stream. "
+    "The lenses compare the original and the modified model on the same tokens: "
+    "KL(P_orig ‖ P_mod) and entropies per token, promoted / suppressed tokens, a logit-lens "
+    "KL heatmap over layers, and sweeps over α.")
+device, dtype = ui.current_device()
+mode = ui.url_widget(st.segmented_control, "vector", "vmode", "task",
+                     options=["task", "control"],
+                     format_func=lambda m: {"task": "Task vector (weights)",
+                                            "control": "Control vector (activations)"}[m])
+unit = ui.url_widget(st.segmented_control, "unit", "vunit", "nats", options=["nats", "bits"])
+mode = mode or "task"
+unit = unit or "nats"
+
+c = st.columns(4)
+target = ui.url_widget(c[0].text_input, "target model", "vt", "organism:instruct")
+if mode == "task":
+    donor_a = ui.url_widget(c[1].text_input, "donor A (v = A − B)", "va", "organism:grpo")
+    donor_b = ui.url_widget(c[2].text_input, "donor B", "vb", "organism:sft")
+    reference = ui.url_widget(c[3].text_input, "reference for cos(v, θ_target − θ_ref)",
+                              "vref", "organism:base")
+    c = st.columns([3, 2, 2])
+    groups_txt = ui.url_param("vg", ",".join(GROUPS))
+    groups = c[0].multiselect("mask: module groups", list(GROUPS),
+                              [g for g in groups_txt.split(",") if g in GROUPS], key="vg_ms")
+    ui.set_url_param("vg", ",".join(groups), ",".join(GROUPS))
+    lo = ui.url_widget(c[1].number_input, "first block", "vlo", 0, int, min_value=0)
+    hi = ui.url_widget(c[2].number_input, "last block (−1 = all)", "vhi", -1, int,
+                       min_value=-1)
+    mask = ui.attempt(Mask, tuple(groups), None if hi < 0 else (int(lo), int(hi)))
+    if mask is None:
+        st.stop()
+else:
+    c2 = st.columns(4)
+    layer = ui.url_widget(c[1].number_input, "layer (block index)", "vcl", 1, int,
+                          min_value=0)
+    site = ui.url_widget(c[2].selectbox, "hook site", "vcs", "resid_post",
+                         options=["resid_post", "resid_mid", "resid_pre"])
+    kind = ui.url_widget(c[3].selectbox, "vector kind", "vck", "R-C",
+                         options=["R-C", "PCA-C", "R"])
+    pos_fmt = ui.url_widget(c2[0].selectbox, "positives: organism format", "vpos", "think",
+                            options=["think", "direct", "chat", "plain"])
+    neg_fmt = ui.url_widget(c2[1].selectbox, "negatives: organism format", "vneg", "direct",
+                            options=["think", "direct", "chat", "plain"])
+    n_ctrl = ui.url_widget(c2[2].number_input, "paired prompts", "vcn", 128, int,
+                           min_value=4, max_value=2000)
+alpha = ui.url_widget(st.slider, "α", "valpha", 1.0, float, min_value=-3.0, max_value=3.0,
+                      step=0.25)
+
+model = ui.attempt(ui.cached_model, target, device, dtype)
+if model is None:
+    st.stop()
+
+# ------------------------------------------------------------------ weight space
+if mode == "task":
+    st.subheader("The task vector")
+    stats = ui.attempt(views.task_stats_view, donor_a, donor_b, target, reference or None, mask)
+    if stats is None:
+        st.stop()
+    if stats["tied"]:
+        st.caption("Tied embeddings: the shared matrix counts once and is applied only when "
+                   "both *embed* and *unembed* are selected.")
+    fig, data = vp.norms_by_layer(stats["by_layer"])
+    st.plotly_chart(fig, key="v_norms")
+    ui.export_panel(fig, data, "task-vector-by-layer", key="vx_norms")
+    with st.expander("Per tensor", icon=":material/table:"):
+        tbl = stats["table"].drop(columns=["vv", "dd", "vd"])
+        st.dataframe(tbl, hide_index=True)
+        ui.export_panel(None, tbl, "task-vector-tensors", key="vx_tensors")
+    modify_at = views.task_modify(model, donor_a, donor_b, mask)
+    spec = {"kind": "task", "target": target, "donor_a": donor_a, "donor_b": donor_b,
+            "reference": reference or None, "mask": None if mask == Mask() else mask.to_config()}
+else:
+    from interp.organisms import task as T
+
+    st.subheader("The control vector")
+    probs = T.sample_problems(int(n_ctrl), seed=0, split="train")
+    ctrl = ui.attempt(views.build_control, model, [T.prompt_text(p, pos_fmt) for p in probs],
+                      [T.prompt_text(p, neg_fmt) for p in probs] if kind != "R" else None,
+                      int(layer), kind, site)
+    if ctrl is None:
+        st.stop()
+    cv = ctrl["vector"]
+    st.caption(f"hook `{cv.hook}` · token rule: last prompt token · {cv.info['n_pos']} "
+               f"positive / {cv.info['n_neg']} negative prompts · raw ‖c‖ = "
+               f"{cv.info['norm']:.4g}" + (f" · PCA share {cv.info['explained']:.3f}"
+                                          if "explained" in cv.info else ""))
+    cols = st.columns(2)
+    for col, key in zip(cols, ("lens_raw", "lens_norm")):
+        fig, data = vp.vector_lens(ctrl[key])
+        col.plotly_chart(fig, key=f"v_{key}")
+        with col:
+            ui.export_panel(fig, data, f"control-vector-{key}", key=f"vx_{key}")
+    modify_at = views.control_modify(model, cv)
+    spec = {"kind": "control", "target": target, "layer": int(layer), "site": site,
+            "vector_kind": kind, "positive_fmt": pos_fmt, "negative_fmt": neg_fmt,
+            "n_control": int(n_ctrl)}
+
+# ------------------------------------------------------------------ one trace
+st.subheader(f"One trace at α = {alpha:g}")
+from interp.organisms import task as T  # noqa: E402
+from interp.vectors.sweep import organism_batch  # noqa: E402
+
+c = st.columns([1, 3, 1])
+prob_i = ui.url_widget(c[0].number_input, "organism problem #", "vprob", 0, int,
+                       min_value=0, max_value=499)
+text = ui.url_widget(c[1].text_input, "or your own text (teacher-forced)", "vtext", "",
+                     max_chars=ui.max_prompt_chars())
+own = ui.url_widget(c[2].checkbox, "own generations", "vgen", False, bool)
+problem = T.sample_problems(int(prob_i) + 1, seed=0, split="eval")[-1]
+if text.strip():
+    tokens = model.tokenizer(text, add_special_tokens=True)["input_ids"]
+    prompt_len, own_prompt = 0, text if own else None
+else:
+    b = organism_batch([problem], "think")
+    tokens, prompt_len = b.seqs[0], b.prompt_lens[0]
+    own_prompt = T.prompt_text(problem, "think") if own else None
+    st.caption(f"Problem {problem.id}; shared trace = the clean reference think trace.")
+with st.spinner("running both models…"):
+    tv = ui.attempt(views.trace_view, model, modify_at, tokens, alpha, own_prompt, 64, 5, unit)
+if tv is not None:
+    st.markdown(vp.kl_highlight_html(tv["records"], unit, prompt_len=prompt_len),
+                unsafe_allow_html=True)
+    st.caption(f"Each token is shaded by KL(P_orig ‖ P_mod) [{unit}] of the distribution that "
+               "predicted it; dotted underline = prompt.")
+    fig, data = vp.per_token(tv["records"], unit)
+    st.plotly_chart(fig, key="v_tok")
+    ui.export_panel(fig, data, "per-token-kl", key="vx_tok")
+    fig, data = vp.layer_token_kl(tv["layer_kl"], tv["tokens"], unit)
+    st.plotly_chart(fig, key="v_heat")
+    ui.export_panel(fig, data, "layer-token-kl", key="vx_heat")
+    with st.expander("Top promoted / suppressed tokens per position", icon=":material/table:"):
+        df = pd.DataFrame(tv["records"])
+        st.dataframe(df, hide_index=True)
+        ui.export_panel(None, df, "top-tokens", key="vx_top")
+    if tv["own"] is not None:
+        for key, label in (("orig", "original"), ("mod", "modified")):
+            o = tv["own"][key]
+            st.markdown(f"**{label} model's own generation:** `{o['generation'].text}`")
+            recs = o["lens"].to_records(model.tokenizer)
+            st.markdown(vp.kl_highlight_html(recs, unit, prompt_len=o["prompt_len"]),
+                        unsafe_allow_html=True)
+            fig, data = vp.per_token(recs, unit, title=f"Along the {label} model's generation")
+            st.plotly_chart(fig, key=f"v_own_{key}")
+            ui.export_panel(fig, data, f"per-token-kl-{key}-generation", key=f"vx_own_{key}")
+
+# ------------------------------------------------------------------ sweeps
+st.subheader("Sweeps over α")
+sweep = acc = None
+for st_ in (ui.store(), demo_store(read_only=True)):
+    sweep = sweep or find_part(spec, "sweep", st_)
+    acc = acc or find_part(spec, "accuracy", st_)
+if sweep is None or acc is None:
+    st.caption("No saved sweep for these settings: run one (organism think prompts; "
+               f"{full_spec(spec)['n_sweep']} prompts for KL / entropy, "
+               f"{full_spec(spec)['n_accuracy']} held-out problems for accuracy).")
+    ui.job_panel("vectors.sweep", {**spec, "device": device}, key="vjob", label="Run sweep")
+if sweep is not None:
+    ts = sweep.tensors
+    alphas = [float(a) for a in ts["alphas"].tolist()]
+    u = sweep.meta.get("unit", "nats")
+    cols = st.columns(2)
+    for col, metric, title, ylab in (
+            (cols[0], "kl_last", "KL(P_α=0 ‖ P_α) at the last prompt token", f"KL [{u}]"),
+            (cols[1], "entropy_last", "Entropy of P_α at the last prompt token", f"H [{u}]"),
+            (cols[0], "kl_trace", "KL averaged over the reference trace", f"KL [{u}]"),
+            (cols[1], "entropy_trace", "Entropy averaged over the reference trace",
+             f"H [{u}]")):
+        fig, data = vp.alpha_band(alphas, ts[metric].numpy(), title, ylab)
+        col.plotly_chart(fig, key=f"v_{metric}")
+        with col:
+            ui.export_panel(fig, data, f"{metric}-vs-alpha", key=f"vx_{metric}")
+    fig, data = vp.stacked_mass(alphas, ts["p_correct"].numpy())
+    st.plotly_chart(fig, key="v_mass")
+    ui.export_panel(fig, data, "answer-mass-vs-alpha", key="vx_mass")
+if acc is not None:
+    ta = acc.tensors
+    fig, data = vp.accuracy_vs_alpha([float(a) for a in ta["alphas"].tolist()],
+                                     ta["correct"].numpy(),
+                                     title=f"Accuracy vs α ({acc.config.get('fmt')} format, "
+                                           f"greedy, {ta['correct'].shape[1]} held-out problems)")
+    st.plotly_chart(fig, key="v_acc")
+    ui.export_panel(fig, data, "accuracy-vs-alpha", key="vx_acc")
+    st.caption(f"artifact `{acc.key}` · made {acc.provenance.get('created', '?')} · code "
+               f"{acc.provenance.get('code_version', '?')} · mean think tokens per α: "
+               + ", ".join(f"{a:g}: {np.mean(t):.1f}" for a, t in
+                           zip(ta["alphas"].tolist(), ta["think_tokens"].numpy())))

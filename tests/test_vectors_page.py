@@ -1,0 +1,67 @@
+"""The Reasoning vectors page (AppTest) on tiny organism-vocabulary models."""
+
+from __future__ import annotations
+
+import pytest
+
+from interp.store import PROJECT_ROOT, Store
+from tests.test_vectors_sweep import _tiny_organism
+
+APP = str(PROJECT_ROOT / "app.py")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from interp.vectors.demo import run_experiment
+
+    root = tmp_path_factory.mktemp("vpage")
+    m = {n: _tiny_organism(root / n, i) for i, n in enumerate(("instruct", "grpo", "sft",
+                                                                "base"))}
+    demo = Store(root / "demo")
+    spec = {"target": m["instruct"], "donor_a": m["grpo"], "donor_b": m["sft"],
+            "reference": m["base"], "n_sweep": 4, "n_accuracy": 5, "max_new_tokens": 4,
+            "alphas": [-1.0, 0.0, 1.0], "accuracy_alphas": [-1.0, 0.0, 1.0]}
+    run_experiment(spec, demo, device="cpu", parts=("sweep", "accuracy"),
+                   progress=lambda *a: None)
+    return m, demo, spec
+
+
+@pytest.fixture
+def _navigation_mode(monkeypatch):
+    import streamlit.testing.v1.app_test as app_test
+    from streamlit.runtime.pages_manager import PagesManager
+
+    class V2PagesManager(PagesManager):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(app_test, "PagesManager", V2PagesManager)
+
+
+@pytest.mark.parametrize("mode", ["task", "control"])
+def test_vectors_page(setup, monkeypatch, tmp_cache, _navigation_mode, mode):
+    from streamlit.testing.v1 import AppTest
+
+    import interp.vectors.demo as D
+
+    m, demo, spec = setup
+    monkeypatch.setattr(D, "DEMO_ROOT", demo.root)
+    monkeypatch.setattr(D, "DEFAULT_SPEC", {**D.DEFAULT_SPEC, "n_sweep": 4, "n_accuracy": 5,
+                                            "max_new_tokens": 4, "alphas": [-1.0, 0.0, 1.0],
+                                            "accuracy_alphas": [-1.0, 0.0, 1.0]})
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.switch_page("pages/vectors.py")
+    at.query_params.update({"vt": m["instruct"], "va": m["grpo"], "vb": m["sft"],
+                            "vref": m["base"], "vmode": mode, "vcl": "1", "vcn": "8",
+                            "valpha": "0.5"})
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    charts = at.get("plotly_chart")
+    if mode == "task":
+        assert len(charts) >= 9  # norms, per-token, heatmap, 4 bands, mass, accuracy
+    else:
+        assert len(charts) >= 4  # two vector lenses, per-token, heatmap (no saved sweep)
+    at.slider(key="valpha").set_value(-1.0).run()
+    assert not at.exception
+    assert at.query_params.get("valpha") in ("-1.0", ["-1.0"])
