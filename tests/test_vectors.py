@@ -72,9 +72,10 @@ def test_hf_to_tl_mapping_reproduces_hooked_weights(which, tiny_qwen_dir, tiny_l
         assert k in seen or not p.any(), k
 
 
-def test_apply_restore_is_bit_exact(tiny_pair_dirs, tiny_qwen_dir):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_apply_restore_is_bit_exact(tiny_pair_dirs, tiny_qwen_dir, dtype):
     tv = TaskVector.from_paths(*tiny_pair_dirs)
-    m = load_model(str(tiny_qwen_dir), device="cpu", dtype="float32")
+    m = load_model(str(tiny_qwen_dir), device="cpu", dtype=dtype)
     before = _state(m)
     for restore in ("file", "backup"):
         with apply_task_vector(m, tv, alpha=1.0, restore=restore):
