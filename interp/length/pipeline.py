@@ -68,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "top_k": None,                      # None: 6% of all heads, at least 2
     "seal_layer": None,                 # None: round(0.7 * n_layers) - 1
     "seal_anchor": "start", "seal_alpha": -1.0,
+    "seal_rules": None,                 # None: seal.rules_for(markers)
     "max_new_tokens": 96, "temperature": 0.0, "top_p": 1.0, "seed": 0,
     "batch_size": 512,
 }
@@ -255,7 +256,7 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
             max(0, round(0.7 * L) - 1)
         items = [(r["prompt_ids"], r["output_ids"][r["think_start"]: r["think_end"]])
                  for r in recs if r["think_tokens"] > 0]
-        rules = rules_for(mk)
+        rules = cfg.get("seal_rules") or rules_for(mk)
         sv = seal_vector(model, items, mk, layer, rules, cfg["seal_anchor"])
         steered_recs = generate_thinking(
             model, ev_prompts, mk, fwd_hooks=seal_hooks(model, sv["vector"], layer, mk,
@@ -317,3 +318,32 @@ def load_directions(store: Store, key: str) -> LengthDirections:
 def prompts_from_text(text: str) -> Sequence[str]:
     """One prompt per non-empty line."""
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
+def list_runs(stores: dict[str, Store]) -> list[dict[str, Any]]:
+    """Every ``length_demo`` index in the given stores, newest first:
+    ``[{"store", "key", "model", "created"}]``."""
+    out = []
+    for name, st in stores.items():
+        for a in st.list("length_demo"):
+            out.append({"store": name, "key": a.key, "model": a.meta.get("model"),
+                        "created": a.provenance.get("created", "")})
+    return sorted(out, key=lambda r: r["created"], reverse=True)
+
+
+def load_run(store: Store, key: str) -> dict[str, Any]:
+    """Everything the page shows for one run: the index and each stage's metadata
+    (``seal`` None when that stage failed), head scores and cosine matrices as arrays."""
+    idx = store.load("length_demo", key)
+    keys = idx.meta["keys"]
+    d = store.load("length_direction", keys["direction"])
+    heads = store.load("length_heads", keys["heads"])
+    run = {"index": idx.meta, "config": idx.config.get("config", {}),
+           "generations": store.load("length_generations", keys["generations"]).meta,
+           "direction": d.meta,
+           "cosine": {s: d.tensors[f"cosine.{s}"].numpy() for s in d.meta["sites"]},
+           "sweep": store.load("length_sweep", keys["sweep"]).meta,
+           "heads": heads.meta, "head_scores": heads.tensors["scores"].numpy(),
+           "edit": store.load("length_edit", keys["edit"]).meta,
+           "seal": store.load("length_seal", keys["seal"]).meta if keys.get("seal") else None}
+    return run

@@ -1,0 +1,286 @@
+"""Reasoning length: long/short split, thinking-length directions, the α sweep, the
+short-thinking heads, the ThinkEdit weight edit and SEAL conditional steering.
+
+URL state: ``base``, ``fine``, ``device``, ``dtype`` (sidebar); this page: ``lrun``
+(the run shown, ``store:key``), ``lbin`` / ``lover`` / ``lnorm`` (histogram bin width,
+overflow bin, normalised), ``lsite`` (direction site), ``lalpha`` (α values shown in the
+histogram), ``lsrc`` / ``ln*`` / ``lsplit*`` / ``lmk*`` (the run form).
+In demo mode (``INTERP_DEMO=1``) runs cannot be started; the committed demo run is shown.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+import pages.common as ui
+from interp.length import plots as lp
+from interp.length.pipeline import DEFAULTS, list_runs, load_run
+from interp.length.report import demo_store
+from interp.length.seal import DEFAULT_RULES
+
+st.title("Reasoning length")
+st.caption(
+    "Where a reasoning model decides how long to think. Responses are split into **long** "
+    "and **short** thinking; the per-layer direction dir_l = mean_long − mean_short "
+    "(over the positions that predict the thinking tokens) is added with weight α at every "
+    "layer and decoding step; heads that write along the short direction are found and "
+    "the direction is projected out of their W_O (ThinkEdit). SEAL steers only at "
+    "step separators inside the thinking.")
+_base, fine_spec = ui.current_pair()
+device, dtype = ui.current_device()
+
+# ------------------------------------------------------------------ run form
+if not ui.demo_mode():
+    with st.expander("New run", expanded=False, icon=":material/play_circle:"):
+        st.caption(f"Model: the sidebar's fine-tune, **{ui.short_name(fine_spec)}**. "
+                   "Organism prompts are scored (accuracy); with your own prompts only "
+                   "lengths are measured. Markers must match the model's own format.")
+        src = ui.url_widget(st.segmented_control, "prompts", "lsrc", "organism",
+                            options=["organism", "my prompts"])
+        c = st.columns(4)
+        n_dir = c[0].number_input("direction prompts", 20, 5000,
+                                  ui.url_param("lndir", DEFAULTS["n_direction"], int), 50)
+        n_sw = c[1].number_input("prompts per α", 5, 2000,
+                                 ui.url_param("lnsw", DEFAULTS["n_sweep"], int), 25)
+        n_ev = c[2].number_input("evaluation prompts", 10, 5000,
+                                 ui.url_param("lnev", DEFAULTS["n_eval"], int), 50)
+        max_new = c[3].number_input("max new tokens", 8, 4096,
+                                    ui.url_param("lmax", DEFAULTS["max_new_tokens"], int), 16)
+        c = st.columns(4)
+        mode = c[0].selectbox("split", ["threshold", "percentile"],
+                              index=0 if ui.url_param("lsplit", "threshold") == "threshold"
+                              else 1)
+        lo = c[1].number_input("short ≤ (tokens or quantile)", 0.0, 1e5,
+                               ui.url_param("lslo", 2.0, float))
+        hi = c[2].number_input("long ≥ (tokens or quantile)", 0.0, 1e5,
+                               ui.url_param("lshi", 10.0, float))
+        temp = c[3].number_input("temperature (0 = greedy)", 0.0, 2.0,
+                                 ui.url_param("ltemp", 0.0, float), 0.1)
+        c = st.columns(5)
+        mk_open = c[0].text_input("think open", ui.url_param("lmko", "<think>"))
+        mk_close = c[1].text_input("think close", ui.url_param("lmkc", "</think>"))
+        mk_sep = c[2].text_input("step separator", ui.url_param("lmks", ";"))
+        mk_hes = c[3].text_input("hesitation word", ui.url_param("lmkh", "wait"))
+        starts_open = c[4].checkbox("prompt ends with the open marker",
+                                    ui.url_param("lmkso", True, ui.as_bool))
+        for k, v, d in (("lndir", n_dir, DEFAULTS["n_direction"]),
+                        ("lnsw", n_sw, DEFAULTS["n_sweep"]), ("lnev", n_ev, DEFAULTS["n_eval"]),
+                        ("lmax", max_new, DEFAULTS["max_new_tokens"]),
+                        ("lsplit", mode, "threshold"), ("lslo", lo, 2.0), ("lshi", hi, 10.0),
+                        ("ltemp", temp, 0.0), ("lmko", mk_open, "<think>"),
+                        ("lmkc", mk_close, "</think>"), ("lmks", mk_sep, ";"),
+                        ("lmkh", mk_hes, "wait"), ("lmkso", starts_open, True)):
+            ui.set_url_param(k, v, d)
+        st.markdown("**SEAL thought-type rules** (first match wins; no match = execution)")
+        rules_df = st.data_editor(pd.DataFrame(DEFAULT_RULES), num_rows="dynamic",
+                                  key="lrules", column_config={
+                                      "class": st.column_config.SelectboxColumn(
+                                          options=["reflection", "transition", "execution"]),
+                                      "mode": st.column_config.SelectboxColumn(
+                                          options=["starts", "contains"])})
+        prompts = []
+        if src == "my prompts":
+            text = st.text_area("prompts (one per line; end each with the open marker if "
+                                "the box above is ticked)", key="lprompts", height=120,
+                                max_chars=ui.max_prompt_chars())
+            prompts = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        spec = {"stage": "pipeline", "store": "main", "device": device, "model": fine_spec,
+                "source": "organism" if src == "organism" else "prompts",
+                "n_direction": int(n_dir), "n_sweep": int(n_sw), "n_eval": int(n_ev),
+                "max_new_tokens": int(max_new), "temperature": float(temp),
+                "top_p": 0.95 if temp > 0 else 1.0,
+                "split": {"mode": mode, "short": float(lo), "long": float(hi)},
+                "markers": {"think_open": mk_open or None, "think_close": mk_close,
+                            "starts_open": bool(starts_open), "step_sep": mk_sep,
+                            "hesitation": mk_hes}}
+        if src != "organism":
+            spec["prompts"] = prompts
+        spec["seal_rules"] = rules_df.dropna().to_dict("records")
+        if src == "organism" or prompts:
+            ui.job_panel("length.sweep", spec, key="lrun_job", label="Run all stages")
+        else:
+            st.info("Enter prompts to start a run.")
+
+# ------------------------------------------------------------------ pick a run
+stores = {"demo": demo_store()}
+if not ui.demo_mode():
+    stores["local"] = ui.store()
+runs = ui.attempt(list_runs, stores) or []
+if not runs:
+    st.info("No reasoning-length results yet. Run all stages above, or "
+            "`python -m interp length build --store demo` for the demo.")
+    st.stop()
+labels = {f"{r['store']}:{r['key']}": f"{r['store']} · {r['model']} · {r['created'][:16]}"
+          for r in runs}
+choice = ui.url_widget(st.selectbox, "run", "lrun", next(iter(labels)),
+                       options=list(labels), format_func=lambda k: labels.get(k, k))
+store_name, key = choice.split(":", 1)
+run = ui.attempt(load_run, stores[store_name], key)
+if run is None:
+    st.stop()
+idx, ed, sw, dmeta = run["index"], run["edit"], run["sweep"], run["direction"]
+short_max = dmeta.get("split", {}).get("short_max_tokens", 0)
+scored = "accuracy" in ed["before"]
+
+m = st.columns(5)
+m[0].metric("best separability (AUROC)", f"{idx['best_layer_separability']:.3f}",
+            help=f"held-out, {idx['best']['site']} layer {idx['best']['layer']}")
+m[1].metric("Spearman ρ (length vs α)", f"{idx['length_alpha_spearman']:.3f}")
+sf_b, sf_a = ed["before"]["short_fraction"]["value"], ed["after"]["short_fraction"]["value"]
+m[2].metric("short fraction", f"{sf_b:.3f}", f"{sf_a - sf_b:+.3f} after edit",
+            delta_color="inverse")
+if scored:
+    m[3].metric("accuracy", f"{ed['before']['accuracy']['value']:.3f}",
+                f"{ed['after']['accuracy']['value'] - ed['before']['accuracy']['value']:+.3f}"
+                " after edit")
+m[4].metric("evaluated problems", ed["before"]["n"])
+
+tabs = st.tabs(["Lengths", "Direction", "α sweep", "Accuracy vs length", "Heads", "Edit",
+                "SEAL"])
+
+# ------------------------------------------------------------------ lengths
+with tabs[0]:
+    c = st.columns(3)
+    bin_w = ui.url_widget(st.number_input, "bin width (tokens)", "lbin", 10, int,
+                          min_value=1, max_value=1000)
+    over = ui.url_widget(st.number_input, "overflow bin from (tokens)", "lover", 80, int,
+                         min_value=1)
+    norm = ui.url_widget(st.checkbox, "fractions", "lnorm", True, bool)
+    series = {"direction set": [r["think_tokens"] for r in run["generations"]["records"]],
+              "eval, before edit": [r["think_tokens"] for r in ed["records_before"]],
+              "eval, after edit": [r["think_tokens"] for r in ed["records_after"]]}
+    df = lp.histogram_frame(series, int(bin_w), int(over))
+    fig = lp.histogram_figure(df, bool(norm))
+    st.plotly_chart(fig, key="l_hist")
+    sp = dmeta.get("split", {})
+    st.caption(f"Split ({sp.get('mode')}): short ≤ {sp.get('short_max_tokens'):g} tokens "
+               f"(n={sp.get('n_short')}), long ≥ {sp.get('long_min_tokens'):g} "
+               f"(n={sp.get('n_long')}), unused {sp.get('n_neither')}. Positions rule "
+               f"`{dmeta.get('positions_rule')}`: from the token that predicts the first "
+               "thinking token (or the close marker) through the last thinking token, so a "
+               "response with no thinking still contributes one position.")
+    ui.export_panel(fig, df, "length_histogram", "l_hist_x")
+
+# ------------------------------------------------------------------ direction
+with tabs[1]:
+    df = lp.separability_frame(dmeta["auroc"], dmeta["probe_accuracy"], dmeta["norms"])
+    fig = lp.separability_figure(df)
+    st.plotly_chart(fig, key="l_sep")
+    ui.export_panel(fig, df, "length_separability", "l_sep_x")
+    site = ui.url_widget(st.segmented_control, "site", "lsite", dmeta["sites"][0],
+                         options=dmeta["sites"])
+    fig = lp.cosine_figure(run["cosine"][site or dmeta["sites"][0]],
+                           f"cosine of dir_l across layers ({site})")
+    st.plotly_chart(fig, key="l_cos")
+    ui.export_panel(fig, pd.DataFrame(run["cosine"][site or dmeta["sites"][0]]),
+                    f"length_cosine_{site}", "l_cos_x")
+    st.caption(f"Held-out split: {dmeta['n_train']} train / {dmeta['n_test']} test "
+               f"examples ({dmeta['n_long']} long, {dmeta['n_short']} short). Hooks "
+               f"`blocks.{{l}}.hook_resid_mid` / `hook_resid_post`; sign {dmeta['sign']}.")
+
+# ------------------------------------------------------------------ sweep
+with tabs[2]:
+    df = lp.sweep_frame(sw["per_alpha"])
+    fig = lp.sweep_figure(df)
+    st.plotly_chart(fig, key="l_sweep")
+    ui.export_panel(fig, df, "length_alpha_sweep", "l_sweep_x")
+    st.caption(f"All layers, site {run['config'].get('sweep_site', 'resid_mid')}; α grid "
+               f"{sw.get('alpha_grid_rule', '')} (units of dir_l). Spearman ρ of mean length "
+               f"vs α: {sw['spearman_mean_length_vs_alpha']:.3f}. One batched generation.")
+    alphas = [p["alpha"] for p in sw["per_alpha"]]
+    default_sel = ",".join(str(a) for a in (alphas[0], 0.0, alphas[-1]) if a in alphas)
+    sel_text = ui.url_widget(st.text_input, "α values in the histogram", "lalpha",
+                             default_sel)
+    try:
+        sel = [float(x) for x in sel_text.split(",") if x.strip()]
+    except ValueError:
+        sel = []
+    n = sw["per_alpha"][0]["n"]
+    series = {f"α={a:g}": [r["think_tokens"] for r in sw["records"][k * n:(k + 1) * n]]
+              for k, a in enumerate(alphas) if any(abs(a - s) < 1e-9 for s in sel)}
+    if series:
+        df = lp.histogram_frame(series, int(bin_w), int(over))
+        fig = lp.histogram_figure(df, True)
+        st.plotly_chart(fig, key="l_sweep_hist")
+        ui.export_panel(fig, df, "length_alpha_histograms", "l_sweep_hist_x")
+
+# ------------------------------------------------------------------ accuracy vs length
+with tabs[3]:
+    if not scored:
+        st.info("This run has no accuracy (prompts without a scorer).")
+    else:
+        groups = {"before edit": ed["records_before"], "after edit": ed["records_after"]}
+        df = lp.shortest_frame(groups)
+        fig = lp.shortest_figure(df, "accuracy of the shortest responses")
+        st.plotly_chart(fig, key="l_short")
+        ui.export_panel(fig, df, "length_shortest_accuracy", "l_short_x")
+        df = lp.cumulative_frame(groups)
+        fig = lp.cumulative_figure(df, "cumulative accuracy vs length threshold")
+        st.plotly_chart(fig, key="l_cum")
+        ui.export_panel(fig, df, "length_cumulative_accuracy", "l_cum_x")
+
+# ------------------------------------------------------------------ heads
+with tabs[4]:
+    top = run["heads"]["top"]
+    fig = lp.head_figure(run["head_scores"], [(t["layer"], t["head"]) for t in top])
+    st.plotly_chart(fig, key="l_heads")
+    ui.export_panel(fig, lp.head_frame(run["head_scores"]), "length_head_scores", "l_heads_x")
+    st.caption(run["heads"]["score"] + f"; {run['heads']['n_short_examples']} short "
+               "examples. Boxed: the top-k heads (edited).")
+    st.dataframe(pd.DataFrame(top), hide_index=True)
+
+# ------------------------------------------------------------------ edit
+with tabs[5]:
+    df = lp.edit_frame(ed["before"], ed["after"])
+    fig = lp.edit_figure(df, "before / after the W_O edit")
+    st.plotly_chart(fig, key="l_edit")
+    ui.export_panel(fig, df, "length_edit_before_after", "l_edit_x")
+    st.dataframe(pd.DataFrame(ed["norms"]), hide_index=True)
+    txt = (f"‖W_O[h] v̂‖ before/after per edited head (above). Edited parameters: "
+           f"{ed['edited_param_fraction']:.3%} of the model. Exported checkpoint reproduces "
+           f"the edited model to max |Δlogit| = {ed['export_max_logit_diff']:.2e}.")
+    if "accuracy_change" in ed:
+        a = ed["accuracy_change"]
+        txt += (f" Accuracy change {a['mean']:+.3f} (paired bootstrap 95% CI "
+                f"[{a['ci_low']:+.3f}, {a['ci_high']:+.3f}]).")
+    s = ed["short_fraction_change"]
+    txt += (f" Short-fraction change {s['mean']:+.3f} "
+            f"[{s['ci_low']:+.3f}, {s['ci_high']:+.3f}].")
+    st.caption(txt)
+    if not ui.demo_mode():
+        from interp import store as _store
+
+        path = _store.DEFAULT_ROOT / "length_edited" / idx["keys"]["heads"]
+        if path.exists():
+            name = st.text_input("register the edited checkpoint as", key="l_regname",
+                                 value=f"length-edited-{idx['keys']['heads'][-6:]}")
+            if st.button("Register model", key="l_register", icon=":material/save:"):
+                from interp.models import register_model
+
+                if ui.attempt(register_model, name, path, source="length edit") is not False:
+                    st.success(f"Registered as `{name}`: pick it in the sidebar.")
+        else:
+            st.caption("The edited checkpoint is not in this cache (rerun the stages to "
+                       "export it).")
+
+# ------------------------------------------------------------------ SEAL
+with tabs[6]:
+    seal = run["seal"]
+    if seal is None:
+        st.info("No SEAL result in this run.")
+    else:
+        c = st.columns(3)
+        c[0].metric("hesitations / response", f"{seal['hesitations_after']:.3f}",
+                    f"{seal['hesitations_after'] - seal['hesitations_before']:+.3f}")
+        mb, ma = seal["before"]["mean_think_tokens"], seal["after"]["mean_think_tokens"]
+        c[1].metric("mean thinking tokens", f"{ma:.1f}", f"{ma - mb:+.1f}")
+        if "accuracy" in seal["after"]:
+            ab, aa = seal["before"]["accuracy"]["value"], seal["after"]["accuracy"]["value"]
+            c[2].metric("accuracy", f"{aa:.3f}", f"{aa - ab:+.3f}")
+        st.caption(f"Vector {seal['sign']} at `{seal['hook']}`, anchor `{seal['anchor']}`, "
+                   f"α = {seal['alpha']}; steps per class {json.dumps(seal['counts'])}.")
+        st.dataframe(pd.DataFrame(seal["rules"]), hide_index=True)
+        ui.export_panel(None, {k: v for k, v in seal.items()}, "length_seal", "l_seal_x")

@@ -1,0 +1,88 @@
+"""The length pipeline end to end on a tiny random model, then the page on its artifacts
+(AppTest)."""
+
+import pytest
+
+from interp.length.pipeline import build, list_runs, load_run, make_config
+from interp.models import load_model
+from interp.store import PROJECT_ROOT, Store
+
+APP = str(PROJECT_ROOT / "app.py")
+
+MARKERS = {"think_open": "<think>", "think_close": "</think>", "starts_open": True,
+           "step_sep": "ok", "hesitation": "wait"}
+
+
+@pytest.fixture(scope="module")
+def built(tiny_qwen_dir, tiny_tokenizer, tmp_path_factory):
+    import interp.store as S
+
+    root = tmp_path_factory.mktemp("length_run")
+    old = S.DEFAULT_ROOT
+    S.DEFAULT_ROOT = root / "cache"
+    try:
+        m = load_model(str(tiny_qwen_dir), device="cpu")
+        m.tokenizer = m.hooked.tokenizer = tiny_tokenizer
+        prompts = [f"<bos> {a} + {b} = <think>" for a in range(10) for b in range(10)]
+        cfg = make_config(source="prompts", prompts=prompts, markers=MARKERS, n_direction=60,
+                          n_sweep=8, n_eval=16, n_alpha=5, max_new_tokens=40,
+                          temperature=1.0, split={"mode": "percentile", "short": 0.3,
+                                                  "long": 0.7}, batch_size=64,
+                          seal_rules=[{"class": "reflection", "mode": "contains",
+                                       "keyword": "wait"}])
+        demo = Store(root / "demo")
+        idx = build(m, cfg, demo)
+    finally:
+        S.DEFAULT_ROOT = old
+    return root, demo, idx
+
+
+def test_pipeline_artifacts(built):
+    root, demo, idx = built
+    run = load_run(demo, idx["key"])
+    assert set(idx["keys"]) >= {"generations", "direction", "sweep", "heads", "edit"}
+    assert len(run["sweep"]["per_alpha"]) == 5
+    assert run["head_scores"].shape == (2, 4)
+    # the exported edited checkpoint (reloaded through load_model) equals the edited model
+    assert run["edit"]["export_max_logit_diff"] < 1e-4
+    assert all(r["norm_after"] < 1e-5 for r in run["edit"]["norms"])
+    assert (root / "cache" / "length_edited" / idx["keys"]["heads"] / "config.json").exists()
+    assert list_runs({"demo": demo})[0]["key"] == idx["key"]
+    d = run["direction"]
+    assert d["sign"].startswith("long - short") and d["positions_rule"] == "think"
+
+
+@pytest.fixture
+def _navigation_mode(monkeypatch):
+    import streamlit.testing.v1.app_test as app_test
+    from streamlit.runtime.pages_manager import PagesManager
+
+    class V2PagesManager(PagesManager):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(app_test, "PagesManager", V2PagesManager)
+
+
+@pytest.mark.parametrize("demo_mode", [True, False])
+def test_page_renders_run(built, monkeypatch, tmp_cache, _navigation_mode, demo_mode):
+    from streamlit.testing.v1 import AppTest
+
+    import interp.length.report as R
+
+    root, demo, idx = built
+    monkeypatch.setattr(R, "DEMO_ROOT", demo.root)
+    if demo_mode:
+        monkeypatch.setenv("INTERP_DEMO", "1")
+    else:
+        monkeypatch.delenv("INTERP_DEMO", raising=False)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("pages/length.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert bool([e for e in at.expander if "New run" in str(e.label)]) != demo_mode
+    assert len(at.get("plotly_chart")) >= 7   # no accuracy charts without a scorer
+    at.text_input(key="lalpha").set_value("0").run()
+    assert not at.exception
+    assert at.query_params.get("lalpha") in ("0", ["0"])
