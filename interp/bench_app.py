@@ -4,6 +4,7 @@
   127.0.0.1 port) until the Models page has rendered in headless Chromium (Playwright;
   the weight-difference chart visible and no skeleton / running indicator left).
   This includes the Python imports, loading the pair and the first render.
+  ``server_ready_seconds`` is the part until the server answers its health check.
 * ``max_cached_interaction_seconds``: with the models already cached
   (``st.cache_resource``), the slowest of a few repeated widget interactions on the
   Models page (switching the heatmap metric, generating 8 tokens), timed with
@@ -113,12 +114,24 @@ def start_app(port: int, env: dict[str, str] | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1",
            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
-    return subprocess.Popen(cmd, cwd=PROJECT_ROOT, env={**os.environ, **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    log = tempfile.TemporaryFile()  # not a pipe: a full pipe would block the server
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env={**os.environ, **(env or {})},
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
+
+
+def app_log(proc: subprocess.Popen, tail: int = 4000) -> str:
+    """The last ``tail`` characters the server printed."""
+    log = getattr(proc, "log", None)
+    if log is None:
+        return ""
+    log.seek(0)
+    return log.read().decode(errors="replace")[-tail:]
 
 
 def stop_app(proc: subprocess.Popen) -> None:
+    """Stop the server started by :func:`start_app` (SIGTERM, then SIGKILL)."""
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -126,6 +139,9 @@ def stop_app(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+    log = getattr(proc, "log", None)
+    if log is not None:
+        log.close()
 
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
@@ -155,29 +171,46 @@ def _pair(tmp: Path) -> tuple[str, str, str, dict[str, str]]:
     return str(base), str(fine), "tiny-random", {"INTERP_CACHE": str(tmp / "cache")}
 
 
+def wait_healthy(port: int, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """Poll Streamlit's health endpoint until the server answers."""
+    import urllib.request
+
+    deadline = time.perf_counter() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health",
+                                        timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with code {proc.returncode}: "
+                               f"{app_log(proc, 2000)}")
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"streamlit did not answer within {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
 def measure_cold_start(base: str, fine: str, env: dict[str, str],
-                       chromium: str = "/usr/bin/chromium") -> float:
+                       chromium: str = "/usr/bin/chromium") -> tuple[float, float]:
+    """(seconds until the server answers, seconds until the Models page has rendered),
+    both from launching the server."""
     from playwright.sync_api import sync_playwright
 
     port = free_port()
     t0 = time.perf_counter()
     proc = start_app(port, env)
     try:
+        wait_healthy(port, proc)
+        ready = time.perf_counter() - t0
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                deadline = time.perf_counter() + 60
-                while True:  # the server needs a moment before it accepts connections
-                    try:
-                        page.goto(models_url(port, base, fine), timeout=10_000)
-                        break
-                    except Exception:
-                        if time.perf_counter() > deadline or proc.poll() is not None:
-                            raise
-                        time.sleep(0.2)
+                page.goto(models_url(port, base, fine), timeout=60_000)
                 wait_rendered(page, "[data-testid='stPlotlyChart']")
-                return time.perf_counter() - t0
+                return ready, time.perf_counter() - t0
             finally:
                 browser.close()
     finally:
@@ -228,7 +261,7 @@ def bench_app_latency(args: Any) -> dict[str, Any]:
         base, fine, kind, env = _pair(Path(tmp))
         old = os.environ.get("INTERP_CACHE")
         print(f"pair: {kind}; starting the app…", file=sys.stderr)
-        cold = measure_cold_start(base, fine, env)
+        ready, cold = measure_cold_start(base, fine, env)
         print(f"cold start {cold:.2f} s; timing cached interactions…", file=sys.stderr)
         if "INTERP_CACHE" in env:  # point this process's loader at the temp cache
             from . import store
@@ -245,7 +278,8 @@ def bench_app_latency(args: Any) -> dict[str, Any]:
                     os.environ.pop("INTERP_CACHE", None)
                 else:
                     os.environ["INTERP_CACHE"] = old
-    return {"cold_start_seconds": cold, "max_cached_interaction_seconds": max(times),
+    return {"cold_start_seconds": cold, "server_ready_seconds": ready,
+            "max_cached_interaction_seconds": max(times),
             "cached_interaction_seconds": times, "pair": kind,
             "baseline": "cold start includes imports and loading the pair; interactions "
                         "are AppTest reruns with the pair cached"}

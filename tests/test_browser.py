@@ -9,12 +9,19 @@ finished rendering, checks the page, and saves screenshots to ``$SCREENSHOT_DIR`
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
 
-from interp.bench_app import CHROMIUM_ARGS, free_port, models_url, start_app, stop_app
+from interp.bench_app import (
+    CHROMIUM_ARGS,
+    app_log,
+    free_port,
+    models_url,
+    start_app,
+    stop_app,
+    wait_healthy,
+)
 from interp.bench_app import wait_rendered as wait_idle
 
 CHROMIUM = "/usr/bin/chromium"
@@ -32,8 +39,10 @@ def server(tmp_cache):
     port = free_port()
     proc = start_app(port, {"INTERP_CACHE": str(tmp_cache)})
     try:
+        wait_healthy(port, proc)
         yield port, proc
     finally:
+        print("--- streamlit log (tail) ---\n" + app_log(proc))  # shown when a test fails
         stop_app(proc)
 
 
@@ -48,16 +57,8 @@ def browser():
             b.close()
 
 
-def _goto(page, url: str, proc, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            page.goto(url, timeout=10_000)
-            return
-        except Exception:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise
-            time.sleep(0.3)
+def _goto(page, url: str) -> None:
+    page.goto(url, timeout=60_000)
 
 
 def _screenshot(page, path: Path, height: int = 2600) -> None:
@@ -75,11 +76,11 @@ def _shots(tmp_path) -> Path:
 
 
 def test_models_page_renders(server, browser, tiny_pair_dirs, tmp_path):
-    port, proc = server
+    port, _ = server
     base, fine = tiny_pair_dirs
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     # the very first request of a fresh server is a deep link to /models
-    _goto(page, models_url(port, str(base), str(fine)) + "&gen=1&max_new=12", proc)
+    _goto(page, models_url(port, str(base), str(fine)) + "&gen=1&max_new=12")
     wait_idle(page, "[data-testid='stPlotlyChart']")
     body = page.inner_text("body")
     assert "Models" in body and "Where the weights moved" in body
@@ -102,9 +103,9 @@ def test_models_page_renders(server, browser, tiny_pair_dirs, tmp_path):
 
 
 def test_home_without_models(server, browser, tmp_path):
-    port, proc = server
+    port, _ = server
     page = browser.new_page(viewport={"width": 1400, "height": 900})
-    _goto(page, f"http://127.0.0.1:{port}/", proc)
+    _goto(page, f"http://127.0.0.1:{port}/")
     wait_idle(page, "h1")
     body = page.inner_text("body")
     assert "python -m interp organisms build" in body
