@@ -148,7 +148,7 @@ def report_vectors(args) -> dict[str, Any]:
     out["models"] = {k: (v.get("id") if isinstance(v, dict) else v) for k, v in prov.items()
                      if isinstance(v, dict) and "id" in v}
     _warn_if_stale(prov)
-    csw, cacc = (find_part({"kind": "control", "accuracy_alphas": [-1.0, 0.0, 1.0]}, w, store)
+    csw, cacc = (find_part({"kind": "control"}, w, store)
                  for w in ("sweep", "accuracy"))
     if csw is not None and cacc is not None:
         c = summarize(csw, cacc)
