@@ -91,6 +91,13 @@ def test_models_page_renders(server, browser, tiny_pair_dirs, tmp_path):
     assert page.locator("[data-testid='stDownloadButton']").count() >= 10
     shots = _shots(tmp_path)
     _screenshot(page, shots / "models_page.png")
+    # the export buttons produce their files on click (deferred downloads)
+    for label, magic in (("PNG", b"\x89PNG"), ("HTML", b"<!DOCTYPE html"),
+                         ("CSV data", b"layer,")):
+        with page.expect_download(timeout=60_000) as info:
+            page.get_by_role("button", name=label, exact=True).first.click()
+        data = Path(info.value.path()).read_bytes()
+        assert data[:len(magic)].lower() == magic.lower(), (label, data[:40])
     # the URL keeps the view: change the measure, reload, same view
     page.get_by_text("absolute change").click()
     page.wait_for_function("() => location.search.includes('metric=delta_norm')")
