@@ -10,6 +10,7 @@ from interp.generation import ThinkSpan
 from interp.length.data import (
     ThinkExample,
     ThinkMarkers,
+    ensure_marker_tokenizer,
     examples_from_records,
     generate_thinking,
     mean_activations,
@@ -39,10 +40,12 @@ PROMPTS = ["<bos> 1 2 + 3 = <think>", "<bos> 4 5 + 6 7 = <think>", "<bos> 9 = <t
 @pytest.fixture(scope="module")
 def lm(tiny_qwen_dir, tiny_tokenizer):
     m = load_model(str(tiny_qwen_dir), device="cpu")
-    # AutoTokenizer reloads the saved word-level tokenizer as a Qwen2Tokenizer that drops
-    # some words (<think>, ok, ...): use the in-memory original (reported upstream).
-    m.tokenizer = tiny_tokenizer
-    m.hooked.tokenizer = tiny_tokenizer
+    # AutoTokenizer may reload the saved word-level tokenizer as a Qwen2Tokenizer that
+    # drops words such as <think>: the guard swaps in the checkpoint's own tokenizer.json.
+    ensure_marker_tokenizer(m, MK)
+    probe = "<bos> 1 = <think> ok wait </think>"
+    assert m.tokenizer(probe, add_special_tokens=False)["input_ids"] == \
+        tiny_tokenizer(probe, add_special_tokens=False)["input_ids"]
     return m
 
 

@@ -57,6 +57,9 @@ def bench_length_sweep(args) -> dict[str, Any]:
 
     quick = bool(getattr(args, "quick", False))
     model, note = _model(getattr(args, "device", "auto"))
+    from .data import ensure_marker_tokenizer
+
+    ensure_marker_tokenizer(model, ThinkMarkers.organism())
     n_prompts, max_new = (8, 24) if quick else (32, 64)
     from .data import organism_eval_set
 

@@ -69,6 +69,40 @@ class ThinkMarkers:
                    MARKERS["step_sep"], MARKERS["hesitation"])
 
 
+def ensure_marker_tokenizer(model, markers: ThinkMarkers) -> bool:
+    """Guard against a tokenizer that ``AutoTokenizer`` resolved to the wrong class.
+
+    With transformers 5, a word-level ``tokenizer.json`` saved beside a Qwen2
+    ``config.json`` is reloaded as a ``Qwen2Tokenizer`` that silently drops words such as
+    ``<think>``. When the folder has a ``tokenizer.json`` whose own encoding of the markers
+    differs from the loaded tokenizer's, the model's tokenizer is replaced (in place) by
+    ``PreTrainedTokenizerFast`` over that file. Returns True when it replaced it.
+    """
+    from pathlib import Path
+
+    path = Path(getattr(model, "path", "") or "")
+    if not (path / "tokenizer.json").exists():
+        return False
+    from transformers import PreTrainedTokenizerFast
+
+    probe = " ".join(m for m in (markers.think_open, markers.think_close, markers.step_sep,
+                                 markers.hesitation) if m)
+    try:
+        fast = PreTrainedTokenizerFast.from_pretrained(str(path))
+    except Exception:  # noqa: BLE001 - keep the loaded tokenizer when this fails
+        return False
+    cur = model.tokenizer(probe, add_special_tokens=False)["input_ids"]
+    ref = fast(probe, add_special_tokens=False)["input_ids"]
+    if cur == ref:
+        return False
+    if fast.pad_token is None:
+        fast.pad_token = fast.eos_token
+    fast.padding_side = "left"
+    model.tokenizer = fast
+    model.hooked.tokenizer = fast
+    return True
+
+
 def single_token_id(tokenizer, text: str | None) -> int | None:
     """The id of ``text`` when it is exactly one token of the vocabulary, else None."""
     if not text:

@@ -35,6 +35,7 @@ from ..errors import ConfigError
 from ..store import Store, provenance
 from .data import (
     ThinkMarkers,
+    ensure_marker_tokenizer,
     examples_from_records,
     generate_thinking,
     mean_activations,
@@ -114,6 +115,8 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
           export_dir: str | Path | None = None) -> dict[str, Any]:
     """Run every stage on a loaded ``model``; returns the index (also saved)."""
     mk = _markers(cfg)
+    if ensure_marker_tokenizer(model, mk):
+        log.warning("replaced a tokenizer that mis-encoded the think markers")
     L, H = model.cfg.n_layers, model.cfg.n_heads
     prov = provenance(models={"model": model.describe()}, seed=cfg["seed"])
     stages = 7
