@@ -93,23 +93,27 @@ if ui.unbuilt_organisms(base_spec, fine_spec):
     st.stop()
 
 stamps = (ui.checkpoint_stamp(base_spec), ui.checkpoint_stamp(fine_spec))
+failure: Exception | None = None
 with st.status("Loading the pair…", expanded=False) as status:
     bar = ui.progress_callback("", container=status)
     bar(0, 3, step="checking that the pair is comparable")
     try:
         _validate(base_spec, fine_spec, *stamps)
-        bar(1, 3, step=f"loading {base_spec}")
+        bar(1, 3, step=f"loading {ui.short_name(base_spec)}")
         base = ui.cached_model(base_spec, device, dtype)
-        bar(2, 3, step=f"loading {fine_spec}")
+        bar(2, 3, step=f"loading {ui.short_name(fine_spec)}")
         fine = ui.cached_model(fine_spec, device, dtype)
         bar(3, 3, step="ready")
     except Exception as e:  # noqa: BLE001 - shown below, outside the collapsed box
+        failure = e
         status.update(label="Could not load the pair", state="error", expanded=False)
-        ui.show_error(e)
-        st.stop()
-    status.update(label=f"Pair loaded · {ui.count(base.n_params())} parameters each · "
-                        f"{base.device} · {str(base.dtype).removeprefix('torch.')}",
-                  state="complete", expanded=False)
+    else:
+        status.update(label=f"Pair loaded · {ui.count(base.n_params())} parameters each · "
+                            f"{base.device} · {str(base.dtype).removeprefix('torch.')}",
+                      state="complete", expanded=False)
+if failure is not None:
+    ui.show_error(failure)
+    st.stop()
 
 # ------------------------------------------------------------------ model cards
 st.subheader("The pair")
