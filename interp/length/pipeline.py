@@ -156,6 +156,18 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
     dirs = thinking_length_direction(feats, labels[keep], seed=cfg["seed"], meta={
         "positions_rule": cfg["positions"], "max_positions": cfg["max_positions"],
         "split": split_info, "markers": mk.to_dict(), "generations": gen_art.key})
+    if cfg["positions"] != "open":
+        # the decision point alone, for comparison (one position per example: cheap)
+        ex_open = examples_from_records([recs[i] for i in keep], "open")
+        f_open = mean_activations(model, ex_open, cfg["sites"],
+                                  batch_size=min(cfg["batch_size"], 128))
+        d_open = thinking_length_direction(f_open, labels[keep], seed=cfg["seed"])
+        dirs.meta["alt_positions_rule"] = {
+            "rule": "open", "auroc": d_open.auroc, "probe_accuracy": d_open.probe_accuracy,
+            "best": d_open.best(),
+            "cosine_with_main": {s: [float(torch.nn.functional.cosine_similarity(
+                d_open.dirs[s][ly], dirs.dirs[s][ly], dim=0)) for ly in range(L)]
+                for s in cfg["sites"]}}
     dcfg = {"generations": gen_art.key, "split": sp, "positions": cfg["positions"],
             "max_positions": cfg["max_positions"], "sites": cfg["sites"]}
     dir_art = store.save("length_direction", dcfg, dirs.tensors(), provenance=prov,

@@ -58,6 +58,8 @@ def collect(store: Store) -> dict[str, Any]:
         "best_layer": d["best"]["layer"], "best_site": d["best"]["site"],
         "best_layer_probe_accuracy": d["best"].get("probe_accuracy"),
         "separability_auroc": d["auroc"], "probe_accuracy": d["probe_accuracy"],
+        "best_layer_separability_open_rule": (d.get("alt_positions_rule") or {}).get(
+            "best", {}).get("auroc"),
         "direction_norms": d["norms"], "n_long": d["n_long"], "n_short": d["n_short"],
         "split": d.get("split"), "positions_rule": d.get("positions_rule"),
         "length_alpha_spearman": sw["spearman_mean_length_vs_alpha"],
