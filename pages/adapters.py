@@ -30,22 +30,23 @@ device, _dtype = ui.current_device()
 # ------------------------------------------------------------------ train
 if not ui.demo_mode():
     with st.expander("Train", expanded=False, icon=":material/model_training:"):
-        st.caption("Defaults follow the source (λ_adapt 1, λ_nmse 1, λ_bridge 2, lr 8e-4, "
-                   "cosine with 5% warm-up, clip 1.0), scaled for small models: d_sae 0 "
-                   "means 4 × d_model; the bridged term uses a random share of each batch.")
+        st.caption("Loss weights follow the source (λ_adapt 1, λ_nmse 1, λ_bridge 2; cosine "
+                   "with 5% warm-up, clip 1.0); size, lr and L1 are scaled for small models "
+                   "(d_sae 0 means 4 × d_model). The bridged term uses a random share of "
+                   "each batch.")
         c = st.columns(4)
         with c[0]:
-            l1 = ui.url_widget(st.number_input, "L1 coefficient", "l1", 3e-3, float,
+            l1 = ui.url_widget(st.number_input, "L1 coefficient", "l1", 3e-2, float,
                                min_value=0.0, format="%.5f", step=1e-3)
             d_sae = ui.url_widget(st.number_input, "features / layer (0: 4·d_model)",
                                   "d_sae", 0, int, min_value=0, step=64)
         with c[1]:
-            steps = ui.url_widget(st.number_input, "steps", "steps", 1500, int,
+            steps = ui.url_widget(st.number_input, "steps", "steps", 1000, int,
                                   min_value=1, step=100)
-            batch = ui.url_widget(st.number_input, "sequences / step", "batch", 32, int,
+            batch = ui.url_widget(st.number_input, "sequences / step", "batch", 16, int,
                                   min_value=1, step=8)
         with c[2]:
-            lr = ui.url_widget(st.number_input, "learning rate", "lr", 8e-4, float,
+            lr = ui.url_widget(st.number_input, "learning rate", "lr", 2e-3, float,
                                min_value=1e-6, format="%.5f", step=1e-4)
             lbridge = ui.url_widget(st.number_input, "λ_bridge", "lbridge", 2.0, float,
                                     min_value=0.0, step=0.5)
@@ -61,7 +62,7 @@ if not ui.demo_mode():
         ui.job_panel("adapters.train", spec, key="train", label="Start training")
         st.markdown("**L1 sweep** (one run per value, then the frontier below)")
         l1s_text = ui.url_widget(st.text_input, "L1 values (comma-separated)", "l1s",
-                                 "0.001, 0.003, 0.01, 0.03")
+                                 "0.003, 0.01, 0.03, 0.1")
         try:
             l1_values = [float(v) for v in l1s_text.replace(";", ",").split(",") if v.strip()]
         except ValueError:

@@ -5,6 +5,7 @@
     python -m interp adapters sweep --set l1_values=[3e-4,1e-3,3e-3] [--set k=v ...]
     python -m interp adapters eval [KEY] [--n-faith N] [--n-behaviour N]
     python -m interp adapters list
+    python -m interp adapters demo [--set k=v ...]   # the committed demo set (cache/demo)
 
 ``train``/``sweep`` run the same job as the Adapters page (:mod:`interp.jobs`), here in
 the foreground with a progress bar on stderr (``--background`` submits it to a worker
@@ -109,6 +110,39 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_demo(args) -> int:
+    """Build the committed demo set: train (default config), evaluate, L1 sweep."""
+    from .. import jobs
+    from ..store import Store
+    from .evaluate import evaluate_artifact
+    from .report import DEMO_ROOT
+
+    root = Path(args.store) if args.store else DEMO_ROOT
+    overrides = parse_sets(args.set)
+    spec = {"store_root": str(root), "threads": 1, **overrides}
+    if args.device:
+        spec["device"] = args.device
+    bar, on = _tqdm()
+    st = jobs.run_inline("adapters.train", spec, on_progress=on)
+    bar.close()
+    store = Store(root)
+    art = store.load("adapters", st.result["key"])
+    print(f"trained {art.key}; evaluating", file=sys.stderr)
+    ev = evaluate_artifact(art, store, n_faith=args.n_faith, n_behaviour=args.n_behaviour,
+                           device=args.device or "auto")
+    out = {"adapters_key": art.key, "eval_key": ev.key}
+    if args.l1_values:
+        sweep = {**spec, "l1_values": json.loads(args.l1_values), "save_runs": False,
+                 "steps": args.sweep_steps, "n_eval": args.n_faith}
+        sweep.pop("l1", None)
+        bar, on = _tqdm()
+        sw = jobs.run_inline("adapters.sweep", sweep, on_progress=on)
+        bar.close()
+        out["sweep_key"] = sw.result.get("key")
+    print(json.dumps(out))
+    return 0
+
+
 def _cmd_list(args) -> int:
     from ..store import Store
     from .io import KIND, manifest_summary
@@ -138,6 +172,16 @@ def add_commands(sub) -> None:
     e.add_argument("--device")
     e.add_argument("--store", help="artifact store root")
     e.set_defaults(func=_cmd_eval)
+    d = s.add_parser("demo", help="train + evaluate + sweep the demo set into cache/demo")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE")
+    d.add_argument("--device")
+    d.add_argument("--store", help="store root (default: the committed demo store)")
+    d.add_argument("--n-faith", type=int, default=512)
+    d.add_argument("--n-behaviour", type=int, default=256)
+    d.add_argument("--l1-values", default="[0.003, 0.01, 0.03, 0.1]",
+                   help="JSON list for the sweep ('' to skip)")
+    d.add_argument("--sweep-steps", type=int, default=600)
+    d.set_defaults(func=_cmd_demo)
     ls = s.add_parser("list", help="saved adapter sets")
     ls.add_argument("--store", help="artifact store root")
     ls.set_defaults(func=_cmd_list)

@@ -101,10 +101,17 @@ def faithfulness(model: AdapterModel, tokenizer: Any, n: int = 256, source: str 
     }
 
 
-def _score(gens, problems, fmt: str) -> dict[str, Any]:
+def _words(tok: Any, ids: list[int]) -> str:
+    """Space-separated token strings: the organisms' tokenizer decodes words without
+    spaces, while ``score_completion`` expects space-separated words."""
+    return " ".join(tok.convert_ids_to_tokens(list(ids)))
+
+
+def _score(gens, problems, fmt: str, tok: Any) -> dict[str, Any]:
     from ..organisms.task import score_completion
 
-    scores = [score_completion(p, g.text, fmt) for p, g in zip(problems, gens)]
+    scores = [score_completion(p, _words(tok, g.output_ids), fmt)
+              for p, g in zip(problems, gens)]
     n = max(len(scores), 1)
     out = {
         "accuracy": sum(s["correct"] for s in scores) / n,
@@ -141,7 +148,8 @@ def behaviour(hybrid: Any, adapters: AdapterSet, base: Any = None, reasoner: Any
         prompts = think if fmt == "think" else [prompt_text(p, fmt) for p in problems]
         gens = generate(m, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
                         seed=seed, batch_size=batch_size, fwd_hooks=hooks)
-        out[name] = _score(gens, problems, fmt)
+        tok = getattr(m, "tokenizer", None) or getattr(m, "hooked", m).tokenizer
+        out[name] = _score(gens, problems, fmt, tok)
         if progress is not None:
             progress(i + 1, len(runs))
     out["derived"] = derived_behaviour(out)

@@ -42,10 +42,11 @@ CONVENTIONS = {
 }
 
 SCALING_NOTE = (
-    "Source defaults (7B): 8,192 features/layer (~2.3 x d_model), one 10k-token sequence "
-    "per step, 1 epoch of ~50k traces, l1 1e-3. Here: d_sae = 4 x d_model unless set, "
-    "batches of organism traces, fixed step count; l1 chosen by sweep; lambdas, lr, "
-    "warm-up, clipping as the source. Bridged term estimated on bridge_fraction of each "
+    "Source defaults (7B): 8,192 features/layer (~2.3 x d_model), lr 8e-4, l1 1e-3, one "
+    "10k-token sequence per step, 1 epoch of ~50k traces. Here: d_sae = 4 x d_model unless "
+    "set, batches of 16 organism traces, a fixed step count, lr 2e-3 (much shorter run), "
+    "l1 chosen by sweep (default 3e-2: the L1 term is in residual units); lambdas, warm-up "
+    "share, clipping as the source. Bridged term estimated on bridge_fraction of each "
     "batch's sequences (unbiased; cheaper)."
 )
 

@@ -7,14 +7,14 @@ TrainConfig plus ``l1_values``). Headless: ``python -m interp adapters train --s
 Optimisation (METHODS.md §1): AdamW (weight decay 0), cosine schedule with linear
 warm-up (5%), gradient clipping at 1.0, bf16 autocast on CUDA (fp32 elsewhere).
 
-Scaling for small models (the source trains 7B with 8,192 features per layer, one
-10k-token sequence per step, 1 epoch of ~50k traces): defaults here are ``d_sae = 4 ·
-d_model`` (7B: ~2.3 · d_model), batches of 32 organism traces (~1.5k tokens per step,
-about a 7B step's token count scaled down by the model size ratio) and a fixed number of
-steps instead of an epoch (the organism generator is unlimited). ``l1`` is model- and
-data-dependent (it multiplies activations in residual units): sweep it
-(:func:`sweep_job`); the λ's, lr, warm-up and clipping keep the source's values.
-The recorded config (manifest ``meta.scaling``) says this.
+Scaling for small models (the source trains 7B with 8,192 features per layer, lr 8e-4,
+l1 1e-3, one 10k-token sequence per step, 1 epoch of ~50k traces): defaults here are
+``d_sae = 4 · d_model`` (7B: ~2.3 · d_model), batches of 16 organism traces (~800
+tokens), 1,000 steps instead of an epoch (the organism generator is unlimited), lr 2e-3
+(a 50x shorter run) and l1 3e-2: the L1 term multiplies activations in residual units,
+which depend on the model, so l1 was chosen by sweep on the organism pair to land at
+L0 <= 10 per layer (:func:`sweep_job`); the λ's, warm-up share and clipping keep the
+source's values. The manifest records this (``meta.scaling``).
 
 Checkpoints (``<work>/ckpt-<step>.safetensors`` + ``.json``, pointer ``latest.json``
 replaced atomically; older ones deleted) hold the adapters, the AdamW state and the
@@ -52,15 +52,15 @@ class TrainConfig:
     base: str = "organism:base"
     reasoner: str = "organism:reasoner"
     d_sae: int = 0                  # 0: 4 * d_model
-    steps: int = 1500
-    batch_size: int = 32
+    steps: int = 1000
+    batch_size: int = 16
     max_len: int = 256
-    lr: float = 8e-4
+    lr: float = 2e-3
     warmup_frac: float = 0.05
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     lambda_adapt: float = 1.0
-    l1: float = 1e-3
+    l1: float = 3e-2
     lambda_nmse: float = 1.0
     lambda_bridge: float = 2.0
     bridge_fraction: float = 0.25   # share of each batch's sequences in the bridged term
