@@ -425,3 +425,20 @@ def test_sigkilled_worker_resumes_to_the_same_loss_curve(pair, tmp_path):
     assert 0 < done.result["resumed_from"] < 40
     got = _curve(jobs.progress_records(jid, tmp_path / "k"))
     assert got == want
+
+
+def test_fused_bridging_equals_separate_passes(pair):
+    m = make_model(pair, random_decoder=True)
+    t = tokens(b=4)
+    rows = torch.tensor([1, 3])
+    with torch.no_grad():
+        ref, ad = m(t, "ref"), m(t, "adapt")
+        for k in range(1, m.n_layers):
+            tr, la, lr = m.forward_bridged(t, k, rows, ref.resid[k][rows])
+            wa, wr = m.bridged_logits(ad.resid[k][rows], ref.resid[k][rows], k)
+            torch.testing.assert_close(tr.logits, ad.logits, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(la, wa, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(lr, wr, atol=1e-5, rtol=1e-5)
+            assert len(tr.resid) == m.n_layers + 1 and tr.resid[-1].shape[0] == 4
+            for fa, fb in zip(tr.acts, ad.acts):
+                torch.testing.assert_close(fa, fb, atol=1e-5, rtol=1e-5)

@@ -12,8 +12,10 @@ valid tokens; the sites are ``resid[0..L]`` (embedding, then each block's output
 embedding term is 0 by construction: embeddings are shared). One cutoff ``k`` is drawn
 per step (uniform in ``0..L``); the bridged term can be estimated on a random subset of
 the batch's sequences (``bridge_rows``), an unbiased estimate of the full-batch term at a
-fraction of the cost. At ``k = 0`` and ``k = L`` one bridged run is the adapter model and
-the other the reference, so the term is ``KL_main / 2`` with no extra work.
+fraction of the cost; the bridged rows ride along in the adapter model's own pass from
+layer ``k`` on (:meth:`AdapterModel.forward_bridged`), reusing its residuals and kernel
+launches. At ``k = 0`` and ``k = L`` one bridged run is the adapter model and the other
+the reference, so the term is ``KL_main / 2`` with no extra work.
 """
 
 from __future__ import annotations
@@ -98,7 +100,13 @@ def adapter_loss(model: AdapterModel, tokens: torch.Tensor, valid: torch.Tensor,
     """
     L = model.n_layers
     ref_trace, logp_ref = ref if ref is not None else reference_pass(model, tokens)
-    ad = model(tokens, "adapt")
+    fused = bool(w.lambda_bridge) and 0 < k < L
+    if fused:
+        rows = bridge_rows if bridge_rows is not None else torch.arange(
+            tokens.shape[0], device=tokens.device)
+        ad, la, lr = model.forward_bridged(tokens, k, rows, ref_trace.resid[k][rows])
+    else:
+        ad = model(tokens, "adapt")
     kl = kl_loss(logp_ref, ad.logits, valid)
     l1 = l1_penalty(model, ad.acts, valid) if w.l1 else torch.zeros((), device=kl.device)
     nmse_l = nmse_per_site(ad.resid, ref_trace.resid, valid)
@@ -106,12 +114,9 @@ def adapter_loss(model: AdapterModel, tokens: torch.Tensor, valid: torch.Tensor,
     loss = w.lambda_adapt * kl + w.l1 * l1 + w.lambda_nmse * nmse
     bridge = torch.zeros((), device=kl.device)
     if w.lambda_bridge:
-        if k in (0, L):
+        if not fused:  # k = 0 or L: one bridged model is the adapter model, one the ref
             bridge = 0.5 * kl
         else:
-            rows = bridge_rows if bridge_rows is not None else torch.arange(
-                tokens.shape[0], device=tokens.device)
-            la, lr = model.bridged_logits(ad.resid[k][rows], ref_trace.resid[k][rows], k)
             vr, pr = valid[rows], logp_ref[rows]
             bridge = 0.5 * (kl_loss(pr, la, vr) + kl_loss(pr, lr, vr))
         loss = loss + w.lambda_bridge * bridge

@@ -235,6 +235,43 @@ class AdapterModel(nn.Module):
         resid = [r0] + res
         return ForwardTrace(self.head(resid[-1]), resid, acts)
 
+    def forward_bridged(self, tokens: torch.Tensor, k: int, rows: torch.Tensor,
+                        resid_ref_k: torch.Tensor
+                        ) -> tuple[ForwardTrace, torch.Tensor, torch.Tensor]:
+        """The adapter model's pass with the bridged runs fused into it (``0 < k < L``).
+
+        At layer ``k`` the batch grows by ``2n`` rows (``n = len(rows)``): the adapter
+        model's own ``resid[k][rows]`` (a2r: reference MLPs from here on) and
+        ``resid_ref_k`` (``[n, pos, d_model]``, the reference's ``resid[k][rows]``; r2a:
+        adapters from here on). Layers ``k..L-1`` then run once for all rows, so the
+        bridged terms add only their FLOPs, not another pass of kernel launches. Returns
+        ``(trace of the adapter model (original rows only), logits_a2r, logits_r2a)``;
+        equal to :meth:`forward` + :meth:`bridged_logits` (tested).
+        """
+        L = self.n_layers
+        if not 0 < k < L:
+            raise ConfigError(f"fused bridging needs 0 < k < {L}, got {k}")
+        B, n = tokens.shape[0], rows.numel()
+        mlp_adapt = self.mlp_fn("adapt")
+        r0 = self.embed(tokens)
+        res, acts = self.run_layers(r0, 0, k, mlp_adapt)
+        resid = [r0] + res
+        x = torch.cat([resid[k], resid[k][rows], resid_ref_k.to(resid[k].dtype)], dim=0)
+        ad_rows = torch.cat([torch.arange(B, device=x.device),
+                             torch.arange(B + n, B + 2 * n, device=x.device)])
+
+        def mixed(layer: int, xn: torch.Tensor, m: torch.Tensor):
+            out_a, f = self.mlp_adapt(layer, xn[ad_rows], m[ad_rows])
+            out_r = self.mlp_ref(layer, m[B:B + n])
+            out = torch.cat([out_a[:B], out_r, out_a[B:]], dim=0)
+            return out, f[:B]
+
+        res2, acts2 = self.run_layers(x, k, L, mixed)
+        resid += [r[:B] for r in res2]
+        logits = self.head(res2[-1])
+        trace = ForwardTrace(logits[:B], resid, acts + acts2)
+        return trace, logits[B:B + n], logits[B + n:]
+
     def bridged_logits(self, resid_adapt: torch.Tensor, resid_ref: torch.Tensor, k: int
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits_a2r, logits_r2a)`` for cutoff ``k`` in ``0..L``.
