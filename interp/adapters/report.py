@@ -28,8 +28,8 @@ def demo_adapters(store: Store | None = None) -> Artifact:
     store = store or demo_store()
     arts = store.list("adapters")
     if not arts:
-        raise ArtifactError("no demo adapter set is committed under cache/demo; train one "
-                            "with `python -m interp adapters train --set store_root=cache/demo`")
+        raise ArtifactError("no demo adapter set is committed under cache/demo; build it "
+                            "with `python -m interp adapters demo` (needs the organisms)")
     return arts[0]
 
 
