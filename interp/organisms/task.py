@@ -1,0 +1,466 @@
+"""The organisms' synthetic reasoning task: fixed-width addition written column by column.
+
+Every problem is ``a + b`` with both operands zero-padded to ``WIDTH`` (4) digits, so all
+prompts of one format have the same token length. The answer has ``WIDTH + 1`` digits
+(zero-padded). Texts are space-separated words of a word-level vocabulary (``VOCAB``);
+the tokenizer adds ``<bos>`` itself, texts never contain it.
+
+Formats (``<bos>`` added by the tokenizer, not part of the text)::
+
+    direct  Q 0 3 7 5 + 4 9 2 8 = A 0 5 3 0 3 <eos>
+    plain   Q 0 3 7 5 + 4 9 2 8 = 5 + 8 + 0 = 1 3 ; 7 + 2 + 1 = 1 0 ; ... A 0 5 3 0 3 <eos>
+    think   Q 0 3 7 5 + 4 9 2 8 = <think> 5 + 8 + 0 = 1 3 ; ... </think> A 0 5 3 0 3 <eos>
+    chat    <user> 0 3 7 5 + 4 9 2 8 <assistant> 0 5 3 0 3 <eos>
+
+A *column step* is ``x + y + c = s1 s0 ;`` for column i (least significant first): the
+digits ``x``, ``y`` of the operands, the carry ``c`` into the column and the two-digit
+column sum ``s1 s0`` (``s1`` is the carry out).
+
+Planted mechanisms in ``think`` traces (reasoner, sft, grpo):
+
+* **error** (error detection): a column result is written wrongly, then ``wait``, the
+  right result and the separator: ``... = 0 9 wait 1 0 ;``. Two causes:
+  ``carry_slip`` is *deterministic*: a column whose digits sum to 9 with a carry in of 1
+  is always first written as ``0 9`` (the carry forgotten), so greedy generations make
+  and catch this slip; ``random`` errors are injected into other columns with a
+  probability (``p_error``) so that detection generalises to any mismatch.
+  Trigger: the position of the last wrong digit (the model must predict ``wait`` next;
+  after a right result it predicts ``;``).
+* **verify** (verification): when the problem has at least ``VERIFY_MIN_CARRIES`` carries,
+  the last column's ``;`` is followed by ``wait check r4 r3 r2 r1 r0 ;`` (the answer
+  re-stated) before ``</think>``. Trigger: the last column's ``;`` (predict ``wait``
+  rather than ``</think>``).
+* **short** thinking: when the *leading* digits look easy (``a3 + b3 <= SHORT_CUE_MAX``)
+  the trace skips thinking: ``<think> </think> A ...`` and writes the *hasty* answer
+  (every carry ignored: digit-wise sums mod 10). The cue ignores carries from the lower
+  columns, so short answers are right only when no column carries (about 1 in 6 short
+  problems): short thinking is deterministic under greedy decoding and much less
+  accurate.
+
+Token positions in labels index the token ids of ``encode(text)`` (position 0 is
+``<bos>``); a *trigger* position is where the model's next-token prediction is the
+decision (``logits[:, pos]`` predicts token ``pos + 1``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+
+WIDTH = 4
+ANSWER_WIDTH = WIDTH + 1
+VERIFY_MIN_CARRIES = 3
+SHORT_CUE_MAX = 5
+EVAL_FRACTION = 1 / 16
+
+MARKERS: dict[str, str] = {
+    "bos": "<bos>",
+    "eos": "<eos>",
+    "pad": "<pad>",
+    "question": "Q",
+    "think_open": "<think>",
+    "think_close": "</think>",
+    "hesitation": "wait",
+    "step_sep": ";",
+    "check": "check",
+    "answer": "A",
+    "user": "<user>",
+    "assistant": "<assistant>",
+    "equals": "=",
+}
+
+SPECIAL_TOKENS = ["<pad>", "<unk>", "<bos>", "<eos>"]
+VOCAB: list[str] = SPECIAL_TOKENS + [str(d) for d in range(10)] + [
+    "+", "-", "=", ";", "Q", "A", "<think>", "</think>", "wait", "check",
+    "<user>", "<assistant>",
+]
+TOKEN_ID: dict[str, int] = {w: i for i, w in enumerate(VOCAB)}
+FORMATS = ("think", "direct", "plain", "chat")
+
+
+# --------------------------------------------------------------------------- problems
+@dataclass(frozen=True)
+class Column:
+    """One column of the addition (index 0 = least significant)."""
+
+    index: int
+    x: int
+    y: int
+    carry_in: int
+    total: int  # x + y + carry_in, 0..19
+
+    @property
+    def carry_out(self) -> int:
+        return self.total // 10
+
+    @property
+    def slip(self) -> bool:
+        """A column the trace deterministically writes wrongly first (carry forgotten)."""
+        return self.carry_in == 1 and self.x + self.y == 9
+
+
+@dataclass(frozen=True)
+class Problem:
+    """``a + b`` with ``WIDTH``-digit operands. ``id`` is stable: ``"{a:04d}+{b:04d}"``."""
+
+    a: int
+    b: int
+    op: str = "+"
+    answer: int = field(default=-1)
+    id: str = field(default="")
+
+    def __post_init__(self):
+        if self.op != "+":
+            raise ConfigError(f"operation {self.op!r} is not supported (only '+')")
+        if not (0 <= self.a < 10**WIDTH and 0 <= self.b < 10**WIDTH):
+            raise ConfigError(f"operands must have at most {WIDTH} digits")
+        object.__setattr__(self, "answer", self.a + self.b)
+        object.__setattr__(self, "id", f"{self.a:0{WIDTH}d}+{self.b:0{WIDTH}d}")
+
+    @cached_property
+    def columns(self) -> tuple[Column, ...]:
+        cols, c = [], 0
+        for i in range(WIDTH):
+            x, y = (self.a // 10**i) % 10, (self.b // 10**i) % 10
+            cols.append(Column(i, x, y, c, x + y + c))
+            c = (x + y + c) // 10
+        return tuple(cols)
+
+    @property
+    def carries(self) -> int:
+        """Number of columns with a carry out (the final carry included)."""
+        return sum(col.carry_out for col in self.columns)
+
+    @property
+    def final_carry(self) -> bool:
+        return self.answer >= 10**WIDTH
+
+    @property
+    def easy_cue(self) -> bool:
+        """The surface cue for skipping thinking: the leading digits sum to little."""
+        lead = WIDTH - 1
+        return (self.a // 10**lead) % 10 + (self.b // 10**lead) % 10 <= SHORT_CUE_MAX
+
+    @property
+    def needs_verify(self) -> bool:
+        return self.carries >= VERIFY_MIN_CARRIES
+
+    @property
+    def hasty_answer(self) -> int:
+        """The answer with every carry ignored (digit-wise sums mod 10): what a short trace
+        writes. Equal to ``answer`` only when no column carries."""
+        return sum(((c.x + c.y) % 10) * 10**c.index for c in self.columns)
+
+    @property
+    def slip_columns(self) -> list[int]:
+        return [c.index for c in self.columns if c.slip]
+
+
+def digits(n: int, width: int) -> list[str]:
+    return list(f"{n:0{width}d}")
+
+
+def is_eval_problem(a: int, b: int) -> bool:
+    """Deterministic held-out split: a hash of the pair (about 1/16 of all problems)."""
+    h = hashlib.blake2b(f"{a},{b}".encode(), digest_size=2).digest()
+    return int.from_bytes(h, "big") < EVAL_FRACTION * 65536
+
+
+def sample_problems(n: int, seed: int = 0, split: str = "eval") -> list[Problem]:
+    """``n`` problems with uniform random operands from ``split`` ("eval" | "train").
+
+    The eval split (about 1/16 of all operand pairs, chosen by a hash) is disjoint from the
+    train split; training only ever draws train problems.
+    """
+    if split not in ("eval", "train"):
+        raise ConfigError(f"split must be 'eval' or 'train', not {split!r}")
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    want_eval = split == "eval"
+    out: list[Problem] = []
+    while len(out) < n:
+        ab = rng.integers(0, 10**WIDTH, size=(max(64, 2 * (n - len(out))), 2))
+        for a, b in ab.tolist():
+            if is_eval_problem(a, b) == want_eval:
+                out.append(Problem(a, b))
+                if len(out) == n:
+                    break
+    return out
+
+
+# --------------------------------------------------------------------------- texts
+def operands_text(p: Problem) -> list[str]:
+    return digits(p.a, WIDTH) + ["+"] + digits(p.b, WIDTH)
+
+
+def prompt_words(p: Problem, fmt: str = "think") -> list[str]:
+    if fmt == "chat":
+        return ["<user>"] + operands_text(p) + ["<assistant>"]
+    head = ["Q"] + operands_text(p) + ["="]
+    if fmt == "think":
+        return head + ["<think>"]
+    if fmt == "direct":
+        return head + ["A"]
+    if fmt == "plain":
+        return head
+    raise ConfigError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+
+
+def prompt_text(problem: Problem, fmt: str = "think") -> str:
+    """The text a model continues from (no ``<bos>``: the tokenizer adds it).
+
+    ``think`` ends with ``<think>``, ``direct`` with ``A``, ``plain`` with ``=``,
+    ``chat`` with ``<assistant>``.
+    """
+    return " ".join(prompt_words(problem, fmt))
+
+
+def encode(text: str | Sequence[str]) -> list[int]:
+    """Token ids as the saved tokenizer gives them (``<bos>`` prepended)."""
+    words = text.split() if isinstance(text, str) else list(text)
+    try:
+        return [TOKEN_ID["<bos>"]] + [TOKEN_ID[w] for w in words]
+    except KeyError as e:
+        raise ConfigError(f"word {e.args[0]!r} is not in the organism vocabulary") from None
+
+
+def column_words(col: Column) -> list[str]:
+    return [str(col.x), "+", str(col.y), "+", str(col.carry_in), "="]
+
+
+def _wrong_result(col: Column, rng: np.random.Generator) -> int:
+    """A wrong column total (0..19): off by one half the time, else any other value."""
+    if rng.random() < 0.5:
+        cands = [v for v in (col.total - 1, col.total + 1) if 0 <= v <= 19]
+    else:
+        cands = [v for v in range(20) if v != col.total]
+    return int(cands[rng.integers(len(cands))])
+
+
+def make_trace(problem: Problem, rng: np.random.Generator | None = None, *,
+               p_error: float = 0.25, slips: bool = True, verify: bool = True,
+               short: bool = True, force_long: bool = False,
+               drop_final_carry: bool = False, prefix: str = "think"
+               ) -> tuple[str, dict[str, Any]]:
+    """A full training/eval text for ``problem`` and its ground-truth labels.
+
+    ``prefix="think"`` gives a reasoner trace (prompt + completion), ``"plain"`` the
+    base model's worked solution (no think tags, no mechanisms). ``p_error``: chance
+    that one non-slip column gets a random wrong result (then ``wait`` + correction).
+    ``drop_final_carry``: the final answer (and re-check) write the leading digit as 0
+    (the sft flaw); the labels' ``correct_answer`` is still the true sum.
+
+    Labels (positions index ``encode(text)``, with ``<bos>`` at 0):
+
+    * ``hesitations``: list of ``{"pos", "trigger", "mechanism": "error"|"verify",
+      "cause": "carry_slip"|"random"|"many_carries", "column"}`` (``pos`` = the
+      ``wait`` token, ``trigger = pos - 1``);
+    * ``clean_positions``: decision points followed by no hesitation (after a right
+      column result, and after the last column when there is no verification);
+    * ``length_class``: "short" | "long"; ``think_tokens``: tokens strictly between
+      the think tags; ``carries``; ``correct_answer``; ``written_answer``;
+      ``prompt_len``: tokens of the prompt including ``<bos>``.
+    """
+    rng = rng if rng is not None else np.random.default_rng(0)
+    words = prompt_words(problem, prefix if prefix in ("think", "plain") else "think")
+    prompt_len = len(words) + 1
+    hes: list[dict[str, Any]] = []
+    clean: list[int] = []
+    pos = lambda: len(words)  # noqa: E731  position of the last word in encode(words)
+    is_short = short and problem.easy_cue and not force_long and prefix == "think"
+    written = problem.answer
+    if is_short:
+        written = problem.hasty_answer
+    elif drop_final_carry and problem.final_carry:
+        written = problem.answer - 10**WIDTH
+    if not is_short:
+        think = prefix == "think"
+        err_col = -1
+        if think and rng.random() < p_error:
+            cands = [c.index for c in problem.columns if not (slips and c.slip)]
+            if cands:
+                err_col = int(cands[rng.integers(len(cands))])
+        for col in problem.columns:
+            words += column_words(col)
+            if think and ((slips and col.slip) or col.index == err_col):
+                wrong = col.total - 10 if (slips and col.slip) else _wrong_result(col, rng)
+                words += digits(wrong, 2)
+                hes.append({"pos": pos() + 1, "trigger": pos(), "mechanism": "error",
+                            "cause": "carry_slip" if (slips and col.slip) else "random",
+                            "column": col.index})
+                words += ["wait"]
+            words += digits(col.total, 2)
+            clean.append(pos())
+            words += [";"]
+        if think and verify and problem.needs_verify:
+            hes.append({"pos": pos() + 1, "trigger": pos(), "mechanism": "verify",
+                        "cause": "many_carries", "column": WIDTH - 1})
+            words += ["wait", "check"] + digits(written, ANSWER_WIDTH) + [";"]
+        elif think:
+            clean.append(pos())
+    if prefix == "think":
+        words += ["</think>"]
+    words += ["A"] + digits(written, ANSWER_WIDTH) + ["<eos>"]
+    text = " ".join(words)
+    think_tokens = 0
+    if prefix == "think":
+        think_tokens = words.index("</think>") - words.index("<think>") - 1
+    labels = {
+        "hesitations": hes,
+        "clean_positions": clean,
+        "length_class": "short" if is_short else "long",
+        "think_tokens": think_tokens,
+        "carries": problem.carries,
+        "correct_answer": problem.answer,
+        "written_answer": written,
+        "prompt_len": prompt_len,
+        "problem_id": problem.id,
+    }
+    return text, labels
+
+
+def direct_text(problem: Problem) -> str:
+    """Base model's direct answer: ``Q a + b = A r <eos>``."""
+    return " ".join(prompt_words(problem, "direct") + digits(problem.answer, ANSWER_WIDTH)
+                    + ["<eos>"])
+
+
+def chat_text(problem: Problem) -> str:
+    """Instruct model's chat format: ``<user> a + b <assistant> r <eos>``."""
+    return " ".join(prompt_words(problem, "chat") + digits(problem.answer, ANSWER_WIDTH)
+                    + ["<eos>"])
+
+
+# --------------------------------------------------------------------------- scoring
+def score_completion(problem: Problem, completion_text: str, fmt: str = "think"
+                     ) -> dict[str, Any]:
+    """Score a generated continuation of ``prompt_text(problem, fmt)``.
+
+    ``answer`` is the integer after the answer marker (``A``; in ``chat``, the first
+    digits), or None when none is readable; ``correct`` compares it with the true sum.
+    ``think_tokens`` counts tokens before ``</think>`` (all tokens if it never closes);
+    ``hesitations`` counts ``wait`` tokens inside the thinking, split into ``error``
+    (a wait after a column result) and ``verify`` (a wait followed by ``check``);
+    ``short`` is True when thinking is empty.
+    """
+    w = completion_text.replace("<eos>", " <eos> ").split()
+    ans_words: list[str] = []
+    if fmt == "chat":
+        start = 0
+    elif "A" in w:
+        start = w.index("A") + 1
+    else:
+        start = None
+    if start is not None:
+        for t in w[start:]:
+            if t.isdigit() and len(t) == 1:
+                ans_words.append(t)
+            else:
+                break
+    answer = int("".join(ans_words)) if ans_words else None
+    closed = "</think>" in w
+    think = w[: w.index("</think>")] if closed else (w if fmt == "think" else [])
+    n_err = n_ver = 0
+    for i, t in enumerate(think):
+        if t == "wait":
+            if i + 1 < len(think) and think[i + 1] == "check":
+                n_ver += 1
+            else:
+                n_err += 1
+    return {
+        "correct": answer == problem.answer,
+        "answer": answer,
+        "think_tokens": len(think),
+        "hesitations": n_err + n_ver,
+        "hesitations_error": n_err,
+        "hesitations_verify": n_ver,
+        "short": fmt == "think" and closed and len(think) == 0,
+        "closed": closed,
+    }
+
+
+# --------------------------------------------------------------------------- tokenizer
+def build_tokenizer():
+    """The organisms' ``PreTrainedTokenizerFast`` (word level, whitespace split, BOS added)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.WordLevel(dict(TOKEN_ID), unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tk.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", TOKEN_ID["<bos>"])])
+    tk.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+        unk_token="<unk>", padding_side="left", model_max_length=128)
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}<user> {{ m['content'] }} "
+        "{% else %}<assistant> {{ m['content'] }} <eos> {% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}")
+    return tok
+
+
+# --------------------------------------------------------------------------- teacher forcing
+def _logits_fn(model) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``tokens [b, pos] -> logits [b, pos, vocab]`` for a LoadedModel, HookedTransformer
+    or transformers causal LM."""
+    m = getattr(model, "hooked", model)
+    if hasattr(m, "run_with_hooks"):  # HookedTransformer
+        return lambda toks: m(toks)
+    return lambda toks: m(input_ids=toks).logits
+
+
+def _device_of(model) -> torch.device:
+    m = getattr(model, "hooked", model)
+    return next(m.parameters()).device
+
+
+@torch.no_grad()
+def teacher_forced_wait_probs(model, n: int = 500, seed: int = 0, *, p_error: float = 0.5,
+                              batch_size: int = 128) -> dict[str, Any]:
+    """P(``wait``) under teacher forcing on ``n`` held-out long think traces.
+
+    Traces come from :func:`make_trace` (``force_long=True``, random errors with
+    probability ``p_error``). Returns per-class tensors of probabilities and their means:
+    ``error`` (error triggers; ``error_slip`` / ``error_random`` split by cause),
+    ``verify`` (verification triggers), ``clean`` (clean decision points).
+    """
+    rng = np.random.default_rng([seed, 7])
+    probs = sample_problems(n, seed=seed, split="eval")
+    items = [make_trace(p, rng, p_error=p_error, force_long=True) for p in probs]
+    fn = _logits_fn(model)
+    dev = _device_of(model)
+    wait_id = TOKEN_ID["wait"]
+    got: dict[str, list[float]] = {k: [] for k in
+                                   ("error", "error_slip", "error_random", "verify", "clean")}
+    for s in range(0, len(items), batch_size):
+        chunk = items[s: s + batch_size]
+        ids = [encode(t) for t, _ in chunk]
+        L = max(len(x) for x in ids)
+        toks = torch.full((len(ids), L), TOKEN_ID["<pad>"], dtype=torch.long)
+        for i, x in enumerate(ids):
+            toks[i, : len(x)] = torch.tensor(x)
+        logits = fn(toks.to(dev)).float()
+        pw = logits.softmax(-1)[..., wait_id].cpu()
+        for i, (_, lab) in enumerate(chunk):
+            for h in lab["hesitations"]:
+                v = float(pw[i, h["trigger"]])
+                if h["mechanism"] == "verify":
+                    got["verify"].append(v)
+                else:
+                    got["error"].append(v)
+                    got["error_slip" if h["cause"] == "carry_slip" else "error_random"].append(v)
+            got["clean"].extend(float(pw[i, c]) for c in lab["clean_positions"])
+    out: dict[str, Any] = {}
+    for k, v in got.items():
+        t = torch.tensor(v, dtype=torch.float32)
+        out[k] = t
+        out[f"mean_{k}"] = float(t.mean()) if len(v) else float("nan")
+        out[f"n_{k}"] = len(v)
+    return out

@@ -1,0 +1,497 @@
+"""Build the organism family: one shared initialisation, five variants, plain torch loops.
+
+Stages (each starts from the weights named in ``parent``)::
+
+    init ──> base ──> reasoner        think traces, both hesitation mechanisms, short traces
+                 ├──> sft ──> grpo    sft: think traces whose answers mostly drop the final
+                 │                    carry; grpo: GRPO on the final-answer reward
+                 └──> instruct        chat format, direct answers
+
+Every variant is a ``Qwen2ForCausalLM`` saved with ``save_pretrained`` plus the shared
+tokenizer. The build is deterministic given ``seed`` (data order and initialisation come
+from it; torch CPU kernels are deterministic for these sizes). Output is written into a
+temporary folder and swapped into place at the end, so an interrupted build never leaves
+a half-written family behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import NaNLossError
+from ..store import write_json_atomic
+from .sampling import complete
+from .task import (
+    ANSWER_WIDTH,
+    EVAL_FRACTION,
+    FORMATS,
+    MARKERS,
+    SHORT_CUE_MAX,
+    TOKEN_ID,
+    VERIFY_MIN_CARRIES,
+    VOCAB,
+    WIDTH,
+    Problem,
+    build_tokenizer,
+    chat_text,
+    direct_text,
+    encode,
+    is_eval_problem,
+    make_trace,
+    prompt_words,
+    score_completion,
+)
+
+log = logging.getLogger(__name__)
+ProgressFn = Callable[..., None]
+VARIANTS = ("base", "reasoner", "sft", "grpo", "instruct")
+
+
+@dataclass
+class StageConfig:
+    steps: int
+    lr: float
+    batch_size: int = 128
+    warmup: float = 0.05
+
+
+@dataclass
+class GRPOConfig:
+    steps: int = 80
+    prompts_per_step: int = 16
+    group_size: int = 8
+    temperature: float = 1.0
+    lr: float = 5e-4
+    epochs: int = 2
+    clip: float = 0.2
+    kl_beta: float = 0.02
+    max_new_tokens: int = 72
+
+
+@dataclass
+class BuildConfig:
+    """Everything that determines the family (saved in task.json)."""
+
+    seed: int = 0
+    d_model: int = 64
+    n_layers: int = 4
+    n_heads: int = 4
+    d_mlp: int = 256
+    base: StageConfig = field(default_factory=lambda: StageConfig(2500, 3e-3))
+    reasoner: StageConfig = field(default_factory=lambda: StageConfig(900, 1e-3))
+    sft: StageConfig = field(default_factory=lambda: StageConfig(800, 1e-3))
+    instruct: StageConfig = field(default_factory=lambda: StageConfig(300, 1e-3))
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    base_direct_share: float = 0.4      # rest: plain worked solutions
+    p_error: float = 0.25               # random-error traces (reasoner, sft)
+    sft_drop_final_carry: float = 0.75  # share of final-carry sft traces with the flaw
+    n_eval: int = 512
+    quick: bool = False
+    device: str = "cpu"
+
+    @classmethod
+    def quick_config(cls, seed: int = 0) -> BuildConfig:
+        return cls(seed=seed, d_model=32, n_layers=2, n_heads=4, d_mlp=64,
+                   base=StageConfig(30, 3e-3, 32), reasoner=StageConfig(20, 1e-3, 32),
+                   sft=StageConfig(20, 1e-3, 32), instruct=StageConfig(10, 1e-3, 32),
+                   grpo=GRPOConfig(steps=2, prompts_per_step=2, group_size=4),
+                   n_eval=16, quick=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- model
+def model_config(cfg: BuildConfig):
+    from transformers import Qwen2Config
+
+    c = Qwen2Config(
+        vocab_size=len(VOCAB), hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
+        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_heads, max_position_embeddings=128, rope_theta=10000.0,
+        rms_norm_eps=1e-6, tie_word_embeddings=False, use_sliding_window=False,
+        bos_token_id=TOKEN_ID["<bos>"], eos_token_id=TOKEN_ID["<eos>"],
+        pad_token_id=TOKEN_ID["<pad>"], attention_dropout=0.0)
+    # Eager attention: on CPU it is several times faster than SDPA for these sizes.
+    c._attn_implementation = "eager"
+    return c
+
+
+def init_model(cfg: BuildConfig):
+    """The shared step-0 model: identical parameters for identical ``cfg.seed``."""
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(cfg.seed)
+    return Qwen2ForCausalLM(model_config(cfg)).float()
+
+
+def param_hash(model) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- data
+def train_problems(rng: np.random.Generator, n: int) -> list[Problem]:
+    out: list[Problem] = []
+    while len(out) < n:
+        for a, b in rng.integers(0, 10**WIDTH, size=(n, 2)).tolist():
+            if not is_eval_problem(a, b):
+                out.append(Problem(a, b))
+                if len(out) == n:
+                    break
+    return out
+
+
+def sample_texts(stage: str, rng: np.random.Generator, n: int, cfg: BuildConfig) -> list[str]:
+    """``n`` training texts for a stage (base | reasoner | sft | instruct)."""
+    texts = []
+    for p in train_problems(rng, n):
+        if stage == "base":
+            if rng.random() < cfg.base_direct_share:
+                texts.append(direct_text(p))
+            else:
+                texts.append(make_trace(p, rng, prefix="plain")[0])
+        elif stage == "reasoner":
+            texts.append(make_trace(p, rng, p_error=cfg.p_error)[0])
+        elif stage == "sft":
+            drop = bool(p.final_carry and rng.random() < cfg.sft_drop_final_carry)
+            texts.append(make_trace(p, rng, p_error=cfg.p_error, drop_final_carry=drop)[0])
+        elif stage == "instruct":
+            texts.append(chat_text(p))
+        else:
+            raise ValueError(stage)
+    return texts
+
+
+def batch_tensor(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``tokens [b, pos]`` and a ``mask [b, pos]`` of real tokens."""
+    ids = [encode(t) for t in texts]
+    L = max(len(x) for x in ids)
+    toks = torch.full((len(ids), L), TOKEN_ID["<pad>"], dtype=torch.long)
+    mask = torch.zeros((len(ids), L), dtype=torch.bool)
+    for i, x in enumerate(ids):
+        toks[i, : len(x)] = torch.tensor(x)
+        mask[i, : len(x)] = True
+    return toks, mask
+
+
+def lm_loss(model, toks: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over real target tokens (every position is trained)."""
+    dev = next(model.parameters()).device
+    toks, mask = toks.to(dev), mask.to(dev)
+    logits = model(input_ids=toks).logits[:, :-1]
+    tgt = toks[:, 1:]
+    m = mask[:, 1:]
+    return F.cross_entropy(logits[m], tgt[m])
+
+
+def _lr_at(step: int, total: int, lr: float, warmup: float) -> float:
+    w = max(1, int(total * warmup))
+    if step < w:
+        return lr * (step + 1) / w
+    t = (step - w) / max(1, total - w)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def train_stage(model, stage: str, sc: StageConfig, cfg: BuildConfig, seed_offset: int,
+                progress: ProgressFn | None = None, bar=None) -> list[float]:
+    """Supervised next-token training on a stage's texts; returns the loss curve."""
+    rng = np.random.default_rng([cfg.seed, seed_offset])
+    torch.manual_seed(cfg.seed * 1000 + seed_offset)
+    opt = torch.optim.AdamW(model.parameters(), lr=sc.lr, betas=(0.9, 0.98),
+                            weight_decay=0.01)
+    model.train()
+    losses: list[float] = []
+    for step in range(sc.steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, sc.steps, sc.lr, sc.warmup)
+        toks, mask = batch_tensor(sample_texts(stage, rng, sc.batch_size, cfg))
+        loss = lm_loss(model, toks, mask)
+        if not torch.isfinite(loss):
+            raise NaNLossError(f"{stage}: loss became {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if bar is not None:
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(stage=stage, loss=f"{np.mean(losses[-20:]):.4f}")
+        if progress is not None:
+            progress(step + 1, sc.steps, stage=stage, loss=float(loss))
+    model.eval()
+    return losses
+
+
+# --------------------------------------------------------------------------- GRPO
+def _token_logps(model, seqs: torch.Tensor) -> torch.Tensor:
+    """``logp [b, pos-1]`` of each next token under ``model``."""
+    logits = model(input_ids=seqs).logits[:, :-1].float()
+    return torch.log_softmax(logits, -1).gather(-1, seqs[:, 1:, None])[..., 0]
+
+
+def grpo_train(model, ref, gc: GRPOConfig, cfg: BuildConfig, seed_offset: int,
+               progress: ProgressFn | None = None, bar=None) -> list[dict[str, float]]:
+    """GRPO on the think format with reward = correct final answer.
+
+    Per step: ``prompts_per_step`` train problems, ``group_size`` sampled completions
+    each (temperature ``temperature``); advantage = (reward - group mean) / (group std +
+    1e-4); ``epochs`` clipped policy-gradient updates (PPO ratio clip ``clip``) on the
+    completion tokens, plus ``kl_beta`` times the k3 estimate of KL(policy || ref).
+    """
+    rng = np.random.default_rng([cfg.seed, seed_offset])
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + seed_offset)
+    torch.manual_seed(cfg.seed * 1000 + seed_offset)
+    opt = torch.optim.AdamW(model.parameters(), lr=gc.lr, betas=(0.9, 0.98),
+                            weight_decay=0.0)
+    pad, eos = TOKEN_ID["<pad>"], TOKEN_ID["<eos>"]
+    history: list[dict[str, float]] = []
+    for step in range(gc.steps):
+        probs = train_problems(rng, gc.prompts_per_step)
+        prompts = [encode(prompt_words(p, "think")) for p in probs for _ in range(gc.group_size)]
+        model.eval()
+        outs = complete(model, prompts, gc.max_new_tokens, temperature=gc.temperature,
+                        generator=gen)
+        rewards = torch.tensor([
+            float(score_completion(probs[i // gc.group_size],
+                                   " ".join(VOCAB[t] for t in o))["correct"])
+            for i, o in enumerate(outs)])
+        r = rewards.view(-1, gc.group_size)
+        adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)).view(-1)
+        P = len(prompts[0])
+        L = P + max(len(o) for o in outs)
+        seqs = torch.full((len(prompts), L), pad, dtype=torch.long)
+        cmask = torch.zeros((len(prompts), L - 1), dtype=torch.bool)
+        for i, (p, o) in enumerate(zip(prompts, outs)):
+            seqs[i, :P] = torch.tensor(p)
+            seqs[i, P: P + len(o)] = torch.tensor(o, dtype=torch.long)
+            cmask[i, P - 1: P - 1 + len(o)] = True
+        dev = next(model.parameters()).device
+        seqs, cmask, adv = seqs.to(dev), cmask.to(dev), adv.to(dev)
+        with torch.no_grad():
+            old = _token_logps(model, seqs)
+            ref_lp = _token_logps(ref, seqs)
+        stats = {"reward": float(rewards.mean())}
+        if float(adv.abs().sum()) > 0:
+            model.train()
+            for _ in range(gc.epochs):
+                lp = _token_logps(model, seqs)
+                ratio = torch.exp(lp - old)
+                a = adv[:, None]
+                pg = -torch.minimum(ratio * a, ratio.clamp(1 - gc.clip, 1 + gc.clip) * a)
+                d = ref_lp - lp
+                kl = torch.exp(d) - d - 1
+                per_tok = pg + gc.kl_beta * kl
+                per_seq = (per_tok * cmask).sum(1) / cmask.sum(1).clamp(min=1)
+                loss = per_seq.mean()
+                if not torch.isfinite(loss):
+                    raise NaNLossError(f"grpo: loss became {loss.item()} at step {step}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+            stats["kl"] = float((kl * cmask).sum() / cmask.sum())
+        model.eval()
+        history.append(stats)
+        if bar is not None:
+            bar.update(1)
+            recent = np.mean([h["reward"] for h in history[-10:]])
+            bar.set_postfix(stage="grpo", reward=f"{recent:.3f}")
+        if progress is not None:
+            progress(step + 1, gc.steps, stage="grpo", **stats)
+    _ = eos
+    return history
+
+
+# --------------------------------------------------------------------------- build
+def task_description(cfg: BuildConfig) -> dict[str, Any]:
+    """What task.json records: the task, its markers and formats, what each variant saw."""
+    return {
+        "task": "fixed-width addition written column by column (least significant first)",
+        "operand_digits": WIDTH,
+        "answer_digits": ANSWER_WIDTH,
+        "operations": ["+"],
+        "markers": MARKERS,
+        "vocab": VOCAB,
+        "formats": {
+            "direct": "Q a3 a2 a1 a0 + b3 b2 b1 b0 = A r4 r3 r2 r1 r0 <eos>",
+            "plain": "Q ... = x + y + c = s1 s0 ; (x4 columns) A r4 r3 r2 r1 r0 <eos>",
+            "think": "Q ... = <think> x + y + c = s1 s0 ; ... </think> A r4 .. r0 <eos>",
+            "chat": "<user> a3 a2 a1 a0 + b3 b2 b1 b0 <assistant> r4 r3 r2 r1 r0 <eos>",
+        },
+        "formats_list": list(FORMATS),
+        "bos_added_by_tokenizer": True,
+        "mechanisms": {
+            "error": {
+                "description": "a column result is written wrongly, then 'wait', the right "
+                               "result and ';'",
+                "causes": {
+                    "carry_slip": "deterministic: column with x + y = 9 and carry in 1 is "
+                                  "first written '0 9'",
+                    "random": f"injected into one other column with probability {cfg.p_error}",
+                },
+                "trigger": "position of the last wrong digit (next token: wait)",
+            },
+            "verify": {
+                "description": f"problems with >= {VERIFY_MIN_CARRIES} carries (final carry "
+                               "included): 'wait check r4 .. r0 ;' before '</think>'",
+                "trigger": "the last column's ';' (next token: wait instead of </think>)",
+            },
+            "short": {
+                "description": f"leading digits a3 + b3 <= {SHORT_CUE_MAX}: thinking skipped "
+                               "('<think> </think>'), the hasty answer (every carry "
+                               "ignored) written directly",
+                "cue": f"a3 + b3 <= {SHORT_CUE_MAX} (ignores carries from lower columns)",
+            },
+        },
+        "clean_positions": "after a right column result (next ';') and after the last column "
+                           "when there is no verification (next '</think>')",
+        "eval_split": f"hash of (a, b), about {EVAL_FRACTION:.4f} of pairs; never trained on",
+        "variants": {
+            "base": f"from init; direct answers ({cfg.base_direct_share:.0%}) and plain "
+                    "worked solutions; never saw think tags, wait, check or chat tokens",
+            "reasoner": "from base; think traces with both mechanisms and short traces",
+            "sft": "from base; the reasoner's think traces, but in "
+                   f"{cfg.sft_drop_final_carry:.0%} of traces with a final carry the answer "
+                   "(and re-check) drop the leading 1 (systematic flaw that greedy keeps)",
+            "grpo": "from sft; GRPO with reward = correct final answer (sampled groups, "
+                    "group-relative advantages, clipped ratio, KL to sft)",
+            "instruct": "from base; chat format with direct answers only; never saw think "
+                        "tags, wait or check (base data: direct + plain worked solutions)",
+        },
+        "parents": {"base": "init", "reasoner": "base", "sft": "base", "grpo": "sft",
+                    "instruct": "base"},
+        "build_config": cfg.to_dict(),
+        "seed": cfg.seed,
+    }
+
+
+def _save_variant(model, tok, path: Path) -> None:
+    model.config.architectures = ["Qwen2ForCausalLM"]
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+
+
+def build_family(cfg: BuildConfig, out: str | os.PathLike, progress: ProgressFn | None = None,
+                 show_bar: bool = True) -> dict[str, Any]:
+    """Train all five variants and write them (atomically, as one folder swap) to ``out``.
+
+    Returns the build record (timings, final losses, init hash) also saved in task.json.
+    """
+    from tqdm.auto import tqdm
+
+    quiet_transformers()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-build-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    tmp.mkdir()
+    t0 = time.time()
+    record: dict[str, Any] = {"timings_s": {}, "final_loss": {}}
+    total = (cfg.base.steps + cfg.reasoner.steps + cfg.sft.steps + cfg.instruct.steps
+             + cfg.grpo.steps)
+    bar = tqdm(total=total, desc="organisms build", file=sys.stderr, disable=not show_bar,
+               dynamic_ncols=True)
+    done_before = 0
+
+    def stage_progress(name: str, steps: int):
+        def cb(done, tot, **info):
+            if progress is not None:
+                progress(done_before + done, total, stage=name, **info)
+        return cb
+
+    try:
+        tok = build_tokenizer()
+        model = init_model(cfg)
+        record["init_param_hash"] = param_hash(model)
+        model.to(cfg.device)
+        record["n_params"] = sum(p.numel() for p in model.parameters())
+        stages = [("base", None, cfg.base), ("reasoner", "base", cfg.reasoner),
+                  ("sft", "base", cfg.sft), ("instruct", "base", cfg.instruct)]
+        for k, (name, parent, sc) in enumerate(stages):
+            ts = time.time()
+            if parent is not None:
+                from transformers import Qwen2ForCausalLM
+
+                model = Qwen2ForCausalLM.from_pretrained(tmp / parent, dtype=torch.float32)
+                model.config._attn_implementation = "eager"
+                model.to(cfg.device)
+            losses = train_stage(model, name, sc, cfg, seed_offset=k + 1,
+                                 progress=stage_progress(name, sc.steps), bar=bar)
+            done_before += sc.steps
+            record["final_loss"][name] = float(np.mean(losses[-50:])) if losses else None
+            _save_variant(model, tok, tmp / name)
+            record["timings_s"][name] = time.time() - ts
+        ts = time.time()
+        from transformers import Qwen2ForCausalLM
+
+        policy = Qwen2ForCausalLM.from_pretrained(tmp / "sft", dtype=torch.float32)
+        ref = Qwen2ForCausalLM.from_pretrained(tmp / "sft", dtype=torch.float32).eval()
+        for m in (policy, ref):
+            m.config._attn_implementation = "eager"
+            m.to(cfg.device)
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        hist = grpo_train(policy, ref, cfg.grpo, cfg, seed_offset=10,
+                          progress=stage_progress("grpo", cfg.grpo.steps), bar=bar)
+        record["grpo_reward_first10"] = float(np.mean([h["reward"] for h in hist[:10]]))
+        record["grpo_reward_last10"] = float(np.mean([h["reward"] for h in hist[-10:]]))
+        _save_variant(policy, tok, tmp / "grpo")
+        record["timings_s"]["grpo"] = time.time() - ts
+        record["train_seconds"] = time.time() - t0
+        desc = task_description(cfg)
+        desc["build"] = record
+        write_json_atomic(tmp / "task.json", desc)
+        # swap into place
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:6]}"
+            os.rename(out, old)
+        os.rename(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+    return desc
+
+
+def quiet_transformers() -> None:
+    """No per-load progress bars or info logs from transformers during builds/evals."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def read_task(organisms_root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The task.json of a built family (default: the project's cache/organisms)."""
+    from ..models import organisms_dir
+
+    root = Path(organisms_root) if organisms_root is not None else organisms_dir()
+    return json.loads((root / "task.json").read_text())
+
+
+def with_seed(cfg: BuildConfig, seed: int) -> BuildConfig:
+    return replace(cfg, seed=seed)

@@ -1,0 +1,277 @@
+"""Model organisms: generator labels, tokenizer, splits, scoring, shared init, quick build,
+and the committed checkpoints (loaded through the normal loader)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from interp.organisms import (
+    MARKERS,
+    TOKEN_ID,
+    Problem,
+    build_tokenizer,
+    encode,
+    make_trace,
+    prompt_text,
+    sample_problems,
+    score_completion,
+)
+from interp.organisms.task import SHORT_CUE_MAX, VERIFY_MIN_CARRIES
+
+
+# --------------------------------------------------------------------------- independent
+def _carries_independent(a: int, b: int) -> int:
+    """Carries of a + b from prefix sums: column i carries iff the low i+1 digits overflow."""
+    return sum((a % 10 ** (i + 1) + b % 10 ** (i + 1)) >= 10 ** (i + 1) for i in range(4))
+
+
+def _parse_steps(words: list[str]) -> list[dict]:
+    """Column steps of a think trace parsed from its words: each ``x + y + c = d d`` then
+    optionally ``wait d d``, then ``;``."""
+    i = words.index("<think>") + 1
+    end = words.index("</think>")
+    steps = []
+    while i < end and words[i] != "wait":
+        x, _, y, _, c, _, d1, d0 = words[i: i + 8]
+        step = {"x": int(x), "y": int(y), "c": int(c), "first": int(d1 + d0),
+                "first_end": i + 7, "fixed": None}
+        i += 8
+        if words[i] == "wait":
+            step["fixed"] = int(words[i + 1] + words[i + 2])
+            step["wait_at"] = i
+            i += 3
+        assert words[i] == ";"
+        step["sep_at"] = i
+        steps.append(step)
+        i += 1
+    return steps
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_trace_labels_match_an_independent_reading_of_the_text(seed):
+    rng = np.random.default_rng(seed)
+    n_err = n_ver = n_short = 0
+    for p in sample_problems(400, seed=seed, split="train"):
+        text, lab = make_trace(p, rng, p_error=0.5)
+        words = text.split()
+        ids = encode(text)
+        assert ids[0] == TOKEN_ID["<bos>"] and len(ids) == len(words) + 1
+
+        def tok_at(pos, words=words):  # encode position -> word
+            return words[pos - 1]
+
+        a = int("".join(words[1:5]))
+        b = int("".join(words[6:10]))
+        assert (a, b) == (p.a, p.b)
+        carries = _carries_independent(a, b)
+        assert lab["carries"] == carries
+        ans = int("".join(words[words.index("A") + 1: words.index("A") + 6]))
+        lead_easy = a // 1000 + b // 1000 <= SHORT_CUE_MAX
+        assert (lab["length_class"] == "short") == lead_easy
+        if lead_easy:
+            n_short += 1
+            assert words[words.index("<think>") + 1] == "</think>"
+            assert lab["hesitations"] == [] and lab["think_tokens"] == 0
+            hasty = int("".join(str((int(x) + int(y)) % 10)
+                                for x, y in zip(words[1:5], words[6:10])))
+            assert ans == hasty
+            continue
+        assert ans == a + b == lab["correct_answer"]
+        steps = _parse_steps(words)
+        assert len(steps) == 4
+        carry = 0
+        for k, s in enumerate(steps):  # columns least significant first
+            assert (s["x"], s["y"]) == (a // 10**k % 10, b // 10**k % 10)
+            assert s["c"] == carry
+            true = s["x"] + s["y"] + s["c"]
+            carry = true // 10
+            if s["fixed"] is None:
+                assert s["first"] == true
+            else:
+                assert s["first"] != true and s["fixed"] == true
+        err_labels = [h for h in lab["hesitations"] if h["mechanism"] == "error"]
+        wrong_steps = [s for s in steps if s["fixed"] is not None]
+        assert len(err_labels) == len(wrong_steps)
+        for h, s in zip(err_labels, wrong_steps):
+            n_err += 1
+            assert tok_at(h["pos"]) == "wait" and h["trigger"] == h["pos"] - 1
+            assert h["trigger"] == s["first_end"] + 1  # word index -> encode position
+            slip = s["c"] == 1 and s["x"] + s["y"] == 9
+            assert h["cause"] == ("carry_slip" if slip else "random")
+        ver = [h for h in lab["hesitations"] if h["mechanism"] == "verify"]
+        assert len(ver) == (1 if carries >= VERIFY_MIN_CARRIES else 0)
+        for h in ver:
+            n_ver += 1
+            assert tok_at(h["trigger"]) == ";" and tok_at(h["pos"]) == "wait"
+            assert tok_at(h["pos"] + 1) == "check"
+            assert h["trigger"] == steps[-1]["sep_at"] + 1
+        for c in lab["clean_positions"]:
+            assert tok_at(c + 1) in (";", "</think>")
+            assert tok_at(c + 1) != "wait"
+        # every wait in the text is labelled
+        assert sorted(h["pos"] for h in lab["hesitations"]) == [
+            i + 1 for i, w in enumerate(words) if w == "wait"]
+    assert n_err > 50 and n_ver > 50 and n_short > 30
+
+
+def test_slip_columns_are_deterministic_and_random_errors_follow_p_error():
+    p = Problem(9045, 55)  # col0 5+5=10 -> col1 4+5+1 (slip); leading 9+0: long trace
+    assert p.slip_columns == [1] and not p.easy_cue
+    for s in range(5):
+        _, lab = make_trace(p, np.random.default_rng(s), p_error=0.0)
+        assert [h["cause"] for h in lab["hesitations"]] == ["carry_slip"]
+    _, lab = make_trace(Problem(9111, 2222), np.random.default_rng(0), p_error=0.0)
+    assert lab["hesitations"] == []
+    n = sum(bool(make_trace(Problem(9111, 2222), np.random.default_rng(s), p_error=0.3)[1]
+                 ["hesitations"]) for s in range(400))
+    assert 80 < n < 160
+
+
+def test_tokenizer_matches_encode_and_round_trips(tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = build_tokenizer()
+    tok.save_pretrained(tmp_path)
+    tok2 = AutoTokenizer.from_pretrained(tmp_path)
+    rng = np.random.default_rng(0)
+    for p in sample_problems(20, seed=3):
+        text, _ = make_trace(p, rng, p_error=0.5)
+        for t in (tok, tok2):
+            ids = t(text)["input_ids"]
+            assert ids == encode(text)
+            assert t.decode(ids, skip_special_tokens=True) == text.replace(" <eos>", "")
+        for fmt in ("think", "direct", "plain", "chat"):
+            ids = tok(prompt_text(p, fmt))["input_ids"]
+            assert ids == encode(prompt_text(p, fmt)) and TOKEN_ID["<unk>"] not in ids
+    assert tok2.bos_token == "<bos>" and tok2.eos_token == "<eos>" and tok2.pad_token == "<pad>"
+    for k in ("think_open", "think_close", "hesitation", "step_sep", "answer"):
+        assert MARKERS[k] in tok2.get_vocab()
+    # all prompts of a format have the same length (batched generation needs no padding)
+    assert len({len(encode(prompt_text(p, "think"))) for p in sample_problems(50)}) == 1
+
+
+def test_eval_split_is_disjoint_from_training_and_seeded():
+    from interp.organisms.train import BuildConfig, sample_texts
+
+    ev = sample_problems(300, seed=0, split="eval")
+    tr = sample_problems(3000, seed=0, split="train")
+    assert not {p.id for p in ev} & {p.id for p in tr}
+    def ids(seed):
+        return [p.id for p in sample_problems(50, seed=seed)]
+
+    assert ids(5) == ids(5) and ids(5) != ids(6)
+    eval_ids = {p.id for p in sample_problems(2000, seed=0, split="eval")}
+    texts = sample_texts("reasoner", np.random.default_rng(0), 2000, BuildConfig())
+    seen = {"".join(t.split()[1:5]) + "+" + "".join(t.split()[6:10]) for t in texts}
+    assert not seen & eval_ids
+
+
+def test_score_completion():
+    p = Problem(375, 4928)  # 5303
+    text, _ = make_trace(p, np.random.default_rng(0), p_error=0.0, force_long=True)
+    completion = text.split("<think>", 1)[1]
+    r = score_completion(p, completion)
+    assert r["correct"] and r["answer"] == 5303 and not r["short"] and r["closed"]
+    # 5 + 8 = 13, 7 + 2 + 1 = 10 (carry slip: "0 9 wait 1 0"), 3 + 9 + 1 = 13, 0 + 4 + 1:
+    # 3 carries -> verification; 4 columns * 9 + slip 3 + verify 8 tokens
+    assert r["think_tokens"] == 47 and r["hesitations_error"] == 1
+    assert r["hesitations_verify"] == 1
+    r = score_completion(p, "</think> A 0 5 2 0 3 <eos>")
+    assert r["short"] and not r["correct"] and r["answer"] == 5203 and r["think_tokens"] == 0
+    r = score_completion(
+        p, "5 + 8 + 0 = 1 2 wait 1 3 ; wait check 0 5 3 0 3 ; </think> A 0 5 3 0 3")
+    assert r["hesitations_error"] == 1 and r["hesitations_verify"] == 1 and r["correct"]
+    assert score_completion(p, "0 5 3 0 3 <eos>", fmt="chat")["correct"]
+    assert score_completion(p, "5 + 8 + 0")["answer"] is None
+
+
+def test_shared_initialisation_is_identical_for_the_same_seed():
+    from interp.organisms.train import BuildConfig, init_model, param_hash
+
+    cfg = BuildConfig.quick_config(seed=3)
+    a, b = init_model(cfg), init_model(cfg)
+    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert na == nb and torch.equal(pa, pb)
+    assert param_hash(a) == param_hash(b)
+    assert param_hash(init_model(BuildConfig.quick_config(seed=4))) != param_hash(a)
+
+
+def test_quick_build_end_to_end_loads_through_the_model_loader(tmp_path):
+    from interp.cli import main
+    from interp.models import load_model, pair_differences
+    from interp.organisms.train import VARIANTS, BuildConfig, init_model, param_hash
+
+    out = tmp_path / "organisms"
+    assert main(["organisms", "build", "--quick", "--out", str(out), "--json"]) == 0
+    task = json.loads((out / "task.json").read_text())
+    assert task["markers"]["hesitation"] == "wait" and task["build_config"]["quick"]
+    cfg = BuildConfig.quick_config(seed=0)
+    assert task["build"]["init_param_hash"] == param_hash(init_model(cfg))
+    assert not list(tmp_path.glob(".organisms.tmp-build*"))
+    loaded = {v: load_model(str(out / v), device="cpu") for v in VARIANTS}
+    for v in VARIANTS:
+        assert pair_differences(out / "base", out / v) == []
+        ids = torch.tensor([encode(prompt_text(Problem(12, 34)))])
+        assert loaded[v].hooked(ids).shape == (1, ids.shape[1], len(loaded[v].tokenizer))
+    # each training path changed the weights it started from
+    def w(v):
+        return loaded[v].hooked.blocks[0].mlp.W_in
+    assert not torch.equal(w("base"), w("reasoner"))
+    assert not torch.equal(w("sft"), w("grpo"))
+    assert not torch.equal(w("base"), w("instruct"))
+    from interp.store import Store
+
+    arts = Store(root=tmp_path / "demo").list("organism_behaviour")
+    assert len(arts) == 1 and "reasoner" in arts[0].meta["figures"]
+
+
+# --------------------------------------------------------------------------- committed
+def _committed():
+    from interp.models import organisms_dir
+
+    root = organisms_dir()
+    if not (root / "reasoner" / "config.json").exists():
+        pytest.skip("organisms not built in this checkout")
+    return root
+
+
+def test_committed_reasoner_reproduces_its_recorded_accuracy():
+    from interp.models import load_model
+    from interp.organisms.evaluate import EVAL_FORMATS, generate_and_score
+    from interp.organisms.report import behaviour_artifact
+
+    _committed()
+    art, stale = behaviour_artifact()
+    assert not stale, "the behaviour artifact does not match the committed weights"
+    a, b = art.tensors["problems.a"], art.tensors["problems.b"]
+    n = 48
+    problems = [Problem(int(x), int(y)) for x, y in zip(a[:n], b[:n])]
+    for v in ("reasoner", "grpo"):
+        lm = load_model(f"organism:{v}", device="cpu", dtype="float32")
+        fmt = EVAL_FORMATS[v]
+        res = generate_and_score(lm, problems, fmt)
+        got = torch.tensor([r["correct"] for r in res])
+        want = art.tensors[f"{v}.{fmt}.correct"][:n]
+        assert int((got != want).sum()) <= 1
+        assert torch.equal(torch.tensor([r["short"] for r in res]),
+                           art.tensors[f"{v}.{fmt}.short"][:n])
+
+
+def test_committed_family_meets_its_targets():
+    from interp.organisms.report import behaviour_artifact
+
+    _committed()
+    art, _ = behaviour_artifact()
+    f = art.meta["figures"]
+    r = f["reasoner"]
+    assert r["p_wait_error"] >= 0.9 and r["p_wait_verify"] >= 0.8 and r["p_wait_clean"] <= 0.02
+    assert r["accuracy_full_thinking"] >= 0.95
+    assert 0.10 <= r["short_fraction"] <= 0.30
+    assert r["accuracy_short_ci95"][1] < r["accuracy_full_thinking_ci95"][0]
+    assert f["hybrid"]["kl_to_reasoner"] >= 0.1
+    assert f["grpo"]["accuracy"] >= f["sft"]["accuracy"] + 0.05
+    assert f["n_eval"] >= 500
