@@ -6,9 +6,9 @@
   This includes the Python imports, loading the pair and the first render.
   ``server_ready_seconds`` is the part until the server answers its health check.
 * ``max_cached_interaction_seconds``: with the models already cached
-  (``st.cache_resource``), the slowest of a few repeated widget interactions on the
-  Models page (switching the heatmap metric, generating 8 tokens), timed with
-  Streamlit's ``AppTest`` in this process.
+  (``st.cache_resource``), the slowest of a few repeated interactions in the same
+  browser page (clicking the other weight-difference measure), each timed until the
+  rerun has rendered. No streamlit import happens in this process.
 
 The pair is the default organism pair when it is built; otherwise a tiny random
 Qwen2 pair made in a temporary folder (``"pair": "tiny-random"`` in the output), with
@@ -192,10 +192,12 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout_s: float = 60.0) -> 
         time.sleep(0.1)
 
 
-def measure_cold_start(base: str, fine: str, env: dict[str, str],
-                       chromium: str = "/usr/bin/chromium") -> tuple[float, float]:
-    """(seconds until the server answers, seconds until the Models page has rendered),
-    both from launching the server."""
+def measure_browser(base: str, fine: str, env: dict[str, str], repeats: int = 3,
+                    chromium: str = "/usr/bin/chromium") -> tuple[float, float, list[float]]:
+    """Launch the server, open the Models page in headless Chromium and time:
+    (seconds until the server answers, seconds until the Models page has rendered,
+    both from launch; then the seconds of each cached interaction: switching the
+    weight-difference measure, until the page has finished rerunning)."""
     from playwright.sync_api import sync_playwright
 
     port = free_port()
@@ -210,48 +212,21 @@ def measure_cold_start(base: str, fine: str, env: dict[str, str],
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.goto(models_url(port, base, fine), timeout=60_000)
                 wait_rendered(page, "[data-testid='stPlotlyChart']")
-                return ready, time.perf_counter() - t0
+                cold = time.perf_counter() - t0
+                times = []
+                radio = page.locator("[data-testid='stMain'] [data-testid='stRadio']").first
+                options = radio.locator("label")
+                for i in range(repeats * 2):
+                    t = time.perf_counter()
+                    options.nth((i + 1) % 2).click()
+                    page.wait_for_timeout(50)  # let the rerun start
+                    wait_rendered(page, "[data-testid='stPlotlyChart']")
+                    times.append(time.perf_counter() - t)
+                return ready, cold, times
             finally:
                 browser.close()
     finally:
         stop_app(proc)
-
-
-def measure_cached_interactions(base: str, fine: str, repeats: int = 3) -> list[float]:
-    import streamlit.testing.v1.app_test as app_test
-    from streamlit.runtime.pages_manager import PagesManager
-    from streamlit.testing.v1 import AppTest
-
-    class V2PagesManager(PagesManager):  # as a real server after its first run: the
-        def __init__(self, *a, **kw):     # pages/ folder is not a v1 pages directory
-            super().__init__(*a, **kw)
-            PagesManager.uses_pages_directory = False
-
-    original, app_test.PagesManager = app_test.PagesManager, V2PagesManager
-    try:
-        return _interactions(AppTest, base, fine, repeats)
-    finally:
-        app_test.PagesManager = original
-
-
-def _interactions(AppTest, base: str, fine: str, repeats: int) -> list[float]:  # noqa: N803
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=300)
-    at.query_params.update({"base": base, "fine": fine, "device": "cpu"})
-    at.switch_page("pages/models.py")
-    at.run()  # loads and caches the pair
-    if at.exception:
-        raise RuntimeError(f"the Models page failed: {at.exception[0].value}")
-    times = []
-    metrics = ["delta_norm", "relative"]
-    for i in range(repeats):
-        t = time.perf_counter()
-        at.radio(key="metric").set_value(metrics[i % 2]).run()
-        times.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        at.number_input(key="max_new").set_value(8).run()
-        at.button(key="generate").click().run()
-        times.append(time.perf_counter() - t)
-    return times
 
 
 def bench_app_latency(args: Any) -> dict[str, Any]:
@@ -259,30 +234,15 @@ def bench_app_latency(args: Any) -> dict[str, Any]:
     quick = bool(getattr(args, "quick", False))
     with tempfile.TemporaryDirectory(prefix="interp-bench-app-") as tmp:
         base, fine, kind, env = _pair(Path(tmp))
-        old = os.environ.get("INTERP_CACHE")
         print(f"pair: {kind}; starting the app…", file=sys.stderr)
-        ready, cold = measure_cold_start(base, fine, env)
-        print(f"cold start {cold:.2f} s; timing cached interactions…", file=sys.stderr)
-        if "INTERP_CACHE" in env:  # point this process's loader at the temp cache
-            from . import store
-
-            os.environ["INTERP_CACHE"] = env["INTERP_CACHE"]
-            saved = store.DEFAULT_ROOT
-            store.DEFAULT_ROOT = Path(env["INTERP_CACHE"])
-        try:
-            times = measure_cached_interactions(base, fine, repeats=2 if quick else 3)
-        finally:
-            if "INTERP_CACHE" in env:
-                store.DEFAULT_ROOT = saved
-                if old is None:
-                    os.environ.pop("INTERP_CACHE", None)
-                else:
-                    os.environ["INTERP_CACHE"] = old
+        ready, cold, times = measure_browser(base, fine, env, repeats=2 if quick else 3)
+        print(f"cold start {cold:.2f} s; interactions {times}", file=sys.stderr)
     return {"cold_start_seconds": cold, "server_ready_seconds": ready,
             "max_cached_interaction_seconds": max(times),
             "cached_interaction_seconds": times, "pair": kind,
             "baseline": "cold start includes imports and loading the pair; interactions "
-                        "are AppTest reruns with the pair cached"}
+                        "are browser clicks on the Models page's measure radio with the "
+                        "pair cached, timed until the rerun has rendered"}
 
 
 if __name__ == "__main__":  # pragma: no cover
