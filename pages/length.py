@@ -153,7 +153,7 @@ with tabs[0]:
               "eval, before edit": [r["think_tokens"] for r in ed["records_before"]],
               "eval, after edit": [r["think_tokens"] for r in ed["records_after"]]}
     df = lp.histogram_frame(series, int(bin_w), int(over))
-    fig = lp.histogram_figure(df, bool(norm))
+    fig = lp.histogram_figure(df, bool(norm), "thinking-length histogram")
     st.plotly_chart(fig, key="l_hist")
     sp = dmeta.get("split", {})
     st.caption(f"Split ({sp.get('mode')}): short ≤ {sp.get('short_max_tokens'):g} tokens "
@@ -167,7 +167,7 @@ with tabs[0]:
 # ------------------------------------------------------------------ direction
 with tabs[1]:
     df = lp.separability_frame(dmeta["auroc"], dmeta["probe_accuracy"], dmeta["norms"])
-    fig = lp.separability_figure(df)
+    fig = lp.separability_figure(df, "held-out separability of long vs short per layer")
     st.plotly_chart(fig, key="l_sep")
     ui.export_panel(fig, df, "length_separability", "l_sep_x")
     site = ui.url_widget(st.segmented_control, "site", "lsite", dmeta["sites"][0],
@@ -184,7 +184,7 @@ with tabs[1]:
 # ------------------------------------------------------------------ sweep
 with tabs[2]:
     df = lp.sweep_frame(sw["per_alpha"])
-    fig = lp.sweep_figure(df)
+    fig = lp.sweep_figure(df, "all-layer steering: length, accuracy, short fraction vs α")
     st.plotly_chart(fig, key="l_sweep")
     ui.export_panel(fig, df, "length_alpha_sweep", "l_sweep_x")
     st.caption(f"All layers, site {run['config'].get('sweep_site', 'resid_mid')}; α grid "
@@ -203,7 +203,7 @@ with tabs[2]:
               for k, a in enumerate(alphas) if any(abs(a - s) < 1e-9 for s in sel)}
     if series:
         df = lp.histogram_frame(series, int(bin_w), int(over))
-        fig = lp.histogram_figure(df, True)
+        fig = lp.histogram_figure(df, True, "thinking-length histogram per α")
         st.plotly_chart(fig, key="l_sweep_hist")
         ui.export_panel(fig, df, "length_alpha_histograms", "l_sweep_hist_x")
 
@@ -225,7 +225,8 @@ with tabs[3]:
 # ------------------------------------------------------------------ heads
 with tabs[4]:
     top = run["heads"]["top"]
-    fig = lp.head_figure(run["head_scores"], [(t["layer"], t["head"]) for t in top])
+    fig = lp.head_figure(run["head_scores"], [(t["layer"], t["head"]) for t in top],
+                         "each head's mean write onto the unit short direction")
     st.plotly_chart(fig, key="l_heads")
     ui.export_panel(fig, lp.head_frame(run["head_scores"]), "length_head_scores", "l_heads_x")
     st.caption(run["heads"]["score"] + f"; {run['heads']['n_short_examples']} short "
