@@ -31,7 +31,13 @@ def built(tiny_qwen_dir, tiny_tokenizer, tmp_path_factory):
                           seal_rules=[{"class": "reflection", "mode": "contains",
                                        "keyword": "wait"}])
         demo = Store(root / "demo")
-        idx = build(m, cfg, demo)
+        calls = []
+
+        def progress(step, total, message="", **metrics):   # JobContext.progress's shape
+            calls.append((step, total, metrics))
+
+        idx = build(m, cfg, demo, progress=progress)
+        assert calls[-1][:2] == (7, 7) and any("of" in c[2] for c in calls)
     finally:
         S.DEFAULT_ROOT = old
     return root, demo, idx

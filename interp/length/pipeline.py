@@ -108,7 +108,7 @@ def _sampling(cfg):
 def _stage_progress(progress: Progress | None, stage: str, k: int, n_stages: int):
     if progress is None:
         return None
-    return lambda done, total: progress(k, n_stages, stage=stage, done=done, total=total)
+    return lambda done, total: progress(k, n_stages, stage=stage, done=done, of=total)
 
 
 def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = None,
