@@ -173,7 +173,7 @@ def evaluate_family(organisms_root: str | os.PathLike, store_root: str | os.Path
         for k, v in enumerate(variants):
             lm = load_model(str(root / v), device=device, dtype="float32")
             loaded[v] = lm
-            models_prov[v] = lm.describe()
+            models_prov[v] = {**lm.describe(), "id": f"organism:{v}"}  # no machine paths
             fmts = [EVAL_FORMATS[v]] + EXTRA_FORMATS.get(v, [])
             figures[v] = {}
             for fmt in fmts:
