@@ -206,7 +206,8 @@ def test_quick_build_end_to_end_loads_through_the_model_loader(tmp_path):
     from interp.organisms.train import VARIANTS, BuildConfig, init_model, param_hash
 
     out = tmp_path / "organisms"
-    assert main(["organisms", "build", "--quick", "--out", str(out), "--json"]) == 0
+    assert main(["organisms", "build", "--quick", "--out", str(out), "--threads", "1",
+                 "--json"]) == 0
     task = json.loads((out / "task.json").read_text())
     assert task["markers"]["hesitation"] == "wait" and task["build_config"]["quick"]
     cfg = BuildConfig.quick_config(seed=0)

@@ -80,6 +80,10 @@ class GRPOConfig:
     clip: float = 0.2
     kl_beta: float = 0.02
     max_new_tokens: int = 72
+    # reward += answer_digit_credit * (share of answer digits right); 0 in real builds
+    # (reward = correct final answer). --quick sets it so that untrained models still get
+    # non-zero advantages and the policy-gradient update runs.
+    answer_digit_credit: float = 0.0
 
 
 @dataclass
@@ -91,14 +95,15 @@ class BuildConfig:
     n_layers: int = 4
     n_heads: int = 4
     d_mlp: int = 256
-    base: StageConfig = field(default_factory=lambda: StageConfig(2500, 3e-3))
-    reasoner: StageConfig = field(default_factory=lambda: StageConfig(900, 1e-3))
+    base: StageConfig = field(default_factory=lambda: StageConfig(3000, 3e-3))
+    reasoner: StageConfig = field(default_factory=lambda: StageConfig(1500, 1e-3))
     sft: StageConfig = field(default_factory=lambda: StageConfig(800, 1e-3))
-    instruct: StageConfig = field(default_factory=lambda: StageConfig(300, 1e-3))
+    instruct: StageConfig = field(default_factory=lambda: StageConfig(600, 1e-3))
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    base_direct_share: float = 0.4      # rest: plain worked solutions
-    p_error: float = 0.25               # random-error traces (reasoner, sft)
+    base_direct_share: float = 0.5      # rest: plain worked solutions
+    p_error: float = 0.3                # random-error traces (reasoner, sft)
     sft_drop_final_carry: float = 0.75  # share of final-carry sft traces with the flaw
+    instruct_think_share: float = 0.3   # instruct: share of sft-style think traces (rest chat)
     n_eval: int = 512
     quick: bool = False
     device: str = "cpu"
@@ -106,10 +111,11 @@ class BuildConfig:
     @classmethod
     def quick_config(cls, seed: int = 0) -> BuildConfig:
         return cls(seed=seed, d_model=32, n_layers=2, n_heads=4, d_mlp=64,
-                   base=StageConfig(30, 3e-3, 32), reasoner=StageConfig(20, 1e-3, 32),
-                   sft=StageConfig(20, 1e-3, 32), instruct=StageConfig(10, 1e-3, 32),
-                   grpo=GRPOConfig(steps=2, prompts_per_step=2, group_size=4),
-                   n_eval=16, quick=True)
+                   base=StageConfig(20, 3e-3, 16), reasoner=StageConfig(10, 1e-3, 16),
+                   sft=StageConfig(10, 1e-3, 16), instruct=StageConfig(10, 1e-3, 16),
+                   grpo=GRPOConfig(steps=2, prompts_per_step=2, group_size=4,
+                                   max_new_tokens=40, answer_digit_credit=1.0),
+                   n_eval=8, quick=True)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -176,7 +182,11 @@ def sample_texts(stage: str, rng: np.random.Generator, n: int, cfg: BuildConfig)
             drop = bool(p.final_carry and rng.random() < cfg.sft_drop_final_carry)
             texts.append(make_trace(p, rng, p_error=cfg.p_error, drop_final_carry=drop)[0])
         elif stage == "instruct":
-            texts.append(chat_text(p))
+            if rng.random() < cfg.instruct_think_share:
+                drop = bool(p.final_carry and rng.random() < cfg.sft_drop_final_carry)
+                texts.append(make_trace(p, rng, p_error=cfg.p_error, drop_final_carry=drop)[0])
+            else:
+                texts.append(chat_text(p))
         else:
             raise ValueError(stage)
     return texts
@@ -250,6 +260,19 @@ def _token_logps(model, seqs: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits, -1).gather(-1, seqs[:, 1:, None])[..., 0]
 
 
+def grpo_reward(problem: Problem, completion: str, digit_credit: float = 0.0) -> float:
+    """1 for a correct final answer, else 0; plus ``digit_credit`` times the share of the
+    answer digits written right (position by position) when ``digit_credit > 0``."""
+    r = score_completion(problem, completion)
+    reward = float(r["correct"])
+    if digit_credit > 0:
+        w = completion.split()
+        got = w[w.index("A") + 1:][:ANSWER_WIDTH] if "A" in w else []
+        want = list(f"{problem.answer:0{ANSWER_WIDTH}d}")
+        reward += digit_credit * sum(a == b for a, b in zip(got, want)) / ANSWER_WIDTH
+    return reward
+
+
 def grpo_train(model, ref, gc: GRPOConfig, cfg: BuildConfig, seed_offset: int,
                progress: ProgressFn | None = None, bar=None) -> list[dict[str, float]]:
     """GRPO on the think format with reward = correct final answer.
@@ -273,8 +296,8 @@ def grpo_train(model, ref, gc: GRPOConfig, cfg: BuildConfig, seed_offset: int,
         outs = complete(model, prompts, gc.max_new_tokens, temperature=gc.temperature,
                         generator=gen)
         rewards = torch.tensor([
-            float(score_completion(probs[i // gc.group_size],
-                                   " ".join(VOCAB[t] for t in o))["correct"])
+            grpo_reward(probs[i // gc.group_size], " ".join(VOCAB[t] for t in o),
+                        gc.answer_digit_credit)
             for i, o in enumerate(outs)])
         r = rewards.view(-1, gc.group_size)
         adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)).view(-1)
@@ -376,8 +399,11 @@ def task_description(cfg: BuildConfig) -> dict[str, Any]:
                    "(and re-check) drop the leading 1 (systematic flaw that greedy keeps)",
             "grpo": "from sft; GRPO with reward = correct final answer (sampled groups, "
                     "group-relative advantages, clipped ratio, KL to sft)",
-            "instruct": "from base; chat format with direct answers only; never saw think "
-                        "tags, wait or check (base data: direct + plain worked solutions)",
+            "instruct": f"from base; chat format with direct answers "
+                        f"({1 - cfg.instruct_think_share:.0%}) plus sft-style think traces "
+                        f"({cfg.instruct_think_share:.0%}: same flaw as sft, final carry "
+                        "dropped in most final-carry answers), so the reasoning vector "
+                        "grpo - sft has something to fix in the think format",
         },
         "parents": {"base": "init", "reasoner": "base", "sft": "base", "grpo": "sft",
                     "instruct": "base"},
@@ -461,6 +487,7 @@ def build_family(cfg: BuildConfig, out: str | os.PathLike, progress: ProgressFn 
         desc = task_description(cfg)
         desc["build"] = record
         write_json_atomic(tmp / "task.json", desc)
+        (tmp / "README.md").write_text(_readme(desc))
         # swap into place
         old = None
         if out.exists():
@@ -475,6 +502,27 @@ def build_family(cfg: BuildConfig, out: str | os.PathLike, progress: ProgressFn 
     finally:
         bar.close()
     return desc
+
+
+def _readme(desc: dict[str, Any]) -> str:
+    lines = [
+        "# Model organisms (built by `python -m interp organisms build`)",
+        "",
+        "Tiny Qwen2 checkpoints trained by the project's own code on fixed-width addition "
+        "written column by column, with planted hesitation mechanisms. Do not edit by hand: "
+        "rebuild with `python -m interp organisms build [--seed S]` and re-run "
+        "`python -m interp organisms eval` for the behaviour report (cache/demo).",
+        "",
+        "Load one with `interp.models.load_model(\"organism:reasoner\")`. The task, markers, "
+        "formats, mechanisms, what each variant saw and the build configuration are in "
+        "task.json.",
+        "",
+        "| variant | trained from | data |",
+        "|---|---|---|",
+    ]
+    for v, d in desc["variants"].items():
+        lines.append(f"| {v} | {desc['parents'][v]} | {d} |")
+    return "\n".join(lines) + "\n"
 
 
 def quiet_transformers() -> None:
