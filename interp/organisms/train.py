@@ -95,15 +95,15 @@ class BuildConfig:
     n_layers: int = 4
     n_heads: int = 4
     d_mlp: int = 256
-    base: StageConfig = field(default_factory=lambda: StageConfig(3000, 3e-3))
-    reasoner: StageConfig = field(default_factory=lambda: StageConfig(1500, 1e-3))
+    base: StageConfig = field(default_factory=lambda: StageConfig(2500, 3e-3))
+    reasoner: StageConfig = field(default_factory=lambda: StageConfig(900, 1e-3))
     sft: StageConfig = field(default_factory=lambda: StageConfig(800, 1e-3))
-    instruct: StageConfig = field(default_factory=lambda: StageConfig(600, 1e-3))
+    instruct: StageConfig = field(default_factory=lambda: StageConfig(300, 1e-3))
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    base_direct_share: float = 0.5      # rest: plain worked solutions
-    p_error: float = 0.3                # random-error traces (reasoner, sft)
+    base_direct_share: float = 0.4      # rest: plain worked solutions
+    p_error: float = 0.25               # random-error traces (reasoner, sft)
     sft_drop_final_carry: float = 0.75  # share of final-carry sft traces with the flaw
-    instruct_think_share: float = 0.3   # instruct: share of sft-style think traces (rest chat)
+    instruct_think_share: float = 0.0   # instruct: share of sft-style think traces (rest chat)
     n_eval: int = 512
     quick: bool = False
     device: str = "cpu"
@@ -182,7 +182,7 @@ def sample_texts(stage: str, rng: np.random.Generator, n: int, cfg: BuildConfig)
             drop = bool(p.final_carry and rng.random() < cfg.sft_drop_final_carry)
             texts.append(make_trace(p, rng, p_error=cfg.p_error, drop_final_carry=drop)[0])
         elif stage == "instruct":
-            if rng.random() < cfg.instruct_think_share:
+            if cfg.instruct_think_share > 0 and rng.random() < cfg.instruct_think_share:
                 drop = bool(p.final_carry and rng.random() < cfg.sft_drop_final_carry)
                 texts.append(make_trace(p, rng, p_error=cfg.p_error, drop_final_carry=drop)[0])
             else:
@@ -399,11 +399,14 @@ def task_description(cfg: BuildConfig) -> dict[str, Any]:
                    "(and re-check) drop the leading 1 (systematic flaw that greedy keeps)",
             "grpo": "from sft; GRPO with reward = correct final answer (sampled groups, "
                     "group-relative advantages, clipped ratio, KL to sft)",
-            "instruct": f"from base; chat format with direct answers "
-                        f"({1 - cfg.instruct_think_share:.0%}) plus sft-style think traces "
-                        f"({cfg.instruct_think_share:.0%}: same flaw as sft, final carry "
-                        "dropped in most final-carry answers), so the reasoning vector "
-                        "grpo - sft has something to fix in the think format",
+            "instruct": (f"from base; chat format with direct answers "
+                         f"({1 - cfg.instruct_think_share:.0%}) plus sft-style think traces "
+                         f"({cfg.instruct_think_share:.0%}: same flaw as sft, final carry "
+                         "dropped in most final-carry answers), so the reasoning vector "
+                         "grpo - sft has something to fix in the think format")
+            if cfg.instruct_think_share > 0 else
+            "from base; chat format with direct answers only; never saw think tags, wait "
+            "or check (base data: direct + plain worked solutions)",
         },
         "parents": {"base": "init", "reasoner": "base", "sft": "base", "grpo": "sft",
                     "instruct": "base"},
