@@ -1,28 +1,14 @@
-"""Small statistics used by the length tools (numpy only; tests check them against
-scikit-learn / scipy)."""
+"""Small statistics used by the length tools (tests check them against scikit-learn /
+scipy)."""
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
+from scipy.stats import rankdata
 
-
-def rankdata(x: Sequence[float]) -> np.ndarray:
-    """Average ranks (1-based), ties share the mean rank."""
-    a = np.asarray(x, dtype=float)
-    order = np.argsort(a, kind="mergesort")
-    ranks = np.empty(len(a), dtype=float)
-    sa = a[order]
-    i = 0
-    while i < len(a):
-        j = i
-        while j + 1 < len(a) and sa[j + 1] == sa[i]:
-            j += 1
-        ranks[order[i: j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
+from ..stats import wilson
 
 
 def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
@@ -42,17 +28,6 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     if rx.std() == 0 or ry.std() == 0:
         return float("nan")
     return float(np.corrcoef(rx, ry)[0, 1])
-
-
-def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``k / n`` (95% by default)."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = k / n
-    den = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / den
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, c - h), min(1.0, c + h)
 
 
 def paired_diff_ci(a: Sequence[float], b: Sequence[float], n_boot: int = 2000,

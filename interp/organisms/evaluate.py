@@ -10,7 +10,6 @@ kind ``organism_behaviour`` (per-problem results as tensors, figures in ``meta``
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..stats import wilson
 from ..store import Store, provenance
 from .sampling import complete
 from .task import (
@@ -39,17 +39,6 @@ EVAL_FORMATS = {"base": "direct", "reasoner": "think", "sft": "think", "grpo": "
                 "instruct": "chat"}
 EXTRA_FORMATS = {"base": ["plain"], "instruct": ["think"]}
 MAX_NEW = {"think": 80, "plain": 60, "direct": 8, "chat": 8}
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion ``k / n`` (``(nan, nan)`` when n = 0)."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, mid - half), min(1.0, mid + half))
 
 
 def _rate(flags) -> dict[str, Any]:

@@ -19,16 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ArtifactNotFoundError
-
-
-def wilson_ci(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    if n == 0:
-        return float("nan"), float("nan")
-    p = k / n
-    den = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / den
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, c - h), min(1.0, c + h)
+from ..stats import wilson as wilson_ci
 
 
 def bootstrap_mean_ci(x: np.ndarray, n_boot: int = 10000, seed: int = 0
