@@ -86,6 +86,30 @@ def encode_prompts(model, prompts: Sequence[str] | Sequence[Sequence[int]],
     return out
 
 
+def encode_user_prompt(tokenizer, prompt: str, chat: bool = False,
+                       max_chars: int | None = None, max_new_tokens: int = 0,
+                       n_ctx: int | None = None) -> list[int]:
+    """Token ids of a prompt typed by a person, through the tokenizer's chat template
+    when ``chat`` (a single user turn plus the generation prompt). Raises PromptError
+    when the prompt is empty, longer than ``max_chars`` characters, or leaves no room
+    for ``max_new_tokens`` in a context of ``n_ctx`` tokens."""
+    if not prompt.strip():
+        raise PromptError("The prompt is empty: type something to generate from.")
+    if max_chars is not None and len(prompt) > max_chars:
+        raise PromptError(f"The prompt has {len(prompt)} characters; this demo accepts at "
+                          f"most {max_chars}.")
+    if chat:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                             add_generation_prompt=True, tokenize=False)
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    else:
+        ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    if n_ctx is not None and len(ids) + max_new_tokens > n_ctx:
+        raise PromptError(f"The prompt has {len(ids)} tokens; with {max_new_tokens} new "
+                          f"tokens that exceeds the model's context of {n_ctx} tokens.")
+    return ids
+
+
 def left_pad(batch: Sequence[Sequence[int]], pad_id: int,
              device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """``(tokens, attention_mask)``, both [b, max_len], padded on the left."""

@@ -10,8 +10,7 @@ import pandas as pd
 import streamlit as st
 
 import pages.common as ui
-from interp.errors import PromptError
-from interp.generation import generate
+from interp.generation import encode_user_prompt, generate
 from interp.models import cache_root, validate_pair
 from interp.plots.common import METRIC_LABELS, weight_diff_bars, weight_diff_heatmap
 from interp.weights import weight_diff_groups, weight_diff_pivot, weight_diff_table
@@ -30,30 +29,12 @@ def _weight_table(path_a: str, path_b: str, stamp_a: str, stamp_b: str) -> pd.Da
     return weight_diff_table(path_a, path_b)
 
 
-def prompt_ids(tokenizer, prompt: str, chat: bool, max_chars: int | None) -> list[int]:
-    """Token ids of the prompt, through the chat template when ``chat`` (PromptError
-    when the prompt is empty or longer than ``max_chars``)."""
-    if not prompt.strip():
-        raise PromptError("The prompt is empty: type something to generate from.")
-    if max_chars is not None and len(prompt) > max_chars:
-        raise PromptError(f"The prompt has {len(prompt)} characters; this demo accepts at "
-                          f"most {max_chars}.")
-    if chat:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                             add_generation_prompt=True, tokenize=False)
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-
-
 @st.cache_data(max_entries=32, show_spinner=False)
 def _generate(spec: str, device: str, dtype: str, stamp: str, prompt: str, chat: bool,
               max_new: int, max_chars: int | None) -> dict:
     model = ui.cached_model(spec, device, dtype)
-    ids = prompt_ids(model.tokenizer, prompt, chat, max_chars)
-    n_ctx = model.cfg.n_ctx
-    if len(ids) + max_new > n_ctx:
-        raise PromptError(f"The prompt has {len(ids)} tokens; with {max_new} new tokens that "
-                          f"exceeds the model's context of {n_ctx} tokens.")
+    ids = encode_user_prompt(model.tokenizer, prompt, chat=chat, max_chars=max_chars,
+                             max_new_tokens=max_new, n_ctx=model.cfg.n_ctx)
     g = generate(model, [ids], max_new_tokens=max_new, temperature=0.0)[0]
     return {"prompt": model.tokenizer.decode(ids), "prompt_tokens": len(ids),
             "text": g.text, "new_tokens": len(g.output_ids), "finished": g.finished}

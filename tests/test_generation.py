@@ -100,3 +100,21 @@ def test_think_parsing():
     assert (s.opened, s.closed, s.n_think_tokens) == (True, False, 3)
     p = parse_think_text("hi <think> a b </think> 42")
     assert p["thinking"].strip() == "a b" and p["answer"].strip() == "42"
+
+
+def test_encode_user_prompt(tiny_tokenizer):
+    from interp.errors import PromptError
+    from interp.generation import encode_user_prompt
+
+    with pytest.raises(PromptError):
+        encode_user_prompt(tiny_tokenizer, "   ")
+    with pytest.raises(PromptError):
+        encode_user_prompt(tiny_tokenizer, "1 2 3", max_chars=3)
+    with pytest.raises(PromptError):
+        encode_user_prompt(tiny_tokenizer, "1 2 3", max_new_tokens=10, n_ctx=12)
+    plain = encode_user_prompt(tiny_tokenizer, "1 2 3")
+    chat = encode_user_prompt(tiny_tokenizer, "1 2 3", chat=True)
+    templ = tiny_tokenizer.apply_chat_template([{"role": "user", "content": "1 2 3"}],
+                                               add_generation_prompt=True, tokenize=False)
+    assert chat == tiny_tokenizer(templ, add_special_tokens=False)["input_ids"]
+    assert chat != plain and len(chat) > len(plain)
