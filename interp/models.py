@@ -223,11 +223,28 @@ def local_checkpoint(spec: str) -> tuple[ResolvedSpec, Path]:
 
 
 # --------------------------------------------------------------------------- loading
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
 def load_tokenizer(path: str | os.PathLike):
-    from transformers import AutoTokenizer
+    """The checkpoint's tokenizer.
+
+    A folder whose ``tokenizer_config.json`` names a generic class (a plain
+    ``tokenizer.json``, as the organisms and other custom tokenizers save) is loaded as
+    exactly that file: transformers would otherwise pick a tokenizer class from the
+    model type (e.g. Qwen2's byte-level BPE), which silently drops words of a custom
+    vocabulary such as ``<think>`` or ``wait``.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     try:
-        tok = AutoTokenizer.from_pretrained(str(path))
+        cfg_file = Path(path) / "tokenizer_config.json"
+        tcls = json.loads(cfg_file.read_text()).get("tokenizer_class") \
+            if cfg_file.exists() else None
+        if tcls in GENERIC_TOKENIZER_CLASSES and (Path(path) / "tokenizer.json").exists():
+            tok = PreTrainedTokenizerFast.from_pretrained(str(path))
+        else:
+            tok = AutoTokenizer.from_pretrained(str(path))
     except Exception as e:
         raise ModelLoadError(f"could not load the tokenizer in {path}: {e}") from e
     if tok.pad_token is None:

@@ -392,3 +392,16 @@ def test_smollm2_wrapper_matches_transformers():
     with torch.no_grad():
         diff = (m.hooked(ids) - hf(ids).logits).abs().max().item()
     assert diff < 1e-4, diff
+
+
+def test_custom_word_level_tokenizer_keeps_its_vocabulary(tiny_qwen_dir, tiny_tokenizer):
+    """A plain tokenizer.json beside a Qwen2 config must not be swapped for Qwen2's own
+    tokenizer class (which silently drops words such as <think> and wait)."""
+    from interp.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_qwen_dir)
+    text = "<think> 1 + 2 = 3 wait </think>"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert ids == tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tok.convert_tokens_to_ids("<think>") in ids and tok.convert_tokens_to_ids("wait") in ids
+    assert tok.decode(ids).split() == text.split()
