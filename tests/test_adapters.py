@@ -442,3 +442,32 @@ def test_fused_bridging_equals_separate_passes(pair):
             assert len(tr.resid) == m.n_layers + 1 and tr.resid[-1].shape[0] == 4
             for fa, fb in zip(tr.acts, ad.acts):
                 torch.testing.assert_close(fa, fb, atol=1e-5, rtol=1e-5)
+
+
+def test_checkpoint_of_other_weights_is_not_resumed(pair, tmp_path):
+    """A spec names models by path or name; if the weights behind it change (e.g. the
+    organisms are rebuilt), a half-finished job must start over, not resume."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from interp import jobs
+
+    base, reasoner = pair
+    rdir = tmp_path / "reasoner"
+    shutil.copytree(reasoner.path, rdir)
+    spec = _spec(pair, tmp_path, reasoner=str(rdir))
+
+    def killer(st):
+        if st.step == 5:
+            raise _Kill()
+
+    with pytest.raises(_Kill):
+        jobs.run_inline("adapters.train", spec, root=tmp_path / "j", on_progress=killer)
+    f = rdir / "model.safetensors"
+    sd = load_file(str(f))
+    name = next(k for k in sd if "mlp" in k)
+    sd[name] = sd[name] + 0.01
+    save_file(sd, str(f), metadata={"format": "pt"})
+    st = jobs.run_inline("adapters.train", spec, root=tmp_path / "j")
+    assert st.state == "done" and st.result["resumed_from"] == 0

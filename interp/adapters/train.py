@@ -180,8 +180,10 @@ def _sync(device: torch.device) -> None:
 
 # ---------------------------------------------------------------------- checkpoints
 def save_checkpoint(work: Path, step: int, model: AdapterModel, opt: torch.optim.Optimizer,
-                    silent: torch.Tensor, history: list[dict[str, Any]]) -> Path:
-    """Write ``ckpt-<step>`` (safetensors + JSON), point ``latest.json`` at it, drop older."""
+                    silent: torch.Tensor, history: list[dict[str, Any]],
+                    models: dict[str, Any] | None = None) -> Path:
+    """Write ``ckpt-<step>`` (safetensors + JSON), point ``latest.json`` at it, drop older.
+    ``models`` (role -> weight hash) records which pair the checkpoint was trained on."""
     work.mkdir(parents=True, exist_ok=True)
     tensors = {f"adapter.{k}": v.contiguous().cpu() for k, v in model.adapters.tensors().items()}
     for i, st in opt.state_dict()["state"].items():
@@ -193,21 +195,27 @@ def save_checkpoint(work: Path, step: int, model: AdapterModel, opt: torch.optim
     save_file(tensors, str(tmp))
     tmp.replace(work / f"{name}.safetensors")
     write_json_atomic(work / f"{name}.json", {"step": step, "history_tail": history[-5:]})
-    write_json_atomic(work / "latest.json", {"name": name, "step": step})
+    write_json_atomic(work / "latest.json", {"name": name, "step": step,
+                                            "models": models or {}})
     for old in work.glob("ckpt-*"):
         if not old.name.startswith(name):
             old.unlink(missing_ok=True)
     return work / f"{name}.safetensors"
 
 
-def load_checkpoint(work: Path, model: AdapterModel, opt: torch.optim.Optimizer
-                    ) -> tuple[int, torch.Tensor | None]:
+def load_checkpoint(work: Path, model: AdapterModel, opt: torch.optim.Optimizer,
+                    models: dict[str, Any] | None = None) -> tuple[int, torch.Tensor | None]:
     """Restore the latest checkpoint in ``work``; returns ``(step, silent_steps)`` or
-    ``(0, None)`` when there is none."""
+    ``(0, None)`` when there is none, or when it was trained on other model weights than
+    ``models`` (a spec such as ``organism:reasoner`` can be rebuilt with new weights: such
+    a checkpoint is not resumed)."""
     ptr = work / "latest.json"
     if not ptr.exists():
         return 0, None
     info = json.loads(ptr.read_text())
+    saved = info.get("models") or {}
+    if models and any(saved.get(k) != v for k, v in models.items() if v is not None):
+        return 0, None
     tensors = load_file(str(work / f"{info['name']}.safetensors"))
     dev = model.device
     model.adapters.load_tensors({k.removeprefix("adapter."): v.to(dev)
@@ -275,7 +283,9 @@ def train(cfg: TrainConfig, setup: Setup, work: Path, progress: ProgressFn | Non
     model, dev = setup.model, setup.device
     params = list(model.adapters.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start, silent = load_checkpoint(work, model, opt)
+    ident = {"base": getattr(setup.base, "weight_hash", None),
+             "reasoner": getattr(setup.reasoner, "weight_hash", None)}
+    start, silent = load_checkpoint(work, model, opt, ident)
     L, d_sae = model.n_layers, model.adapters.d_sae
     if silent is None:
         silent = torch.zeros(L, d_sae, dtype=torch.long, device=dev)
@@ -318,7 +328,7 @@ def train(cfg: TrainConfig, setup: Setup, work: Path, progress: ProgressFn | Non
                "tokens_per_s": n_tok / max(el, 1e-9)}
         history.append({"step": step + 1, **rec})
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(work, step + 1, model, opt, silent, history)
+            save_checkpoint(work, step + 1, model, opt, silent, history, ident)
         if progress is not None:
             progress(step + 1, cfg.steps, **rec)
     el = time.perf_counter() - t0
