@@ -23,6 +23,9 @@ def add_commands(sub) -> None:
     b.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     b.add_argument("--no-eval", action="store_true",
                    help="skip the behaviour report (else saved under <out>/../demo)")
+    b.add_argument("--only", choices=["reasoner", "sft", "instruct"], default=None,
+                   help="retrain just this base-derived variant of the built family "
+                        "(same result as a full build with this config)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=_build)
 
@@ -50,8 +53,19 @@ def _build(args: argparse.Namespace) -> int:
     cfg.device = args.device
     out = Path(args.out) if args.out else organisms_dir()
     t0 = time.time()
-    from .train import build_family
+    from .train import build_family, retrain_variant
 
+    if args.only:
+        desc = retrain_variant(cfg, out, args.only)
+        result = {"out": str(out), "retrained": args.only,
+                  "seconds": desc["build"]["timings_s"][args.only]}
+        if not args.no_eval:
+            art = evaluate_family(out, out.parent / "demo", n_eval=cfg.n_eval, seed=cfg.seed,
+                                  device=args.device)
+            result["artifact"] = art.key
+            result.update(flat_report(art.meta["figures"]))
+        emit(result, args.json)
+        return 0
     desc = build_family(cfg, out)
     result = {"out": str(out), "train_seconds": desc["build"]["train_seconds"],
               "timings_s": desc["build"]["timings_s"],

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import NaNLossError
+from ..errors import ConfigError, NaNLossError
 from ..store import write_json_atomic
 from .sampling import complete
 from .task import (
@@ -96,14 +96,14 @@ class BuildConfig:
     n_heads: int = 4
     d_mlp: int = 256
     base: StageConfig = field(default_factory=lambda: StageConfig(2500, 3e-3))
-    reasoner: StageConfig = field(default_factory=lambda: StageConfig(900, 1e-3))
+    reasoner: StageConfig = field(default_factory=lambda: StageConfig(1500, 1e-3))
     sft: StageConfig = field(default_factory=lambda: StageConfig(800, 1e-3))
-    instruct: StageConfig = field(default_factory=lambda: StageConfig(300, 1e-3))
+    instruct: StageConfig = field(default_factory=lambda: StageConfig(600, 1e-3))
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     base_direct_share: float = 0.4      # rest: plain worked solutions
     p_error: float = 0.25               # random-error traces (reasoner, sft)
     sft_drop_final_carry: float = 0.75  # share of final-carry sft traces with the flaw
-    instruct_think_share: float = 0.0   # instruct: share of sft-style think traces (rest chat)
+    instruct_think_share: float = 0.3   # instruct: share of sft-style think traces (rest chat)
     n_eval: int = 512
     quick: bool = False
     device: str = "cpu"
@@ -419,6 +419,53 @@ def _save_variant(model, tok, path: Path) -> None:
     model.config.architectures = ["Qwen2ForCausalLM"]
     model.save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
+
+
+STAGE_PARENTS = {"reasoner": ("base", 2), "sft": ("base", 3), "instruct": ("base", 4)}
+
+
+def retrain_variant(cfg: BuildConfig, out: str | os.PathLike, name: str,
+                    show_bar: bool = True) -> dict[str, Any]:
+    """Retrain one base-derived variant (reasoner, sft or instruct) of a built family.
+
+    Each stage draws its data and initial RNG state from ``(seed, stage)`` only, so the
+    result equals what a full :func:`build_family` with this config writes for that
+    variant; the other variants are untouched. (grpo derives from sft: rebuild the family
+    when sft changes.) The variant folder is replaced atomically and task.json records
+    the new config and timing.
+    """
+    from tqdm.auto import tqdm
+    from transformers import Qwen2ForCausalLM
+
+    if name not in STAGE_PARENTS:
+        raise ConfigError(f"only {', '.join(STAGE_PARENTS)} can be retrained alone")
+    quiet_transformers()
+    out = Path(out)
+    parent, offset = STAGE_PARENTS[name]
+    sc = getattr(cfg, name)
+    ts = time.time()
+    model = Qwen2ForCausalLM.from_pretrained(out / parent, dtype=torch.float32)
+    model.config._attn_implementation = "eager"
+    model.to(cfg.device)
+    bar = tqdm(total=sc.steps, desc=f"organisms {name}", file=sys.stderr,
+               disable=not show_bar, dynamic_ncols=True)
+    losses = train_stage(model, name, sc, cfg, seed_offset=offset, bar=bar)
+    bar.close()
+    tmp = out / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    _save_variant(model, build_tokenizer(), tmp)
+    old = out / f".{name}.old-{uuid.uuid4().hex[:6]}"
+    os.rename(out / name, old)
+    os.rename(tmp, out / name)
+    shutil.rmtree(old, ignore_errors=True)
+    desc = json.loads((out / "task.json").read_text())
+    fresh = task_description(cfg)
+    desc["build_config"], desc["variants"] = fresh["build_config"], fresh["variants"]
+    rec = desc.setdefault("build", {})
+    rec.setdefault("timings_s", {})[name] = time.time() - ts
+    rec.setdefault("final_loss", {})[name] = float(np.mean(losses[-50:])) if losses else None
+    rec.setdefault("retrained", []).append(name)
+    write_json_atomic(out / "task.json", desc)
+    return desc
 
 
 def build_family(cfg: BuildConfig, out: str | os.PathLike, progress: ProgressFn | None = None,
