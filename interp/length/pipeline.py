@@ -65,7 +65,9 @@ DEFAULTS: dict[str, Any] = {
     "max_positions": 256,
     "sites": ["resid_mid", "resid_post"],
     "sweep_site": "resid_mid",
-    "n_alpha": 9, "alpha_scale": 2.0,
+    # all-layer α grid ±alpha_scale/L: 1.0 (±0.25 on the 4-layer organism) keeps the model
+    # coherent; 2.0 (steer.alpha_grid default, ≈ ThinkEdit on 28 layers) breaks it at +α
+    "n_alpha": 9, "alpha_scale": 1.0,
     "top_k": None,                      # None: 6% of all heads, at least 2
     "seal_layer": None,                 # None: round(0.7 * n_layers) - 1
     "seal_anchor": "start", "seal_alpha": -1.0,
