@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from interp.store import PROJECT_ROOT
 from interp.weights import weight_diff_pivot, weight_diff_table
@@ -124,7 +124,8 @@ def test_generation_matches_transformers(pair_app):
     assert not at.exception, at.exception
     assert not at.error, _texts(at.error)
     shown = [c.value for c in at.code]
-    tok = AutoTokenizer.from_pretrained(str(base))
+    # the checkpoint's own tokenizer.json (AutoTokenizer would pick Qwen2's class)
+    tok = PreTrainedTokenizerFast.from_pretrained(str(base))
     text = tok.apply_chat_template([{"role": "user", "content": "what is 1 + 2 ?"}],
                                    add_generation_prompt=True, tokenize=False)
     ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
