@@ -25,6 +25,7 @@ import os
 import re
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -122,6 +123,47 @@ def _sums(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float, float]
     return dd, aa, bb, ab
 
 
+class TensorFiles:
+    """Safetensors files opened lazily and closed together: ``with TensorFiles() as h:``
+    then ``h(path).get_tensor(name)`` (each file is opened once)."""
+
+    def __init__(self) -> None:
+        self._stack = ExitStack()
+        self._handles: dict[Path, Any] = {}
+
+    def __enter__(self) -> TensorFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def __call__(self, f: Path) -> Any:
+        from safetensors import safe_open
+
+        if f not in self._handles:
+            self._handles[f] = self._stack.enter_context(safe_open(str(f), framework="pt"))
+        return self._handles[f]
+
+
+def tensor_differences(ia: dict[str, Path], ib: dict[str, Path]) -> list[str]:
+    """What keeps two tensor indexes (name -> file) from matching: names only in one,
+    and shared names with different shapes (read from the headers only)."""
+    diffs = []
+    if set(ia) != set(ib):
+        only_a, only_b = sorted(set(ia) - set(ib)), sorted(set(ib) - set(ia))
+        if only_a:
+            diffs.append(f"tensors only in the first checkpoint: {only_a[:5]}")
+        if only_b:
+            diffs.append(f"tensors only in the second checkpoint: {only_b[:5]}")
+    with TensorFiles() as h:
+        for name in sorted(set(ia) & set(ib)):
+            sa = list(h(ia[name]).get_slice(name).get_shape())
+            sb = list(h(ib[name]).get_slice(name).get_shape())
+            if sa != sb:
+                diffs.append(f"{name}: shape {tuple(sa)} vs {tuple(sb)}")
+    return diffs
+
+
 def weight_diff_table(path_a: str | os.PathLike, path_b: str | os.PathLike) -> pd.DataFrame:
     """One row per parameter tensor of checkpoint ``a`` (base) vs ``b`` (fine-tune).
 
@@ -131,7 +173,6 @@ def weight_diff_table(path_a: str | os.PathLike, path_b: str | os.PathLike) -> p
     block index then module (see :data:`MODULE_ORDER`). Raises PairMismatchError when
     the two checkpoints do not hold the same tensor names and shapes.
     """
-    from safetensors import safe_open
 
     pa, pb = Path(path_a), Path(path_b)
     ia, ib = _tensor_index(pa), _tensor_index(pb)
@@ -139,30 +180,14 @@ def weight_diff_table(path_a: str | os.PathLike, path_b: str | os.PathLike) -> p
     if tied:
         for idx in (ia, ib):
             idx.pop("lm_head.weight", None)
-    diffs = []
-    if set(ia) != set(ib):
-        only_a, only_b = sorted(set(ia) - set(ib)), sorted(set(ib) - set(ia))
-        if only_a:
-            diffs.append(f"tensors only in the first checkpoint: {only_a[:5]}")
-        if only_b:
-            diffs.append(f"tensors only in the second checkpoint: {only_b[:5]}")
+    diffs = tensor_differences(ia, ib)
+    if diffs:
+        raise PairMismatchError(
+            f"{pa.name} and {pb.name} do not hold the same parameters:", diffs)
     rows = []
-    with ExitStack() as stack:
-        handles: dict[Path, object] = {}
-
-        def handle(f: Path):
-            if f not in handles:
-                handles[f] = stack.enter_context(safe_open(str(f), framework="pt"))
-            return handles[f]
-
-        for name in sorted(set(ia) & set(ib)):
+    with TensorFiles() as handle:
+        for name in sorted(ia):
             sa = handle(ia[name]).get_slice(name).get_shape()
-            sb = handle(ib[name]).get_slice(name).get_shape()
-            if list(sa) != list(sb):
-                diffs.append(f"{name}: shape {tuple(sa)} vs {tuple(sb)}")
-                continue
-            if diffs:
-                continue  # mismatch already found: only collect further differences
             a = handle(ia[name]).get_tensor(name)
             b = handle(ib[name]).get_tensor(name)
             dd, aa, bb, ab = _sums(a, b)
@@ -175,9 +200,6 @@ def weight_diff_table(path_a: str | os.PathLike, path_b: str | os.PathLike) -> p
                 "norm_b": nb, "relative": math.sqrt(dd) / na if na > 0 else float("nan"),
                 "cosine": ab / (na * nb) if na > 0 and nb > 0 else float("nan"),
             })
-    if diffs:
-        raise PairMismatchError(
-            f"{pa.name} and {pb.name} do not hold the same parameters:", diffs)
     order = {m: i for i, m in enumerate(MODULE_ORDER)}
 
     def model_order(r: dict) -> tuple:

@@ -40,7 +40,6 @@ import os
 import re
 import shutil
 import uuid
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -49,7 +48,7 @@ import pandas as pd
 import torch
 
 from ..errors import ConfigError, ModelLoadError, PairMismatchError
-from ..weights import _tensor_index, _tied, classify_parameter
+from ..weights import TensorFiles, _tensor_index, _tied, classify_parameter, tensor_differences
 
 GROUPS = ("embed", "norm", "attn", "mlp", "unembed", "other")
 DEFAULT_DONORS = ("organism:grpo", "organism:sft")
@@ -154,7 +153,7 @@ class TaskVector:
         if tied:
             ia.pop(LM_HEAD, None)
             ib.pop(LM_HEAD, None)
-        diffs += _tensor_differences(ia, ib)
+        diffs += tensor_differences(ia, ib)
         if diffs:
             raise PairMismatchError(
                 f"{spec_a or pa.name} and {spec_b or pb.name} cannot form a task vector:",
@@ -187,7 +186,7 @@ class TaskVector:
         it = _tensor_index(tp)
         if self.tied:
             it.pop(LM_HEAD, None)
-        diffs += _tensor_differences(self._index_a, it)
+        diffs += tensor_differences(self._index_a, it)
         if diffs:
             raise PairMismatchError(
                 f"the task vector {self.spec_a} − {self.spec_b} cannot be applied to "
@@ -196,17 +195,8 @@ class TaskVector:
     def iter_deltas(self, mask: Mask | None = None, include_excluded: bool = False
                     ) -> Iterator[tuple[str, bool, torch.Tensor]]:
         """``(hf_name, included, v)`` per tensor in model order; one pair in memory."""
-        from safetensors import safe_open
-
         mask = mask or FULL_MASK
-        with ExitStack() as stack:
-            handles: dict[Path, Any] = {}
-
-            def h(f: Path):
-                if f not in handles:
-                    handles[f] = stack.enter_context(safe_open(str(f), framework="pt"))
-                return handles[f]
-
+        with TensorFiles() as h:
             for name in self.names:
                 inc = mask.includes(name, self.tied)
                 if not inc and not include_excluded:
@@ -216,32 +206,6 @@ class TaskVector:
                 acc = torch.float64 if a.dtype == torch.float64 else torch.float32
                 yield name, inc, a.to(acc) - b.to(acc)
                 del a, b
-
-
-def _tensor_differences(ia: dict[str, Path], ib: dict[str, Path]) -> list[str]:
-    from safetensors import safe_open
-
-    diffs = []
-    if set(ia) != set(ib):
-        only_a, only_b = sorted(set(ia) - set(ib)), sorted(set(ib) - set(ia))
-        if only_a:
-            diffs.append(f"tensors only in the first checkpoint: {only_a[:5]}")
-        if only_b:
-            diffs.append(f"tensors only in the second checkpoint: {only_b[:5]}")
-    with ExitStack() as stack:
-        handles: dict[Path, Any] = {}
-
-        def h(f: Path):
-            if f not in handles:
-                handles[f] = stack.enter_context(safe_open(str(f), framework="pt"))
-            return handles[f]
-
-        for name in sorted(set(ia) & set(ib)):
-            sa = list(h(ia[name]).get_slice(name).get_shape())
-            sb = list(h(ib[name]).get_slice(name).get_shape())
-            if sa != sb:
-                diffs.append(f"{name}: shape {tuple(sa)} vs {tuple(sb)}")
-    return diffs
 
 
 def _model_order(names: Sequence[str]) -> list[str]:
@@ -266,20 +230,12 @@ def task_vector_stats(tv: TaskVector, target: str | os.PathLike | None = None,
     ``cosine`` = cos(v, θ_target − θ_reference) (NaN without both, or when a norm is 0),
     and the raw sums ``vv, dd, vd`` used by :func:`aggregate_stats`.
     """
-    from safetensors import safe_open
 
     mask = mask or FULL_MASK
     it = _tensor_index(Path(target)) if target is not None else {}
     ir = _tensor_index(Path(reference)) if reference is not None else {}
     rows = []
-    with ExitStack() as stack:
-        handles: dict[Path, Any] = {}
-
-        def h(f: Path):
-            if f not in handles:
-                handles[f] = stack.enter_context(safe_open(str(f), framework="pt"))
-            return handles[f]
-
+    with TensorFiles() as h:
         for name, inc, v in tv.iter_deltas(mask, include_excluded=True):
             v = v.to(torch.float64)
             layer, module = classify_parameter(name)
@@ -467,16 +423,10 @@ def apply_task_vector(model, tv: TaskVector, alpha: float = 1.0, mask: Mask | No
 
 def _restore_from_file(hooked, path: Path, names: list[str], tied: bool,
                        params: dict[str, torch.nn.Parameter]) -> None:
-    from safetensors import safe_open
-
     index = _tensor_index(path)
-    with ExitStack() as stack:
-        handles: dict[Path, Any] = {}
+    with TensorFiles() as h:
         for name in names:
-            f = index[name]
-            if f not in handles:
-                handles[f] = stack.enter_context(safe_open(str(f), framework="pt"))
-            t = handles[f].get_tensor(name)
+            t = h(index[name]).get_tensor(name)
             for tl, tt in hf_to_tl(hooked, name, t, tied):
                 p = params[tl]
                 p.copy_(tt.to(p.dtype))
@@ -541,7 +491,6 @@ def export_edited_checkpoint(target: str | os.PathLike, tv: TaskVector, alpha: f
     (donors, α, mask, provenance). Written into a temporary folder and renamed into
     place. Loadable with ``interp.models.load_model(str(out_dir))``.
     """
-    from safetensors import safe_open
     from safetensors.torch import save_file
 
     mask = mask or FULL_MASK
@@ -551,12 +500,9 @@ def export_edited_checkpoint(target: str | os.PathLike, tv: TaskVector, alpha: f
     included = {n for n in tv.names if mask.includes(n, tv.tied)}
     tensors: dict[str, torch.Tensor] = {}
     deltas = {n: v for n, _, v in tv.iter_deltas(mask)} if included else {}
-    with ExitStack() as stack:
-        handles: dict[Path, Any] = {}
+    with TensorFiles() as h:
         for name, f in index.items():
-            if f not in handles:
-                handles[f] = stack.enter_context(safe_open(str(f), framework="pt"))
-            t = handles[f].get_tensor(name)
+            t = h(f).get_tensor(name)
             key = TIED_NAME if (tv.tied and name == LM_HEAD) else name
             if key in deltas and float(alpha) != 0.0:
                 t = edit_tensor(t, deltas[key], alpha)
