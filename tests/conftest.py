@@ -159,3 +159,20 @@ def tmp_cache(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(interp.store, "DEFAULT_ROOT", root)
     monkeypatch.setenv("INTERP_CACHE", str(root))
     return root
+
+
+@pytest.fixture
+def _navigation_mode(monkeypatch):
+    """AppTest resets Streamlit's "a pages/ folder means v1 multipage" flag before every
+    run, so ``switch_page`` would run a page file without app.py (no sidebar). A real
+    server clears the flag once per process (pages/common.py); do the same here. Page
+    tests use it (``pytestmark = pytest.mark.usefixtures("_navigation_mode")``)."""
+    import streamlit.testing.v1.app_test as app_test
+    from streamlit.runtime.pages_manager import PagesManager
+
+    class V2PagesManager(PagesManager):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(app_test, "PagesManager", V2PagesManager)

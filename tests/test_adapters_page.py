@@ -13,17 +13,7 @@ from interp.store import PROJECT_ROOT, Store
 APP = str(PROJECT_ROOT / "app.py")
 
 
-@pytest.fixture(autouse=True)
-def _navigation_mode(monkeypatch):
-    import streamlit.testing.v1.app_test as app_test
-    from streamlit.runtime.pages_manager import PagesManager
-
-    class V2PagesManager(PagesManager):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(app_test, "PagesManager", V2PagesManager)
+pytestmark = pytest.mark.usefixtures("_navigation_mode")
 
 
 @pytest.fixture

@@ -22,20 +22,7 @@ APP = str(PROJECT_ROOT / "app.py")
 MODELS = "pages/models.py"
 
 
-@pytest.fixture(autouse=True)
-def _navigation_mode(monkeypatch):
-    """AppTest resets Streamlit's "pages/ folder means v1 multipage" flag before every
-    run, so switch_page would run a page file without app.py (no sidebar). A real
-    server clears the flag once per process (pages/common.py); do the same here."""
-    import streamlit.testing.v1.app_test as app_test
-    from streamlit.runtime.pages_manager import PagesManager
-
-    class V2PagesManager(PagesManager):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(app_test, "PagesManager", V2PagesManager)
+pytestmark = pytest.mark.usefixtures("_navigation_mode")
 
 
 def _app(params: dict[str, str] | None = None, page: str | None = None) -> AppTest:

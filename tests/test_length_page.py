@@ -58,19 +58,6 @@ def test_pipeline_artifacts(built):
     assert d["sign"].startswith("long - short") and d["positions_rule"] == "think"
 
 
-@pytest.fixture
-def _navigation_mode(monkeypatch):
-    import streamlit.testing.v1.app_test as app_test
-    from streamlit.runtime.pages_manager import PagesManager
-
-    class V2PagesManager(PagesManager):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(app_test, "PagesManager", V2PagesManager)
-
-
 @pytest.mark.parametrize("demo_mode", [True, False])
 def test_page_renders_run(built, monkeypatch, tmp_cache, _navigation_mode, demo_mode):
     from streamlit.testing.v1 import AppTest

@@ -26,19 +26,6 @@ def setup(tmp_path_factory):
     return m, demo, spec
 
 
-@pytest.fixture
-def _navigation_mode(monkeypatch):
-    import streamlit.testing.v1.app_test as app_test
-    from streamlit.runtime.pages_manager import PagesManager
-
-    class V2PagesManager(PagesManager):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(app_test, "PagesManager", V2PagesManager)
-
-
 @pytest.mark.parametrize("mode", ["task", "control"])
 def test_vectors_page(setup, monkeypatch, tmp_cache, _navigation_mode, mode):
     from streamlit.testing.v1 import AppTest
