@@ -7,6 +7,7 @@ a figure or a DataFrame; the page exports both.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
@@ -123,8 +124,12 @@ def frontier_figure(runs: Sequence[Mapping[str, Any]], target_l0: float = 10.0,
         text=[f"l1={v:g}" for v in df["l1"]], textposition="top center",
         marker=dict(size=10, color=MODEL_COLORS["adapter"]), name="L1 sweep"))
     fig.add_hline(y=target_gap, line_dash="dot", annotation_text=f"{target_gap:.0%} target")
-    fig.add_vline(x=target_l0, line_dash="dot", annotation_text=f"L0 {target_l0:g}")
-    fig.update_xaxes(type="log")
+    # on a log axis annotations take log10 coordinates (shapes take data values)
+    fig.add_vline(x=target_l0, line_dash="dot")
+    fig.add_annotation(x=math.log10(target_l0), y=1, yref="paper", yanchor="bottom",
+                       text=f"L0 {target_l0:g}", showarrow=False)
+    xs = [v for v in list(df["mean_l0"]) + [target_l0] if v and v > 0]
+    fig.update_xaxes(type="log", range=[math.log10(min(xs)) - 0.2, math.log10(max(xs)) + 0.2])
     fig.update_yaxes(tickformat=".0%")
     return style(fig, "Sparsity vs faithfulness (L1 sweep)",
                  x_title="mean L0 (active features / token / layer, log)",
