@@ -16,6 +16,7 @@ Weights are written and read as float32 tensors, byte for byte (tested).
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,7 @@ def save_adapters(setup: Any, cfg: Any, training: dict[str, Any] | None = None,
         "hooks": {"input": MLP_IN_HOOK, "output": MLP_OUT_HOOK},
         "conventions": CONVENTIONS,
         "scaling": SCALING_NOTE,
-        "training_config": cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg),
+        "training_config": _portable(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)),
         "training": training or {},
         "format": "saelens-transcoder",
     }
@@ -202,4 +203,16 @@ def catalog(stores: dict[str, Store]) -> list[dict[str, Any]]:
                      f"{art.key[-8:]}") if isinstance(l1, (int, float)) else f"{sname} · {art.key}"
             out.append({"label": label, "store": sname, "artifact": art,
                         "eval": evals.get(art.key)})
+    return out
+
+
+def _portable(d: dict[str, Any]) -> dict[str, Any]:
+    """Paths inside the project recorded relative to it (artifacts get committed and
+    shared; a machine's folder layout does not belong in them)."""
+    from ..store import PROJECT_ROOT
+
+    out = dict(d)
+    for k, v in d.items():
+        if isinstance(v, str) and v.startswith(str(PROJECT_ROOT) + os.sep):
+            out[k] = os.path.relpath(v, PROJECT_ROOT)
     return out
