@@ -13,6 +13,7 @@ import torch
 
 from interp.models import load_model
 from interp.organisms import task as T
+from interp.organisms.train import random_organism_checkpoint
 from interp.steering import n_active_hooks
 from interp.store import Store
 from interp.vectors.control import build_control_vector
@@ -28,18 +29,7 @@ from interp.vectors.task import TaskVector, TaskVectorSweeper
 
 
 def _tiny_organism(path: Path, seed: int) -> str:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    tok = T.build_tokenizer()
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=len(T.VOCAB), hidden_size=32, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-                      max_position_embeddings=128, tie_word_embeddings=True,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
-    Qwen2ForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    return random_organism_checkpoint(path, seed, tie_word_embeddings=True)
 
 
 @pytest.fixture(scope="module")

@@ -122,14 +122,14 @@ class BuildConfig:
 
 
 # --------------------------------------------------------------------------- model
-def model_config(cfg: BuildConfig):
+def model_config(cfg: BuildConfig, tie_word_embeddings: bool = False):
     from transformers import Qwen2Config
 
     c = Qwen2Config(
         vocab_size=len(VOCAB), hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
         num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
         num_key_value_heads=cfg.n_heads, max_position_embeddings=128, rope_theta=10000.0,
-        rms_norm_eps=1e-6, tie_word_embeddings=False, use_sliding_window=False,
+        rms_norm_eps=1e-6, tie_word_embeddings=tie_word_embeddings, use_sliding_window=False,
         bos_token_id=TOKEN_ID["<bos>"], eos_token_id=TOKEN_ID["<eos>"],
         pad_token_id=TOKEN_ID["<pad>"], attention_dropout=0.0)
     # Eager attention: on CPU it is several times faster than SDPA for these sizes.
@@ -143,6 +143,21 @@ def init_model(cfg: BuildConfig):
 
     torch.manual_seed(cfg.seed)
     return Qwen2ForCausalLM(model_config(cfg)).float()
+
+
+def random_organism_checkpoint(path: str | os.PathLike, seed: int = 0, *, d_model: int = 32,
+                               n_layers: int = 2, n_heads: int = 4, d_mlp: int = 64,
+                               tie_word_embeddings: bool = False) -> str:
+    """An untrained checkpoint with the organisms' architecture family and tokenizer (for
+    tests and benchmark stand-ins when the organisms are not built); returns its folder."""
+    from transformers import Qwen2ForCausalLM
+
+    cfg = BuildConfig(seed=seed, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+                      d_mlp=d_mlp)
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(model_config(cfg, tie_word_embeddings)).float()
+    _save_variant(model, build_tokenizer(), Path(path))
+    return str(path)
 
 
 def param_hash(model) -> str:

@@ -17,26 +17,12 @@ import numpy as np
 
 
 def _standin(root: Path) -> tuple[str, str, str]:
-    """Random organism-sized Qwen2 checkpoints (target, a, b) with the organism tokenizer."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    """Random organism-sized instruct / grpo / sft checkpoints (tied embeddings)."""
+    from ..organisms.train import random_organism_checkpoint
 
-    from ..organisms import task as T
-
-    tok = T.build_tokenizer()
-    out = []
-    for i, name in enumerate(("instruct", "grpo", "sft")):
-        torch.manual_seed(i)
-        cfg = Qwen2Config(vocab_size=len(T.VOCAB), hidden_size=128, num_hidden_layers=4,
-                          num_attention_heads=4, num_key_value_heads=2, intermediate_size=512,
-                          max_position_embeddings=128, tie_word_embeddings=True,
-                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                          pad_token_id=tok.pad_token_id)
-        m = Qwen2ForCausalLM(cfg)
-        m.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-        out.append(str(root / name))
-    return out[0], out[1], out[2]
+    return tuple(random_organism_checkpoint(root / name, i, d_model=128, n_layers=4,
+                                            d_mlp=512, tie_word_embeddings=True)
+                 for i, name in enumerate(("instruct", "grpo", "sft")))
 
 
 def bench_vectors_sweep(args) -> dict[str, Any]:
