@@ -34,7 +34,8 @@ Fixtures
     Seeds ``random``, ``numpy`` and ``torch`` with 0 before every test.
 
 Helpers (importable as ``from tests.conftest import ...``): ``TINY_VOCAB``,
-``make_tiny_tokenizer()``, ``make_tiny_checkpoint(out_dir, arch, seed, **overrides)``.
+``make_tiny_tokenizer()``, ``make_tiny_checkpoint(out_dir, arch, seed, **overrides)``,
+``perturbed_copy(src, dst, seed, scale=0.05)`` (a stand-in fine-tune: same config, noisy weights).
 
 Markers (pyproject.toml): ``slow`` (deselected by default; ``pytest -m slow`` runs
 them) and ``browser`` (needs Chromium).
@@ -135,19 +136,24 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_pair_dirs(tmp_path_factory) -> tuple[Path, Path]:
-    from transformers import AutoModelForCausalLM
-
     root = tmp_path_factory.mktemp("tiny_pair")
     base = make_tiny_checkpoint(root / "base", "qwen2", seed=10)
-    fine = root / "fine"
-    shutil.copytree(base, fine)
-    model = AutoModelForCausalLM.from_pretrained(str(fine), dtype=torch.float32)
-    g = torch.Generator().manual_seed(11)
+    return base, perturbed_copy(base, root / "fine", seed=11)
+
+
+def perturbed_copy(src: Path, dst: Path, seed: int, scale: float = 0.05) -> Path:
+    """Copy a checkpoint folder and add ``scale`` x N(0, 1) noise to every parameter
+    (a stand-in fine-tune of ``src``: same config and tokenizer, other weights)."""
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(src, dst)
+    model = AutoModelForCausalLM.from_pretrained(str(dst), dtype=torch.float32)
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    model.save_pretrained(fine)
-    return base, fine
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    model.save_pretrained(dst)
+    return dst
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -23,7 +22,7 @@ from interp.vectors.task import (
     hf_to_tl,
     task_vector_stats,
 )
-from tests.conftest import make_tiny_checkpoint
+from tests.conftest import make_tiny_checkpoint, perturbed_copy
 
 
 def _state(model) -> dict[str, torch.Tensor]:
@@ -39,18 +38,9 @@ def _hf(path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def tied_pair(tmp_path_factory):
     """Two tied-embedding Qwen2 checkpoints (b = a + noise) and a tied target."""
-    from transformers import AutoModelForCausalLM
-
     root = tmp_path_factory.mktemp("tied")
     a = make_tiny_checkpoint(root / "a", "qwen2", seed=3, tie_word_embeddings=True)
-    b = root / "b"
-    shutil.copytree(a, b)
-    m = AutoModelForCausalLM.from_pretrained(str(b), dtype=torch.float32)
-    g = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    m.save_pretrained(b)
+    b = perturbed_copy(a, root / "b", seed=4)
     t = make_tiny_checkpoint(root / "t", "qwen2", seed=5, tie_word_embeddings=True)
     return a, b, t
 
