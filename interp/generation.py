@@ -2,7 +2,8 @@
 
 Prompts of different lengths are left-padded and masked; TransformerLens offsets the
 rotary positions by the mask, so a padded row generates exactly what it would alone
-(tested). Hooks given in ``fwd_hooks`` are active for the prompt pass and for every
+(tested). A row that emits a stop token leaves the batch (and the KV cache), so a chunk's
+later steps only compute the rows still generating. Hooks given in ``fwd_hooks`` are active for the prompt pass and for every
 decoding step, and are always removed afterwards, also when an exception is raised.
 
 ``fwd_hooks`` is either a list of ``(hook_name, fn)`` pairs, or a callable
@@ -179,8 +180,8 @@ def generate(
         hooks = list(fwd_hooks(state) if callable(fwd_hooks) else fwd_hooks)
         gen = torch.Generator(device=device).manual_seed(seed * 100003 + start)
         out = torch.full((b, max_new_tokens), pad_id, dtype=torch.long, device=device)
-        done = torch.zeros(b, dtype=torch.bool, device=device)
         n_out = torch.zeros(b, dtype=torch.long, device=device)
+        act = torch.arange(b, device=device)  # chunk rows still generating
         pos0 = (mask.cumsum(-1) - 1).clamp(min=0)
         with hooked.hooks(fwd_hooks=hooks):
             cache = (TransformerLensKeyValueCache.init_cache(hooked.cfg, device, b)
@@ -191,13 +192,21 @@ def generate(
             next_pos = mask.sum(-1)
             for step in range(max_new_tokens):
                 nxt = sample_next(logits[:, -1, :], temperature, top_p, gen)
-                nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-                out[:, step] = nxt
-                n_out += (~done).long()
-                if len(stop_t):
-                    done = done | torch.isin(nxt, stop_t)
-                if bool(done.all()) or step == max_new_tokens - 1:
+                out[act, step] = nxt
+                n_out[act] += 1
+                if step == max_new_tokens - 1:
                     break
+                if len(stop_t):
+                    keep = ~torch.isin(nxt, stop_t)
+                    if not bool(keep.any()):
+                        break
+                    if not bool(keep.all()):
+                        # finished rows leave the batch (and the KV cache): later steps
+                        # cost what the unfinished rows need, whatever the others did
+                        act, nxt, seq, seq_mask = act[keep], nxt[keep], seq[keep], seq_mask[keep]
+                        next_pos, state.rows = next_pos[keep], state.rows[keep]
+                        if cache is not None:
+                            _keep_cache_rows(cache, keep)
                 seq = torch.cat([seq, nxt[:, None]], dim=1)
                 seq_mask = torch.cat([seq_mask, torch.ones_like(nxt)[:, None]], dim=1)
                 state.step, state.history = step, seq
@@ -220,6 +229,15 @@ def generate(
         if progress is not None:
             progress(min(start + b, total), total)
     return results
+
+
+def _keep_cache_rows(cache, keep: torch.Tensor) -> None:
+    """Drop the rows of a TransformerLens KV cache where ``keep`` is False."""
+    for e in cache.entries:
+        e.past_keys = e.past_keys[keep.to(e.past_keys.device)]
+        e.past_values = e.past_values[keep.to(e.past_values.device)]
+    m = cache.previous_attention_mask
+    cache.previous_attention_mask = m[keep.to(m.device)]
 
 
 # ------------------------------------------------------------------ think spans

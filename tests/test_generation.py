@@ -58,6 +58,34 @@ def test_alpha_zero_and_per_row_alpha(tiny):
     assert n_active_hooks(lm) == 0
 
 
+def test_finished_rows_leave_the_batch_without_changing_outputs(tiny):
+    """Rows that stop early are dropped from the batch and the KV cache; the others (each
+    with its own α) must continue exactly as they would alone."""
+    lm, _ = tiny
+    free = generate(lm, PROMPTS, max_new_tokens=12, stop_at_eos=False)
+
+    def stop_lengths(t):
+        return [o.output_ids.index(t) + 1 if t in o.output_ids else 12 for o in free]
+
+    cands = {t for g in free for t in g.output_ids}
+    stop = max(cands, key=lambda t: (len(set(stop_lengths(t))), -min(stop_lengths(t))))
+    assert len(set(stop_lengths(stop))) > 1, "no token ends the rows at different steps"
+    v = torch.randn(lm.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    alphas = torch.tensor([0.0, 0.0, 0.0, 1.5, -1.5, 0.7])
+    rows = PROMPTS * 2
+    batch = generate(lm, rows, max_new_tokens=12, stop_at_eos=False, stop_token_ids=[stop],
+                     fwd_hooks=lambda st: [add_vector("blocks.0.hook_resid_post", v, alphas,
+                                                      state=st)])
+    assert [len(g.output_ids) for g in batch[:3]] == stop_lengths(stop)
+    for i, a in enumerate(alphas.tolist()):
+        one = generate(lm, [rows[i]], max_new_tokens=12, stop_at_eos=False,
+                       stop_token_ids=[stop],
+                       fwd_hooks=[add_vector("blocks.0.hook_resid_post", v, a)])[0]
+        assert one.output_ids == batch[i].output_ids
+        assert one.finished == batch[i].finished == (one.output_ids[-1] == stop)
+    assert n_active_hooks(lm) == 0
+
+
 def test_hooks_removed_after_exception(tiny):
     lm, _ = tiny
 
