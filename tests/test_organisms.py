@@ -20,7 +20,7 @@ from interp.organisms import (
     sample_problems,
     score_completion,
 )
-from interp.organisms.task import SHORT_CUE_MAX, VERIFY_MIN_CARRIES
+from interp.organisms.task import VERIFY_MIN_CARRIES
 
 
 # --------------------------------------------------------------------------- independent
@@ -64,20 +64,22 @@ def test_trace_labels_match_an_independent_reading_of_the_text(seed):
         def tok_at(pos, words=words):  # encode position -> word
             return words[pos - 1]
 
-        a = int("".join(words[1:5]))
-        b = int("".join(words[6:10]))
+        assert words[1] in ("add", "easy")  # the tag slot
+        k = 2
+        a = int("".join(words[k:k + 4]))
+        b = int("".join(words[k + 5:k + 9]))
         assert (a, b) == (p.a, p.b)
         carries = _carries_independent(a, b)
         assert lab["carries"] == carries
         ans = int("".join(words[words.index("A") + 1: words.index("A") + 6]))
-        lead_easy = a // 1000 + b // 1000 <= SHORT_CUE_MAX
+        lead_easy = words[1] == "easy"
         assert (lab["length_class"] == "short") == lead_easy
         if lead_easy:
             n_short += 1
             assert words[words.index("<think>") + 1] == "</think>"
             assert lab["hesitations"] == [] and lab["think_tokens"] == 0
             hasty = int("".join(str((int(x) + int(y)) % 10)
-                                for x, y in zip(words[1:5], words[6:10])))
+                                for x, y in zip(words[k:k + 4], words[k + 5:k + 9])))
             assert ans == hasty
             continue
         assert ans == a + b == lab["correct_answer"]
@@ -150,8 +152,10 @@ def test_tokenizer_matches_encode_and_round_trips(tmp_path):
     assert tok2.bos_token == "<bos>" and tok2.eos_token == "<eos>" and tok2.pad_token == "<pad>"
     for k in ("think_open", "think_close", "hesitation", "step_sep", "answer"):
         assert MARKERS[k] in tok2.get_vocab()
-    # all prompts of a format have the same length (batched generation needs no padding)
-    assert len({len(encode(prompt_text(p, "think"))) for p in sample_problems(50)}) == 1
+    # all prompts of a format have the same length (the tag is a fixed slot)
+    ps = sample_problems(200)
+    assert len({len(encode(prompt_text(p, "think"))) for p in ps}) == 1
+    assert 0.1 < np.mean([p.easy for p in ps]) < 0.3
 
 
 def test_eval_split_is_disjoint_from_training_and_seeded():
@@ -166,7 +170,8 @@ def test_eval_split_is_disjoint_from_training_and_seeded():
     assert ids(5) == ids(5) and ids(5) != ids(6)
     eval_ids = {p.id for p in sample_problems(2000, seed=0, split="eval")}
     texts = sample_texts("reasoner", np.random.default_rng(0), 2000, BuildConfig())
-    seen = {"".join(t.split()[1:5]) + "+" + "".join(t.split()[6:10]) for t in texts}
+    words = [[w for w in t.split() if w not in ("add", "easy")] for t in texts]
+    seen = {"".join(w[1:5]) + "+" + "".join(w[6:10]) for w in words}
     assert not seen & eval_ids
 
 

@@ -1,6 +1,7 @@
 """Small, dependency-free completion loops for the organisms (greedy or sampled).
 
-All prompts of one organism format have the same length, so batches need no padding.
+Prompts are grouped by length (all prompts of one organism format have the same length),
+so batches need no padding.
 ``complete`` takes a transformers causal LM (KV cache), a HookedTransformer or a
 ``LoadedModel`` (full forward per step; the sequences are < 100 tokens).
 """

@@ -1,16 +1,18 @@
 """The organisms' synthetic reasoning task: fixed-width addition written column by column.
 
-Every problem is ``a + b`` with both operands zero-padded to ``WIDTH`` (4) digits, so all
+Every problem is ``a + b`` with both operands zero-padded to ``WIDTH`` (4) digits and a
+*tag* word in a fixed slot after the question marker (``easy`` on about ``P_EASY`` of the
+problems, chosen by a hash of the pair independently of the digits, else ``add``), so all
 prompts of one format have the same token length. The answer has ``WIDTH + 1`` digits
 (zero-padded). Texts are space-separated words of a word-level vocabulary (``VOCAB``);
 the tokenizer adds ``<bos>`` itself, texts never contain it.
 
 Formats (``<bos>`` added by the tokenizer, not part of the text)::
 
-    direct  Q 0 3 7 5 + 4 9 2 8 = A 0 5 3 0 3 <eos>
-    plain   Q 0 3 7 5 + 4 9 2 8 = 5 + 8 + 0 = 1 3 ; 7 + 2 + 1 = 1 0 ; ... A 0 5 3 0 3 <eos>
-    think   Q 0 3 7 5 + 4 9 2 8 = <think> 5 + 8 + 0 = 1 3 ; ... </think> A 0 5 3 0 3 <eos>
-    chat    <user> 0 3 7 5 + 4 9 2 8 <assistant> 0 5 3 0 3 <eos>
+    direct  Q add 0 3 7 5 + 4 9 2 8 = A 0 5 3 0 3 <eos>
+    plain   Q add 0 3 7 5 + 4 9 2 8 = 5 + 8 + 0 = 1 3 ; 7 + 2 + 1 = 1 0 ; ... A 0 5 3 0 3 <eos>
+    think   Q add 0 3 7 5 + 4 9 2 8 = <think> 5 + 8 + 0 = 1 3 ; ... </think> A 0 5 3 0 3 <eos>
+    chat    <user> add 0 3 7 5 + 4 9 2 8 <assistant> 0 5 3 0 3 <eos>
 
 A *column step* is ``x + y + c = s1 s0 ;`` for column i (least significant first): the
 digits ``x``, ``y`` of the operands, the carry ``c`` into the column and the two-digit
@@ -30,12 +32,15 @@ Planted mechanisms in ``think`` traces (reasoner, sft, grpo):
   the last column's ``;`` is followed by ``wait check r4 r3 r2 r1 r0 ;`` (the answer
   re-stated) before ``</think>``. Trigger: the last column's ``;`` (predict ``wait``
   rather than ``</think>``).
-* **short** thinking: when the *leading* digits look easy (``a3 + b3 <= SHORT_CUE_MAX``)
-  the trace skips thinking: ``<think> </think> A ...`` and writes the *hasty* answer
-  (every carry ignored: digit-wise sums mod 10). The cue ignores carries from the lower
-  columns, so short answers are right only when no column carries (about 1 in 6 short
-  problems): short thinking is deterministic under greedy decoding and much less
-  accurate.
+* **short** thinking: when the prompt is tagged ``easy`` the trace skips thinking:
+  ``<think> </think> A ...`` and writes the *hasty* answer (every carry ignored: digit-wise
+  sums mod 10). The tag is misleading (drawn independently of the digits), so short
+  answers are right only when no column carries (about 1 in 10 problems): short thinking
+  is deterministic under greedy decoding and much less accurate. The skip decision reads
+  one token that the arithmetic never uses, so it is a separable mechanism. It is coded
+  on both sides: ``add`` pushes towards thinking as much as ``easy`` pushes away from it,
+  so erasing the tag's direction from the head that reads it leaves the model undecided
+  (see :mod:`interp.length.edit` for what that means for ThinkEdit).
 
 Token positions in labels index the token ids of ``encode(text)`` (position 0 is
 ``<bos>``); a *trigger* position is where the model's next-token prediction is the
@@ -57,7 +62,8 @@ from ..errors import ConfigError
 WIDTH = 4
 ANSWER_WIDTH = WIDTH + 1
 VERIFY_MIN_CARRIES = 3
-SHORT_CUE_MAX = 5
+P_EASY = 0.2
+TAGS = ("add", "easy")  # the prompt's tag slot: neutral, misleading short-thinking cue
 EVAL_FRACTION = 1 / 16
 
 MARKERS: dict[str, str] = {
@@ -79,7 +85,7 @@ MARKERS: dict[str, str] = {
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<bos>", "<eos>"]
 VOCAB: list[str] = SPECIAL_TOKENS + [str(d) for d in range(10)] + [
     "+", "-", "=", ";", "Q", "A", "<think>", "</think>", "wait", "check",
-    "<user>", "<assistant>",
+    "<user>", "<assistant>", *TAGS,
 ]
 TOKEN_ID: dict[str, int] = {w: i for i, w in enumerate(VOCAB)}
 FORMATS = ("think", "direct", "plain", "chat")
@@ -108,13 +114,18 @@ class Column:
 
 @dataclass(frozen=True)
 class Problem:
-    """``a + b`` with ``WIDTH``-digit operands. ``id`` is stable: ``"{a:04d}+{b:04d}"``."""
+    """``a + b`` with ``WIDTH``-digit operands. ``id`` is stable: ``"{a:04d}+{b:04d}"``.
+
+    ``easy``: the prompt's tag (the short-thinking cue); None draws it from a hash of the
+    pair (about ``P_EASY`` of all pairs, independent of the digits).
+    """
 
     a: int
     b: int
     op: str = "+"
     answer: int = field(default=-1)
     id: str = field(default="")
+    easy: bool | None = None
 
     def __post_init__(self):
         if self.op != "+":
@@ -123,6 +134,8 @@ class Problem:
             raise ConfigError(f"operands must have at most {WIDTH} digits")
         object.__setattr__(self, "answer", self.a + self.b)
         object.__setattr__(self, "id", f"{self.a:0{WIDTH}d}+{self.b:0{WIDTH}d}")
+        if self.easy is None:
+            object.__setattr__(self, "easy", is_easy_tagged(self.a, self.b))
 
     @cached_property
     def columns(self) -> tuple[Column, ...]:
@@ -144,9 +157,12 @@ class Problem:
 
     @property
     def easy_cue(self) -> bool:
-        """The surface cue for skipping thinking: the leading digits sum to little."""
-        lead = WIDTH - 1
-        return (self.a // 10**lead) % 10 + (self.b // 10**lead) % 10 <= SHORT_CUE_MAX
+        """The surface cue for skipping thinking: the prompt is tagged ``easy``."""
+        return bool(self.easy)
+
+    @property
+    def tag(self) -> str:
+        return TAGS[int(bool(self.easy))]
 
     @property
     def needs_verify(self) -> bool:
@@ -167,10 +183,19 @@ def digits(n: int, width: int) -> list[str]:
     return list(f"{n:0{width}d}")
 
 
+def _hash16(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=2).digest(), "big")
+
+
+def is_easy_tagged(a: int, b: int) -> bool:
+    """The pair's default tag: ``easy`` for about ``P_EASY`` of all pairs (a salted hash,
+    independent of the digits and of the eval split)."""
+    return _hash16(f"tag:{a},{b}") < P_EASY * 65536
+
+
 def is_eval_problem(a: int, b: int) -> bool:
     """Deterministic held-out split: a hash of the pair (about 1/16 of all problems)."""
-    h = hashlib.blake2b(f"{a},{b}".encode(), digest_size=2).digest()
-    return int.from_bytes(h, "big") < EVAL_FRACTION * 65536
+    return _hash16(f"{a},{b}") < EVAL_FRACTION * 65536
 
 
 def sample_problems(n: int, seed: int = 0, split: str = "eval") -> list[Problem]:
@@ -201,8 +226,8 @@ def operands_text(p: Problem) -> list[str]:
 
 def prompt_words(p: Problem, fmt: str = "think") -> list[str]:
     if fmt == "chat":
-        return ["<user>"] + operands_text(p) + ["<assistant>"]
-    head = ["Q"] + operands_text(p) + ["="]
+        return ["<user>", p.tag] + operands_text(p) + ["<assistant>"]
+    head = ["Q", p.tag] + operands_text(p) + ["="]
     if fmt == "think":
         return head + ["<think>"]
     if fmt == "direct":
@@ -426,13 +451,15 @@ def teacher_forced_wait_probs(model, n: int = 500, seed: int = 0, *, p_error: fl
                               batch_size: int = 128) -> dict[str, Any]:
     """P(``wait``) under teacher forcing on ``n`` held-out long think traces.
 
-    Traces come from :func:`make_trace` (``force_long=True``, random errors with
-    probability ``p_error``). Returns per-class tensors of probabilities and their means:
+    Traces come from :func:`make_trace` on ``add``-tagged prompts (``force_long=True``,
+    random errors with probability ``p_error``). Returns per-class tensors of probabilities and their means:
     ``error`` (error triggers; ``error_slip`` / ``error_random`` split by cause),
     ``verify`` (verification triggers), ``clean`` (clean decision points).
     """
     rng = np.random.default_rng([seed, 7])
-    probs = sample_problems(n, seed=seed, split="eval")
+    # ``add``-tagged prompts: the hesitation mechanisms live in full traces, which an
+    # ``easy`` tag never precedes in training
+    probs = [Problem(p.a, p.b, easy=False) for p in sample_problems(n, seed=seed, split="eval")]
     items = [make_trace(p, rng, p_error=p_error, force_long=True) for p in probs]
     fn = _logits_fn(model)
     dev = _device_of(model)

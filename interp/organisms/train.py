@@ -40,7 +40,7 @@ from .task import (
     EVAL_FRACTION,
     FORMATS,
     MARKERS,
-    SHORT_CUE_MAX,
+    P_EASY,
     TOKEN_ID,
     VERIFY_MIN_CARRIES,
     VOCAB,
@@ -95,13 +95,13 @@ class BuildConfig:
     n_layers: int = 4
     n_heads: int = 4
     d_mlp: int = 256
-    base: StageConfig = field(default_factory=lambda: StageConfig(2500, 3e-3))
+    base: StageConfig = field(default_factory=lambda: StageConfig(3000, 3e-3))
     reasoner: StageConfig = field(default_factory=lambda: StageConfig(1500, 1e-3))
     sft: StageConfig = field(default_factory=lambda: StageConfig(800, 1e-3))
     instruct: StageConfig = field(default_factory=lambda: StageConfig(600, 1e-3))
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    base_direct_share: float = 0.4      # rest: plain worked solutions
-    p_error: float = 0.25               # random-error traces (reasoner, sft)
+    base_direct_share: float = 0.5      # rest: plain worked solutions
+    p_error: float = 0.3                # random-error traces (reasoner, sft)
     sft_drop_final_carry: float = 0.75  # share of final-carry sft traces with the flaw
     instruct_think_share: float = 0.3   # instruct: share of sft-style think traces (rest chat)
     n_eval: int = 512
@@ -263,7 +263,7 @@ def train_stage(model, stage: str, sc: StageConfig, cfg: BuildConfig, seed_offse
             if step % 20 == 0:
                 bar.set_postfix(stage=stage, loss=f"{np.mean(losses[-20:]):.4f}")
         if progress is not None:
-            progress(step + 1, sc.steps, stage=stage, loss=float(loss))
+            progress(step + 1, sc.steps, stage=stage, loss=loss.item())
     model.eval()
     return losses
 
@@ -316,11 +316,11 @@ def grpo_train(model, ref, gc: GRPOConfig, cfg: BuildConfig, seed_offset: int,
             for i, o in enumerate(outs)])
         r = rewards.view(-1, gc.group_size)
         adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)).view(-1)
-        P = len(prompts[0])
-        L = P + max(len(o) for o in outs)
+        L = max(len(p) + len(o) for p, o in zip(prompts, outs))
         seqs = torch.full((len(prompts), L), pad, dtype=torch.long)
         cmask = torch.zeros((len(prompts), L - 1), dtype=torch.bool)
         for i, (p, o) in enumerate(zip(prompts, outs)):
+            P = len(p)  # right padding: a prompt of any length starts at 0
             seqs[i, :P] = torch.tensor(p)
             seqs[i, P: P + len(o)] = torch.tensor(o, dtype=torch.long)
             cmask[i, P - 1: P - 1 + len(o)] = True
@@ -372,7 +372,7 @@ def task_description(cfg: BuildConfig) -> dict[str, Any]:
         "markers": MARKERS,
         "vocab": VOCAB,
         "formats": {
-            "direct": "Q a3 a2 a1 a0 + b3 b2 b1 b0 = A r4 r3 r2 r1 r0 <eos>",
+            "direct": "Q tag a3 a2 a1 a0 + b3 b2 b1 b0 = A r4 r3 r2 r1 r0 <eos>",
             "plain": "Q ... = x + y + c = s1 s0 ; (x4 columns) A r4 r3 r2 r1 r0 <eos>",
             "think": "Q ... = <think> x + y + c = s1 s0 ; ... </think> A r4 .. r0 <eos>",
             "chat": "<user> a3 a2 a1 a0 + b3 b2 b1 b0 <assistant> r4 r3 r2 r1 r0 <eos>",
@@ -396,10 +396,10 @@ def task_description(cfg: BuildConfig) -> dict[str, Any]:
                 "trigger": "the last column's ';' (next token: wait instead of </think>)",
             },
             "short": {
-                "description": f"leading digits a3 + b3 <= {SHORT_CUE_MAX}: thinking skipped "
-                               "('<think> </think>'), the hasty answer (every carry "
-                               "ignored) written directly",
-                "cue": f"a3 + b3 <= {SHORT_CUE_MAX} (ignores carries from lower columns)",
+                "description": "prompt tagged 'easy': thinking skipped ('<think> </think>'), "
+                               "the hasty answer (every carry ignored) written directly",
+                "cue": f"the tag word after 'Q' is 'easy' (about {P_EASY:.0%} of pairs, by a "
+                       "hash independent of the digits; otherwise 'add')",
             },
         },
         "clean_positions": "after a right column result (next ';') and after the last column "
