@@ -3,8 +3,9 @@
 Prompts of different lengths are left-padded and masked; TransformerLens offsets the
 rotary positions by the mask, so a padded row generates exactly what it would alone
 (tested). A row that emits a stop token leaves the batch (and the KV cache), so a chunk's
-later steps only compute the rows still generating. Hooks given in ``fwd_hooks`` are active for the prompt pass and for every
-decoding step, and are always removed afterwards, also when an exception is raised.
+later steps only compute the rows still generating. Hooks given in ``fwd_hooks`` are
+active for the prompt pass and for every decoding step, and are always removed
+afterwards, also when an exception is raised.
 
 ``fwd_hooks`` is either a list of ``(hook_name, fn)`` pairs, or a callable
 ``factory(state) -> list`` called once per batch chunk; ``state`` is a

@@ -21,6 +21,15 @@ from interp.length.pipeline import DEFAULTS, list_runs, load_run
 from interp.length.report import demo_store
 from interp.length.seal import DEFAULT_RULES
 
+RULE_TEXT = {
+    "think": "from the token that predicts the first thinking token (or the close marker) "
+             "through the last thinking token, so a response with no thinking still "
+             "contributes one position.",
+    "open": "only the token that predicts the first thinking token or the close marker "
+            "(where the model decides whether to think); `auto` picks it when most short "
+            "responses have no thinking at all.",
+}
+
 st.title("Reasoning length")
 st.caption(
     "Where a reasoning model decides how long to think. Responses are split into **long** "
@@ -131,6 +140,7 @@ m[0].metric("best separability (AUROC)", f"{idx['best_layer_separability']:.3f}"
 m[1].metric("Spearman ρ (length vs α)", f"{idx['length_alpha_spearman']:.3f}")
 sf_b, sf_a = ed["before"]["short_fraction"]["value"], ed["after"]["short_fraction"]["value"]
 m[2].metric("short fraction", f"{sf_b:.3f}", f"{sf_a - sf_b:+.3f} after edit",
+            help=f"headline edit: {ed.get('mode', 'project')}",
             delta_color="inverse")
 if scored:
     m[3].metric("accuracy", f"{ed['before']['accuracy']['value']:.3f}",
@@ -156,12 +166,12 @@ with tabs[0]:
     fig = lp.histogram_figure(df, bool(norm), "thinking-length histogram")
     st.plotly_chart(fig, key="l_hist")
     sp = dmeta.get("split", {})
+    rule = dmeta.get("positions_rule")
     st.caption(f"Split ({sp.get('mode')}): short ≤ {sp.get('short_max_tokens'):g} tokens "
                f"(n={sp.get('n_short')}), long ≥ {sp.get('long_min_tokens'):g} "
                f"(n={sp.get('n_long')}), unused {sp.get('n_neither')}. Positions rule "
-               f"`{dmeta.get('positions_rule')}`: from the token that predicts the first "
-               "thinking token (or the close marker) through the last thinking token, so a "
-               "response with no thinking still contributes one position.")
+               f"`{rule}` (setting `{dmeta.get('positions_setting', rule)}`): "
+               + RULE_TEXT.get(rule, ""))
     ui.export_panel(fig, df, "length_histogram", "l_hist_x")
 
 # ------------------------------------------------------------------ direction
@@ -235,26 +245,42 @@ with tabs[4]:
 
 # ------------------------------------------------------------------ edit
 with tabs[5]:
-    df = lp.edit_frame(ed["before"], ed["after"])
-    fig = lp.edit_figure(df, "before / after the W_O edit")
+    modes = ed.get("modes") or {ed.get("mode", "project"): ed}
+    names = {"project": "ThinkEdit projection", "recentre": "recentred (mean-ablation)"}
+    df = lp.edit_frame(ed["before"], {f"after {names.get(k, k)}": v["after"]
+                                      for k, v in modes.items()})
+    fig = lp.edit_figure(df, "before / after the head edits")
     st.plotly_chart(fig, key="l_edit")
     ui.export_panel(fig, df, "length_edit_before_after", "l_edit_x")
-    st.dataframe(pd.DataFrame(ed["norms"]), hide_index=True)
-    txt = (f"‖W_O[h] v̂‖ before/after per edited head (above). Edited parameters: "
-           f"{ed['edited_param_fraction']:.3%} of the model. Exported checkpoint reproduces "
-           f"the edited model to max |Δlogit| = {ed['export_max_logit_diff']:.2e}.")
-    if "accuracy_change" in ed:
-        a = ed["accuracy_change"]
-        txt += (f" Accuracy change {a['mean']:+.3f} (paired bootstrap 95% CI "
-                f"[{a['ci_low']:+.3f}, {a['ci_high']:+.3f}]).")
-    s = ed["short_fraction_change"]
-    txt += (f" Short-fraction change {s['mean']:+.3f} "
-            f"[{s['ci_low']:+.3f}, {s['ci_high']:+.3f}].")
-    st.caption(txt)
+    if len(modes) > 1:
+        sel = ed.get("selection") or {}
+        st.caption(f"Headline edit: **{names.get(ed['mode'], ed['mode'])}**"
+                   + (f", chosen on {sel['n']} {sel['split']}-split prompts ({sel['rule']})."
+                      if sel.get("n") else "."))
+    rows = []
+    for k, v in modes.items():
+        txt = (f"**{names.get(k, k)}**: edited parameters {v['edited_param_fraction']:.3%} "
+               f"of the model; the exported checkpoint reproduces the edited model to max "
+               f"|Δlogit| = {v['export_max_logit_diff']:.2e}.")
+        if "accuracy_change" in v:
+            a = v["accuracy_change"]
+            txt += (f" Accuracy change {a['mean']:+.3f} (paired bootstrap 95% CI "
+                    f"[{a['ci_low']:+.3f}, {a['ci_high']:+.3f}]).")
+        s_ = v["short_fraction_change"]
+        txt += (f" Short-fraction change {s_['mean']:+.3f} "
+                f"[{s_['ci_low']:+.3f}, {s_['ci_high']:+.3f}].")
+        st.markdown(txt)
+        rows += [{"edit": k, **r} for r in v["norms"]]
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    st.caption("Per edited head: ThinkEdit projection reports ‖W_O[h] v̂‖ before/after "
+               "(→ 0: the head can no longer write along v̂); the recentred edit reports "
+               "‖W_V[h] e‖ (→ 0) and the constant write along v̂ it leaves (the head's mean "
+               "over long examples). See `interp/length/edit.py` for both rules.")
     if not ui.demo_mode():
         from interp import store as _store
 
-        path = _store.DEFAULT_ROOT / "length_edited" / idx["keys"]["heads"]
+        path = _store.DEFAULT_ROOT / "length_edited" / idx.get("export_dir",
+                                                                idx["keys"]["heads"])
         if path.exists():
             name = st.text_input("register the edited checkpoint as", key="l_regname",
                                  value=f"length-edited-{idx['keys']['heads'][-6:]}")

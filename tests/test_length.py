@@ -76,6 +76,22 @@ def test_positions_rule_short_contributes_one_position(lm):
     assert ex[0].positions == [len(ex[0].ids) - 1]
 
 
+def test_auto_positions_rule():
+    import numpy as np
+
+    from interp.errors import ConfigError
+    from interp.length.pipeline import make_config, resolve_positions_rule
+
+    labels = np.array([0, 0, 0, 1, 1, -1])
+    # short responses without any thinking: compare the same (decision) position
+    assert resolve_positions_rule("auto", [0, 0, 3, 40, 50, 9], labels) == "open"
+    # short responses that do think (real models): ThinkEdit's thinking positions
+    assert resolve_positions_rule("auto", [5, 0, 30, 400, 500, 90], labels) == "think"
+    assert resolve_positions_rule("think", [0, 0, 0, 40, 50, 9], labels) == "think"
+    with pytest.raises(ConfigError):
+        make_config(positions="middle")
+
+
 def test_think_span_single_and_multi_token_markers(lm):
     out = _ids(lm, "1 2 </think> 5")
     assert think_span(out, MK, lm.tokenizer).n_think_tokens == 2
@@ -244,6 +260,84 @@ def test_exported_checkpoint_reproduces_edited_model(lm, tiny_qwen_dir, tmp_path
     # apply_head_edit on the reloaded copy is idempotent (already projected)
     rep = apply_head_edit(re.hooked, heads, u)
     assert all(r["norm_before"] < 1e-5 for r in rep)
+
+
+@pytest.fixture(scope="module")
+def mha(tmp_path_factory, tiny_tokenizer):
+    """A tiny Qwen2 with one value head per query head (the recentred edit needs it)."""
+    from .conftest import make_tiny_checkpoint
+
+    d = make_tiny_checkpoint(tmp_path_factory.mktemp("mha") / "m", seed=3,
+                             tokenizer=tiny_tokenizer, num_key_value_heads=4)
+    m = load_model(str(d), device="cpu")
+    ensure_marker_tokenizer(m, MK)
+    return m, d
+
+
+def _head_write_along(model, toks, layer, h, v):
+    """The head's actual write ``z_h W_O[h]`` along ``v`` at every position."""
+    _, c = model.hooked.run_with_cache(toks)
+    z = c[f"blocks.{layer}.attn.hook_z"][0, :, h]                       # [pos, d_head]
+    return z @ model.hooked.blocks[layer].attn.W_O[h] @ v
+
+
+def test_recentred_edit_fixes_head_write_to_long_mean(mha, tmp_path):
+    from safetensors.torch import load_file
+
+    from interp.length.edit import long_value_means, value_coordinate
+
+    lm, d = mha
+    u = torch.nn.functional.normalize(torch.randn(lm.cfg.n_layers, lm.cfg.d_model,
+                                                  generator=torch.Generator().manual_seed(1)),
+                                      dim=-1)
+    heads = [(0, 1), (1, 2)]
+    ex = _examples(lm)
+    means = long_value_means(lm, ex, heads, u, batch_size=2)
+    # the means against a direct computation from the activation cache
+    for (layer, h), m in zip(heads, means):
+        e, g = value_coordinate(lm.hooked.blocks[layer].attn.W_O[h], u[layer])
+        ref = []
+        for x in ex:
+            _, c = lm.hooked.run_with_cache(torch.tensor([x.ids]))
+            ref.append((c[f"blocks.{layer}.attn.hook_z"][0, x.positions, h] @ e).mean())
+        assert abs(float(torch.stack(ref).mean()) - m) < 1e-5
+    before = {k: v.clone() for k, v in lm.hooked.state_dict().items()}
+    toks_a = torch.tensor([_ids(lm, PROMPTS[0] + " 1 2 wait 3")])
+    toks_b = torch.tensor([_ids(lm, PROMPTS[1] + " ok ok 4 </think> 5")])
+    free = _head_write_along(lm, toks_b, 0, 1, u[0])
+    with edited(lm, heads, u, mode="recentre", means=means) as rep:
+        for (layer, h), r, m in zip(heads, rep, means):
+            assert r["norm_before"] > 1e-3 and r["norm_after"] < 1e-5
+            e, g = value_coordinate(lm.hooked.blocks[layer].attn.W_O[h], u[layer])
+            for toks in (toks_a, toks_b):     # any input: the constant long-class write
+                w = _head_write_along(lm, toks, layer, h, u[layer])
+                torch.testing.assert_close(w, torch.full_like(w, m * g), atol=1e-5, rtol=0)
+        assert (free - _head_write_along(lm, toks_b, 0, 1, u[0])).abs().max() > 1e-4
+        # W_O and the other heads' value weights are untouched
+        for k, v in lm.hooked.state_dict().items():
+            if k.endswith(("attn._W_V", "attn._b_V", "attn.W_V", "attn.b_V")):
+                layer = int(k.split(".")[1])
+                for hh in range(lm.cfg.n_heads):
+                    assert torch.equal(v[hh], before[k][hh]) == ((layer, hh) not in heads)
+            else:
+                assert torch.equal(v, before[k]), k
+        out = export_edited_checkpoint(lm, heads, u, tmp_path / "rec", mode="recentre",
+                                       means=means)
+        re = load_model(str(out), device="cpu")
+        assert max_logit_diff(lm, re, toks_b) < 1e-5
+    for k, v in lm.hooked.state_dict().items():      # restored bit-exactly
+        assert torch.equal(v, before[k])
+    a, b = load_file(str(d / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert [k for k in a if not torch.equal(a[k], b[k])] == [
+        f"model.layers.{ly}.self_attn.v_proj.{w}" for ly in (0, 1) for w in ("bias", "weight")]
+
+
+def test_recentred_edit_refuses_grouped_query_attention(lm):
+    from interp.errors import ConfigError
+
+    u = torch.nn.functional.normalize(torch.randn(lm.cfg.n_layers, lm.cfg.d_model), dim=-1)
+    with pytest.raises(ConfigError, match="value head"):
+        apply_head_edit(lm.hooked, [(0, 1)], u, mode="recentre", means=[0.0])
 
 
 # ------------------------------------------------------------------ SEAL

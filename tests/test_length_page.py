@@ -55,7 +55,8 @@ def test_pipeline_artifacts(built):
     assert (root / "cache" / "length_edited" / idx["keys"]["heads"] / "config.json").exists()
     assert list_runs({"demo": demo})[0]["key"] == idx["key"]
     d = run["direction"]
-    assert d["sign"].startswith("long - short") and d["positions_rule"] == "think"
+    assert d["sign"].startswith("long - short") and d["positions_setting"] == "think"
+    assert (d["positions_rule"], d["alt_positions_rule"]["rule"]) == ("think", "open")
 
 
 @pytest.mark.parametrize("demo_mode", [True, False])

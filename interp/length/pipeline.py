@@ -34,6 +34,7 @@ import torch
 from ..errors import ConfigError
 from ..store import Store, provenance
 from .data import (
+    POSITION_RULES,
     ThinkMarkers,
     ensure_marker_tokenizer,
     examples_from_records,
@@ -44,7 +45,14 @@ from .data import (
     split_long_short,
 )
 from .directions import LengthDirections, thinking_length_direction
-from .edit import edited, export_edited_checkpoint, max_logit_diff
+from .edit import (
+    EDIT_MODES,
+    check_mode,
+    edited,
+    export_edited_checkpoint,
+    long_value_means,
+    max_logit_diff,
+)
 from .heads import head_short_scores, top_heads
 from .seal import rules_for, seal_hooks, seal_vector
 from .stats import paired_diff_ci, spearman
@@ -61,7 +69,7 @@ DEFAULTS: dict[str, Any] = {
     "n_sweep": 200,                     # held-out prompts per α
     "n_eval": 600,                      # held-out prompts for the edit / SEAL evaluation
     "split": {"mode": "threshold", "short": 2, "long": 10},
-    "positions": "think",
+    "positions": "think",               # "think" | "open" | "auto" (resolve_positions_rule)
     "max_positions": 256,
     "sites": ["resid_mid", "resid_post"],
     "sweep_site": "resid_mid",
@@ -69,6 +77,9 @@ DEFAULTS: dict[str, Any] = {
     # coherent; 2.0 (steer.alpha_grid default, ≈ ThinkEdit on 28 layers) breaks it at +α
     "n_alpha": 9, "alpha_scale": 1.0,
     "top_k": None,                      # None: 6% of all heads, at least 2
+    # "project" (ThinkEdit), "recentre" (mean-ablation, see edit.py) or "auto": both, the
+    # headline chosen on n_select train-split prompts (largest accuracy gain)
+    "edit_mode": "auto", "n_select": 200,
     "seal_layer": None,                 # None: round(0.7 * n_layers) - 1
     "seal_anchor": "start", "seal_alpha": -1.0,
     "seal_rules": None,                 # None: seal.rules_for(markers)
@@ -83,7 +94,25 @@ def make_config(**overrides: Any) -> dict[str, Any]:
         if k not in DEFAULTS and k != "prompts":
             raise ConfigError(f"unknown length setting {k!r}")
         cfg[k] = v
+    if cfg["edit_mode"] not in ("auto", *EDIT_MODES):
+        raise ConfigError(f"unknown edit mode {cfg['edit_mode']!r}; choose from auto, "
+                          f"{', '.join(EDIT_MODES)}")
+    if cfg["positions"] not in ("auto", *POSITION_RULES):
+        raise ConfigError(f"unknown positions rule {cfg['positions']!r}; choose from "
+                          f"auto, {', '.join(POSITION_RULES)}")
     return cfg
+
+
+def resolve_positions_rule(setting: str, lengths: Sequence[int], labels: np.ndarray) -> str:
+    """The positions rule to use. ``"auto"``: ThinkEdit's ``"think"`` rule, unless most
+    short responses have no thinking at all (the organisms' ``<think> </think>``): then
+    the short class mean would be the decision position alone while the long mean runs
+    over thinking content, and ``long - short`` would mostly measure *where* in the text
+    a position is; ``"open"`` compares the same decision position in both classes."""
+    if setting != "auto":
+        return setting
+    short = [n for n, lab in zip(lengths, labels) if lab == 0]
+    return "open" if short and float(np.median(short)) == 0 else "think"
 
 
 def _markers(cfg: dict[str, Any]) -> ThinkMarkers:
@@ -148,7 +177,8 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
     lengths = [r["think_tokens"] for r in recs]
     sp = cfg["split"]
     labels, split_info = split_long_short(lengths, sp["mode"], sp["short"], sp["long"])
-    ex = examples_from_records(recs, cfg["positions"], cfg["max_positions"])
+    rule = resolve_positions_rule(cfg["positions"], lengths, labels)
+    ex = examples_from_records(recs, rule, cfg["max_positions"])
     keep = np.flatnonzero(labels >= 0)
     if progress:
         progress(1, stages, stage="directions")
@@ -156,21 +186,21 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
                              batch_size=min(cfg["batch_size"], 128),
                              progress=_stage_progress(progress, "directions", 1, stages))
     dirs = thinking_length_direction(feats, labels[keep], seed=cfg["seed"], meta={
-        "positions_rule": cfg["positions"], "max_positions": cfg["max_positions"],
+        "positions_rule": rule, "positions_setting": cfg["positions"],
+        "max_positions": cfg["max_positions"],
         "split": split_info, "markers": mk.to_dict(), "generations": gen_art.key})
-    if cfg["positions"] != "open":
-        # the decision point alone, for comparison (one position per example: cheap)
-        ex_open = examples_from_records([recs[i] for i in keep], "open")
-        f_open = mean_activations(model, ex_open, cfg["sites"],
-                                  batch_size=min(cfg["batch_size"], 128))
-        d_open = thinking_length_direction(f_open, labels[keep], seed=cfg["seed"])
-        dirs.meta["alt_positions_rule"] = {
-            "rule": "open", "auroc": d_open.auroc, "probe_accuracy": d_open.probe_accuracy,
-            "best": d_open.best(),
-            "cosine_with_main": {s: [float(torch.nn.functional.cosine_similarity(
-                d_open.dirs[s][ly], dirs.dirs[s][ly], dim=0)) for ly in range(L)]
-                for s in cfg["sites"]}}
-    dcfg = {"generations": gen_art.key, "split": sp, "positions": cfg["positions"],
+    # the other positions rule, for comparison
+    alt = "think" if rule == "open" else "open"
+    ex_alt = examples_from_records([recs[i] for i in keep], alt, cfg["max_positions"])
+    f_alt = mean_activations(model, ex_alt, cfg["sites"], batch_size=min(cfg["batch_size"], 128))
+    d_alt = thinking_length_direction(f_alt, labels[keep], seed=cfg["seed"])
+    dirs.meta["alt_positions_rule"] = {
+        "rule": alt, "auroc": d_alt.auroc, "probe_accuracy": d_alt.probe_accuracy,
+        "best": d_alt.best(),
+        "cosine_with_main": {s: [float(torch.nn.functional.cosine_similarity(
+            d_alt.dirs[s][ly], dirs.dirs[s][ly], dim=0)) for ly in range(L)]
+            for s in cfg["sites"]}}
+    dcfg = {"generations": gen_art.key, "split": sp, "positions": rule,
             "max_positions": cfg["max_positions"], "sites": cfg["sites"]}
     dir_art = store.save("length_direction", dcfg, dirs.tensors(), provenance=prov,
                          meta=dirs.meta)
@@ -213,7 +243,7 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
                                batch_size=min(cfg["batch_size"], 128))
     k = cfg["top_k"] or max(2, math.ceil(0.06 * L * H))
     top = top_heads(scores, k)
-    hcfg = {"direction": dir_art.key, "site": "resid_mid", "positions": cfg["positions"],
+    hcfg = {"direction": dir_art.key, "site": "resid_mid", "positions": rule,
             "top_k": k}
     heads_art = store.save("length_heads", hcfg, {"scores": scores}, provenance=prov, meta={
         "top": top, "n_short_examples": len(short_idx), "n_layers": L, "n_heads": H,
@@ -233,33 +263,83 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
     from .. import store as _store
     from ..models import load_model
 
-    # the edited checkpoint goes to the (git-ignored) main cache, never into a demo store
-    export_dir = Path(export_dir) if export_dir else \
+    modes = ["project"]
+    long_ex = [ex[i] for i in range(len(recs)) if labels[i] == 1]
+    means = None
+    if cfg["edit_mode"] != "project" and long_ex:
+        try:
+            check_mode(model.hooked, "recentre")
+            means = long_value_means(model, long_ex, heads, units,
+                                     batch_size=min(cfg["batch_size"], 128))
+            modes.append("recentre")
+        except ConfigError as e:
+            if cfg["edit_mode"] == "recentre":
+                raise
+            log.info("recentred edit skipped: %s", e)
+    # which edit is the headline: chosen on *train-split* prompts, never the eval set
+    selection: dict[str, Any] = {}
+    mode = cfg["edit_mode"] if cfg["edit_mode"] != "auto" else modes[0]
+    if cfg["edit_mode"] == "auto" and len(modes) > 1:
+        sel_prompts, sel_scorer = prompt_set(cfg, cfg["n_select"], "train", seed_offset=3)
+        sel_kw = {**gen_kw, "scorer": sel_scorer}
+        base = summarize(generate_thinking(model, sel_prompts, mk, **sel_kw), short_max)
+
+        def gain(sm):
+            if "accuracy" in sm:
+                return (sm["accuracy"]["value"] - base["accuracy"]["value"],
+                        base["short_fraction"]["value"] - sm["short_fraction"]["value"])
+            return (base["short_fraction"]["value"] - sm["short_fraction"]["value"], 0.0)
+
+        for m_ in modes:
+            with edited(model, heads, units, m_, means):
+                sm = summarize(generate_thinking(model, sel_prompts, mk, **sel_kw), short_max)
+            selection[m_] = {k: sm[k] for k in ("short_fraction", "accuracy",
+                                                "mean_think_tokens") if k in sm}
+        selection["unedited"] = {k: base[k] for k in ("short_fraction", "accuracy",
+                                                      "mean_think_tokens") if k in base}
+        mode = max(modes, key=lambda m_: gain(selection[m_]))
+        selection.update({"n": len(sel_prompts), "split": "train", "chosen": mode,
+                          "rule": "largest accuracy gain, then largest drop of the short "
+                                  "fraction (short-fraction drop alone without a scorer)"})
+
+    # the edited checkpoints go to the (git-ignored) main cache, never into a demo store
+    export_root = Path(export_dir) if export_dir else \
         Path(_store.DEFAULT_ROOT) / "length_edited" / heads_art.key
-    out = export_edited_checkpoint(model, heads, units, export_dir,
-                                   meta={"heads_artifact": heads_art.key})
-    reloaded = load_model(str(out), device=model.device, dtype=model.dtype)
-    reloaded.tokenizer = model.tokenizer
-    reloaded.hooked.tokenizer = model.tokenizer
     check = torch.tensor([before[0]["prompt_ids"] + before[0]["output_ids"]])
-    with edited(model, heads, units) as norms:
-        diff = max_logit_diff(model, reloaded, check)
-    after = generate_thinking(reloaded, ev_prompts, mk, **gen_kw)
-    sb, sa = summarize(before, short_max), summarize(after, short_max)
-    ecfg = {"heads": heads_art.key, "edited_heads": [list(h) for h in heads],
-            "n_eval": len(ev_prompts), "sampling": _sampling(cfg)}
-    emeta = {"norms": norms, "before": sb, "after": sa,
-             "export_max_logit_diff": diff,
-             "records_before": compact(before), "records_after": compact(after),
-             "edited_param_fraction": len(heads) * model.cfg.d_head * model.cfg.d_model
-             / model.n_params()}
-    if ev_scorer is not None:
-        emeta["accuracy_change"] = dict(zip(("mean", "ci_low", "ci_high"), paired_diff_ci(
-            [r["correct"] for r in before], [r["correct"] for r in after], seed=cfg["seed"])))
     short_b = [bool(r["closed"] and r["think_tokens"] <= short_max) for r in before]
-    short_a = [bool(r["closed"] and r["think_tokens"] <= short_max) for r in after]
-    emeta["short_fraction_change"] = dict(zip(("mean", "ci_low", "ci_high"),
-                                              paired_diff_ci(short_b, short_a, seed=cfg["seed"])))
+    per_mode: dict[str, Any] = {}
+    for m_ in modes:
+        out = export_edited_checkpoint(
+            model, heads, units, export_root if m_ == "project" else
+            export_root.with_name(f"{export_root.name}-{m_}"),
+            meta={"heads_artifact": heads_art.key}, mode=m_, means=means)
+        reloaded = load_model(str(out), device=model.device, dtype=model.dtype)
+        reloaded.tokenizer = model.tokenizer
+        reloaded.hooked.tokenizer = model.tokenizer
+        with edited(model, heads, units, m_, means) as norms:
+            diff = max_logit_diff(model, reloaded, check)
+        after = generate_thinking(reloaded, ev_prompts, mk, **gen_kw)
+        short_a = [bool(r["closed"] and r["think_tokens"] <= short_max) for r in after]
+        per_param = model.cfg.d_head * model.cfg.d_model + (m_ == "recentre") * model.cfg.d_head
+        res = {"norms": norms, "after": summarize(after, short_max),
+               "export_max_logit_diff": diff, "records_after": compact(after),
+               "export_dir": out.name,
+               "edited_param_fraction": len(heads) * per_param / model.n_params(),
+               "short_fraction_change": dict(zip(("mean", "ci_low", "ci_high"),
+                                                 paired_diff_ci(short_b, short_a,
+                                                                seed=cfg["seed"])))}
+        if ev_scorer is not None:
+            res["accuracy_change"] = dict(zip(("mean", "ci_low", "ci_high"), paired_diff_ci(
+                [r["correct"] for r in before], [r["correct"] for r in after],
+                seed=cfg["seed"])))
+        per_mode[m_] = res
+    ecfg = {"heads": heads_art.key, "edited_heads": [list(h) for h in heads],
+            "n_eval": len(ev_prompts), "sampling": _sampling(cfg),
+            "edit_mode": cfg["edit_mode"], "n_select": cfg["n_select"]}
+    emeta = {"before": summarize(before, short_max), "records_before": compact(before),
+             "mode": mode, "modes": {m_: {k: v for k, v in r.items() if k != "records_after"}
+                                     for m_, r in per_mode.items()},
+             "selection": selection, "long_means": means, **per_mode[mode]}
     edit_art = store.save("length_edit", ecfg, provenance=prov, meta=emeta)
     tick("edit")
 
@@ -284,7 +364,7 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
             return float(np.mean([model.tokenizer.decode(r["output_ids"]).split().count(hes)
                                   for r in rs]))
         seal_meta = {k: v for k, v in sv.items() if k != "vector"}
-        seal_meta.update(before=sb, after=summarize(steered_recs, short_max),
+        seal_meta.update(before=emeta["before"], after=summarize(steered_recs, short_max),
                          hesitations_before=hes_rate(before),
                          hesitations_after=hes_rate(steered_recs), alpha=cfg["seal_alpha"])
         seal_art = store.save("length_seal", {"generations": gen_art.key, "layer": layer,
@@ -309,7 +389,7 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
         "length_alpha_spearman": rho,
         "short_fraction_alpha0": zero[0]["short_fraction"]["value"] if zero else None,
         "short_fraction_most_negative_alpha": neg[0]["short_fraction"]["value"] if neg else None,
-        "export_dir": str(Path(out).name),
+        "export_dir": emeta["export_dir"], "edit_mode": mode,
     }
     if progress:
         progress(6, stages, stage="index")

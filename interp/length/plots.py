@@ -213,9 +213,12 @@ def head_figure(scores: np.ndarray, highlight: Sequence[Sequence[int]] = (),
 
 
 # ------------------------------------------------------------------ edit
-def edit_frame(before: Mapping[str, Any], after: Mapping[str, Any]) -> pd.DataFrame:
+def edit_frame(before: Mapping[str, Any], afters: Mapping[str, Mapping[str, Any]]
+               ) -> pd.DataFrame:
+    """Long table of the unedited summary and one summary per edit (``afters``:
+    ``{label: summary}``)."""
     rows = []
-    for label, s in (("before", before), ("after edit", after)):
+    for label, s in (("before", before), *afters.items()):
         for metric in ("short_fraction", "accuracy"):
             if metric in s:
                 rows.append({"model": label, "metric": metric, "value": s[metric]["value"],
@@ -228,10 +231,12 @@ def edit_frame(before: Mapping[str, Any], after: Mapping[str, Any]) -> pd.DataFr
 
 
 def edit_figure(df: pd.DataFrame, title: str | None = None) -> go.Figure:
-    """Short-thinking fraction and accuracy before / after, with 95% Wilson intervals."""
+    """Short-thinking fraction and accuracy before / after each edit, with 95% Wilson
+    intervals."""
     d = df[df["metric"] != "mean_think_tokens"]
     fig = go.Figure()
-    for label, color in (("before", ROLE_COLORS["base"]), ("after edit", ROLE_COLORS["fine"])):
+    colors = [ROLE_COLORS["base"], ROLE_COLORS["fine"], "#7f7f7f", "#9467bd"]
+    for label, color in zip(dict.fromkeys(d["model"]), colors):
         g = d[d["model"] == label]
         fig.add_bar(x=g["metric"], y=g["value"], name=label, marker_color=color,
                     error_y=dict(type="data", array=g["ci_high"] - g["value"],

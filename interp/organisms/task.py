@@ -452,7 +452,8 @@ def teacher_forced_wait_probs(model, n: int = 500, seed: int = 0, *, p_error: fl
     """P(``wait``) under teacher forcing on ``n`` held-out long think traces.
 
     Traces come from :func:`make_trace` on ``add``-tagged prompts (``force_long=True``,
-    random errors with probability ``p_error``). Returns per-class tensors of probabilities and their means:
+    random errors with probability ``p_error``). Returns per-class tensors of probabilities
+    and their means:
     ``error`` (error triggers; ``error_slip`` / ``error_random`` split by cause),
     ``verify`` (verification triggers), ``clean`` (clean decision points).
     """
