@@ -288,6 +288,10 @@ def hooked_from_hf(hf, tokenizer, path: str | os.PathLike,
             raise ModelLoadError(
                 f"TransformerLens cannot wrap this model ({type(hf).__name__}): {e}") from e
         model.to(device)  # TransformerLens prints "Moving model to device" to stdout
+    if tokenizer is not None:
+        # TransformerLens re-loads the tokenizer from its name; transformers may then pick
+        # a class that drops added words (the organisms' <think>): keep the one we loaded
+        model.tokenizer = tokenizer
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -405,3 +405,16 @@ def test_custom_word_level_tokenizer_keeps_its_vocabulary(tiny_qwen_dir, tiny_to
     assert ids == tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
     assert tok.convert_tokens_to_ids("<think>") in ids and tok.convert_tokens_to_ids("wait") in ids
     assert tok.decode(ids).split() == text.split()
+
+
+def test_hooked_model_keeps_the_loaded_tokenizer(tiny_qwen_dir):
+    """TransformerLens re-loads a tokenizer by name; the wrapper must keep ours, or a
+    word-level vocabulary may lose added words such as <think> (raw HookedTransformer
+    users, e.g. the hybrid, read ``hooked.tokenizer``)."""
+    from interp.hybrid import build_hybrid
+
+    m = load_model(str(tiny_qwen_dir), device="cpu")
+    text = "1 2 + 3 = <think> 4 wait </think> 5"
+    want = m.tokenizer(text)["input_ids"]
+    assert m.hooked.tokenizer(text)["input_ids"] == want
+    assert build_hybrid(m, m).tokenizer(text)["input_ids"] == want
