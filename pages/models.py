@@ -12,10 +12,14 @@ import streamlit as st
 import pages.common as ui
 from interp.generation import encode_user_prompt, generate
 from interp.models import cache_root, validate_pair
+from interp.organisms.report import behaviour_table
 from interp.plots.common import METRIC_LABELS, weight_diff_bars, weight_diff_heatmap
 from interp.weights import weight_diff_groups, weight_diff_pivot, weight_diff_table
 
 DEFAULT_PROMPT = "what is 12 + 34 ?"
+# the organisms' think format (see interp/organisms/task.py); `easy` instead of `add`
+# makes the reasoner skip its thinking
+ORGANISM_PROMPT = "Q add 0 3 7 5 + 4 9 2 8 = <think>"
 
 
 # ------------------------------------------------------------------ cached backend calls
@@ -38,28 +42,6 @@ def _generate(spec: str, device: str, dtype: str, stamp: str, prompt: str, chat:
     g = generate(model, [ids], max_new_tokens=max_new, temperature=0.0)[0]
     return {"prompt": model.tokenizer.decode(ids), "prompt_tokens": len(ids),
             "text": g.text, "new_tokens": len(g.output_ids), "finished": g.finished}
-
-
-def _behaviour_table(art) -> pd.DataFrame | None:
-    """The behaviour artifact as a table (rows: variants), whatever JSON layout it uses."""
-    for k in ("table", "rows", "behaviour"):
-        if k in art.meta:
-            return pd.DataFrame(art.meta[k])
-    for f in sorted(art.path.glob("*.json")):
-        if f.name == "meta.json":
-            continue
-        data = art.read_json(f.name)
-        if isinstance(data, dict):
-            data = data.get("table", data.get("rows", data))
-        try:
-            df = pd.DataFrame(data)
-            return df.T if isinstance(data, dict) and all(
-                isinstance(v, dict) for v in data.values()) else df
-        except ValueError:
-            continue
-    for f in sorted(art.path.glob("*.csv")):
-        return pd.read_csv(f)
-    return None
 
 
 # ------------------------------------------------------------------ page
@@ -151,13 +133,19 @@ if table is not None:
 # ------------------------------------------------------------------ generation
 st.subheader("Side by side")
 st.caption("Greedy decoding (temperature 0) from both models on the same prompt.")
+organisms = str(base_spec).startswith("organism:") and str(fine_spec).startswith("organism:")
 has_template = bool(getattr(base.tokenizer, "chat_template", None))
 with st.container(border=True):
-    prompt = ui.url_widget(st.text_area, "Prompt", "prompt", DEFAULT_PROMPT, height=90,
-                           max_chars=ui.max_prompt_chars())
+    prompt = ui.url_widget(st.text_area, "Prompt", "prompt",
+                           ORGANISM_PROMPT if organisms else DEFAULT_PROMPT, height=90,
+                           max_chars=ui.max_prompt_chars(),
+                           help="organisms: `Q add a3 a2 a1 a0 + b3 b2 b1 b0 = <think>`; "
+                                "`easy` instead of `add` is the short-thinking cue"
+                           if organisms else None)
     c1, c2, c3 = st.columns([2, 2, 1], vertical_alignment="bottom")
     with c1:
-        chat = ui.url_widget(st.checkbox, "Use the chat template", "chat", has_template, bool,
+        chat = ui.url_widget(st.checkbox, "Use the chat template", "chat",
+                             has_template and not organisms, bool,
                              disabled=not has_template,
                              help=None if has_template else "this tokenizer has no chat template")
     with c2:
@@ -205,7 +193,9 @@ else:
 # ------------------------------------------------------------------ behaviour
 st.subheader("Behaviour of the organisms")
 arts = ui.attempt(ui.store(cache_root() / "demo").list, "organism_behaviour") or []
-behaviour = _behaviour_table(arts[0]) if arts else None
+behaviour = behaviour_table(arts[0]) if arts else None
+if behaviour is not None and behaviour.empty:
+    behaviour = None
 if behaviour is None:
     st.caption(":material/info: No behaviour table yet: it is written when the organisms "
                "are built and evaluated (`python -m interp organisms build`), as the "

@@ -289,3 +289,14 @@ def test_committed_family_meets_its_targets():
     assert f["hybrid"]["kl_to_reasoner"] >= 0.1
     assert f["grpo"]["accuracy"] >= f["sft"]["accuracy"] + 0.05
     assert f["n_eval"] >= 500
+
+
+def test_behaviour_table_from_the_committed_report():
+    """The Models page's table: one row per variant, figures equal to the report's."""
+    from interp.organisms.report import behaviour_artifact, behaviour_table
+
+    art, stale = behaviour_artifact()
+    df = behaviour_table(art)
+    assert {"base", "reasoner", "sft", "grpo", "instruct", "hybrid"} <= set(df.index)
+    assert df.loc["reasoner", "accuracy"] == art.meta["figures"]["reasoner"]["accuracy"]
+    assert "accuracy_ci95" not in df.columns

@@ -68,3 +68,15 @@ def report_organisms(args: argparse.Namespace) -> dict[str, Any]:
         log.warning("the saved organism report was made for other weights than those in "
                     "cache/organisms; run with --recompute to refresh it")
     return out
+
+
+def behaviour_table(art) -> Any:
+    """The behaviour artifact as a table: one row per variant, its scalar figures as
+    columns (intervals and nested values are left to ``report organisms``); a pandas
+    DataFrame."""
+    import pandas as pd
+
+    figs = art.meta.get("figures") or {}
+    rows = {v: {k: x for k, x in d.items() if isinstance(x, (int, float, str))}
+            for v, d in figs.items() if isinstance(d, dict)}
+    return pd.DataFrame.from_dict(rows, orient="index")
