@@ -105,8 +105,12 @@ def bridged_figure(fa: Mapping[str, Any]) -> go.Figure:
                    name="r2a (reasoner < k, adapter ≥ k)")])
     fig.add_hline(y=fa["kl_hybrid"], line_dash="dot", line_color=MODEL_COLORS["hybrid"],
                   annotation_text="hybrid")
-    return style(fig, "Bridged KL(reasoner ‖ bridged model) by cutoff", x_title="cutoff k",
-                 y_title="KL, nats")
+    fig = style(fig, "Bridged KL(reasoner ‖ bridged model) by cutoff", x_title="cutoff k",
+                y_title="KL, nats")
+    # the two long trace names would run into the title in a half-width column
+    fig.update_layout(legend=dict(orientation="v", yanchor="middle", y=0.5, xanchor="right",
+                                  x=0.99))
+    return fig
 
 
 def frontier_frame(runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
