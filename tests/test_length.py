@@ -402,3 +402,18 @@ def test_examples_from_generation_records(lm):
         assert isinstance(e, ThinkExample)
     ex_open = examples_from_records(recs, "open")
     assert all(len(e.positions) == 1 for e in ex_open)
+
+
+def test_report_length_on_the_committed_demo():
+    """``report length`` reads the committed artifacts: the headline edit's figures are
+    those of the edit it names, and every exported edit reproduces its in-place model."""
+    from interp.length.report import collect, demo_store
+
+    r = collect(demo_store())
+    head = r["edit_modes"][r["edit_mode"]]
+    assert head["short_fraction_after"] == r["short_fraction_after_edit"]
+    assert head["accuracy_after"] == r["accuracy_after_edit"]
+    assert set(r["edit_modes"]) == {"project", "recentre"}
+    assert all(m["export_max_logit_diff"] < 1e-4 for m in r["edit_modes"].values())
+    assert r["n_eval"] >= 500 and r["best_layer_separability"] >= 0.9
+    assert r["targets"]["spearman_ge_0.9"] == (r["length_alpha_spearman"] >= 0.9)

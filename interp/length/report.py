@@ -87,6 +87,17 @@ def collect(store: Store) -> dict[str, Any]:
         "mean_think_tokens_before": ed["before"]["mean_think_tokens"],
         "mean_think_tokens_after_edit": ed["after"]["mean_think_tokens"],
     }
+    out["edit_mode"] = ed.get("mode", "project")
+    out["edit_modes"] = {
+        k: {"short_fraction_after": v["after"]["short_fraction"]["value"],
+            "short_fraction_change_ci": [v["short_fraction_change"]["ci_low"],
+                                         v["short_fraction_change"]["ci_high"]],
+            "accuracy_after": _p(v["after"], "accuracy"),
+            "accuracy_change_ci": [v["accuracy_change"]["ci_low"],
+                                   v["accuracy_change"]["ci_high"]]
+            if "accuracy_change" in v else None,
+            "norms": v["norms"], "export_max_logit_diff": v["export_max_logit_diff"]}
+        for k, v in (ed.get("modes") or {}).items()}
     out["negative_alpha_raises_short"] = bool(
         out["short_fraction_alpha0"] is not None
         and out["short_fraction_most_negative_alpha"] > out["short_fraction_alpha0"])
