@@ -36,7 +36,8 @@ st.caption(
     "and **short** thinking; the per-layer direction dir_l = mean_long − mean_short "
     "(over the positions that predict the thinking tokens) is added with weight α at every "
     "layer and decoding step; heads that write along the short direction are found and "
-    "the direction is projected out of their W_O (ThinkEdit). SEAL steers only at "
+    "their write along it is removed from the weights (ThinkEdit's W_O projection) or "
+    "fixed to its long-thinking mean (recentred edit). SEAL steers only at "
     "step separators inside the thinking.")
 _base, fine_spec = ui.current_pair()
 device, dtype = ui.current_device()

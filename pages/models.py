@@ -133,7 +133,7 @@ if table is not None:
 # ------------------------------------------------------------------ generation
 st.subheader("Side by side")
 st.caption("Greedy decoding (temperature 0) from both models on the same prompt.")
-organisms = str(base_spec).startswith("organism:") and str(fine_spec).startswith("organism:")
+organisms = base.source == fine.source == "organism"   # as the loader resolved the specs
 has_template = bool(getattr(base.tokenizer, "chat_template", None))
 with st.container(border=True):
     prompt = ui.url_widget(st.text_area, "Prompt", "prompt",

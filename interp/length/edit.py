@@ -81,34 +81,23 @@ def check_mode(hooked, mode: str) -> None:
                           "heads (use the 'project' edit)")
 
 
-@torch.no_grad()
 def long_value_means(model, examples, heads: HeadList, units: torch.Tensor,
                      batch_size: int = 64) -> list[float]:
     """For each head, the mean of ``z_h . e_h`` (see the module docstring) over the
-    positions-rule positions of each example, then over ``examples`` (the long ones)."""
-    from .data import batches, pad_id_of
+    positions-rule positions of each example, then over ``examples`` (the long ones).
+
+    ``z_h . e_h = (z_h W_O[h]) . v / ||W_O[h] v||``: the head score of
+    :func:`interp.length.heads.head_short_scores` on these examples, divided by the
+    head's gain along ``v``."""
+    from .heads import head_short_scores
 
     hooked = getattr(model, "hooked", model)
-    dev = next(hooked.parameters()).device
-    heads = [(int(ly), int(h)) for ly, h in heads]
-    es = [value_coordinate(hooked.blocks[ly].attn.W_O[h], units[ly])[0] for ly, h in heads]
-    total = [0.0] * len(heads)
-    cur: dict[str, Any] = {}
-
-    def make(k: int, ly: int, h: int):
-        def fn(z, hook=None):
-            pm = cur["pm"]
-            c = z[:, :, h].float() @ es[k].to(z.device)                   # [b, pos]
-            total[k] += float(((c * pm).sum(1) / pm.sum(1).clamp_min(1)).sum())
-            return z
-        return (f"blocks.{ly}.attn.hook_z", fn)
-
-    hooks = [make(k, ly, h) for k, (ly, h) in enumerate(heads)]
-    for _, toks, mask, pm in batches(list(examples), batch_size, pad_id_of(model), dev):
-        cur["pm"] = pm
-        with hooked.hooks(fwd_hooks=hooks):
-            hooked(toks, attention_mask=mask, stop_at_layer=max(ly for ly, _ in heads) + 1)
-    return [t / max(len(examples), 1) for t in total]
+    units = units / units.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    scores = head_short_scores(model, examples, units, batch_size=batch_size)
+    return [float(scores[int(ly), int(h)])
+            / max(value_coordinate(hooked.blocks[int(ly)].attn.W_O[int(h)], units[int(ly)])[1],
+                  1e-12)
+            for ly, h in heads]
 
 
 def apply_head_edit(hooked, heads: HeadList, units: torch.Tensor, mode: str = "project",

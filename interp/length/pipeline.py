@@ -55,8 +55,8 @@ from .edit import (
 )
 from .heads import head_short_scores, top_heads
 from .seal import rules_for, seal_hooks, seal_vector
-from .stats import paired_diff_ci, spearman
-from .steer import alpha_grid, alpha_sweep, compact, summarize
+from .stats import paired_change, spearman
+from .steer import alpha_grid, alpha_sweep, compact, short_flags, summarize
 
 log = logging.getLogger(__name__)
 Progress = Callable[..., None]
@@ -290,13 +290,15 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
                         base["short_fraction"]["value"] - sm["short_fraction"]["value"])
             return (base["short_fraction"]["value"] - sm["short_fraction"]["value"], 0.0)
 
+        def brief(sm):
+            return {k: sm[k] for k in ("short_fraction", "accuracy", "mean_think_tokens")
+                    if k in sm}
+
         for m_ in modes:
             with edited(model, heads, units, m_, means):
                 sm = summarize(generate_thinking(model, sel_prompts, mk, **sel_kw), short_max)
-            selection[m_] = {k: sm[k] for k in ("short_fraction", "accuracy",
-                                                "mean_think_tokens") if k in sm}
-        selection["unedited"] = {k: base[k] for k in ("short_fraction", "accuracy",
-                                                      "mean_think_tokens") if k in base}
+            selection[m_] = brief(sm)
+        selection["unedited"] = brief(base)
         mode = max(modes, key=lambda m_: gain(selection[m_]))
         selection.update({"n": len(sel_prompts), "split": "train", "chosen": mode,
                           "rule": "largest accuracy gain, then largest drop of the short "
@@ -306,7 +308,7 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
     export_root = Path(export_dir) if export_dir else \
         Path(_store.DEFAULT_ROOT) / "length_edited" / heads_art.key
     check = torch.tensor([before[0]["prompt_ids"] + before[0]["output_ids"]])
-    short_b = [bool(r["closed"] and r["think_tokens"] <= short_max) for r in before]
+    short_b = short_flags(before, short_max)
     per_mode: dict[str, Any] = {}
     for m_ in modes:
         out = export_edited_checkpoint(
@@ -319,19 +321,17 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
         with edited(model, heads, units, m_, means) as norms:
             diff = max_logit_diff(model, reloaded, check)
         after = generate_thinking(reloaded, ev_prompts, mk, **gen_kw)
-        short_a = [bool(r["closed"] and r["think_tokens"] <= short_max) for r in after]
         per_param = model.cfg.d_head * model.cfg.d_model + (m_ == "recentre") * model.cfg.d_head
         res = {"norms": norms, "after": summarize(after, short_max),
                "export_max_logit_diff": diff, "records_after": compact(after),
                "export_dir": out.name,
                "edited_param_fraction": len(heads) * per_param / model.n_params(),
-               "short_fraction_change": dict(zip(("mean", "ci_low", "ci_high"),
-                                                 paired_diff_ci(short_b, short_a,
-                                                                seed=cfg["seed"])))}
+               "short_fraction_change": paired_change(
+                   short_b, short_flags(after, short_max), seed=cfg["seed"])}
         if ev_scorer is not None:
-            res["accuracy_change"] = dict(zip(("mean", "ci_low", "ci_high"), paired_diff_ci(
+            res["accuracy_change"] = paired_change(
                 [r["correct"] for r in before], [r["correct"] for r in after],
-                seed=cfg["seed"])))
+                seed=cfg["seed"])
         per_mode[m_] = res
     ecfg = {"heads": heads_art.key, "edited_heads": [list(h) for h in heads],
             "n_eval": len(ev_prompts), "sampling": _sampling(cfg),

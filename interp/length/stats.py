@@ -49,3 +49,8 @@ def proportion(flags: Sequence[bool]) -> dict[str, float]:
     lo, hi = wilson(int(f.sum()), int(f.size))
     return {"value": float(f.mean()) if f.size else float("nan"), "ci_low": lo,
             "ci_high": hi, "n": int(f.size)}
+
+
+def paired_change(a: Sequence[float], b: Sequence[float], seed: int = 0) -> dict[str, float]:
+    """:func:`paired_diff_ci` as ``{"mean", "ci_low", "ci_high"}`` (the artifacts' layout)."""
+    return dict(zip(("mean", "ci_low", "ci_high"), paired_diff_ci(a, b, seed=seed)))

@@ -53,6 +53,12 @@ def steering_hooks(dirs: torch.Tensor, site: str, alpha: float | torch.Tensor,
             for ly in layers]
 
 
+def short_flags(records: Sequence[dict[str, Any]], short_max_tokens: float = 0) -> list[bool]:
+    """Per response: the think block closed with at most ``short_max_tokens`` thinking
+    tokens (the one definition of a *short* response)."""
+    return [bool(r["closed"] and r["think_tokens"] <= short_max_tokens) for r in records]
+
+
 def summarize(records: Sequence[dict[str, Any]], short_max_tokens: float = 0) -> dict[str, Any]:
     """Length and accuracy summary of generation records.
 
@@ -60,7 +66,7 @@ def summarize(records: Sequence[dict[str, Any]], short_max_tokens: float = 0) ->
     """
     n = len(records)
     lengths = np.array([r["think_tokens"] for r in records], dtype=float)
-    short = [bool(r["closed"] and r["think_tokens"] <= short_max_tokens) for r in records]
+    short = short_flags(records, short_max_tokens)
     out: dict[str, Any] = {
         "n": n, "mean_think_tokens": float(lengths.mean()) if n else float("nan"),
         "sem_think_tokens": float(lengths.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
