@@ -18,6 +18,7 @@ tokens (separator-conditional steering).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -27,6 +28,9 @@ import torch
 from .errors import PromptError
 
 Hook = tuple[str, Callable[..., Any]]
+# finished rows leave the batch once they are this share of it (their outputs are
+# ignored until then)
+COMPACT_SHARE = 0.25
 ProgressFn = Callable[..., None]
 
 
@@ -159,8 +163,6 @@ def generate(
     Sampling is seeded per chunk from ``seed``, so a run is reproducible for a given
     batch size. ``progress(done_prompts, total_prompts)`` is called after each chunk.
     """
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
     hooked = _hooked(model)
     tok = _tokenizer(model)
     ids = encode_prompts(model, prompts, max_prompt_tokens)
@@ -184,28 +186,34 @@ def generate(
         n_out = torch.zeros(b, dtype=torch.long, device=device)
         act = torch.arange(b, device=device)  # chunk rows still generating
         pos0 = (mask.cumsum(-1) - 1).clamp(min=0)
-        with hooked.hooks(fwd_hooks=hooks):
-            cache = (TransformerLensKeyValueCache.init_cache(hooked.cfg, device, b)
+        with hooked.hooks(fwd_hooks=hooks), contextlib.ExitStack() as stack:
+            cache = (init_kv_cache(hooked, b, toks.shape[1] + max_new_tokens, device)
                      if use_kv_cache else None)
             state.tokens, state.positions, state.step, state.history = toks, pos0, -1, toks
+            stack.enter_context(fast_rotary(hooked, cache))
             logits = hooked(toks, attention_mask=mask, past_kv_cache=cache)
             seq, seq_mask = toks, mask
             next_pos = mask.sum(-1)
+            done = torch.zeros(b, dtype=torch.bool, device=device)  # finished, still batched
             for step in range(max_new_tokens):
                 nxt = sample_next(logits[:, -1, :], temperature, top_p, gen)
-                out[act, step] = nxt
-                n_out[act] += 1
+                live = act[~done]
+                out[live, step] = nxt[~done]
+                n_out[live] += 1
                 if step == max_new_tokens - 1:
                     break
                 if len(stop_t):
-                    keep = ~torch.isin(nxt, stop_t)
-                    if not bool(keep.any()):
+                    done |= torch.isin(nxt, stop_t)
+                    n_done = int(done.sum())
+                    if n_done == len(done):
                         break
-                    if not bool(keep.all()):
-                        # finished rows leave the batch (and the KV cache): later steps
-                        # cost what the unfinished rows need, whatever the others did
+                    if n_done and n_done >= COMPACT_SHARE * len(done):
+                        # finished rows leave the batch (and the KV cache) once they are a
+                        # quarter of it: later steps cost what the unfinished rows need,
+                        # without copying the cache every time one row stops
+                        keep = ~done
                         act, nxt, seq, seq_mask = act[keep], nxt[keep], seq[keep], seq_mask[keep]
-                        next_pos, state.rows = next_pos[keep], state.rows[keep]
+                        next_pos, state.rows, done = next_pos[keep], state.rows[keep], done[keep]
                         if cache is not None:
                             _keep_cache_rows(cache, keep)
                 seq = torch.cat([seq, nxt[:, None]], dim=1)
@@ -232,9 +240,121 @@ def generate(
     return results
 
 
+class PreallocatedKVEntry:
+    """One layer's KV-cache entry with room for the whole generation.
+
+    Same interface as TransformerLens' ``TransformerLensKeyValueCacheEntry`` (``past_keys``,
+    ``past_values``, ``frozen``, ``append``), but ``append`` writes the new keys and values
+    into a buffer allocated once instead of concatenating: the TransformerLens entry
+    copies the whole cache at every decoding step, a cost that grows with the batch."""
+
+    def __init__(self, like: torch.Tensor, capacity: int):
+        b, _, h, d = like.shape
+        self._k = like.new_empty((b, capacity, h, d))
+        self._v = like.new_empty((b, capacity, h, d))
+        self._n = 0
+        self.frozen = False
+        # keys with the rotary embedding applied, for positions < _n_rot (see fast_rotary)
+        self._rk: torch.Tensor | None = None
+        self._n_rot = 0
+        self.last_keys: torch.Tensor | None = None
+
+    @property
+    def past_keys(self) -> torch.Tensor:
+        return self._k[:, : self._n]
+
+    @property
+    def past_values(self) -> torch.Tensor:
+        return self._v[:, : self._n]
+
+    def append(self, new_keys: torch.Tensor, new_values: torch.Tensor):
+        n, m = self._n, new_keys.shape[1]
+        if n + m > self._k.shape[1]:
+            raise RuntimeError("KV cache capacity exceeded")
+        if new_keys.dtype != self._k.dtype:
+            self._k, self._v = self._k.to(new_keys.dtype), self._v.to(new_keys.dtype)
+        self._k[:, n: n + m] = new_keys
+        self._v[:, n: n + m] = new_values
+        if not self.frozen:
+            self._n = n + m
+        self.last_keys = self._k[:, : n + m]
+        return self.last_keys, self._v[:, : n + m]
+
+    def rotated_keys(self, keys: torch.Tensor, rotate: Callable[..., torch.Tensor],
+                     attention_mask: torch.Tensor) -> torch.Tensor:
+        """``rotate(keys, 0, attention_mask)`` for the keys :meth:`append` returned,
+        rotating only the positions not rotated at an earlier step (a key's rotary
+        angle depends on its own position only, so the result is the same tensor)."""
+        total = keys.shape[1]
+        if self._rk is None or self._rk.dtype != keys.dtype:
+            self._rk, self._n_rot = self._k.new_empty(self._k.shape, dtype=keys.dtype), 0
+        start = min(self._n_rot, total)
+        self._rk[:, start:total] = rotate(keys[:, start:], start, attention_mask)
+        if not self.frozen:
+            self._n_rot = total
+        return self._rk[:, :total]
+
+    def keep_rows(self, keep: torch.Tensor) -> None:
+        """Keep the rows where ``keep`` is True (copies only the filled positions)."""
+        k, v = self._k.new_empty((int(keep.sum()), *self._k.shape[1:])), \
+            self._v.new_empty((int(keep.sum()), *self._v.shape[1:]))
+        k[:, : self._n] = self._k[keep, : self._n]
+        v[:, : self._n] = self._v[keep, : self._n]
+        self._k, self._v = k, v
+        if self._rk is not None:
+            rk = self._rk.new_empty((int(keep.sum()), *self._rk.shape[1:]))
+            rk[:, : self._n_rot] = self._rk[keep, : self._n_rot]
+            self._rk = rk
+        self.last_keys = None
+
+
+@contextlib.contextmanager
+def fast_rotary(hooked, cache):
+    """While generating with a :func:`init_kv_cache` cache: TransformerLens caches keys
+    before the rotary embedding and rotates the *whole* key cache again at every step;
+    this rotates each key once (per-instance override of ``attn.apply_rotary``, removed
+    on exit; other calls go to the original method)."""
+    cfg = hooked.cfg
+    if (cfg.positional_embedding_type != "rotary" or getattr(cfg, "use_dynamic_ntk_rope", False)
+            or cache is None):
+        yield
+        return
+    patched = []
+    try:
+        for blk, entry in zip(hooked.blocks, cache.entries):
+            attn = blk.attn
+            if not isinstance(entry, PreallocatedKVEntry) or "apply_rotary" in vars(attn):
+                continue
+            orig = attn.apply_rotary
+
+            def rotary(x, past_kv_pos_offset=0, attention_mask=None, _o=orig, _e=entry):
+                if x is _e.last_keys and past_kv_pos_offset == 0 and attention_mask is not None:
+                    return _e.rotated_keys(x, _o, attention_mask)
+                return _o(x, past_kv_pos_offset, attention_mask)
+
+            attn.apply_rotary = rotary
+            patched.append(attn)
+        yield
+    finally:
+        for attn in patched:
+            del attn.apply_rotary
+
+
+def init_kv_cache(hooked, batch_size: int, capacity: int, device):
+    """A TransformerLens KV cache whose entries are :class:`PreallocatedKVEntry`."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    cache = TransformerLensKeyValueCache.init_cache(hooked.cfg, device, batch_size)
+    cache.entries = [PreallocatedKVEntry(e.past_keys, capacity) for e in cache.entries]
+    return cache
+
+
 def _keep_cache_rows(cache, keep: torch.Tensor) -> None:
     """Drop the rows of a TransformerLens KV cache where ``keep`` is False."""
     for e in cache.entries:
+        if isinstance(e, PreallocatedKVEntry):
+            e.keep_rows(keep.to(e.past_keys.device))
+            continue
         e.past_keys = e.past_keys[keep.to(e.past_keys.device)]
         e.past_values = e.past_values[keep.to(e.past_values.device)]
     m = cache.previous_attention_mask

@@ -146,3 +146,56 @@ def test_encode_user_prompt(tiny_tokenizer):
                                                add_generation_prompt=True, tokenize=False)
     assert chat == tiny_tokenizer(templ, add_special_tokens=False)["input_ids"]
     assert chat != plain and len(chat) > len(plain)
+
+
+def test_preallocated_kv_entry_matches_transformer_lens_entry():
+    """Appends, frozen appends and dropped rows give what TransformerLens' concatenating
+    entry gives; running past the capacity is an error, not a silent overwrite."""
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+    from interp.generation import PreallocatedKVEntry
+
+    g = torch.Generator().manual_seed(0)
+    ref = TransformerLensKeyValueCacheEntry(torch.empty(3, 0, 2, 4), torch.empty(3, 0, 2, 4))
+    pre = PreallocatedKVEntry(torch.empty(3, 0, 2, 4), capacity=6)
+    for m in (3, 1, 1):
+        k, v = torch.randn(3, m, 2, 4, generator=g), torch.randn(3, m, 2, 4, generator=g)
+        for a, b in zip(ref.append(k, v), pre.append(k, v)):
+            assert torch.equal(a, b)
+    ref.frozen = pre.frozen = True
+    k = torch.randn(3, 1, 2, 4, generator=g)
+    assert torch.equal(ref.append(k, k)[0], pre.append(k, k)[0])
+    assert pre.past_keys.shape[1] == ref.past_keys.shape[1] == 5
+    keep = torch.tensor([True, False, True])
+    pre.keep_rows(keep)
+    assert torch.equal(pre.past_values, ref.past_values[keep])
+    pre.frozen = False
+    pre.append(k[keep], k[keep])
+    with pytest.raises(RuntimeError, match="capacity"):
+        pre.append(k[keep], k[keep])
+
+
+def test_fast_rotary_matches_full_rotation_and_is_removed(tiny):
+    """Rotating each cached key once gives the keys TransformerLens' full re-rotation
+    gives (left padding included), and the per-instance override is gone afterwards."""
+    from interp.generation import fast_rotary, init_kv_cache, left_pad
+
+    hooked = tiny[0].hooked
+    toks, mask = left_pad([[1, 5, 6, 7], [1, 8]], 0, torch.device("cpu"))
+    cache = init_kv_cache(hooked, 2, 8, "cpu")
+    seen = []
+    with fast_rotary(hooked, cache):
+        assert "apply_rotary" in vars(hooked.blocks[0].attn)
+        hooked.run_with_hooks(toks, attention_mask=mask, past_kv_cache=cache, fwd_hooks=[
+            ("blocks.0.attn.hook_rot_k", lambda x, hook: seen.append(x.clone()))])
+        for t in (9, 10):
+            nxt = torch.tensor([[t], [t]])
+            hooked.run_with_hooks(nxt, attention_mask=torch.ones_like(nxt),
+                                  past_kv_cache=cache, fwd_hooks=[
+                ("blocks.0.attn.hook_rot_k", lambda x, hook: seen.append(x.clone()))])
+    assert not any("apply_rotary" in vars(b.attn) for b in hooked.blocks)
+    entry = cache.entries[0]
+    full_mask = cache.previous_attention_mask
+    ref = hooked.blocks[0].attn.apply_rotary(entry.past_keys, 0, full_mask)
+    torch.testing.assert_close(seen[-1], ref, rtol=0, atol=0)
+    assert seen[-1].shape[1] == 6 and entry._n_rot == 6   # the override did the work

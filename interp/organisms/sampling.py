@@ -2,8 +2,8 @@
 
 Prompts are grouped by length (all prompts of one organism format have the same length),
 so batches need no padding.
-``complete`` takes a transformers causal LM (KV cache), a HookedTransformer or a
-``LoadedModel`` (full forward per step; the sequences are < 100 tokens).
+``complete`` takes a transformers causal LM or a HookedTransformer / ``LoadedModel``
+(both decode with a KV cache).
 """
 
 from __future__ import annotations
@@ -69,15 +69,20 @@ def _run(m, x: torch.Tensor, max_new: int, temperature: float, generator, eos: i
     done = torch.zeros(b, dtype=torch.bool, device=x.device)
     toks: list[torch.Tensor] = []
     if _is_hooked(m):
-        seq = x
-        for _ in range(max_new):
-            nxt = _pick(m(seq)[:, -1], temperature, generator)
-            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-            toks.append(nxt)
-            done |= nxt == eos
-            seq = torch.cat([seq, nxt[:, None]], 1)
-            if bool(done.all()):
-                break
+        from ..generation import fast_rotary, init_kv_cache
+
+        cache = init_kv_cache(m, b, x.shape[1] + max_new, x.device)
+        with fast_rotary(m, cache):
+            logits = m(x, attention_mask=torch.ones_like(x), past_kv_cache=cache)[:, -1]
+            for _ in range(max_new):
+                nxt = _pick(logits, temperature, generator)
+                nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+                toks.append(nxt)
+                done |= nxt == eos
+                if bool(done.all()):
+                    break
+                logits = m(nxt[:, None], attention_mask=torch.ones_like(nxt)[:, None],
+                           past_kv_cache=cache)[:, -1]
     else:
         o = m(input_ids=x, use_cache=True)
         past, logits = o.past_key_values, o.logits[:, -1]
