@@ -241,13 +241,15 @@ with tabs[4]:
     st.plotly_chart(fig, key="l_heads")
     ui.export_panel(fig, lp.head_frame(run["head_scores"]), "length_head_scores", "l_heads_x")
     st.caption(run["heads"]["score"] + f"; {run['heads']['n_short_examples']} short "
-               "examples. Boxed: the top-k heads (edited).")
+               "examples. Boxed: the top-k heads (the ThinkEdit edit; the Edit tab lists the heads "
+               "of each edit).")
     st.dataframe(pd.DataFrame(top), hide_index=True)
 
 # ------------------------------------------------------------------ edit
 with tabs[5]:
     modes = ed.get("modes") or {ed.get("mode", "project"): ed}
-    names = {"project": "ThinkEdit projection", "recentre": "recentred (mean-ablation)"}
+    names = {"project": "ThinkEdit projection", "recentre": "recentred (mean-ablation)",
+             "project-effect": "ThinkEdit projection, heads chosen by measured effect"}
     df = lp.edit_frame(ed["before"], {f"after {names.get(k, k)}": v["after"]
                                       for k, v in modes.items()})
     fig = lp.edit_figure(df, "before / after the head edits")
@@ -273,6 +275,17 @@ with tabs[5]:
         st.markdown(txt)
         rows += [{"edit": k, **r} for r in v["norms"]]
     st.dataframe(pd.DataFrame(rows), hide_index=True)
+    if ed.get("effect_scan"):
+        sel = ed.get("selection") or {}
+        st.markdown(f"**Measured effect of each candidate head's projection alone** "
+                    f"({sel.get('n', '?')} train-split prompts; gain = accuracy change, "
+                    "short-fraction drop). Heads that help are added best first while the "
+                    "combined edit keeps improving.")
+        scan = pd.DataFrame([{"layer": r["layer"], "head": r["head"],
+                              "accuracy gain": r["gain"][0], "short drop": r["gain"][1]}
+                             for r in ed["effect_scan"]])
+        st.dataframe(scan, hide_index=True)
+        ui.export_panel(None, scan, "length_head_effect_scan", "l_scan_x")
     st.caption("Per edited head: ThinkEdit projection reports ‖W_O[h] v̂‖ before/after "
                "(→ 0: the head can no longer write along v̂); the recentred edit reports "
                "‖W_V[h] e‖ (→ 0) and the constant write along v̂ it leaves (the head's mean "

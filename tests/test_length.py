@@ -417,3 +417,38 @@ def test_report_length_on_the_committed_demo():
     assert all(m["export_max_logit_diff"] < 1e-4 for m in r["edit_modes"].values())
     assert r["n_eval"] >= 500 and r["best_layer_separability"] >= 0.9
     assert r["targets"]["spearman_ge_0.9"] == (r["length_alpha_spearman"] >= 0.9)
+
+
+def test_effect_head_selection_follows_measured_effects(lm):
+    """``effect_heads`` reads each candidate's edit off the live weights: a planted
+    evaluation (heads A and B help alone and together, C helps alone but spoils the
+    combination, D hurts) must give [A, B]; the weights are restored afterwards."""
+    from interp.length.pipeline import effect_heads
+
+    g = torch.Generator().manual_seed(0)
+    units = torch.randn(lm.cfg.n_layers, lm.cfg.d_model, generator=g)
+    units = units / units.norm(dim=-1, keepdim=True)
+    A, B, C, D = (0, 1), (1, 2), (0, 3), (1, 0)
+    before = [b.attn.W_O.detach().clone() for b in lm.hooked.blocks]
+
+    def edited_now():   # the heads whose write along v is gone (the projection's mark)
+        return {hh for hh in [A, B, C, D]
+                if float((lm.hooked.blocks[hh[0]].attn.W_O[hh[1]] @ units[hh[0]]).norm())
+                < 1e-5}
+
+    def evaluate():
+        e = edited_now()
+        acc = 0.5 + 0.10 * (A in e) + 0.05 * (B in e) + 0.07 * (C in e) - 0.2 * (D in e)
+        if C in e and len(e) > 1:
+            acc -= 0.3
+        return {"short_fraction": {"value": 0.2 - 0.01 * len(e)}, "accuracy": {"value": acc}}
+
+    base = evaluate()
+    heads, scan = effect_heads(lm, [A, B, C, D], units, evaluate, base, k=3)
+    assert heads == [A, B]
+    by = {(r["layer"], r["head"]): r["gain"] for r in scan}
+    assert by[A][0] == pytest.approx(0.10) and by[D][0] == pytest.approx(-0.2)
+    assert all(torch.equal(b.attn.W_O, w) for b, w in zip(lm.hooked.blocks, before))
+    # at most k heads; no helpful head gives no heads
+    assert effect_heads(lm, [A, B, C, D], units, evaluate, base, k=1)[0] == [A]
+    assert effect_heads(lm, [D], units, evaluate, base, k=3)[0] == []

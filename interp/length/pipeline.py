@@ -10,9 +10,13 @@ keys of the earlier ones in their config, so the chain is reproducible):
 3. ``length_sweep``: all-layer additive steering over the α grid on held-out prompts
    (one batched generation);
 4. ``length_heads``: ``[layers, heads]`` head scores on the short examples, top-k;
-5. ``length_edit``: the W_O edit of the top heads: ``||W_O[h] v||`` before/after, the
-   edited model exported as a checkpoint, reloaded through ``load_model`` and checked
-   against the in-place edited model, evaluation before/after on held-out problems;
+5. ``length_edit``: the head edits: ThinkEdit's W_O projection of the top-k scored heads,
+   the recentred edit of the same heads, and the projection of heads chosen by their
+   measured effect (each top-scored candidate edited alone on train-split prompts; the
+   ones that help, added greedily). Per edit: ``||W_O[h] v||`` before/after, the edited
+   model exported as a checkpoint, reloaded through ``load_model`` and checked against
+   the in-place edited model, evaluation before/after on held-out problems; the
+   headline edit is chosen on train-split prompts, never on the evaluation set;
 6. ``length_seal``: the SEAL vector and conditional steering before/after;
 7. ``length_demo``: an index of the keys above plus the headline figures.
 
@@ -80,12 +84,20 @@ DEFAULTS: dict[str, Any] = {
     # "project" (ThinkEdit), "recentre" (mean-ablation, see edit.py) or "auto": both, the
     # headline chosen on n_select train-split prompts (largest accuracy gain)
     "edit_mode": "auto", "n_select": 200,
+    # which heads to edit: "score" (ThinkEdit: the top-k by head score), "effect" (the
+    # top-scored candidates each edited alone on the n_select prompts; those that help,
+    # added greedily while the combined edit keeps improving) or "auto" (both, the
+    # headline chosen as for edit_mode)
+    "head_select": "auto", "n_candidates": None,  # None: max(8, 2k), at most all heads
     "seal_layer": None,                 # None: round(0.7 * n_layers) - 1
     "seal_anchor": "start", "seal_alpha": -1.0,
     "seal_rules": None,                 # None: seal.rules_for(markers)
     "max_new_tokens": 96, "temperature": 0.0, "top_p": 1.0, "seed": 0,
     "batch_size": 512,
 }
+
+
+HEAD_SELECT = ("auto", "score", "effect")
 
 
 def make_config(**overrides: Any) -> dict[str, Any]:
@@ -97,6 +109,12 @@ def make_config(**overrides: Any) -> dict[str, Any]:
     if cfg["edit_mode"] not in ("auto", *EDIT_MODES):
         raise ConfigError(f"unknown edit mode {cfg['edit_mode']!r}; choose from auto, "
                           f"{', '.join(EDIT_MODES)}")
+    if cfg["head_select"] not in HEAD_SELECT:
+        raise ConfigError(f"unknown head selection {cfg['head_select']!r}; choose from "
+                          f"{', '.join(HEAD_SELECT)}")
+    if cfg["head_select"] == "effect" and cfg["edit_mode"] == "recentre":
+        raise ConfigError("head_select='effect' measures ThinkEdit projections: use "
+                          "edit_mode 'project' or 'auto' with it")
     if cfg["positions"] not in ("auto", *POSITION_RULES):
         raise ConfigError(f"unknown positions rule {cfg['positions']!r}; choose from "
                           f"auto, {', '.join(POSITION_RULES)}")
@@ -140,6 +158,52 @@ def _stage_progress(progress: Progress | None, stage: str, k: int, n_stages: int
     if progress is None:
         return None
     return lambda done, total: progress(k, n_stages, stage=stage, done=done, of=total)
+
+
+def edit_gain(sm: dict[str, Any], base: dict[str, Any]) -> tuple[float, float]:
+    """How much an edit helped on a prompt set, as a sortable pair: (accuracy gain,
+    short-fraction drop), or (short-fraction drop, 0) without a scorer."""
+    drop = base["short_fraction"]["value"] - sm["short_fraction"]["value"]
+    if "accuracy" in sm and "accuracy" in base:
+        return (sm["accuracy"]["value"] - base["accuracy"]["value"], drop)
+    return (drop, 0.0)
+
+
+def brief(sm: dict[str, Any]) -> dict[str, Any]:
+    return {k: sm[k] for k in ("short_fraction", "accuracy", "mean_think_tokens") if k in sm}
+
+
+def effect_heads(model, candidates: Sequence[tuple[int, int]], units: torch.Tensor,
+                 evaluate: Callable[[], dict[str, Any]], base: dict[str, Any], k: int
+                 ) -> tuple[list[tuple[int, int]], list[dict[str, Any]]]:
+    """Heads chosen by the measured effect of their ThinkEdit projection.
+
+    Each candidate is edited alone and ``evaluate()`` (a summary on held-in prompts) is
+    compared with ``base``; the candidates that help (positive :func:`edit_gain`) are
+    added best first while the combined edit keeps improving, up to ``k`` heads.
+    Returns ``(heads, scan)``, the scan holding every candidate's own result."""
+    scan = []
+    for ly, h in candidates:
+        with edited(model, [(ly, h)], units, "project"):
+            sm = evaluate()
+        scan.append({"layer": int(ly), "head": int(h), "gain": list(edit_gain(sm, base)),
+                     **brief(sm)})
+    helpful = sorted((r for r in scan if tuple(r["gain"]) > (0.0, 0.0)),
+                     key=lambda r: tuple(r["gain"]), reverse=True)
+    chosen: list[tuple[int, int]] = []
+    best = (0.0, 0.0)
+    for r in helpful:
+        if len(chosen) >= k:
+            break
+        trial = chosen + [(r["layer"], r["head"])]
+        if len(trial) == 1:
+            g = tuple(r["gain"])
+        else:
+            with edited(model, trial, units, "project"):
+                g = edit_gain(evaluate(), base)
+        if g > best:
+            chosen, best = trial, g
+    return chosen, scan
 
 
 def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = None,
@@ -263,8 +327,8 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
     from .. import store as _store
     from ..models import load_model
 
-    modes = ["project"]
     long_ex = [ex[i] for i in range(len(recs)) if labels[i] == 1]
+    modes = ["project"] if cfg["edit_mode"] != "recentre" else []
     means = None
     if cfg["edit_mode"] != "project" and long_ex:
         try:
@@ -276,33 +340,42 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
             if cfg["edit_mode"] == "recentre":
                 raise
             log.info("recentred edit skipped: %s", e)
-    # which edit is the headline: chosen on *train-split* prompts, never the eval set
+    # candidate edits: name -> (heads, mode, long means or None)
+    edits: dict[str, tuple[list[tuple[int, int]], str, Any]] = {}
+    if cfg["head_select"] != "effect":
+        edits.update({m_: (heads, m_, means if m_ == "recentre" else None) for m_ in modes})
+    # everything chosen on *train-split* prompts, never the eval set
     selection: dict[str, Any] = {}
-    mode = cfg["edit_mode"] if cfg["edit_mode"] != "auto" else modes[0]
-    if cfg["edit_mode"] == "auto" and len(modes) > 1:
+    effect_scan: list[dict[str, Any]] = []
+    want_effect = cfg["head_select"] != "score" and "project" in modes
+    if want_effect or len(edits) > 1:
         sel_prompts, sel_scorer = prompt_set(cfg, cfg["n_select"], "train", seed_offset=3)
         sel_kw = {**gen_kw, "scorer": sel_scorer}
-        base = summarize(generate_thinking(model, sel_prompts, mk, **sel_kw), short_max)
 
-        def gain(sm):
-            if "accuracy" in sm:
-                return (sm["accuracy"]["value"] - base["accuracy"]["value"],
-                        base["short_fraction"]["value"] - sm["short_fraction"]["value"])
-            return (base["short_fraction"]["value"] - sm["short_fraction"]["value"], 0.0)
+        def evaluate_sel():
+            return summarize(generate_thinking(model, sel_prompts, mk, **sel_kw), short_max)
 
-        def brief(sm):
-            return {k: sm[k] for k in ("short_fraction", "accuracy", "mean_think_tokens")
-                    if k in sm}
-
-        for m_ in modes:
-            with edited(model, heads, units, m_, means):
-                sm = summarize(generate_thinking(model, sel_prompts, mk, **sel_kw), short_max)
-            selection[m_] = brief(sm)
+        base = evaluate_sel()
+        if want_effect:
+            m = cfg["n_candidates"] or max(8, 2 * k)
+            cands = [(t["layer"], t["head"]) for t in top_heads(scores, min(m, L * H))]
+            eff, effect_scan = effect_heads(model, cands, units, evaluate_sel, base, k)
+            if eff:
+                edits["project-effect"] = (eff, "project", None)
+            elif cfg["head_select"] == "effect":
+                raise ConfigError("no candidate head's edit helped on the selection prompts "
+                                  "(see the scan); use head_select='score'")
+        for name, (hs, m_, mm) in edits.items():
+            with edited(model, hs, units, m_, mm):
+                selection[name] = brief(evaluate_sel())
         selection["unedited"] = brief(base)
-        mode = max(modes, key=lambda m_: gain(selection[m_]))
-        selection.update({"n": len(sel_prompts), "split": "train", "chosen": mode,
+        chosen = max(edits, key=lambda n_: edit_gain(selection[n_], base))
+        selection.update({"n": len(sel_prompts), "split": "train", "chosen": chosen,
                           "rule": "largest accuracy gain, then largest drop of the short "
                                   "fraction (short-fraction drop alone without a scorer)"})
+    if not edits:
+        raise ConfigError("no head edit to evaluate")
+    mode = selection.get("chosen") or next(iter(edits))
 
     # the edited checkpoints go to the (git-ignored) main cache, never into a demo store
     export_root = Path(export_dir) if export_dir else \
@@ -310,36 +383,39 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
     check = torch.tensor([before[0]["prompt_ids"] + before[0]["output_ids"]])
     short_b = short_flags(before, short_max)
     per_mode: dict[str, Any] = {}
-    for m_ in modes:
+    for name, (hs, m_, mm) in edits.items():
         out = export_edited_checkpoint(
-            model, heads, units, export_root if m_ == "project" else
-            export_root.with_name(f"{export_root.name}-{m_}"),
-            meta={"heads_artifact": heads_art.key}, mode=m_, means=means)
+            model, hs, units, export_root if name == "project" else
+            export_root.with_name(f"{export_root.name}-{name}"),
+            meta={"heads_artifact": heads_art.key, "edit": name}, mode=m_, means=mm)
         reloaded = load_model(str(out), device=model.device, dtype=model.dtype)
         reloaded.tokenizer = model.tokenizer
         reloaded.hooked.tokenizer = model.tokenizer
-        with edited(model, heads, units, m_, means) as norms:
+        with edited(model, hs, units, m_, mm) as norms:
             diff = max_logit_diff(model, reloaded, check)
         after = generate_thinking(reloaded, ev_prompts, mk, **gen_kw)
         per_param = model.cfg.d_head * model.cfg.d_model + (m_ == "recentre") * model.cfg.d_head
-        res = {"norms": norms, "after": summarize(after, short_max),
+        res = {"norms": norms, "after": summarize(after, short_max), "weight_edit": m_,
+               "heads": [list(h) for h in hs],
                "export_max_logit_diff": diff, "records_after": compact(after),
                "export_dir": out.name,
-               "edited_param_fraction": len(heads) * per_param / model.n_params(),
+               "edited_param_fraction": len(hs) * per_param / model.n_params(),
                "short_fraction_change": paired_change(
                    short_b, short_flags(after, short_max), seed=cfg["seed"])}
         if ev_scorer is not None:
             res["accuracy_change"] = paired_change(
                 [r["correct"] for r in before], [r["correct"] for r in after],
                 seed=cfg["seed"])
-        per_mode[m_] = res
-    ecfg = {"heads": heads_art.key, "edited_heads": [list(h) for h in heads],
+        per_mode[name] = res
+    ecfg = {"heads": heads_art.key, "edited_heads": per_mode[mode]["heads"],
             "n_eval": len(ev_prompts), "sampling": _sampling(cfg),
-            "edit_mode": cfg["edit_mode"], "n_select": cfg["n_select"]}
+            "edit_mode": cfg["edit_mode"], "head_select": cfg["head_select"],
+            "n_candidates": cfg["n_candidates"], "n_select": cfg["n_select"]}
     emeta = {"before": summarize(before, short_max), "records_before": compact(before),
              "mode": mode, "modes": {m_: {k: v for k, v in r.items() if k != "records_after"}
                                      for m_, r in per_mode.items()},
-             "selection": selection, "long_means": means, **per_mode[mode]}
+             "selection": selection, "effect_scan": effect_scan, "long_means": means,
+             **per_mode[mode]}
     edit_art = store.save("length_edit", ecfg, provenance=prov, meta=emeta)
     tick("edit")
 

@@ -70,7 +70,8 @@ def collect(store: Store) -> dict[str, Any]:
         "short_fraction_alpha0": zero[0]["short_fraction"]["value"] if zero else None,
         "short_fraction_most_negative_alpha": most_neg["short_fraction"]["value"],
         "n_sweep_prompts": pa[0]["n"],
-        "edited_heads": [[t["layer"], t["head"]] for t in hd.meta["top"]],
+        "edited_heads": ed.get("heads") or [[t["layer"], t["head"]] for t in hd.meta["top"]],
+        "top_scored_heads": [[t["layer"], t["head"]] for t in hd.meta["top"]],
         "head_norm_before": [r["norm_before"] for r in ed["norms"]],
         "head_norm_after": [r["norm_after"] for r in ed["norms"]],
         "edited_param_fraction": ed["edited_param_fraction"],
@@ -96,6 +97,7 @@ def collect(store: Store) -> dict[str, Any]:
             "accuracy_change_ci": [v["accuracy_change"]["ci_low"],
                                    v["accuracy_change"]["ci_high"]]
             if "accuracy_change" in v else None,
+            "heads": v.get("heads"), "weight_edit": v.get("weight_edit", k),
             "norms": v["norms"], "export_max_logit_diff": v["export_max_logit_diff"]}
         for k, v in (ed.get("modes") or {}).items()}
     out["negative_alpha_raises_short"] = bool(
