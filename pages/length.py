@@ -286,6 +286,9 @@ with tabs[5]:
                              for r in ed["effect_scan"]])
         st.dataframe(scan, hide_index=True)
         ui.export_panel(None, scan, "length_head_effect_scan", "l_scan_x")
+        if "project-effect" not in modes:
+            st.caption("No candidate's edit helped on its own, so there is no edit of "
+                       "effect-chosen heads in this run.")
     st.caption("Per edited head: ThinkEdit projection reports ‖W_O[h] v̂‖ before/after "
                "(→ 0: the head can no longer write along v̂); the recentred edit reports "
                "‖W_V[h] e‖ (→ 0) and the constant write along v̂ it leaves (the head's mean "
