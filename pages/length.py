@@ -326,5 +326,18 @@ with tabs[6]:
             c[2].metric("accuracy", f"{aa:.3f}", f"{aa - ab:+.3f}")
         st.caption(f"Vector {seal['sign']} at `{seal['hook']}`, anchor `{seal['anchor']}`, "
                    f"α = {seal['alpha']}; steps per class {json.dumps(seal['counts'])}.")
+        if seal.get("sweep"):
+            df = lp.sweep_frame(seal["sweep"])
+            fig = lp.sweep_figure(df, "SEAL: steering strength (at separators inside the "
+                                      "thinking only)",
+                                  x_title="α (units of the SEAL vector; negative = away "
+                                          "from reflection)")
+            st.plotly_chart(fig, key="l_seal_sweep")
+            ui.export_panel(fig, df, "length_seal_sweep", "l_seal_sweep_x")
+            cols = [c for c in ("alpha", "hesitations", "mean_think_tokens", "accuracy",
+                                "short_fraction") if c in df]
+            st.dataframe(df[cols], hide_index=True)
+            st.caption("Every α is one batched generation over the evaluation prompts; α = 0 "
+                       "is the unsteered model; hesitations = hesitation words per response.")
         st.dataframe(pd.DataFrame(seal["rules"]), hide_index=True)
         ui.export_panel(None, {k: v for k, v in seal.items()}, "length_seal", "l_seal_x")

@@ -452,3 +452,24 @@ def test_effect_head_selection_follows_measured_effects(lm):
     # at most k heads; no helpful head gives no heads
     assert effect_heads(lm, [A, B, C, D], units, evaluate, base, k=1)[0] == [A]
     assert effect_heads(lm, [D], units, evaluate, base, k=3)[0] == []
+
+
+def test_seal_alpha_sweep_batched_matches_per_alpha_and_unsteered(lm):
+    """SEAL's conditional steering as one batched α sweep (``make_hooks``): every α's rows
+    equal a separate greedy generation under that α, and α = 0 equals no steering."""
+    g = torch.Generator().manual_seed(1)
+    vec = 20 * torch.randn(lm.cfg.d_model, generator=g)
+    prompts = [PROMPTS[0], PROMPTS[1], "<bos> 2 ok = <think> 3 ok"]
+    alphas = [-1.0, 0.0, 0.5]
+
+    def make(a, st):
+        return seal_hooks(lm, vec, 0, MK, a)(st)
+
+    kw = dict(markers=MK, max_new_tokens=8, make_hooks=make)
+    b = alpha_sweep(lm, prompts, vec[None], alphas, batched=True, **kw)
+    s = alpha_sweep(lm, prompts, vec[None], alphas, batched=False, **kw)
+    assert [r["output_ids"] for r in b["records"]] == [r["output_ids"] for r in s["records"]]
+    plain = generate_thinking(lm, prompts, MK, max_new_tokens=8)
+    assert [r["output_ids"] for r in b["records"][3:6]] == [r["output_ids"] for r in plain]
+    assert b["records"][2]["output_ids"] != plain[2]["output_ids"]   # steering acted
+    assert n_active_hooks(lm) == 0

@@ -57,6 +57,11 @@ def test_pipeline_artifacts(built):
     d = run["direction"]
     assert d["sign"].startswith("long - short") and d["positions_setting"] == "think"
     assert (d["positions_rule"], d["alt_positions_rule"]["rule"]) == ("think", "open")
+    # the SEAL dose-response, one entry per α of the grid over the evaluation prompts
+    sw = {p["alpha"]: p for p in run["seal"]["sweep"]}
+    assert set(sw) == {-1.0, -0.5, -0.25, -0.1, 0.0}
+    assert all(p["n"] == run["edit"]["before"]["n"] and p["hesitations"] >= 0
+               for p in sw.values())
 
 
 @pytest.mark.parametrize("demo_mode", [True, False])

@@ -91,6 +91,8 @@ DEFAULTS: dict[str, Any] = {
     "head_select": "auto", "n_candidates": None,  # None: max(8, 2k), at most all heads
     "seal_layer": None,                 # None: round(0.7 * n_layers) - 1
     "seal_anchor": "start", "seal_alpha": -1.0,
+    # SEAL dose-response: every α of the grid (and seal_alpha) as one batched generation
+    "seal_alpha_grid": [-1.0, -0.5, -0.25, -0.1, 0.0],
     "seal_rules": None,                 # None: seal.rules_for(markers)
     "max_new_tokens": 96, "temperature": 0.0, "top_p": 1.0, "seed": 0,
     "batch_size": 512,
@@ -443,6 +445,21 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
         seal_meta.update(before=emeta["before"], after=summarize(steered_recs, short_max),
                          hesitations_before=hes_rate(before),
                          hesitations_after=hes_rate(steered_recs), alpha=cfg["seal_alpha"])
+        grid = sorted({float(a) for a in [*cfg["seal_alpha_grid"], cfg["seal_alpha"]]})
+        if len(grid) > 1:
+            def seal_rows(a, st):
+                return seal_hooks(model, sv["vector"], layer, mk, a)(st)
+
+            sw_seal = alpha_sweep(model, ev_prompts, sv["vector"][None], grid, markers=mk,
+                                  scorer=ev_scorer, short_max_tokens=short_max,
+                                  max_new_tokens=cfg["max_new_tokens"],
+                                  temperature=cfg["temperature"], top_p=cfg["top_p"],
+                                  seed=cfg["seed"], batch_size=cfg["batch_size"],
+                                  make_hooks=seal_rows)
+            n_ev = len(ev_prompts)
+            for k_, p_ in enumerate(sw_seal["per_alpha"]):
+                p_["hesitations"] = hes_rate(sw_seal["records"][k_ * n_ev:(k_ + 1) * n_ev])
+            seal_meta["sweep"] = sw_seal["per_alpha"]
         seal_art = store.save("length_seal", {"generations": gen_art.key, "layer": layer,
                                               "anchor": cfg["seal_anchor"], "rules": rules,
                                               "alpha": cfg["seal_alpha"]},

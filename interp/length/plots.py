@@ -61,6 +61,7 @@ def sweep_frame(per_alpha: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     rows = []
     for p in per_alpha:
         r = {"alpha": p["alpha"], "mean_think_tokens": p["mean_think_tokens"],
+             **({"hesitations": p["hesitations"]} if "hesitations" in p else {}),
              "sem_think_tokens": p.get("sem_think_tokens"),
              "short_fraction": p["short_fraction"]["value"],
              "short_ci_low": p["short_fraction"]["ci_low"],
@@ -72,7 +73,8 @@ def sweep_frame(per_alpha: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def sweep_figure(df: pd.DataFrame, title: str | None = None) -> go.Figure:
+def sweep_figure(df: pd.DataFrame, title: str | None = None,
+                 x_title: str = "α (units of dir_l; negative = towards short)") -> go.Figure:
     """Mean thinking length (left axis, ±1 s.e.m.) and accuracy / short fraction (right
     axis, 95% Wilson intervals) against α."""
     fig = go.Figure()
@@ -92,8 +94,11 @@ def sweep_figure(df: pd.DataFrame, title: str | None = None) -> go.Figure:
     fig.update_layout(yaxis2=dict(overlaying="y", side="right", range=[0, 1.02],
                                   title="fraction"))
     fig.add_vline(x=0, line_dash="dash", line_color="#999")
-    return style(fig, title, x_title="α (units of dir_l; negative = towards short)",
-                 y_title="mean thinking tokens")
+    style(fig, title, x_title=x_title, y_title="mean thinking tokens")
+    # style() titles every y axis: the right one holds the fractions
+    fig.update_layout(yaxis2=dict(title_text="fraction", tickmode="linear", tick0=0,
+                                  dtick=0.2, showgrid=False))
+    return fig
 
 
 # ------------------------------------------------------------------ accuracy vs length

@@ -125,7 +125,11 @@ def collect(store: Store) -> dict[str, Any]:
             "mean_think_tokens_before": s["before"]["mean_think_tokens"],
             "mean_think_tokens_after": s["after"]["mean_think_tokens"],
             "accuracy_before": _p(s["before"], "accuracy"),
-            "accuracy_after": _p(s["after"], "accuracy")}
+            "accuracy_after": _p(s["after"], "accuracy"),
+            "alpha_sweep": [{"alpha": p["alpha"], "hesitations_per_response": p["hesitations"],
+                             "mean_think_tokens": p["mean_think_tokens"],
+                             "accuracy": _p(p, "accuracy")}
+                            for p in s.get("sweep") or []]}
     out["targets"] = {
         "separability_ge_0.9": out["best_layer_separability"] >= 0.9,
         "spearman_ge_0.9": (out["length_alpha_spearman"] or 0) >= 0.9,

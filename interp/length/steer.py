@@ -92,8 +92,14 @@ def alpha_sweep(model, prompts: Sequence[str], dirs: torch.Tensor, alphas: Seque
                 short_max_tokens: float = 0, max_new_tokens: int = 96,
                 temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                 batch_size: int = 512, batched: bool = True,
-                progress: Callable[..., None] | None = None) -> dict[str, Any]:
+                progress: Callable[..., None] | None = None,
+                make_hooks: Callable[[Any, GenState], list[Hook]] | None = None
+                ) -> dict[str, Any]:
     """Generate every prompt under every α; summary per α plus per-response records.
+
+    ``make_hooks(alpha, state)`` replaces the additive steering of ``dirs`` when given
+    (``alpha`` is a float, or a per-row tensor read through ``state.rows``): any steering
+    rule runs as the same batched sweep (e.g. SEAL's separator-conditional steering).
 
     ``batched=True``: one generation over ``len(alphas) * len(prompts)`` rows (row
     ``k * n + i`` is prompt ``i`` under ``alphas[k]``). ``batched=False``: one generation
@@ -103,12 +109,15 @@ def alpha_sweep(model, prompts: Sequence[str], dirs: torch.Tensor, alphas: Seque
     n = len(prompts)
     rows = [p for _ in alphas for p in prompts]
     row_scorer = (lambda r, t: scorer(r % n, t)) if scorer is not None else None
+    if make_hooks is None:
+        def make_hooks(a, st):
+            return steering_hooks(dirs, site, a, layers, st)
     if batched:
         a_rows = torch.tensor([a for a in alphas for _ in prompts], dtype=torch.float32)
         recs = generate_thinking(
             model, rows, markers, max_new_tokens=max_new_tokens, temperature=temperature,
             top_p=top_p, seed=seed, batch_size=batch_size, scorer=row_scorer,
-            fwd_hooks=lambda st: steering_hooks(dirs, site, a_rows, layers, st),
+            fwd_hooks=lambda st: make_hooks(a_rows, st),
             progress=progress)
     else:
         recs = []
@@ -116,7 +125,7 @@ def alpha_sweep(model, prompts: Sequence[str], dirs: torch.Tensor, alphas: Seque
             part = generate_thinking(
                 model, prompts, markers, max_new_tokens=max_new_tokens,
                 temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
-                scorer=scorer, fwd_hooks=steering_hooks(dirs, site, float(a), layers),
+                scorer=scorer, fwd_hooks=lambda st, a=float(a): make_hooks(a, st),
                 progress=None)
             for r in part:
                 r["row"] += k * n
