@@ -142,11 +142,11 @@ m[1].metric("Spearman ρ (length vs α)", f"{idx['length_alpha_spearman']:.3f}")
 sf_b, sf_a = ed["before"]["short_fraction"]["value"], ed["after"]["short_fraction"]["value"]
 m[2].metric("short fraction", f"{sf_b:.3f}", f"{sf_a - sf_b:+.3f} after edit",
             help=f"headline edit: {ed.get('mode', 'project')}",
-            delta_color="inverse")
+            delta_color="inverse", delta_arrow="auto" if sf_a != sf_b else "off")
 if scored:
-    m[3].metric("accuracy", f"{ed['before']['accuracy']['value']:.3f}",
-                f"{ed['after']['accuracy']['value'] - ed['before']['accuracy']['value']:+.3f}"
-                " after edit")
+    ac_b, ac_a = ed["before"]["accuracy"]["value"], ed["after"]["accuracy"]["value"]
+    m[3].metric("accuracy", f"{ac_b:.3f}", f"{ac_a - ac_b:+.3f} after edit",
+                delta_arrow="auto" if ac_a != ac_b else "off")
 m[4].metric("evaluated problems", ed["before"]["n"])
 
 tabs = st.tabs(["Lengths", "Direction", "α sweep", "Accuracy vs length", "Heads", "Edit",
