@@ -296,15 +296,14 @@ class PreallocatedKVEntry:
 
     def keep_rows(self, keep: torch.Tensor) -> None:
         """Keep the rows where ``keep`` is True (copies only the filled positions)."""
-        k, v = self._k.new_empty((int(keep.sum()), *self._k.shape[1:])), \
-            self._v.new_empty((int(keep.sum()), *self._v.shape[1:]))
-        k[:, : self._n] = self._k[keep, : self._n]
-        v[:, : self._n] = self._v[keep, : self._n]
-        self._k, self._v = k, v
+        def rows(buf: torch.Tensor, n: int) -> torch.Tensor:
+            out = buf.new_empty((int(keep.sum()), *buf.shape[1:]))
+            out[:, :n] = buf[keep, :n]
+            return out
+
+        self._k, self._v = rows(self._k, self._n), rows(self._v, self._n)
         if self._rk is not None:
-            rk = self._rk.new_empty((int(keep.sum()), *self._rk.shape[1:]))
-            rk[:, : self._n_rot] = self._rk[keep, : self._n_rot]
-            self._rk = rk
+            self._rk = rows(self._rk, self._n_rot)
         self.last_keys = None
 
 
@@ -350,13 +349,9 @@ def init_kv_cache(hooked, batch_size: int, capacity: int, device):
 
 
 def _keep_cache_rows(cache, keep: torch.Tensor) -> None:
-    """Drop the rows of a TransformerLens KV cache where ``keep`` is False."""
+    """Drop the rows of an :func:`init_kv_cache` cache where ``keep`` is False."""
     for e in cache.entries:
-        if isinstance(e, PreallocatedKVEntry):
-            e.keep_rows(keep.to(e.past_keys.device))
-            continue
-        e.past_keys = e.past_keys[keep.to(e.past_keys.device)]
-        e.past_values = e.past_values[keep.to(e.past_values.device)]
+        e.keep_rows(keep.to(e.past_keys.device))
     m = cache.previous_attention_mask
     cache.previous_attention_mask = m[keep.to(m.device)]
 

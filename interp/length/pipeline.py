@@ -433,32 +433,35 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
                  for r in recs if r["think_tokens"] > 0]
         rules = cfg.get("seal_rules") or rules_for(mk)
         sv = seal_vector(model, items, mk, layer, rules, cfg["seal_anchor"])
-        steered_recs = generate_thinking(
-            model, ev_prompts, mk, fwd_hooks=seal_hooks(model, sv["vector"], layer, mk,
-                                                        cfg["seal_alpha"]), **gen_kw)
         hes = mk.hesitation
 
         def hes_rate(rs):
             return float(np.mean([model.tokenizer.decode(r["output_ids"]).split().count(hes)
                                   for r in rs]))
-        seal_meta = {k: v for k, v in sv.items() if k != "vector"}
-        seal_meta.update(before=emeta["before"], after=summarize(steered_recs, short_max),
-                         hesitations_before=hes_rate(before),
-                         hesitations_after=hes_rate(steered_recs), alpha=cfg["seal_alpha"])
-        grid = sorted({float(a) for a in [*cfg["seal_alpha_grid"], cfg["seal_alpha"]]})
-        if len(grid) > 1:
-            def seal_rows(a, st):
-                return seal_hooks(model, sv["vector"], layer, mk, a)(st)
 
-            sw_seal = alpha_sweep(model, ev_prompts, sv["vector"][None], grid, markers=mk,
-                                  scorer=ev_scorer, short_max_tokens=short_max,
-                                  max_new_tokens=cfg["max_new_tokens"],
-                                  temperature=cfg["temperature"], top_p=cfg["top_p"],
-                                  seed=cfg["seed"], batch_size=cfg["batch_size"],
-                                  make_hooks=seal_rows)
-            n_ev = len(ev_prompts)
-            for k_, p_ in enumerate(sw_seal["per_alpha"]):
-                p_["hesitations"] = hes_rate(sw_seal["records"][k_ * n_ev:(k_ + 1) * n_ev])
+        def seal_rows(a, st):
+            return seal_hooks(model, sv["vector"], layer, mk, a)(st)
+
+        # the configured α and the dose-response grid as one batched generation
+        grid = sorted({float(a) for a in [*cfg["seal_alpha_grid"], cfg["seal_alpha"]]})
+        sw_seal = alpha_sweep(model, ev_prompts, sv["vector"][None], grid, markers=mk,
+                              scorer=ev_scorer, short_max_tokens=short_max,
+                              max_new_tokens=cfg["max_new_tokens"],
+                              temperature=cfg["temperature"], top_p=cfg["top_p"],
+                              seed=cfg["seed"], batch_size=cfg["batch_size"],
+                              make_hooks=seal_rows)
+        n_ev = len(ev_prompts)
+        for k_, p_ in enumerate(sw_seal["per_alpha"]):
+            p_["hesitations"] = hes_rate(sw_seal["records"][k_ * n_ev:(k_ + 1) * n_ev])
+        head = grid.index(float(cfg["seal_alpha"]))
+        after = {k: v for k, v in sw_seal["per_alpha"][head].items()
+                 if k not in ("alpha", "hesitations")}
+        seal_meta = {k: v for k, v in sv.items() if k != "vector"}
+        seal_meta.update(before=emeta["before"], after=after,
+                         hesitations_before=hes_rate(before),
+                         hesitations_after=sw_seal["per_alpha"][head]["hesitations"],
+                         alpha=cfg["seal_alpha"])
+        if len(grid) > 1:
             seal_meta["sweep"] = sw_seal["per_alpha"]
         seal_art = store.save("length_seal", {"generations": gen_art.key, "layer": layer,
                                               "anchor": cfg["seal_anchor"], "rules": rules,

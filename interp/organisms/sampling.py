@@ -8,6 +8,7 @@ so batches need no padding.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Sequence
 
 import torch
@@ -72,20 +73,20 @@ def _run(m, x: torch.Tensor, max_new: int, temperature: float, generator, eos: i
         from ..generation import fast_rotary, init_kv_cache
 
         cache = init_kv_cache(m, b, x.shape[1] + max_new, x.device)
-        with fast_rotary(m, cache):
-            logits = m(x, attention_mask=torch.ones_like(x), past_kv_cache=cache)[:, -1]
-            for _ in range(max_new):
-                nxt = _pick(logits, temperature, generator)
-                nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-                toks.append(nxt)
-                done |= nxt == eos
-                if bool(done.all()):
-                    break
-                logits = m(nxt[:, None], attention_mask=torch.ones_like(nxt)[:, None],
-                           past_kv_cache=cache)[:, -1]
+        context = fast_rotary(m, cache)
+
+        def last_logits(ids: torch.Tensor) -> torch.Tensor:
+            return m(ids, attention_mask=torch.ones_like(ids), past_kv_cache=cache)[:, -1]
     else:
-        o = m(input_ids=x, use_cache=True)
-        past, logits = o.past_key_values, o.logits[:, -1]
+        context, past = contextlib.nullcontext(), None
+
+        def last_logits(ids: torch.Tensor) -> torch.Tensor:
+            nonlocal past
+            o = m(input_ids=ids, past_key_values=past, use_cache=True)
+            past = o.past_key_values
+            return o.logits[:, -1]
+    with context:
+        logits = last_logits(x)
         for _ in range(max_new):
             nxt = _pick(logits, temperature, generator)
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
@@ -93,8 +94,7 @@ def _run(m, x: torch.Tensor, max_new: int, temperature: float, generator, eos: i
             done |= nxt == eos
             if bool(done.all()):
                 break
-            o = m(input_ids=nxt[:, None], past_key_values=past, use_cache=True)
-            past, logits = o.past_key_values, o.logits[:, -1]
+            logits = last_logits(nxt[:, None])
     if not toks:
         return torch.empty(b, 0, dtype=torch.long)
     return torch.stack(toks, 1).cpu()
