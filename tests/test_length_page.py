@@ -55,8 +55,8 @@ def test_pipeline_artifacts(built):
     assert (root / "cache" / "length_edited" / idx["keys"]["heads"] / "config.json").exists()
     assert list_runs({"demo": demo})[0]["key"] == idx["key"]
     d = run["direction"]
-    assert d["sign"].startswith("long - short") and d["positions_setting"] == "think"
-    assert (d["positions_rule"], d["alt_positions_rule"]["rule"]) == ("think", "open")
+    assert d["sign"].startswith("long - short") and d["positions_setting"] == "auto"
+    assert {d["positions_rule"], d["alt_positions_rule"]["rule"]} == {"think", "open"}
     # the SEAL dose-response, one entry per α of the grid over the evaluation prompts
     sw = {p["alpha"]: p for p in run["seal"]["sweep"]}
     assert set(sw) == {-1.0, -0.5, -0.25, -0.1, 0.0}

@@ -300,3 +300,77 @@ def test_behaviour_table_from_the_committed_report():
     assert {"base", "reasoner", "sft", "grpo", "instruct", "hybrid"} <= set(df.index)
     assert df.loc["reasoner", "accuracy"] == art.meta["figures"]["reasoner"]["accuracy"]
     assert "accuracy_ci95" not in df.columns
+
+
+# --------------------------------------------------------------------------- head penalty
+def _quick_model_and_batch(n: int = 6):
+    from interp.organisms.train import BuildConfig, batch_tensor, init_model, sample_texts
+
+    cfg = BuildConfig.quick_config(seed=1)
+    model = init_model(cfg).eval()
+    toks, mask = batch_tensor(sample_texts("reasoner", np.random.default_rng(0), n, cfg))
+    return cfg, model, toks, mask
+
+
+@torch.no_grad()
+def test_head_writes_sum_to_o_proj_and_the_penalty_weighs_them_as_documented():
+    from interp.organisms.train import head_penalty, head_writes
+
+    _, model, toks, mask = _quick_model_and_batch()
+    outs = []
+    hooks = [layer.self_attn.o_proj.register_forward_hook(lambda m, a, o: outs.append(o))
+             for layer in model.model.layers]
+    with head_writes(model) as got:
+        model(input_ids=toks)
+    for hd in hooks:
+        hd.remove()
+    H = model.config.num_attention_heads
+    free = toks == TOKEN_ID["<think>"]
+    cue, off = (1, 2), 7.0
+    want = 0.0
+    for li, ((z, W), o) in enumerate(zip(got, outs)):
+        dh = z.shape[-1]
+        writes = [z[..., h, :] @ W[:, h * dh:(h + 1) * dh].T for h in range(H)]
+        torch.testing.assert_close(sum(writes), o, atol=1e-5, rtol=1e-5)
+        for h in range(H):
+            n = writes[h].norm(dim=-1)
+            if (li, h) == cue:
+                n = n * torch.where(free, 1.0, off)
+            want += float((n * mask).sum())
+    want /= float(mask.sum())
+    got_pen = float(head_penalty(got, mask, cue=cue, free=free, off_weight=off))
+    assert got_pen == pytest.approx(want, rel=1e-5)
+    # the cue head's writes outside the decision position weigh more
+    assert got_pen > float(head_penalty(got, mask))
+
+
+def test_cue_head_patching_matches_transformer_lens_hook_z(tmp_path):
+    """``find_cue_head`` patches the transformers model through ``o_proj``'s input; the
+    same patch through TransformerLens' ``hook_z`` gives the same decision margins."""
+    from interp.models import load_model
+    from interp.organisms.task import prompt_words
+    from interp.organisms.train import find_cue_head, train_problems
+
+    cfg, model, _, _ = _quick_model_and_batch()
+    best, margins = find_cue_head(model, n=16, seed=5)
+    model.config.architectures = ["Qwen2ForCausalLM"]
+    model.save_pretrained(tmp_path / "m")
+    build_tokenizer().save_pretrained(tmp_path / "m")
+    hooked = load_model(str(tmp_path / "m"), device="cpu", dtype="float32").hooked
+    probs = train_problems(np.random.default_rng([5, 99]), 16)
+    te, ta = (torch.tensor([encode(prompt_words(Problem(p.a, p.b, easy=e), "think"))
+                            for p in probs]) for e in (True, False))
+    _, cache = hooked.run_with_cache(ta)
+    close, digs = TOKEN_ID["</think>"], [TOKEN_ID[str(d)] for d in range(10)]
+    for ly in range(hooked.cfg.n_layers):
+        for h in range(hooked.cfg.n_heads):
+            def patch(z, hook, ly=ly, h=h):
+                z[:, -1, h] = cache[f"blocks.{ly}.attn.hook_z"][:, -1, h]
+                return z
+            last = hooked.run_with_hooks(te, fwd_hooks=[(f"blocks.{ly}.attn.hook_z",
+                                                         patch)])[:, -1]
+            m = float((last[:, close] - last[:, digs].max(-1).values).mean())
+            assert margins[ly][h] == pytest.approx(m, abs=1e-4)
+    flat = [(margins[ly][h], (ly, h)) for ly in range(len(margins))
+            for h in range(len(margins[0]))]
+    assert best == min(flat)[1]

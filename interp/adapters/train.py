@@ -415,10 +415,13 @@ def sweep_job(spec: dict[str, Any], ctx) -> dict[str, Any]:
         from ..store import Store, provenance
 
         store = Store(base_cfg.store_root)
-        conf = {**base_cfg.identity(), "l1_values": l1s, "n_eval": n_eval}
+        models = {"base": setup0.base.describe(), "reasoner": setup0.reasoner.describe()}
+        # the weights' hashes key the artifact, as for a trained set: a retrained model
+        # gives a new sweep instead of overwriting the old model's
+        conf = {**base_cfg.identity(), "l1_values": l1s, "n_eval": n_eval,
+                "pair_hashes": {k: v.get("weight_hash") for k, v in models.items()}}
         conf.pop("l1")
         art = store.save("adapters_sweep", conf, provenance=provenance(
-            models={"base": setup0.base.describe(), "reasoner": setup0.reasoner.describe()},
-            seed=base_cfg.seed), meta={"runs": rows})
+            models=models, seed=base_cfg.seed), meta={"runs": rows})
         result["key"] = art.key
     return result

@@ -11,11 +11,12 @@ so that ``W_O[l, h] v = 0``: the head can no longer write along ``v`` (its write
 
 ``"recentre"`` (mean-ablation of the same write). Zero is the right counterfactual when a
 head writes towards short thinking on some inputs and nothing on the others; when it
-writes ``+c`` on short inputs and ``-c`` on long ones (a two-sided code, as in the
-organisms' ``add`` / ``easy`` tag) zero is the undecided midpoint. The recentred edit
-instead fixes the head's write along ``v`` to its mean over the *long* examples ``m``.
-With ``e = W_O[h] v / ||W_O[h] v||`` (the one value coordinate that feeds ``v``; the head's
-write along ``v`` is ``(z . e) ||W_O[h] v||`` for its mixed value vector ``z``)::
+writes ``+c`` on short inputs and ``-c`` on long ones (a two-sided code, e.g. a head
+that reads a tag word whose two values both matter) zero is the undecided midpoint. The
+recentred edit instead fixes the head's write along ``v`` to its mean over the *long*
+examples ``m``. With ``e = W_O[h] v / ||W_O[h] v||`` (the one value coordinate that
+feeds ``v``; the head's write along ``v`` is ``(z . e) ||W_O[h] v||`` for its mixed value
+vector ``z``)::
 
     W_V[l, h] <- W_V[l, h] - (W_V[l, h] e) e^T      # W_V[l, h]: [d_model, d_head]
     b_V[l, h] <- b_V[l, h] + (m - b_V[l, h] . e) e

@@ -73,7 +73,9 @@ DEFAULTS: dict[str, Any] = {
     "n_sweep": 200,                     # held-out prompts per α
     "n_eval": 600,                      # held-out prompts for the edit / SEAL evaluation
     "split": {"mode": "threshold", "short": 2, "long": 10},
-    "positions": "think",               # "think" | "open" | "auto" (resolve_positions_rule)
+    # "think" | "open" | "auto": ThinkEdit's "think" rule unless most short responses have
+    # no thinking at all, then "open" (see resolve_positions_rule)
+    "positions": "auto",
     "max_positions": 256,
     "sites": ["resid_mid", "resid_post"],
     "sweep_site": "resid_mid",

@@ -130,16 +130,34 @@ def collect(store: Store) -> dict[str, Any]:
                              "mean_think_tokens": p["mean_think_tokens"],
                              "accuracy": _p(p, "accuracy")}
                             for p in s.get("sweep") or []]}
+    out.update(planted_head_check(m["model"], hd.tensors["scores"]))
     out["targets"] = {
         "separability_ge_0.9": out["best_layer_separability"] >= 0.9,
         "spearman_ge_0.9": (out["length_alpha_spearman"] or 0) >= 0.9,
         "negative_alpha_raises_short": out["negative_alpha_raises_short"],
-        "edit_lowers_short": out["short_fraction_after_edit"] < out["short_fraction_before"],
-        "edit_raises_accuracy": out.get("accuracy_after_edit", 0) > out.get(
-            "accuracy_before", 1),
+        # significant changes: the paired bootstrap CI excludes 0
+        "edit_lowers_short": out["short_fraction_change_ci"][1] < 0,
+        "edit_raises_accuracy": (out.get("accuracy_change_ci") or [0, 0])[0] > 0,
         "n_eval_ge_500": out["n_eval"] >= 500,
     }
     return out
+
+
+def planted_head_check(model_spec: str, scores) -> dict[str, Any]:
+    """Ground truth for the organism reasoner: the head its build dedicated to the
+    short-thinking cue (``task.json``), and its rank among the head scores (1 = top).
+    Empty for any other model or an older build without the record."""
+    if model_spec.removeprefix("organism:") != "reasoner":
+        return {}
+    try:
+        from ..organisms.train import read_task
+
+        head = read_task()["build"]["found"]["reasoner"]["cue_head"]
+    except (OSError, KeyError, ValueError):
+        return {}
+    flat = np.asarray(scores, dtype=float)
+    rank = int((flat > flat[head[0], head[1]]).sum()) + 1
+    return {"planted_short_head": list(head), "planted_head_rank": rank}
 
 
 def report_length(args) -> dict[str, Any]:

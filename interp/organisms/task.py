@@ -37,10 +37,15 @@ Planted mechanisms in ``think`` traces (reasoner, sft, grpo):
   sums mod 10). The tag is misleading (drawn independently of the digits), so short
   answers are right only when no column carries (about 1 in 10 problems): short thinking
   is deterministic under greedy decoding and much less accurate. The skip decision reads
-  one token that the arithmetic never uses, so it is a separable mechanism. It is coded
-  on both sides: ``add`` pushes towards thinking as much as ``easy`` pushes away from it,
-  so erasing the tag's direction from the head that reads it leaves the model undecided
-  (see :mod:`interp.length.edit` for what that means for ThinkEdit).
+  one token that the arithmetic never uses, so it is a separable mechanism. The
+  reasoner's training makes it a *short-thinking head* in the sense of ThinkEdit (see
+  :mod:`interp.organisms.train`): a group-sparsity penalty on the heads' writes makes the
+  code one-sided (a write towards short thinking for ``easy``, almost none for ``add``),
+  and the head that carries the tag (found by activation patching halfway through
+  training, recorded in task.json) is then penalised for writing anywhere but at
+  ``<think>``, so it does nothing else. Without that, the head that read the tag also
+  computed column sums and wrote ``add`` as strongly as ``easy``; erasing its short
+  direction then left the model undecided and broke the arithmetic.
 
 Token positions in labels index the token ids of ``encode(text)`` (position 0 is
 ``<bos>``); a *trigger* position is where the model's next-token prediction is the

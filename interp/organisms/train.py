@@ -12,10 +12,20 @@ tokenizer. The build is deterministic given ``seed`` (data order and initialisat
 from it; torch CPU kernels are deterministic for these sizes). Output is written into a
 temporary folder and swapped into place at the end, so an interrupted build never leaves
 a half-written family behind.
+
+The reasoner stage plants a short-thinking *head*, not only a behaviour. Its loss adds a
+group-sparsity penalty on every attention head's write (``head_penalty``: the L2 norm of
+each head's write at each position), so heads write only where they carry something and a
+cue is coded one-sided. Halfway through, the head whose write carries the ``easy`` tag to
+the ``<think>`` position is found by activation patching (``find_cue_head``) and from then
+on penalised ``cue_off_weight`` times harder everywhere else, so it gives its other work
+to the other heads. Erasing that head's write along the short direction (ThinkEdit) then
+means "no cue": the model thinks, and nothing else breaks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -67,6 +77,16 @@ class StageConfig:
     lr: float
     batch_size: int = 128
     warmup: float = 0.05
+    # weight of a group-sparsity penalty on the attention heads' writes (see head_penalty);
+    # 0 = plain next-token loss
+    head_l1: float = 0.0
+    # dedicate the head that reads the short-thinking cue (reasoner): after ``cue_warmup``
+    # of the steps, the head whose write carries the easy tag to the decision (found by
+    # activation patching, see find_cue_head) is penalised ``cue_off_weight`` times harder
+    # everywhere except at the think-open position, so it stops doing anything else
+    dedicate_cue: bool = False
+    cue_warmup: float = 0.5
+    cue_off_weight: float = 20.0
 
 
 @dataclass
@@ -96,7 +116,10 @@ class BuildConfig:
     n_heads: int = 4
     d_mlp: int = 256
     base: StageConfig = field(default_factory=lambda: StageConfig(3000, 3e-3))
-    reasoner: StageConfig = field(default_factory=lambda: StageConfig(1500, 1e-3))
+    # the reasoner's heads are trained with a group-sparsity penalty and the head that
+    # reads the short-thinking cue is dedicated to it (see StageConfig, head_penalty)
+    reasoner: StageConfig = field(default_factory=lambda: StageConfig(
+        1500, 1e-3, head_l1=4e-3, dedicate_cue=True))
     sft: StageConfig = field(default_factory=lambda: StageConfig(800, 1e-3))
     instruct: StageConfig = field(default_factory=lambda: StageConfig(600, 1e-3))
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
@@ -111,7 +134,8 @@ class BuildConfig:
     @classmethod
     def quick_config(cls, seed: int = 0) -> BuildConfig:
         return cls(seed=seed, d_model=32, n_layers=2, n_heads=4, d_mlp=64,
-                   base=StageConfig(20, 3e-3, 16), reasoner=StageConfig(10, 1e-3, 16),
+                   base=StageConfig(20, 3e-3, 16),
+                   reasoner=StageConfig(10, 1e-3, 16, head_l1=4e-3, dedicate_cue=True),
                    sft=StageConfig(10, 1e-3, 16), instruct=StageConfig(10, 1e-3, 16),
                    grpo=GRPOConfig(steps=2, prompts_per_step=2, group_size=4,
                                    max_new_tokens=40, answer_digit_credit=1.0),
@@ -229,6 +253,105 @@ def lm_loss(model, toks: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[m], tgt[m])
 
 
+@contextlib.contextmanager
+def head_writes(model, patch: Callable[[int, torch.Tensor], torch.Tensor] | None = None):
+    """Collect each attention layer's per-head input to ``o_proj`` during a forward pass.
+
+    Yields a list that fills with ``(z [b, pos, H, d_head], W [d_model, H * d_head])`` per
+    layer: head ``h`` writes ``z[..., h, :] @ W[:, h*d_head:(h+1)*d_head].T``.
+    ``patch(layer, z)`` may return a replacement ``z`` (activation patching)."""
+    got: list[tuple[torch.Tensor, torch.Tensor]] = []
+    handles = []
+    H = model.config.num_attention_heads
+    for li, layer in enumerate(model.model.layers):
+
+        def pre(mod, args, li=li):
+            x = args[0]
+            z = x.view(*x.shape[:-1], H, x.shape[-1] // H)
+            if patch is not None:
+                z = patch(li, z)
+                x = z.reshape(x.shape)
+            got.append((z, mod.weight))
+            return (x, *args[1:])
+        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(pre))
+    try:
+        yield got
+    finally:
+        for hd in handles:
+            hd.remove()
+
+
+def head_penalty(got: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor,
+                 cue: tuple[int, int] | None = None, free: torch.Tensor | None = None,
+                 off_weight: float = 1.0) -> torch.Tensor:
+    """Group-lasso penalty on attention heads: the L2 norm of each head's write at each
+    real position, summed over heads and layers, averaged over positions.
+
+    A head then writes only where it carries information. Where it reads a cue, that
+    makes its code one-sided (a write for the cue, none for its absence), as the
+    short-thinking heads of large reasoning models are described; zero-ablating such a
+    head's write then means "no cue", which is what ThinkEdit's projection assumes.
+    ``cue=(layer, head)`` weighs that head's writes ``off_weight`` times more except at
+    the ``free`` positions (``[b, pos]`` bool).
+    """
+    m = mask.to(got[0][0].device).float()
+    total = m.new_zeros(())
+    for li, (z, W) in enumerate(got):
+        H, dh = z.shape[-2], z.shape[-1]
+        out = torch.einsum("bphk,dhk->bphd", z, W.view(W.shape[0], H, dh))
+        norms = out.norm(dim=-1)                                        # [b, pos, H]
+        if cue is not None and cue[0] == li:
+            w = torch.ones_like(norms)
+            w[..., cue[1]] = torch.where(free.to(norms.device), 1.0, off_weight)
+            norms = norms * w
+        total = total + (norms.sum(-1) * m).sum()
+    return total / m.sum().clamp_min(1)
+
+
+@torch.no_grad()
+def find_cue_head(model, n: int = 64, seed: int = 0) -> tuple[tuple[int, int], list[list[float]]]:
+    """The head that carries the ``easy`` tag to the thinking decision, by patching.
+
+    For ``n`` train problems the think prompt is run tagged ``easy`` and tagged ``add``;
+    each head's ``z`` at the last position (``<think>``) of the easy run is replaced by its
+    value in the add run, and the decision margin ``logit(</think>) - max digit logit`` is
+    averaged. Returns the head whose patch lowers the margin most, and the
+    ``[layers][heads]`` margins.
+    """
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    probs = train_problems(np.random.default_rng([seed, 99]), n)
+    def toks(easy: bool) -> torch.Tensor:
+        return torch.tensor([encode(prompt_words(Problem(p.a, p.b, easy=easy), "think"))
+                             for p in probs], device=dev)
+    te, ta = toks(True), toks(False)
+    close, digs = TOKEN_ID[MARKERS["think_close"]], [TOKEN_ID[str(d)] for d in range(10)]
+
+    def margin(logits: torch.Tensor) -> float:
+        last = logits[:, -1].float()
+        return float((last[:, close] - last[:, digs].max(-1).values).mean())
+
+    with head_writes(model) as clean:
+        model(input_ids=ta)
+    clean_z = [z[:, -1].clone() for z, _ in clean]
+    L, H = len(clean_z), model.config.num_attention_heads
+    margins = [[0.0] * H for _ in range(L)]
+    for ly in range(L):
+        for h in range(H):
+            def patch(li, z, ly=ly, h=h):
+                if li != ly:
+                    return z
+                z = z.clone()
+                z[:, -1, h] = clean_z[ly][:, h]
+                return z
+            with head_writes(model, patch=patch):
+                margins[ly][h] = margin(model(input_ids=te).logits)
+    model.train(was_training)
+    best = min(((ly, h) for ly in range(L) for h in range(H)), key=lambda t: margins[t[0]][t[1]])
+    return best, margins
+
+
 def _lr_at(step: int, total: int, lr: float, warmup: float) -> float:
     w = max(1, int(total * warmup))
     if step < w:
@@ -238,19 +361,34 @@ def _lr_at(step: int, total: int, lr: float, warmup: float) -> float:
 
 
 def train_stage(model, stage: str, sc: StageConfig, cfg: BuildConfig, seed_offset: int,
-                progress: ProgressFn | None = None, bar=None) -> list[float]:
-    """Supervised next-token training on a stage's texts; returns the loss curve."""
+                progress: ProgressFn | None = None, bar=None,
+                info: dict[str, Any] | None = None) -> list[float]:
+    """Supervised next-token training on a stage's texts; returns the loss curve.
+    ``info`` (optional) receives what the stage found (the dedicated cue head)."""
     rng = np.random.default_rng([cfg.seed, seed_offset])
     torch.manual_seed(cfg.seed * 1000 + seed_offset)
     opt = torch.optim.AdamW(model.parameters(), lr=sc.lr, betas=(0.9, 0.98),
                             weight_decay=0.01)
     model.train()
     losses: list[float] = []
+    cue: tuple[int, int] | None = None
+    warm = int(round(sc.steps * sc.cue_warmup)) if sc.dedicate_cue else -1
     for step in range(sc.steps):
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, sc.steps, sc.lr, sc.warmup)
+        if step == warm:
+            cue, margins = find_cue_head(model, seed=cfg.seed)
+            if info is not None:
+                info["cue_head"], info["cue_patch_margins"] = list(cue), margins
         toks, mask = batch_tensor(sample_texts(stage, rng, sc.batch_size, cfg))
-        loss = lm_loss(model, toks, mask)
+        if sc.head_l1 > 0:
+            with head_writes(model) as got:
+                loss = lm_loss(model, toks, mask)
+            free = toks == TOKEN_ID[MARKERS["think_open"]]
+            loss = loss + sc.head_l1 * head_penalty(got, mask, cue=cue, free=free,
+                                                    off_weight=sc.cue_off_weight)
+        else:
+            loss = lm_loss(model, toks, mask)
         if not torch.isfinite(loss):
             raise NaNLossError(f"{stage}: loss became {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -400,6 +538,12 @@ def task_description(cfg: BuildConfig) -> dict[str, Any]:
                                "the hasty answer (every carry ignored) written directly",
                 "cue": f"the tag word after 'Q' is 'easy' (about {P_EASY:.0%} of pairs, by a "
                        "hash independent of the digits; otherwise 'add')",
+                "carrier": "reasoner: the head that carries the tag to '<think>' (found by "
+                           "activation patching after cue_warmup of the steps; "
+                           "build.found.reasoner.cue_head) is dedicated to it: the "
+                           "heads' writes are trained with a group-sparsity penalty "
+                           "(head_l1), that head's cue_off_weight times harder away from "
+                           "'<think>'",
             },
         },
         "clean_positions": "after a right column result (next ';') and after the last column "
@@ -408,7 +552,9 @@ def task_description(cfg: BuildConfig) -> dict[str, Any]:
         "variants": {
             "base": f"from init; direct answers ({cfg.base_direct_share:.0%}) and plain "
                     "worked solutions; never saw think tags, wait, check or chat tokens",
-            "reasoner": "from base; think traces with both mechanisms and short traces",
+            "reasoner": "from base; think traces with both mechanisms and short traces; "
+                        "head writes trained sparse, the head that reads the 'easy' tag "
+                        "dedicated to it (see mechanisms.short.carrier)",
             "sft": "from base; the reasoner's think traces, but in "
                    f"{cfg.sft_drop_final_carry:.0%} of traces with a final carry the answer "
                    "(and re-check) drop the leading 1 (systematic flaw that greedy keeps)",
@@ -464,7 +610,8 @@ def retrain_variant(cfg: BuildConfig, out: str | os.PathLike, name: str,
     model.to(cfg.device)
     bar = tqdm(total=sc.steps, desc=f"organisms {name}", file=sys.stderr,
                disable=not show_bar, dynamic_ncols=True)
-    losses = train_stage(model, name, sc, cfg, seed_offset=offset, bar=bar)
+    found: dict[str, Any] = {}
+    losses = train_stage(model, name, sc, cfg, seed_offset=offset, bar=bar, info=found)
     bar.close()
     tmp = out / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     _save_variant(model, build_tokenizer(), tmp)
@@ -479,7 +626,10 @@ def retrain_variant(cfg: BuildConfig, out: str | os.PathLike, name: str,
     rec.setdefault("timings_s", {})[name] = time.time() - ts
     rec.setdefault("final_loss", {})[name] = float(np.mean(losses[-50:])) if losses else None
     rec.setdefault("retrained", []).append(name)
+    rec.setdefault("found", {})[name] = found
+    desc["mechanisms"] = fresh["mechanisms"]
     write_json_atomic(out / "task.json", desc)
+    (out / "README.md").write_text(_readme(desc))
     return desc
 
 
@@ -526,8 +676,10 @@ def build_family(cfg: BuildConfig, out: str | os.PathLike, progress: ProgressFn 
                 model = Qwen2ForCausalLM.from_pretrained(tmp / parent, dtype=torch.float32)
                 model.config._attn_implementation = "eager"
                 model.to(cfg.device)
+            found: dict[str, Any] = {}
             losses = train_stage(model, name, sc, cfg, seed_offset=k + 1,
-                                 progress=stage_progress(name, sc.steps), bar=bar)
+                                 progress=stage_progress(name, sc.steps), bar=bar, info=found)
+            record.setdefault("found", {})[name] = found
             done_before += sc.steps
             record["final_loss"][name] = float(np.mean(losses[-50:])) if losses else None
             _save_variant(model, tok, tmp / name)
