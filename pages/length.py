@@ -18,7 +18,7 @@ import streamlit as st
 import pages.common as ui
 from interp.length import plots as lp
 from interp.length.pipeline import DEFAULTS, list_runs, load_run
-from interp.length.report import demo_store
+from interp.length.report import demo_store, planted_head_check
 from interp.length.seal import DEFAULT_RULES
 
 RULE_TEXT = {
@@ -244,6 +244,13 @@ with tabs[4]:
                "examples. Boxed: the top-k heads (the ThinkEdit edit; the Edit tab lists the heads "
                "of each edit).")
     st.dataframe(pd.DataFrame(top), hide_index=True)
+    truth = planted_head_check(run["index"].get("model", ""), run["head_scores"],
+                               run.get("weight_hash"))
+    if truth:
+        ly, h = truth["planted_short_head"]
+        st.info(f"Ground truth: the organism's build dedicated head ({ly}, {h}) to the "
+                f"short-thinking cue; it ranks #{truth['planted_head_rank']} of "
+                f"{run['head_scores'].size} by head score.")
 
 # ------------------------------------------------------------------ edit
 with tabs[5]:

@@ -479,3 +479,21 @@ def test_seal_alpha_sweep_batched_matches_per_alpha_and_unsteered(lm):
     assert [r["output_ids"] for r in b["records"][3:6]] == [r["output_ids"] for r in plain]
     assert b["records"][2]["output_ids"] != plain[2]["output_ids"]   # steering acted
     assert n_active_hooks(lm) == 0
+
+
+def test_planted_head_check_ranks_the_recorded_head_and_ignores_other_weights():
+    from interp.length.report import planted_head_check
+    from interp.models import files_hash, organisms_dir
+    from interp.organisms.train import read_task
+
+    try:
+        head = read_task()["build"]["found"]["reasoner"]["cue_head"]
+    except (OSError, KeyError):
+        pytest.skip("organisms not built with a recorded cue head")
+    scores = np.arange(16, dtype=float).reshape(4, 4)[::-1].copy()   # 15 at (0, 0)
+    want = int(np.argsort(-scores, axis=None).tolist().index(head[0] * 4 + head[1])) + 1
+    now = files_hash(organisms_dir() / "reasoner")
+    got = planted_head_check("organism:reasoner", scores, now)
+    assert got == {"planted_short_head": head, "planted_head_rank": want}
+    assert planted_head_check("organism:reasoner", scores, "0" * 64) == {}
+    assert planted_head_check("organism:base", scores, now) == {}

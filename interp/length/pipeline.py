@@ -540,5 +540,11 @@ def load_run(store: Store, key: str) -> dict[str, Any]:
            "sweep": store.load("length_sweep", keys["sweep"]).meta,
            "heads": heads.meta, "head_scores": heads.tensors["scores"].numpy(),
            "edit": store.load("length_edit", keys["edit"]).meta,
-           "seal": store.load("length_seal", keys["seal"]).meta if keys.get("seal") else None}
+           "seal": store.load("length_seal", keys["seal"]).meta if keys.get("seal") else None,
+           "weight_hash": model_weight_hash(idx)}
     return run
+
+
+def model_weight_hash(art) -> str | None:
+    """The weight hash of the model an artifact was computed on (its provenance)."""
+    return ((art.provenance or {}).get("models", {}).get("model") or {}).get("weight_hash")

@@ -6,6 +6,7 @@ CSV/JSON); each ``*_figure`` builds the figure from that frame.
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -237,15 +238,26 @@ def edit_frame(before: Mapping[str, Any], afters: Mapping[str, Mapping[str, Any]
 
 def edit_figure(df: pd.DataFrame, title: str | None = None) -> go.Figure:
     """Short-thinking fraction and accuracy before / after each edit, with 95% Wilson
-    intervals."""
+    intervals: one panel per metric, one bar per model (no legend to crowd the bars)."""
+    from plotly.subplots import make_subplots
+
     d = df[df["metric"] != "mean_think_tokens"]
-    fig = go.Figure()
-    colors = [ROLE_COLORS["base"], ROLE_COLORS["fine"], "#7f7f7f", "#9467bd"]
-    for label, color in zip(dict.fromkeys(d["model"]), colors):
-        g = d[d["model"] == label]
-        fig.add_bar(x=g["metric"], y=g["value"], name=label, marker_color=color,
+    metrics = [m for m in ("short_fraction", "accuracy") if m in set(d["metric"])]
+    titles = {"short_fraction": "short-thinking fraction", "accuracy": "accuracy"}
+    fig = make_subplots(rows=1, cols=len(metrics), shared_yaxes=True,
+                        subplot_titles=[titles[m] for m in metrics], horizontal_spacing=0.06)
+    models = list(dict.fromkeys(d["model"]))
+    colors = dict(zip(models, [ROLE_COLORS["base"], ROLE_COLORS["fine"], "#7f7f7f",
+                               "#9467bd", "#8c564b", "#e377c2"]))
+    for col, metric in enumerate(metrics, start=1):
+        g = d[d["metric"] == metric]
+        fig.add_bar(x=["<br>".join(textwrap.wrap(m, 18)) for m in g["model"]], y=g["value"],
+                    marker_color=[colors[m] for m in g["model"]], showlegend=False,
                     error_y=dict(type="data", array=g["ci_high"] - g["value"],
-                                 arrayminus=g["value"] - g["ci_low"]))
-    fig.update_layout(barmode="group")
-    fig.update_yaxes(range=[0, 1.02])
-    return style(fig, title, y_title="fraction (95% CI)")
+                                 arrayminus=g["value"] - g["ci_low"]),
+                    hovertemplate="%{x}<br>%{y:.3f}<extra></extra>", row=1, col=col)
+    fig = style(fig, title, height=460)
+    fig.update_yaxes(range=[0, 1.05])
+    fig.update_yaxes(title_text="fraction (95% CI)", row=1, col=1)
+    fig.update_xaxes(tickangle=0)
+    return fig

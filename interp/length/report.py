@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import ArtifactNotFoundError
 from ..store import PROJECT_ROOT, Store
-from .pipeline import latest_index
+from .pipeline import latest_index, model_weight_hash
 
 DEMO_ROOT = PROJECT_ROOT / "cache" / "demo"
 
@@ -130,7 +130,7 @@ def collect(store: Store) -> dict[str, Any]:
                              "mean_think_tokens": p["mean_think_tokens"],
                              "accuracy": _p(p, "accuracy")}
                             for p in s.get("sweep") or []]}
-    out.update(planted_head_check(m["model"], hd.tensors["scores"]))
+    out.update(planted_head_check(m["model"], hd.tensors["scores"], model_weight_hash(idx)))
     out["targets"] = {
         "separability_ge_0.9": out["best_layer_separability"] >= 0.9,
         "spearman_ge_0.9": (out["length_alpha_spearman"] or 0) >= 0.9,
@@ -143,16 +143,21 @@ def collect(store: Store) -> dict[str, Any]:
     return out
 
 
-def planted_head_check(model_spec: str, scores) -> dict[str, Any]:
+def planted_head_check(model_spec: str, scores, weight_hash: str | None = None
+                       ) -> dict[str, Any]:
     """Ground truth for the organism reasoner: the head its build dedicated to the
     short-thinking cue (``task.json``), and its rank among the head scores (1 = top).
-    Empty for any other model or an older build without the record."""
+    Empty for any other model, for a build without the record, and when ``weight_hash``
+    (the run's provenance) is not the reasoner's current weights."""
     if model_spec.removeprefix("organism:") != "reasoner":
         return {}
     try:
+        from ..models import files_hash, organisms_dir
         from ..organisms.train import read_task
 
         head = read_task()["build"]["found"]["reasoner"]["cue_head"]
+        if weight_hash is not None and weight_hash != files_hash(organisms_dir() / "reasoner"):
+            return {}
     except (OSError, KeyError, ValueError):
         return {}
     flat = np.asarray(scores, dtype=float)
