@@ -422,6 +422,7 @@ def test_report_length_on_the_committed_demo():
     assert all(r["targets"].values()), r["targets"]
     # ground truth: the head the reasoner's build dedicated to the cue tops the head
     # scores and is among the edited heads
+    assert "planted_head_rank" in r, "the demo was computed on other reasoner weights"
     assert r["planted_head_rank"] == 1 and r["planted_short_head"] in r["edited_heads"]
 
 
@@ -496,4 +497,30 @@ def test_planted_head_check_ranks_the_recorded_head_and_ignores_other_weights():
     got = planted_head_check("organism:reasoner", scores, now)
     assert got == {"planted_short_head": head, "planted_head_rank": want}
     assert planted_head_check("organism:reasoner", scores, "0" * 64) == {}
+    assert planted_head_check("organism:reasoner", scores, None) == {}
     assert planted_head_check("organism:base", scores, now) == {}
+
+
+def test_edit_figure_has_one_panel_per_metric_and_one_bar_per_model():
+    from interp.length.plots import edit_figure, edit_frame
+
+    def summary(short, acc, n=100):
+        def rate(v):
+            return {"value": v, "ci_low": v - 0.05, "ci_high": v + 0.04, "n": n}
+        return {"short_fraction": rate(short), "accuracy": rate(acc), "mean_think_tokens": 30,
+                "n": n}
+    afters = {f"edit {i}": summary(0.1 * i, 0.5 + 0.05 * i) for i in range(8)}
+    df = edit_frame(summary(0.2, 0.8), afters)
+    fig = edit_figure(df, "t")
+    assert [t.type for t in fig.data] == ["bar", "bar"]
+    for trace, metric in zip(fig.data, ("short_fraction", "accuracy")):
+        want = df[df["metric"] == metric]
+        assert list(trace.y) == pytest.approx(list(want["value"]))
+        assert list(trace.error_y.array) == pytest.approx(list(want["ci_high"] - want["value"]))
+        colors = list(trace.marker.color)                 # 9 models, palette of 8 cycles
+        assert len(set(colors[:8])) == 8 and colors[8] == colors[0]
+    # user prompts without a scorer: no accuracy, one panel
+    no_acc = {k: {kk: vv for kk, vv in v.items() if kk != "accuracy"}
+              for k, v in {"before": summary(0.2, 0.8), "after": summary(0.1, 0.9)}.items()}
+    df1 = edit_frame(no_acc["before"], {"after": no_acc["after"]})
+    assert len(edit_figure(df1).data) == 1

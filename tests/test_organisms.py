@@ -328,7 +328,8 @@ def test_head_writes_sum_to_o_proj_and_the_penalty_weighs_them_as_documented():
     free = toks == TOKEN_ID["<think>"]
     cue, off = (1, 2), 7.0
     want = 0.0
-    for li, ((z, W), o) in enumerate(zip(got, outs)):
+    assert [li for li, _, _ in got] == list(range(len(outs)))
+    for (li, z, W), o in zip(got, outs):
         dh = z.shape[-1]
         writes = [z[..., h, :] @ W[:, h * dh:(h + 1) * dh].T for h in range(H)]
         torch.testing.assert_close(sum(writes), o, atol=1e-5, rtol=1e-5)
@@ -374,3 +375,63 @@ def test_cue_head_patching_matches_transformer_lens_hook_z(tmp_path):
     flat = [(margins[ly][h], (ly, h)) for ly in range(len(margins))
             for h in range(len(margins[0]))]
     assert best == min(flat)[1]
+
+
+def test_reasoner_stage_dedicates_the_cue_head_after_warmup_and_is_deterministic(monkeypatch):
+    """The cue weighting starts at the warm-up step with the head found there; the stage
+    records it, its re-check on the finished model and the final penalty; two runs of the
+    same config give identical losses; the recorded losses are the next-token loss."""
+    from dataclasses import replace
+
+    import interp.organisms.train as T
+
+    cfg = T.BuildConfig.quick_config(seed=2)
+    sc = replace(cfg.reasoner, steps=6, cue_warmup=0.5)
+    seen = []
+    real = T.head_penalty
+
+    def spy(got, mask, cue=None, free=None, off_weight=1.0):
+        seen.append(cue)
+        return real(got, mask, cue=cue, free=free, off_weight=off_weight)
+    monkeypatch.setattr(T, "head_penalty", spy)
+
+    runs = []
+    for _ in range(2):
+        info: dict = {}
+        losses = T.train_stage(T.init_model(cfg), "reasoner", sc, cfg, seed_offset=2, info=info)
+        runs.append((losses, info))
+    (la, ia), (lb, ib) = runs
+    assert la == lb and ia == ib
+    cue = tuple(ia["cue_head"])
+    assert seen[:3] == [None] * 3 and seen[3:6] == [cue] * 3
+    assert set(ia) >= {"cue_patch_margins", "cue_head_final", "decision_margins_final",
+                       "final_head_penalty"}
+    assert set(ia["decision_margins_final"]) == {"easy", "add"}
+    # the recorded curve is the plain next-token loss, without the penalty
+    m = T.init_model(cfg)
+    toks, mask = T.batch_tensor(T.sample_texts("reasoner", np.random.default_rng([2, 2]),
+                                               sc.batch_size, cfg))
+    torch.manual_seed(cfg.seed * 1000 + 2)
+    m.train()
+    with torch.no_grad():
+        assert float(T.lm_loss(m, toks, mask)) == pytest.approx(la[0], rel=1e-6)
+
+
+def test_penalty_gradient_reaches_the_attention_weights_and_bad_configs_raise():
+    from dataclasses import replace
+
+    from interp.errors import ConfigError
+    from interp.organisms.train import StageConfig, head_penalty, head_writes
+
+    _, model, toks, mask = _quick_model_and_batch()
+    with head_writes(model) as got:
+        model(input_ids=toks)
+    head_penalty(got, mask, cue=(0, 1), off_weight=5.0).backward()   # free=None: no free pos
+    for layer in model.model.layers:
+        for proj in ("q_proj", "v_proj", "o_proj"):
+            g = getattr(layer.self_attn, proj).weight.grad
+            assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
+    ok = StageConfig(10, 1e-3, head_l1=1e-3, dedicate_cue=True)
+    for bad in ({"head_l1": 0.0}, {"cue_warmup": 1.0}, {"head_l1": -1.0}):
+        with pytest.raises(ConfigError):
+            replace(ok, **bad)

@@ -243,12 +243,15 @@ def edit_figure(df: pd.DataFrame, title: str | None = None) -> go.Figure:
 
     d = df[df["metric"] != "mean_think_tokens"]
     metrics = [m for m in ("short_fraction", "accuracy") if m in set(d["metric"])]
+    if not metrics:
+        return style(go.Figure(), title)
     titles = {"short_fraction": "short-thinking fraction", "accuracy": "accuracy"}
     fig = make_subplots(rows=1, cols=len(metrics), shared_yaxes=True,
                         subplot_titles=[titles[m] for m in metrics], horizontal_spacing=0.06)
     models = list(dict.fromkeys(d["model"]))
-    colors = dict(zip(models, [ROLE_COLORS["base"], ROLE_COLORS["fine"], "#7f7f7f",
-                               "#9467bd", "#8c564b", "#e377c2"]))
+    palette = [ROLE_COLORS["base"], ROLE_COLORS["fine"], "#7F7F7F",
+               *(c for c in SERIES_COLORS[3:] if c != "#7F7F7F")]
+    colors = {m: palette[i % len(palette)] for i, m in enumerate(models)}
     for col, metric in enumerate(metrics, start=1):
         g = d[d["metric"] == metric]
         fig.add_bar(x=["<br>".join(textwrap.wrap(m, 18)) for m in g["model"]], y=g["value"],

@@ -147,8 +147,8 @@ def planted_head_check(model_spec: str, scores, weight_hash: str | None = None
                        ) -> dict[str, Any]:
     """Ground truth for the organism reasoner: the head its build dedicated to the
     short-thinking cue (``task.json``), and its rank among the head scores (1 = top).
-    Empty for any other model, for a build without the record, and when ``weight_hash``
-    (the run's provenance) is not the reasoner's current weights."""
+    Empty for any other model, for a build without the record, and unless ``weight_hash``
+    (the run's provenance) is the reasoner's current weights."""
     if model_spec.removeprefix("organism:") != "reasoner":
         return {}
     try:
@@ -156,7 +156,7 @@ def planted_head_check(model_spec: str, scores, weight_hash: str | None = None
         from ..organisms.train import read_task
 
         head = read_task()["build"]["found"]["reasoner"]["cue_head"]
-        if weight_hash is not None and weight_hash != files_hash(organisms_dir() / "reasoner"):
+        if weight_hash is None or weight_hash != files_hash(organisms_dir() / "reasoner"):
             return {}
     except (OSError, KeyError, ValueError):
         return {}

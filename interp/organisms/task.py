@@ -42,8 +42,9 @@ Planted mechanisms in ``think`` traces (reasoner, sft, grpo):
   :mod:`interp.organisms.train`): a group-sparsity penalty on the heads' writes makes the
   code one-sided (a write towards short thinking for ``easy``, almost none for ``add``),
   and the head that carries the tag (found by activation patching halfway through
-  training, recorded in task.json) is then penalised for writing anywhere but at
-  ``<think>``, so it does nothing else. Without that, the head that read the tag also
+  training, recorded in task.json with a re-check on the finished model) is then
+  penalised 20 times harder for writing anywhere but at ``<think>``, so it gives its
+  other work to the other heads. Without that, the head that read the tag also
   computed column sums and wrote ``add`` as strongly as ``easy``; erasing its short
   direction then left the model undecided and broke the arithmetic.
 

@@ -88,6 +88,14 @@ class StageConfig:
     cue_warmup: float = 0.5
     cue_off_weight: float = 20.0
 
+    def __post_init__(self):
+        if self.head_l1 < 0:
+            raise ConfigError("head_l1 must be >= 0")
+        if self.dedicate_cue and self.head_l1 <= 0:
+            raise ConfigError("dedicate_cue needs head_l1 > 0 (the penalty dedicates the head)")
+        if self.dedicate_cue and not 0 <= self.cue_warmup < 1:
+            raise ConfigError("cue_warmup must be in [0, 1)")
+
 
 @dataclass
 class GRPOConfig:
@@ -257,10 +265,10 @@ def lm_loss(model, toks: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def head_writes(model, patch: Callable[[int, torch.Tensor], torch.Tensor] | None = None):
     """Collect each attention layer's per-head input to ``o_proj`` during a forward pass.
 
-    Yields a list that fills with ``(z [b, pos, H, d_head], W [d_model, H * d_head])`` per
-    layer: head ``h`` writes ``z[..., h, :] @ W[:, h*d_head:(h+1)*d_head].T``.
+    Yields a list that fills with ``(layer, z [b, pos, H, d_head], W [d_model, H * d_head])``
+    per layer and forward pass: head ``h`` writes ``z[..., h, :] @ W[:, h*d_head:(h+1)*d_head].T``.
     ``patch(layer, z)`` may return a replacement ``z`` (activation patching)."""
-    got: list[tuple[torch.Tensor, torch.Tensor]] = []
+    got: list[tuple[int, torch.Tensor, torch.Tensor]] = []
     handles = []
     H = model.config.num_attention_heads
     for li, layer in enumerate(model.model.layers):
@@ -271,7 +279,7 @@ def head_writes(model, patch: Callable[[int, torch.Tensor], torch.Tensor] | None
             if patch is not None:
                 z = patch(li, z)
                 x = z.reshape(x.shape)
-            got.append((z, mod.weight))
+            got.append((li, z, mod.weight))
             return (x, *args[1:])
         handles.append(layer.self_attn.o_proj.register_forward_pre_hook(pre))
     try:
@@ -281,7 +289,7 @@ def head_writes(model, patch: Callable[[int, torch.Tensor], torch.Tensor] | None
             hd.remove()
 
 
-def head_penalty(got: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor,
+def head_penalty(got: list[tuple[int, torch.Tensor, torch.Tensor]], mask: torch.Tensor,
                  cue: tuple[int, int] | None = None, free: torch.Tensor | None = None,
                  off_weight: float = 1.0) -> torch.Tensor:
     """Group-lasso penalty on attention heads: the L2 norm of each head's write at each
@@ -292,11 +300,13 @@ def head_penalty(got: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tenso
     short-thinking heads of large reasoning models are described; zero-ablating such a
     head's write then means "no cue", which is what ThinkEdit's projection assumes.
     ``cue=(layer, head)`` weighs that head's writes ``off_weight`` times more except at
-    the ``free`` positions (``[b, pos]`` bool).
+    the ``free`` positions (``[b, pos]`` bool; None: none).
     """
-    m = mask.to(got[0][0].device).float()
+    m = mask.to(got[0][1].device).float()
+    if cue is not None and free is None:
+        free = torch.zeros_like(mask, dtype=torch.bool)
     total = m.new_zeros(())
-    for li, (z, W) in enumerate(got):
+    for li, z, W in got:
         H, dh = z.shape[-2], z.shape[-1]
         out = torch.einsum("bphk,dhk->bphd", z, W.view(W.shape[0], H, dh))
         norms = out.norm(dim=-1)                                        # [b, pos, H]
@@ -320,21 +330,43 @@ def find_cue_head(model, n: int = 64, seed: int = 0) -> tuple[tuple[int, int], l
     """
     was_training = model.training
     model.eval()
+    try:
+        return _patch_margins(model, n, seed)
+    finally:
+        model.train(was_training)
+
+
+def _cue_prompts(model, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The think prompts of ``n`` train problems tagged ``easy`` and tagged ``add``."""
     dev = next(model.parameters()).device
     probs = train_problems(np.random.default_rng([seed, 99]), n)
+
     def toks(easy: bool) -> torch.Tensor:
         return torch.tensor([encode(prompt_words(Problem(p.a, p.b, easy=easy), "think"))
                              for p in probs], device=dev)
-    te, ta = toks(True), toks(False)
+    return toks(True), toks(False)
+
+
+def _margin(logits: torch.Tensor) -> float:
+    """Mean ``logit(</think>) - max digit logit`` at the last position (> 0: skip)."""
+    last = logits[:, -1].float()
     close, digs = TOKEN_ID[MARKERS["think_close"]], [TOKEN_ID[str(d)] for d in range(10)]
+    return float((last[:, close] - last[:, digs].max(-1).values).mean())
 
-    def margin(logits: torch.Tensor) -> float:
-        last = logits[:, -1].float()
-        return float((last[:, close] - last[:, digs].max(-1).values).mean())
 
+@torch.no_grad()
+def decision_margins(model, n: int = 64, seed: int = 0) -> dict[str, float]:
+    """The unpatched decision margins on easy- and add-tagged prompts."""
+    te, ta = _cue_prompts(model, n, seed)
+    return {"easy": _margin(model(input_ids=te).logits),
+            "add": _margin(model(input_ids=ta).logits)}
+
+
+def _patch_margins(model, n: int, seed: int):
+    te, ta = _cue_prompts(model, n, seed)
     with head_writes(model) as clean:
         model(input_ids=ta)
-    clean_z = [z[:, -1].clone() for z, _ in clean]
+    clean_z = [z[:, -1].clone() for _, z, _ in clean]
     L, H = len(clean_z), model.config.num_attention_heads
     margins = [[0.0] * H for _ in range(L)]
     for ly in range(L):
@@ -346,10 +378,23 @@ def find_cue_head(model, n: int = 64, seed: int = 0) -> tuple[tuple[int, int], l
                 z[:, -1, h] = clean_z[ly][:, h]
                 return z
             with head_writes(model, patch=patch):
-                margins[ly][h] = margin(model(input_ids=te).logits)
-    model.train(was_training)
+                margins[ly][h] = _margin(model(input_ids=te).logits)
     best = min(((ly, h) for ly in range(L) for h in range(H)), key=lambda t: margins[t[0]][t[1]])
     return best, margins
+
+
+def train_recorded(model, name: str, sc: StageConfig, cfg: BuildConfig, seed_offset: int,
+                   record: dict[str, Any], **kw) -> list[float]:
+    """``train_stage`` plus the build record: the final loss (mean of the last 50 steps)
+    and, when the stage found something (the dedicated cue head), ``found[name]``."""
+    found: dict[str, Any] = {}
+    losses = train_stage(model, name, sc, cfg, seed_offset=seed_offset, info=found, **kw)
+    record.setdefault("final_loss", {})[name] = float(np.mean(losses[-50:])) if losses else None
+    if found:
+        record.setdefault("found", {})[name] = found
+    else:
+        record.get("found", {}).pop(name, None)
+    return losses
 
 
 def _lr_at(step: int, total: int, lr: float, warmup: float) -> float:
@@ -371,6 +416,7 @@ def train_stage(model, stage: str, sc: StageConfig, cfg: BuildConfig, seed_offse
                             weight_decay=0.01)
     model.train()
     losses: list[float] = []
+    penalties: list[float] = []
     cue: tuple[int, int] | None = None
     warm = int(round(sc.steps * sc.cue_warmup)) if sc.dedicate_cue else -1
     for step in range(sc.steps):
@@ -381,21 +427,21 @@ def train_stage(model, stage: str, sc: StageConfig, cfg: BuildConfig, seed_offse
             if info is not None:
                 info["cue_head"], info["cue_patch_margins"] = list(cue), margins
         toks, mask = batch_tensor(sample_texts(stage, rng, sc.batch_size, cfg))
+        with head_writes(model) if sc.head_l1 > 0 else contextlib.nullcontext() as got:
+            lm = lm_loss(model, toks, mask)
+        loss = lm
         if sc.head_l1 > 0:
-            with head_writes(model) as got:
-                loss = lm_loss(model, toks, mask)
             free = toks == TOKEN_ID[MARKERS["think_open"]]
-            loss = loss + sc.head_l1 * head_penalty(got, mask, cue=cue, free=free,
-                                                    off_weight=sc.cue_off_weight)
-        else:
-            loss = lm_loss(model, toks, mask)
+            pen = head_penalty(got, mask, cue=cue, free=free, off_weight=sc.cue_off_weight)
+            loss = lm + sc.head_l1 * pen
+            penalties.append(pen.item())
         if not torch.isfinite(loss):
             raise NaNLossError(f"{stage}: loss became {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(loss.item())
+        losses.append(lm.item())     # the next-token loss (comparable across stages)
         if bar is not None:
             bar.update(1)
             if step % 20 == 0:
@@ -403,6 +449,15 @@ def train_stage(model, stage: str, sc: StageConfig, cfg: BuildConfig, seed_offse
         if progress is not None:
             progress(step + 1, sc.steps, stage=stage, loss=loss.item())
     model.eval()
+    if info is not None and penalties:
+        info["final_head_penalty"] = float(np.mean(penalties[-50:]))
+    if info is not None and cue is not None:
+        # what the finished model does: the head that carries the cue now, the patch
+        # margins, and the unpatched margins (easy prompts > 0: short; add < 0: think)
+        info["cue_head_final"], info["cue_patch_margins_final"] = find_cue_head(
+            model, seed=cfg.seed)
+        info["cue_head_final"] = list(info["cue_head_final"])
+        info["decision_margins_final"] = decision_margins(model, seed=cfg.seed)
     return losses
 
 
@@ -610,8 +665,9 @@ def retrain_variant(cfg: BuildConfig, out: str | os.PathLike, name: str,
     model.to(cfg.device)
     bar = tqdm(total=sc.steps, desc=f"organisms {name}", file=sys.stderr,
                disable=not show_bar, dynamic_ncols=True)
-    found: dict[str, Any] = {}
-    losses = train_stage(model, name, sc, cfg, seed_offset=offset, bar=bar, info=found)
+    desc = json.loads((out / "task.json").read_text())
+    rec = desc.setdefault("build", {})
+    train_recorded(model, name, sc, cfg, offset, rec, bar=bar)
     bar.close()
     tmp = out / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     _save_variant(model, build_tokenizer(), tmp)
@@ -619,14 +675,10 @@ def retrain_variant(cfg: BuildConfig, out: str | os.PathLike, name: str,
     os.rename(out / name, old)
     os.rename(tmp, out / name)
     shutil.rmtree(old, ignore_errors=True)
-    desc = json.loads((out / "task.json").read_text())
     fresh = task_description(cfg)
     desc["build_config"], desc["variants"] = fresh["build_config"], fresh["variants"]
-    rec = desc.setdefault("build", {})
     rec.setdefault("timings_s", {})[name] = time.time() - ts
-    rec.setdefault("final_loss", {})[name] = float(np.mean(losses[-50:])) if losses else None
     rec.setdefault("retrained", []).append(name)
-    rec.setdefault("found", {})[name] = found
     desc["mechanisms"] = fresh["mechanisms"]
     write_json_atomic(out / "task.json", desc)
     (out / "README.md").write_text(_readme(desc))
@@ -676,12 +728,9 @@ def build_family(cfg: BuildConfig, out: str | os.PathLike, progress: ProgressFn 
                 model = Qwen2ForCausalLM.from_pretrained(tmp / parent, dtype=torch.float32)
                 model.config._attn_implementation = "eager"
                 model.to(cfg.device)
-            found: dict[str, Any] = {}
-            losses = train_stage(model, name, sc, cfg, seed_offset=k + 1,
-                                 progress=stage_progress(name, sc.steps), bar=bar, info=found)
-            record.setdefault("found", {})[name] = found
+            train_recorded(model, name, sc, cfg, k + 1, record,
+                           progress=stage_progress(name, sc.steps), bar=bar)
             done_before += sc.steps
-            record["final_loss"][name] = float(np.mean(losses[-50:])) if losses else None
             _save_variant(model, tok, tmp / name)
             record["timings_s"][name] = time.time() - ts
         ts = time.time()
