@@ -678,7 +678,8 @@ def retrain_variant(cfg: BuildConfig, out: str | os.PathLike, name: str,
     fresh = task_description(cfg)
     desc["build_config"], desc["variants"] = fresh["build_config"], fresh["variants"]
     rec.setdefault("timings_s", {})[name] = time.time() - ts
-    rec.setdefault("retrained", []).append(name)
+    if name not in rec.setdefault("retrained", []):
+        rec["retrained"].append(name)
     desc["mechanisms"] = fresh["mechanisms"]
     write_json_atomic(out / "task.json", desc)
     (out / "README.md").write_text(_readme(desc))
