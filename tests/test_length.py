@@ -430,6 +430,7 @@ def test_effect_head_selection_follows_measured_effects(lm):
     """``effect_heads`` reads each candidate's edit off the live weights: a planted
     evaluation (heads A and B help alone and together, C helps alone but spoils the
     combination, D hurts) must give [A, B]; the weights are restored afterwards."""
+    from interp.length.edit import edited
     from interp.length.pipeline import effect_heads
 
     g = torch.Generator().manual_seed(0)
@@ -451,14 +452,17 @@ def test_effect_head_selection_follows_measured_effects(lm):
         return {"short_fraction": {"value": 0.2 - 0.01 * len(e)}, "accuracy": {"value": acc}}
 
     base = evaluate()
-    heads, scan = effect_heads(lm, [A, B, C, D], units, evaluate, base, k=3)
+    heads, scan, chosen_sm = effect_heads(lm, [A, B, C, D], units, evaluate, base, k=3)
     assert heads == [A, B]
+    with edited(lm, heads, units, "project"):      # the returned result is the chosen edit's
+        assert chosen_sm == evaluate()
     by = {(r["layer"], r["head"]): r["gain"] for r in scan}
     assert by[A][0] == pytest.approx(0.10) and by[D][0] == pytest.approx(-0.2)
     assert all(torch.equal(b.attn.W_O, w) for b, w in zip(lm.hooked.blocks, before))
     # at most k heads; no helpful head gives no heads
     assert effect_heads(lm, [A, B, C, D], units, evaluate, base, k=1)[0] == [A]
-    assert effect_heads(lm, [D], units, evaluate, base, k=3)[0] == []
+    none_heads, _, none_sm = effect_heads(lm, [D], units, evaluate, base, k=3)
+    assert none_heads == [] and none_sm is None
 
 
 def test_seal_alpha_sweep_batched_matches_per_alpha_and_unsteered(lm):

@@ -179,35 +179,37 @@ def brief(sm: dict[str, Any]) -> dict[str, Any]:
 
 def effect_heads(model, candidates: Sequence[tuple[int, int]], units: torch.Tensor,
                  evaluate: Callable[[], dict[str, Any]], base: dict[str, Any], k: int
-                 ) -> tuple[list[tuple[int, int]], list[dict[str, Any]]]:
+                 ) -> tuple[list[tuple[int, int]], list[dict[str, Any]], dict[str, Any] | None]:
     """Heads chosen by the measured effect of their ThinkEdit projection.
 
     Each candidate is edited alone and ``evaluate()`` (a summary on held-in prompts) is
     compared with ``base``; the candidates that help (positive :func:`edit_gain`) are
     added best first while the combined edit keeps improving, up to ``k`` heads.
-    Returns ``(heads, scan)``, the scan holding every candidate's own result."""
-    scan = []
+    Returns ``(heads, scan, summary)``: the scan holds every candidate's own result,
+    ``summary`` (:func:`brief`) is the chosen edit's result (None when no head helps)."""
+    scan, alone = [], {}
     for ly, h in candidates:
         with edited(model, [(ly, h)], units, "project"):
-            sm = evaluate()
+            alone[(ly, h)] = sm = brief(evaluate())
         scan.append({"layer": int(ly), "head": int(h), "gain": list(edit_gain(sm, base)),
-                     **brief(sm)})
+                     **sm})
     helpful = sorted((r for r in scan if tuple(r["gain"]) > (0.0, 0.0)),
                      key=lambda r: tuple(r["gain"]), reverse=True)
     chosen: list[tuple[int, int]] = []
-    best = (0.0, 0.0)
+    best, best_sm = (0.0, 0.0), None
     for r in helpful:
         if len(chosen) >= k:
             break
         trial = chosen + [(r["layer"], r["head"])]
         if len(trial) == 1:
-            g = tuple(r["gain"])
+            sm = alone[trial[0]]
         else:
             with edited(model, trial, units, "project"):
-                g = edit_gain(evaluate(), base)
+                sm = brief(evaluate())
+        g = edit_gain(sm, base)
         if g > best:
-            chosen, best = trial, g
-    return chosen, scan
+            chosen, best, best_sm = trial, g, sm
+    return chosen, scan, best_sm
 
 
 def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = None,
@@ -363,15 +365,17 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
         if want_effect:
             m = cfg["n_candidates"] or max(8, 2 * k)
             cands = [(t["layer"], t["head"]) for t in top_heads(scores, min(m, L * H))]
-            eff, effect_scan = effect_heads(model, cands, units, evaluate_sel, base, k)
+            eff, effect_scan, eff_sm = effect_heads(model, cands, units, evaluate_sel, base, k)
             if eff:
                 edits["project-effect"] = (eff, "project", None)
+                selection["project-effect"] = eff_sm   # measured by the scan already
             elif cfg["head_select"] == "effect":
                 raise ConfigError("no candidate head's edit helped on the selection prompts "
                                   "(see the scan); use head_select='score'")
         for name, (hs, m_, mm) in edits.items():
-            with edited(model, hs, units, m_, mm):
-                selection[name] = brief(evaluate_sel())
+            if name not in selection:
+                with edited(model, hs, units, m_, mm):
+                    selection[name] = brief(evaluate_sel())
         selection["unedited"] = brief(base)
         chosen = max(edits, key=lambda n_: edit_gain(selection[n_], base))
         selection.update({"n": len(sel_prompts), "split": "train", "chosen": chosen,

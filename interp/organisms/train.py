@@ -454,10 +454,9 @@ def train_stage(model, stage: str, sc: StageConfig, cfg: BuildConfig, seed_offse
     if info is not None and cue is not None:
         # what the finished model does: the head that carries the cue now, the patch
         # margins, and the unpatched margins (easy prompts > 0: short; add < 0: think)
-        info["cue_head_final"], info["cue_patch_margins_final"] = find_cue_head(
-            model, seed=cfg.seed)
-        info["cue_head_final"] = list(info["cue_head_final"])
-        info["decision_margins_final"] = decision_margins(model, seed=cfg.seed)
+        head, margins = find_cue_head(model, seed=cfg.seed)
+        info.update(cue_head_final=list(head), cue_patch_margins_final=margins,
+                    decision_margins_final=decision_margins(model, seed=cfg.seed))
     return losses
 
 
