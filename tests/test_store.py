@@ -24,7 +24,13 @@ import pytest
 import torch
 
 import interp.store as store_mod
-from interp.errors import ArtifactError, ArtifactNotFoundError, StorageError
+from interp.errors import (
+    ArtifactCorruptError,
+    ArtifactError,
+    ArtifactNotFoundError,
+    NonFiniteError,
+    StorageError,
+)
 from interp.store import PROJECT_ROOT, Store, config_key, provenance, tensor_hash
 
 N_BIG = 4_000_000  # floats per tensor in the writer processes (16 MB)
@@ -59,13 +65,21 @@ elif mode == "meta":       # die with half of meta.json on disk
             pause("in-write")
         real_wb(path, data)
     S._write_bytes = half
-elif mode == "rename":     # die between moving the old version away and renaming the new
+elif mode == "rename":     # no atomic swap available: die between the two renames
+    S.exchange = lambda a, b: False
     real_rn = os.rename
     def rn(src, dst):
         real_rn(src, dst)
-        if "trash" in str(dst):
+        if ".tmp-old-" in str(dst):
             pause("in-write")
     S.os.rename = rn
+elif mode == "exchange":   # die right after the atomic swap, old version not yet removed
+    real_ex = S.exchange
+    def ex(a, b):
+        ok = real_ex(a, b)
+        pause("in-write")
+        return ok
+    S.exchange = ex
 
 def save(i, key):
     x = torch.full((n,), float(i))
@@ -226,19 +240,54 @@ def test_bad_kind_or_key(tmp_cache):
             st.path(kind, key)
 
 
-def test_folder_without_meta_is_not_an_artifact(tmp_cache):
+def test_folder_without_meta_is_corrupt_not_missing(tmp_cache):
+    """A damaged artifact is never reported as missing (a "missing" artifact invites a
+    rebuild that would overwrite the evidence): load/find raise ArtifactCorruptError,
+    list leaves it out, store check names it."""
     st = Store()
     art = st.save("v", {"a": 1}, {"x": torch.ones(2)})
     (art.path / "meta.json").unlink()
     assert not st.exists("v", art.key) and st.list("v") == []
-    with pytest.raises(ArtifactNotFoundError):
+    with pytest.raises(ArtifactCorruptError, match="store check"):
         st.load("v", art.key)
+    with pytest.raises(ArtifactCorruptError):
+        st.find("v", {"a": 1})
+    assert [b["key"] for b in st.check()] == [art.key]
+    with pytest.raises(ArtifactNotFoundError):
+        st.load("v", config_key("v", {"a": 2}))
+    assert st.find("v", {"a": 2}) is None
+
+
+@pytest.mark.parametrize("damage", ["meta", "truncate", "garbage", "lost"])
+def test_damaged_artifacts_are_corrupt_errors(tmp_cache, damage):
+    """Unreadable metadata, a truncated or garbled tensors file, a lost file: each is an
+    ArtifactCorruptError with one line (never a raw SafetensorError), also through
+    ``find`` and ``store check``."""
+    st = Store()
+    art = st.save("v", {"a": 1}, {"x": torch.arange(1000.0)}, files={"t.json": "{}"})
+    f = art.path / "tensors.safetensors"
+    if damage == "meta":
+        (art.path / "meta.json").write_text('{"kind": "v", "comp')
+    elif damage == "truncate":
+        f.write_bytes(f.read_bytes()[:500])
+    elif damage == "garbage":      # same size, header destroyed: only parsing can tell
+        data = bytearray(f.read_bytes())
+        data[:16] = b"\xff" * 16
+        f.write_bytes(bytes(data))
+    else:
+        f.unlink()
+    with pytest.raises(ArtifactCorruptError) as e:
+        st.find("v", {"a": 1}).tensors
+    assert "\n" not in str(e.value) and "Safetensor" not in type(e.value).__name__
+    assert [b["key"] for b in st.check()] == [art.key]
+    assert st.find("v", {"a": 2}) is None
 
 
 # --------------------------------------------------------------------------- SIGKILL
-@pytest.mark.parametrize("phase", ["tensors", "meta", "rename"])
+@pytest.mark.parametrize("phase", ["tensors", "meta", "rename", "exchange"])
 def test_kill_at_each_write_phase(tmp_path, phase):
-    """SIGKILL at a known point inside save(): nothing incomplete becomes visible."""
+    """SIGKILL at a known point inside save(): nothing incomplete becomes visible, and
+    the documented cleanup (``store clean``) never loses an artifact."""
     st = Store(tmp_path)
     proc = _spawn(tmp_path, phase, 100_000)
     _wait_line(proc, "ready")
@@ -247,16 +296,25 @@ def test_kill_at_each_write_phase(tmp_path, phase):
     seen = _check_consistent(st, 100_000)
     leftovers = [p.name for p in (tmp_path / "blob").glob(".tmp-*")]
     assert leftovers, "the writer was killed mid-write, so a temp folder must remain"
+    report = st.clean()
     if phase == "rename":
-        # killed while overwriting "shared", between moving the old version away and
-        # renaming the new one in: the key is absent (never half-written) and its old
-        # version sits in .tmp-trash-*. k0, written before, is complete.
+        # killed while overwriting "shared" without an atomic swap, between moving the old
+        # version away and renaming the new one in: the key is absent (never half-written)
+        # until the cleanup puts the complete new version in place
         assert seen == {"k0": 0}
-        assert any(n.startswith(".tmp-trash-shared") for n in leftovers)
+        assert any(".tmp-old-" in n and n.endswith("-shared") for n in leftovers)
+        assert report["recovered"] == ["blob/shared"]
+        seen = _check_consistent(st, 100_000)
+        assert seen == {"k0": 0, "shared": 0}
+    elif phase == "exchange":
+        # the swap is one step: the new version is in place, the old one is garbage
+        assert seen == {"k0": 0, "shared": 0} and report["recovered"] == []
     else:
         assert seen == {"shared": -1}  # killed writing k0; the older artifact is intact
-    assert st.clean_tmp() == len(leftovers)
+        assert report["recovered"] == []
+    assert len(report["removed"]) + len(report["recovered"]) == len(leftovers)
     assert {p.name for p in (tmp_path / "blob").iterdir()} == {".lock", *seen}
+    assert _check_consistent(st, 100_000) == seen
 
 
 def _random_kills(tmp_path: Path, trials: int, batch: int = 4) -> None:

@@ -9,10 +9,19 @@ import sys
 
 
 def _mask(args):
+    from ..errors import ConfigError
+    from ..validate import number
     from .task import GROUPS, Mask
 
-    groups = tuple(args.groups.split(",")) if args.groups else GROUPS
-    layers = tuple(int(x) for x in args.layers.split("-")) if args.layers else None
+    groups = tuple(g.strip() for g in args.groups.split(",") if g.strip()) \
+        if args.groups else GROUPS
+    layers = None
+    if args.layers:
+        parts = args.layers.split("-")
+        if len(parts) != 2:
+            raise ConfigError(f"--layers takes a block range lo-hi, e.g. 1-3; got "
+                              f"{args.layers!r}")
+        layers = tuple(number(x, "--layers", lo=0, integer=True) for x in parts)
     return Mask(groups, layers)
 
 
@@ -31,7 +40,8 @@ def _export(args) -> int:
     tv = TaskVector.from_specs(args.a, args.b)
     _, target = local_checkpoint(args.target)
     out = export_edited_checkpoint(target, tv, args.alpha, args.out, _mask(args),
-                                   provenance={"target_spec": args.target})
+                                   provenance={"target_spec": args.target},
+                                   overwrite=args.force)
     print(json.dumps({"out": str(out)}))
     return 0
 
@@ -68,7 +78,9 @@ def add_commands(sub) -> None:
     e = vs.add_parser("export", help="write target + alpha * (m * v) as a checkpoint")
     common(e)
     e.add_argument("--alpha", type=float, default=1.0)
-    e.add_argument("--out", required=True)
+    e.add_argument("--out", required=True, help="a new (or empty) folder")
+    e.add_argument("--force", action="store_true",
+                   help="replace --out if it already holds files")
     e.set_defaults(func=_export)
     s = vs.add_parser("stats", help="per-layer ||v|| and cosine(v, target - reference)")
     common(s)
