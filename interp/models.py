@@ -92,8 +92,8 @@ def pick_dtype(device: torch.device, preference: str | torch.dtype = "auto") -> 
     except AttributeError:
         dt = None
     if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
-        raise ConfigError(f"unknown dtype {preference!r}; use auto, float32, bfloat16 or "
-                          "float16")
+        raise ModelLoadError(f"unknown dtype {preference!r}; use auto, float32, bfloat16 or "
+                             "float16")
     return dt
 
 
@@ -413,6 +413,71 @@ def files_hash(path: str | os.PathLike) -> str:
             for chunk in iter(lambda: fh.read(1 << 22), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+_HASHES: dict[tuple[str, str], str] = {}
+
+
+def _files_stamp(path: Path) -> str:
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+
+
+def current_weight_hash(spec: str) -> str | None:
+    """The weight hash (:func:`files_hash`) of the checkpoint ``spec`` resolves to now,
+    or None when it is not on this machine (a hub name not downloaded, a GGUF file not
+    converted yet, a missing folder). Cached by the weight files' names, sizes and
+    modification times, so a large checkpoint is hashed once per change."""
+    from .errors import InterpError
+
+    try:
+        r = resolve(spec)
+    except InterpError:
+        return None
+    if r.source == "hub":
+        return None
+    path = r.path
+    if r.source == "gguf":
+        path = cache_root() / "models" / r.path.stem.lower()
+        if not (path / "config.json").exists():
+            return None
+    try:
+        stamp = _files_stamp(path)
+    except OSError:
+        return None
+    if not stamp:
+        return None
+    key = (str(path.resolve()), stamp)
+    if key not in _HASHES:
+        _HASHES[key] = files_hash(path)
+    return _HASHES[key]
+
+
+def stale_models(models: Any) -> list[dict[str, Any]]:
+    """The models of a provenance record (``{role: {"id", "weight_hash", ...}}``) whose
+    weights are no longer those the result was computed on: ``[{"role", "id", "saved",
+    "now"}]``, ``now`` None when the model is not on this machine any more. Entries
+    without an id and a weight hash are not models and are skipped."""
+    out = []
+    for role, d in (models or {}).items():
+        if not isinstance(d, dict) or not d.get("id") or not d.get("weight_hash"):
+            continue
+        now = current_weight_hash(str(d["id"]))
+        if now != d["weight_hash"]:
+            out.append({"role": role, "id": d["id"], "saved": d["weight_hash"], "now": now})
+    return out
+
+
+def describe_stale(stale: list[dict[str, Any]]) -> str:
+    """One line for :func:`stale_models`' result ('' when nothing changed)."""
+    parts = []
+    for s in stale:
+        if s["now"] is None:
+            parts.append(f"{s['id']} ({s['role']}) is not on this machine")
+        else:
+            parts.append(f"{s['id']} ({s['role']}) has other weights now (saved "
+                         f"{s['saved'][:10]}, now {s['now'][:10]})")
+    return "; ".join(parts)
 
 
 @dataclass

@@ -208,3 +208,37 @@ def finite_tensors(tensors: Mapping[str, Any], what: str) -> None:
 
 def positive_int(value: Any, name: str) -> int:
     return number(value, name, lo=1, integer=True)
+
+
+def url_value(raw: str, default: Any, cast: Any = str, *, options: Sequence[Any] | None = None,
+              min_value: float | None = None, max_value: float | None = None,
+              max_chars: int | None = None) -> tuple[Any, str | None]:
+    """A value typed into a link (``?key=raw``), checked before any widget is built:
+    ``(value, problem)``; ``problem`` is None when ``raw`` is usable as is, else one line
+    saying why another value is used: a value that does not parse, is NaN / infinite or
+    is not one of ``options`` falls back to ``default``; a number outside
+    ``[min_value, max_value]`` is clamped to the nearest end; text longer than
+    ``max_chars`` is cut."""
+    kind = {int: "an integer", float: "a number"}.get(cast, "a valid value")
+    try:
+        v = cast(raw)
+    except (TypeError, ValueError, OverflowError):
+        return default, f"is not {kind}"
+    if isinstance(v, float) and not math.isfinite(v):
+        return default, "is not a finite number"
+    if options is not None:
+        opts = list(options)
+        if v not in opts:
+            shown = ", ".join(map(str, opts[:8])) + (", ..." if len(opts) > 8 else "")
+            return default, f"is not one of {shown}"
+        return v, None
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        num = type(default) if isinstance(default, (int, float)) and \
+            not isinstance(default, bool) else type(v)
+        if min_value is not None and v < min_value:
+            return num(min_value), f"is below the minimum {min_value:g}"
+        if max_value is not None and v > max_value:
+            return num(max_value), f"is above the maximum {max_value:g}"
+    if max_chars is not None and isinstance(v, str) and len(v) > max_chars:
+        return v[:max_chars], f"is longer than {max_chars} characters"
+    return v, None

@@ -200,9 +200,25 @@ def history_of(art: Artifact) -> list[dict[str, Any]]:
     return json.loads(f.read_text()) if f.exists() else []
 
 
+def pair_name(art: Artifact) -> str:
+    """``reasoner − base``: the pair an adapters artifact was trained on (model ids)."""
+    pair = art.meta.get("pair", {})
+
+    def short(role: str) -> str:
+        i = str((pair.get(role) or {}).get("id", "?"))
+        return i if len(i) <= 28 else "…" + i[-27:]
+
+    return f"{short('reasoner')} − {short('base')}"
+
+
 def catalog(stores: dict[str, Store]) -> list[dict[str, Any]]:
     """Every adapters artifact in the named stores with its newest evaluation (or None):
-    ``[{"label", "store", "artifact", "eval"}]``, demo-store entries first as given."""
+    ``[{"label", "store", "artifact", "eval", "pair", "stale"}]``, demo-store entries
+    first as given. ``label`` names the pair (``reasoner − base``) and ends with the key's
+    last 8 characters; ``stale`` lists the pair's models whose weights changed since
+    the run (:func:`interp.models.stale_models`)."""
+    from ..models import stale_models
+
     out = []
     for sname, store in stores.items():
         evals: dict[str, Artifact] = {}
@@ -210,10 +226,13 @@ def catalog(stores: dict[str, Store]) -> list[dict[str, Any]]:
             evals.setdefault(ev.meta.get("adapters_key", ""), ev)
         for art in store.list(KIND):
             l1 = art.config.get("l1")
-            label = (f"{sname} · l1={l1:g} · {art.config.get('steps')} steps · "
-                     f"{art.key[-8:]}") if isinstance(l1, (int, float)) else f"{sname} · {art.key}"
+            pair = pair_name(art)
+            label = (f"{sname} · {pair} · l1={l1:g} · {art.config.get('steps')} steps · "
+                     f"{art.key[-8:]}") if isinstance(l1, (int, float)) else \
+                f"{sname} · {pair} · {art.key}"
             out.append({"label": label, "store": sname, "artifact": art,
-                        "eval": evals.get(art.key)})
+                        "eval": evals.get(art.key), "pair": pair,
+                        "stale": stale_models(art.meta.get("pair", {}))})
     return out
 
 

@@ -183,8 +183,8 @@ def run_experiment(spec: dict[str, Any] | None = None, store: Store | None = Non
 
     kinds = {"stats": "vectors.task_stats", "sweep": "vectors.sweep",
              "accuracy": "vectors.accuracy", "trace": "vectors.trace"}
-    if not overwrite:  # resume: parts already saved under this config are kept
-        parts = tuple(w for w in parts if not _have(store, kinds[w], s, w, out))
+    if not overwrite:  # resume: parts saved under this config *and these weights* are kept
+        parts = tuple(w for w in parts if not _have(store, kinds[w], s, w, out, models_desc))
 
     def save(kind, what, tensors, meta=None, files=None):
         art = store.save(kind, sweep_config(s, what), tensors, meta=meta, files=files,
@@ -244,11 +244,21 @@ def run_experiment(spec: dict[str, Any] | None = None, store: Store | None = Non
     return out
 
 
-def _have(store: Store, kind: str, s: dict[str, Any], what: str, out: dict[str, str]) -> bool:
+def _hashes(models: dict[str, Any]) -> dict[str, Any]:
+    return {r: d.get("weight_hash") for r, d in (models or {}).items()
+            if isinstance(d, dict) and d.get("weight_hash")}
+
+
+def _have(store: Store, kind: str, s: dict[str, Any], what: str, out: dict[str, str],
+          models: dict[str, Any] | None = None) -> bool:
+    """A part is done when it is saved for this config and, given ``models``, computed on
+    the same weights (a part of models rebuilt since is computed again)."""
     art = store.find(kind, sweep_config(s, what))
-    if art is not None:
-        out[what] = art.key
-    return art is not None
+    if art is None or (models is not None and
+                       _hashes(art.provenance.get("models", {})) != _hashes(models)):
+        return False
+    out[what] = art.key
+    return True
 
 
 def build_demo(device: str = "auto", n_accuracy: int = 500, n_sweep: int = 128,

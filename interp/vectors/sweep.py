@@ -263,7 +263,7 @@ def validate_spec(spec: dict[str, Any]) -> None:
     """The ``vectors.sweep`` job's spec (see :func:`interp.vectors.demo.check_spec`)."""
     from .demo import check_spec
 
-    check_spec({k: v for k, v in spec.items() if k not in ("parts", "device")})
+    check_spec({k: v for k, v in spec.items() if k not in ("parts", "device", "weights")})
     parts = spec.get("parts", ())
     bad = [p for p in parts if p not in ("stats", "sweep", "accuracy", "trace")]
     if not isinstance(parts, (list, tuple)) or bad:
@@ -273,14 +273,17 @@ def validate_spec(spec: dict[str, Any]) -> None:
 
 def sweep_job(spec: dict[str, Any], ctx) -> dict[str, Any]:
     """Job ``vectors.sweep``: :func:`interp.vectors.demo.run_experiment` on ``spec``
-    (keys of ``demo.DEFAULT_SPEC`` plus ``parts`` and ``device``) into the default store;
-    parts already saved are skipped, so an interrupted job resumes."""
+    (keys of ``demo.DEFAULT_SPEC`` plus ``parts``, ``device`` and ``weights``, the weight
+    hashes it is meant for, which only make a rerun for rebuilt models a new job) into
+    the default store; parts already saved for the same weights are skipped, so an
+    interrupted job resumes."""
     from ..store import Store
     from .demo import run_experiment
 
     spec = dict(spec)
     parts = tuple(spec.pop("parts", ("stats", "sweep", "accuracy", "trace")))
     device = spec.pop("device", "auto")
+    spec.pop("weights", None)  # the weight hashes the job was asked for (its id only)
     keys = run_experiment(spec, Store(), device, parts,
                           progress=lambda d, t, m: ctx.progress(d, t, m), overwrite=False)
     return {"artifacts": keys}
