@@ -398,6 +398,9 @@ def run(jid: str, root: str | os.PathLike | None = None,
             st.state, st.error = "cancelled", str(e)
         except InterpError as e:
             st.state, st.error = "failed", str(e)
+        except OSError as e:   # a full disk, a read-only folder: one clear line
+            st.state, st.error = "failed", str(storage_error(e, f"running job {jid}"))
+            _log_traceback(p)
         except Exception as e:  # noqa: BLE001 - a job must always end with a status
             st.state = "failed"
             st.error = (f"{type(e).__name__}: {e} (unexpected; the traceback is in "

@@ -277,7 +277,7 @@ def test_damaged_artifacts_are_corrupt_errors(tmp_cache, damage):
     else:
         f.unlink()
     with pytest.raises(ArtifactCorruptError) as e:
-        st.find("v", {"a": 1}).tensors
+        _ = st.find("v", {"a": 1}).tensors
     assert "\n" not in str(e.value) and "Safetensor" not in type(e.value).__name__
     assert [b["key"] for b in st.check()] == [art.key]
     assert st.find("v", {"a": 2}) is None
@@ -489,3 +489,115 @@ def test_no_pickle_in_interp():
         if found:
             offenders[str(path.relative_to(PROJECT_ROOT))] = found
     assert offenders == {}
+
+
+# --------------------------------------------------------------------------- real faults
+def test_real_full_disk_is_one_storage_error(tmp_path):
+    """On a file system that is really full (a 256 kB tmpfs), saving gives StorageError
+    'disk full' (safetensors' own I/O error is not an OSError) and leaves nothing."""
+    from tests._fs import small_tmpfs
+
+    with small_tmpfs(tmp_path / "fs", 256 * 1024) as root:
+        st = Store(root)
+        old = st.save("v", {"a": 1}, {"x": torch.ones(4)})
+        with pytest.raises(StorageError, match="disk full"):
+            st.save("v", {"a": 1}, {"x": torch.zeros(200_000)})   # 800 kB: does not fit
+        with pytest.raises(StorageError, match="disk full"):
+            st.save("v", {"a": 2}, files={"big.bin": b"\0" * 400_000})
+        assert torch.equal(st.load("v", old.key).tensors["x"], torch.ones(4))
+        assert sorted(p.name for p in (root / "v").iterdir()) == [".lock", old.key]
+
+
+def test_read_only_store_folder_is_one_storage_error(tmp_path):
+    from tests._fs import small_tmpfs
+
+    with small_tmpfs(tmp_path / "ro", 64 * 1024, read_only=True) as root:
+        with pytest.raises(StorageError, match="read-only"):
+            Store(root).save("v", {"a": 1}, {"x": torch.ones(1)})
+
+
+def test_finite_saves_refuse_nan_and_write_nothing(tmp_cache):
+    st = Store()
+    with pytest.raises(NonFiniteError, match="'w'"):
+        st.save("w", {"a": 1}, {"ok": torch.ones(2), "w": torch.tensor([1.0, float("inf")])},
+                finite=True)
+    assert not (tmp_cache / "w").exists() or not any((tmp_cache / "w").iterdir())
+    # without finite=True NaN is data like any other (a NaN AUROC, say)
+    st.save("w", {"a": 1}, {"w": torch.tensor([float("nan")])})
+
+
+# --------------------------------------------------------------------------- cleaning
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def _leftover(kdir: Path, name: str, record_key: str | None = None, i: int = 0) -> Path:
+    p = kdir / name
+    p.mkdir(parents=True)
+    (p / "tensors.safetensors").write_bytes(b"x")
+    if record_key is not None:
+        (p / "meta.json").write_text(json.dumps({"complete": True, "kind": kdir.name,
+                                                 "key": record_key, "config": {}, "meta": {"i": i},
+                                                 "files": []}))
+    return p
+
+
+def test_clean_keeps_live_writers_and_restores_what_a_kill_left_out(tmp_path):
+    """``clean`` at any depth (a nested demo store, a job folder): leftovers of a running
+    writer stay; dead writers' ones go; a key whose folder is missing is put back from
+    the newest complete leftover (new version first, else the old one)."""
+    root = tmp_path / "cache"
+    live, dead = os.getpid(), _dead_pid()
+    k = root / "demo" / "blob"
+    running = _leftover(k, f".tmp-w{live}-0123abcd-k1")
+    gone = _leftover(k, f".tmp-w{dead}-0123abcd-k2")
+    # a kill between the two renames of an overwrite: both versions parked, key missing
+    _leftover(k, ".tmp-old-0a0a0a0a-k3", "k3", i=1)
+    _leftover(k, f".tmp-w{dead}-0b0b0b0b-k3", "k3", i=2)
+    # a kill after parking the old version of k4, before anything new was complete
+    _leftover(k, ".tmp-old-0c0c0c0c-k4", "k4", i=3)
+    _leftover(k, f".tmp-w{dead}-0d0d0d0d-k4")
+    jobs = root / "jobs" / "j1"
+    jobs.mkdir(parents=True)
+    (jobs / f".status.json.{dead}.abcdef.tmp").write_text("{")
+    (jobs / f".status.json.{live}.abcdef.tmp").write_text("{")
+    fresh = jobs / ".unknown.tmp"
+    fresh.write_text("?")
+    st = Store(root)
+    dry = st.clean(dry_run=True)
+    assert (k / gone.name).exists() and not (k / "k3").exists()   # a dry run touches nothing
+    out = st.clean()
+    assert out == dry
+    assert sorted(out["recovered"]) == ["demo/blob/k3", "demo/blob/k4"]
+    assert json.loads((k / "k3" / "meta.json").read_text())["meta"]["i"] == 2   # the new one
+    assert json.loads((k / "k4" / "meta.json").read_text())["meta"]["i"] == 3   # the old one
+    assert running.exists() and fresh.exists()
+    assert sorted(p.name for p in k.iterdir()) == sorted([".lock", running.name, "k3", "k4"])
+    assert sorted(p.name for p in jobs.iterdir()) == sorted(
+        [".lock", f".status.json.{live}.abcdef.tmp", ".unknown.tmp"])
+    assert sorted(out["kept"]) == sorted([f"demo/blob/{running.name}",
+                                          f"jobs/j1/.status.json.{live}.abcdef.tmp",
+                                          "jobs/j1/.unknown.tmp"])
+    assert Store(root).clean(min_age=0)["removed"] == ["jobs/j1/.unknown.tmp"]
+
+
+def test_store_commands(tmp_path):
+    """``store check`` names damaged artifacts (exit 1), ``store delete`` removes one,
+    ``store clean`` reports what it removed; each ends with one JSON line."""
+    from interp.cli import main
+
+    root = tmp_path / "cache"
+    st = Store(root)
+    good = st.save("v", {"a": 1}, {"x": torch.ones(3)})
+    bad = st.save("v", {"a": 2}, {"x": torch.ones(300)})
+    f = bad.path / "tensors.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+    _leftover(root / "v", f".tmp-w{_dead_pid()}-0123abcd-zz")
+    assert main(["store", "check", "--store", str(root)]) == 1
+    assert main(["store", "clean", "--store", str(root)]) == 0
+    assert main(["store", "delete", "v", bad.key, "--store", str(root)]) == 0
+    assert main(["store", "check", "--store", str(root)]) == 0
+    assert [a.key for a in st.list("v")] == [good.key]
+    assert main(["store", "delete", "v", bad.key, "--store", str(root)]) == 1
