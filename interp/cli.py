@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
+        _check_common_options(args)
         return int(args.func(args) or 0)
     except InterpError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
@@ -123,6 +124,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unexpected {type(e).__name__}: {_one_line(e)} (rerun with -v for the "
               "traceback)", file=sys.stderr)
         return 1
+
+
+def _check_common_options(args: argparse.Namespace) -> None:
+    """Options many commands share, checked before any work starts: ``--device`` (a known
+    name, present on this machine) and ``--dtype``."""
+    from .models import pick_device, pick_dtype
+
+    device = getattr(args, "device", None)
+    if isinstance(device, str) and device:
+        dev = pick_device(device)
+        dtype = getattr(args, "dtype", None)
+        if isinstance(dtype, str) and dtype:
+            pick_dtype(dev, dtype)
 
 
 def _one_line(e: BaseException) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _mask(args):
@@ -35,11 +36,15 @@ def _demo(args) -> int:
 
 def _export(args) -> int:
     from ..models import local_checkpoint
-    from .task import TaskVector, export_edited_checkpoint
+    from ..validate import finite
+    from .task import TaskVector, check_export_dir, export_edited_checkpoint
 
+    mask = _mask(args)
+    finite(args.alpha, "α")
+    check_export_dir(Path(args.out), args.force)
     tv = TaskVector.from_specs(args.a, args.b)
     _, target = local_checkpoint(args.target)
-    out = export_edited_checkpoint(target, tv, args.alpha, args.out, _mask(args),
+    out = export_edited_checkpoint(target, tv, args.alpha, args.out, mask,
                                    provenance={"target_spec": args.target},
                                    overwrite=args.force)
     print(json.dumps({"out": str(out)}))
@@ -50,10 +55,11 @@ def _stats(args) -> int:
     from ..models import local_checkpoint
     from .task import TaskVector, aggregate_stats, task_vector_stats
 
+    mask = _mask(args)
     tv = TaskVector.from_specs(args.a, args.b)
     _, target = local_checkpoint(args.target)
     ref = local_checkpoint(args.reference)[1] if args.reference else None
-    t = task_vector_stats(tv, target, ref, _mask(args))
+    t = task_vector_stats(tv, target, ref, mask)
     print(aggregate_stats(t, "layer").to_string(index=False), file=sys.stderr)
     print(json.dumps(aggregate_stats(t, "layer").to_dict(orient="records")))
     return 0
