@@ -89,9 +89,10 @@ if not runs and not live:
 from interp.models import describe_stale  # noqa: E402
 
 for r in runs:
-    if r["stale"]:
+    changed = [x for x in r["stale"] if x["now"] is not None]   # (missing: cannot check)
+    if changed:
         st.warning(f"Run `{r['label']}` was trained on {r['pair']}, whose weights changed: "
-                   f"{describe_stale(r['stale'])}. Its figures describe the old pair.",
+                   f"{describe_stale(changed)}. Its figures describe the old pair.",
                    icon=":material/history:")
 st.subheader("Training curves")
 labels = [r["label"] for r in runs] + list(live)

@@ -86,7 +86,8 @@ def trace_view(model, modify_at, tokens: Sequence[int], alpha: float, own_prompt
 def saved_result_status(art) -> dict[str, Any]:
     """Which models a saved result (sweep, accuracy, trace) was computed on and whether
     their weights have changed since: ``{"line": one caption naming the models, their
-    weight hashes and the date, "stale": [...] (see interp.models.stale_models),
+    weight hashes and the date, "stale": the models whose weights changed (see
+    interp.models.stale_models; models not on this machine are only named in the line),
     "warning": one line, '' when nothing changed}``."""
     from ..models import describe_stale, stale_models
 
@@ -95,7 +96,12 @@ def saved_result_status(art) -> dict[str, Any]:
              for role, d in models.items() if isinstance(d, dict) and d.get("id")]
     line = (f"artifact `{art.key}` · computed on " + ", ".join(named)
             + f" · made {art.provenance.get('created', '?')}")
-    stale = stale_models(models)
+    found = stale_models(models)
+    missing = [x for x in found if x["now"] is None]
+    stale = [x for x in found if x["now"] is not None]
+    if missing:
+        line += " · cannot check against " + ", ".join(str(x["id"]) for x in missing) + \
+            " (not on this machine)"
     warning = ("Saved for other weights than those now on disk: " + describe_stale(stale)
                + ". These figures describe the old models; run the sweep again."
                ) if stale else ""
