@@ -198,6 +198,8 @@ def export_edited_checkpoint(model, heads: HeadList, units: torch.Tensor,
     (NonFiniteError, nothing written)."""
     import shutil
 
+    from safetensors import SafetensorError
+
     from ..models import load_hf
     from ..store import exchange, storage_error, tmp_sibling
     from ..validate import finite_tensors
@@ -217,7 +219,7 @@ def export_edited_checkpoint(model, heads: HeadList, units: torch.Tensor,
                 tmp.rename(out)
         else:
             tmp.rename(out)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:
         raise storage_error(e, f"writing the edited checkpoint {out}") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -515,6 +515,7 @@ def export_edited_checkpoint(target: str | os.PathLike, tv: TaskVector, alpha: f
     whole, atomically); α must be finite and so must every edited tensor (a huge α can
     overflow): NonFiniteError, and nothing is written.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     from ..store import exchange, storage_error, tmp_sibling
@@ -562,7 +563,7 @@ def export_edited_checkpoint(target: str | os.PathLike, tv: TaskVector, alpha: f
                 tmp = trash
         else:
             os.rename(tmp, out)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:
         raise storage_error(e, f"writing the edited checkpoint {out}") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)   # the temp folder, or the replaced one
