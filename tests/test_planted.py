@@ -158,6 +158,9 @@ def test_control_vector_is_positives_minus_negatives(lm):
     u = u if float(u @ (lp.mean(0) - ln.mean(0)).double()) >= 0 else -u
     torch.testing.assert_close(pc.vector.double(), u * float(d.mean(0) @ u), rtol=1e-4,
                                atol=1e-5)
+    rc = (lp.mean(0) - ln.mean(0)).double()
+    assert math.isclose(pc.info["cos_with_rc"], float(u @ rc / rc.norm()), rel_tol=1e-4)
+    assert pc.info["cos_with_rc"] > 0
     # applied with +α at its own hook
     (b, a), = _around(lm, cv.hooks(0.3), [cv.hook],
                       torch.tensor([_ids(lm, pos[0])])).values()
