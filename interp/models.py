@@ -223,15 +223,21 @@ def convert_gguf(gguf: str | os.PathLike, out_dir: str | os.PathLike | None = No
         del hf.config.quantization_config
     hf.hf_quantizer = None
     hf.config.architectures = [type(hf).__name__]
-    tmp = out.with_name(out.name + ".tmp-convert")
     import shutil
 
-    shutil.rmtree(tmp, ignore_errors=True)
-    hf.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
+    from .store import storage_error, tmp_sibling
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out, ignore_errors=True)
-    os.rename(tmp, out)
+    tmp = tmp_sibling(out)   # a killed conversion leaves a leftover `store clean` removes
+    try:
+        hf.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        os.rename(tmp, out)
+    except OSError as e:
+        raise storage_error(e, f"writing the converted checkpoint {out}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
