@@ -370,6 +370,22 @@ def _remove(p: Path) -> None:
             p.unlink()
 
 
+def _files_problem(p: Path, record: dict[str, Any]) -> str | None:
+    """What is wrong with an artifact folder's files against its record (None: nothing):
+    a listed file missing, or a file not the size it was saved with."""
+    for n in record.get("files", []):
+        if not (p / n.rstrip("/")).exists():
+            return f"{n} is missing"
+    for name, size in (record.get("sizes") or {}).items():
+        try:
+            got = (p / name).stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if got != size:
+            return f"{name} is {got} bytes, saved as {size} (truncated or changed)"
+    return None
+
+
 def _looks_like_artifact(p: Path, kind: str) -> bool:
     """A folder that is (or was meant to be) an artifact of ``kind``: it has a meta.json
     or the name of a config key; checkpoints, job folders and nested stores are not."""
@@ -527,6 +543,7 @@ class Store:
         """The artifact under ``key``: ArtifactNotFoundError when there is none,
         ArtifactCorruptError when its folder is there but damaged."""
         p = self.path(kind, key)
+        problem = None
         for attempt in range(5):
             try:
                 record = json.loads((p / META_FILE).read_text())
@@ -549,24 +566,14 @@ class Store:
                     or record.get("kind") != kind:
                 raise ArtifactCorruptError(f"{kind} artifact {key} is incomplete or not a "
                                            f"{kind} artifact; {CORRUPT_HELP}")
-            missing = [n for n in record.get("files", []) if not (p / n.rstrip("/")).exists()]
-            if not missing:
+            problem = _files_problem(p, record)
+            if problem is None:
                 break
-            # a concurrent overwrite may have swapped the folder after meta.json was read
+            # a concurrent overwrite may have swapped the folder after meta.json was read:
+            # read it again before calling the artifact damaged
             time.sleep(0.01 * (attempt + 1))
         else:
-            raise ArtifactCorruptError(f"{kind} artifact {key} is missing {missing[0]}; "
-                                       f"{CORRUPT_HELP}")
-        for name, size in (record.get("sizes") or {}).items():
-            try:
-                got = (p / name).stat().st_size
-            except OSError:
-                got = None
-            if got != size:
-                raise ArtifactCorruptError(
-                    f"{kind} artifact {key}: {name} is "
-                    f"{'missing' if got is None else f'{got} bytes, saved as {size}'} "
-                    f"(truncated or changed); {CORRUPT_HELP}")
+            raise ArtifactCorruptError(f"{kind} artifact {key}: {problem}; {CORRUPT_HELP}")
         try:
             return Artifact(kind=kind, key=key, path=p, config=record["config"],
                             provenance=record.get("provenance", {}), meta=record.get("meta", {}),

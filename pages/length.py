@@ -20,6 +20,7 @@ from interp.length import plots as lp
 from interp.length.pipeline import DEFAULTS, list_runs, load_run
 from interp.length.report import demo_store, planted_head_check
 from interp.length.seal import DEFAULT_RULES
+from interp.models import current_weight_hash
 
 RULE_TEXT = {
     "think": "from the token that predicts the first thinking token (or the close marker) "
@@ -140,6 +141,11 @@ run = ui.attempt(load_run, stores[store_name], key)
 if run is None:
     st.stop()
 idx, ed, sw, dmeta = run["index"], run["edit"], run["sweep"], run["direction"]
+_now = current_weight_hash(str(idx.get("model", "")))
+if run.get("weight_hash") and _now and _now != run["weight_hash"]:
+    st.warning(f"This run was computed on other weights of {idx.get('model')} than those now "
+               f"on disk (saved {run['weight_hash'][:10]}, now {_now[:10]}): its figures "
+               "describe the old model.", icon=":material/history:")
 short_max = dmeta.get("split", {}).get("short_max_tokens", 0)
 scored = "accuracy" in ed["before"]
 

@@ -171,9 +171,9 @@ if tv is not None:
 # ------------------------------------------------------------------ sweeps
 st.subheader("Sweeps over α")
 sweep = acc = None
-for st_ in (ui.store(), demo_store(read_only=True)):
-    sweep = sweep or find_part(spec, "sweep", st_)
-    acc = acc or find_part(spec, "accuracy", st_)
+for st_ in (ui.store(), demo_store(read_only=True)):   # a damaged artifact: st.error
+    sweep = sweep or ui.attempt(find_part, spec, "sweep", st_)
+    acc = acc or ui.attempt(find_part, spec, "accuracy", st_)
 status = {w: views.saved_result_status(a) for w, a in (("sweep", sweep), ("accuracy", acc))
           if a is not None}
 stale = any(v["stale"] for v in status.values())

@@ -92,7 +92,9 @@ if mode.startswith("concurrent"):
     for r in range(int(sys.argv[4])):
         i = wid * 1000 + r
         x = torch.full((n,), float(i))
-        st.save("blob", {"same": True}, {"x": x}, meta={"i": i}, files={"note.txt": f"note {i}"})
+        # notes of different lengths: a reader must not take a swap for a damaged file
+        st.save("blob", {"same": True}, {"x": x}, meta={"i": i},
+                files={"note.txt": f"note {i}" + "x" * (i % 7)})
     sys.exit(0)
 
 save(-1, "shared")          # a complete older version of the key that gets overwritten
@@ -377,7 +379,7 @@ def test_two_writers_same_key(tmp_path):
     i = art.meta["i"]
     assert i in (1000 + rounds - 1, 2000 + rounds - 1)  # one writer's last save wins
     assert bool((art.tensors["x"] == float(i)).all()) and art.tensors["x"].shape == (n,)
-    assert art.file("note.txt").read_text() == f"note {i}"
+    assert art.file("note.txt").read_text() == f"note {i}" + "x" * (i % 7)
     assert sorted(p.name for p in (tmp_path / "blob").iterdir()) == [".lock", key]
     assert reads > 0
 
