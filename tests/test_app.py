@@ -253,3 +253,41 @@ def test_progress_callback_draws_a_bar():
     assert len(bars) == 1
     assert bars[0].proto.value == 100
     assert "4/4" in bars[0].proto.text and "loss 0.25" in bars[0].proto.text
+
+
+def _cache_script():
+    import streamlit as st
+
+    import pages.common as ui
+    from interp import serving
+
+    spec = st.session_state["spec"]
+    a = ui.cached_model(spec, "cpu", "float32")
+    b = ui.cached_model(" " + spec, "cpu", "float32")
+    c = ui.cached_model(spec, "cpu", "bfloat16")
+    st.session_state["result"] = {
+        "same": a is b, "other_dtype": a is not c, "dtypes": (str(a.dtype), str(c.dtype)),
+        "guarded": serving.is_guarded(a) and serving.is_guarded(c)}
+
+
+def test_cached_model_is_shared_per_spec_device_and_dtype(tiny_qwen_dir, tmp_path):
+    """One guarded model per (spec, device, dtype, checkpoint files), shared by sessions;
+    a rebuilt checkpoint is loaded again."""
+    import shutil
+
+    ckpt = shutil.copytree(tiny_qwen_dir, tmp_path / "ckpt")
+    runs = []
+    for _ in range(2):  # two sessions
+        at = AppTest.from_function(_cache_script, default_timeout=60)
+        at.session_state["spec"] = str(ckpt)
+        at.run()
+        assert not at.exception
+        runs.append(at.session_state["result"])
+    assert runs[0] == runs[1] == {"same": True, "other_dtype": True, "guarded": True,
+                                  "dtypes": ("torch.float32", "torch.bfloat16")}
+    import pages.common as ui
+
+    first = ui.cached_model(str(ckpt), "cpu", "float32")
+    assert ui.cached_model(str(ckpt), "cpu", "float32") is first
+    (ckpt / "config.json").touch()  # a rebuilt checkpoint: new file stamp
+    assert ui.cached_model(str(ckpt), "cpu", "float32") is not first
