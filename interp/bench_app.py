@@ -141,14 +141,21 @@ def app_log(proc: subprocess.Popen, tail: int = 4000) -> str:
 
 
 def stop_app(proc: subprocess.Popen) -> None:
-    """Stop the server started by :func:`start_app` (SIGTERM, then SIGKILL)."""
-    if proc.poll() is None:
-        proc.terminate()
+    """Stop the server started by :func:`start_app` and anything it started (its own
+    process group): SIGTERM, then SIGKILL after 10 s."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        if proc.poll() is not None:
+            break
         try:
-            proc.wait(timeout=10)
+            os.killpg(proc.pid, sig)  # start_new_session: the group id is the pid
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+            continue
     log = getattr(proc, "log", None)
     if log is not None:
         log.close()
@@ -269,12 +276,14 @@ def measure_browser(base: str, fine: str, env: dict[str, str], repeats: int = 3,
                 browser.close()
         out = {"server_ready_seconds": ready, "cold_start_seconds": cold,
                "cached_interaction_seconds": times, "port": port}
-        if keep:
-            out["proc"] = proc
-        return out
-    finally:
-        if not keep:
-            stop_app(proc)
+    except BaseException:
+        stop_app(proc)
+        raise
+    if keep:
+        out["proc"] = proc
+    else:
+        stop_app(proc)
+    return out
 
 
 def bench_app_latency(args: Any) -> dict[str, Any]:
