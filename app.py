@@ -16,11 +16,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import streamlit as st
-import torch
+from interp.serving import wait_until_warm
 
-import pages.common as ui
-from interp.models import DEFAULT_PAIR, available_models
+wait_until_warm()  # deploy/serve.py may still be importing what follows: never twice at once
+
+import streamlit as st  # noqa: E402
+import torch  # noqa: E402
+
+import pages.common as ui  # noqa: E402
+from interp.models import DEFAULT_PAIR, available_models  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 OTHER = "Other…"
@@ -78,7 +82,8 @@ def model_picker(role: str, label: str, default: str, choices: list[str]) -> str
     built = set(choices)
     st.selectbox(label, options, key=select_key,
                  format_func=lambda s: s if s in built or s == OTHER else f"{s} (not built)")
-    if refused := st.session_state.get(f"{role}_refused"):
+    refused = st.session_state.get(f"{role}_refused")
+    if refused and st.session_state[select_key] == default:  # until another is chosen
         st.caption(f":material/lock: `{refused[:80]}` is not available in the hosted demo "
                    "(organisms only).")
     if st.session_state[select_key] == OTHER:

@@ -1,8 +1,8 @@
 """Exit 0 when the app on 127.0.0.1:$PORT answers its health check, else 1.
 
 The Docker image's HEALTHCHECK runs it (the slim image has no curl). Streamlit answers
-``GET /_stcore/health`` with ``ok`` once the server is up; deploy/serve.py starts the
-server only after the heavy libraries are imported.
+``GET /_stcore/health`` with ``ok`` once the server is up (deploy/serve.py imports the
+pages' libraries meanwhile; a first page waits for them).
 
     python deploy/healthcheck.py [--port PORT] [--timeout SECONDS]
 """

@@ -1,19 +1,21 @@
 """Start the app for serving: ``python deploy/serve.py [streamlit options]``.
 
-Before the server starts, this process imports everything app.py and the pages import
-at module level (torch, transformers, TransformerLens, plotly, the backend and
-``pages.common``; found by reading their import statements), plus the Qwen2 model
-class the organisms load with. So:
+Starts ``streamlit run app.py`` in this process and, meanwhile, in a background thread,
+imports everything app.py and the pages import at module level (torch, transformers,
+TransformerLens, plotly, the backend and ``pages.common``; found by reading their
+import statements), plus the Qwen2 model class the organisms load with. app.py waits
+for that thread before its own imports (``interp.serving.wait_until_warm``). So:
 
-* the first visitor of a fresh server does not wait for those imports (about 5 s on
-  2 CPU cores) inside their first page load: they happen before the server answers its
-  health check;
+* the first visitor of a fresh server does not pay for those imports (about 5 s on 2
+  CPU cores) after their browser has connected: they overlap the server start, the
+  browser start and the page load;
 * sessions that open at the same moment on a fresh server never import the same
   modules concurrently (a partly imported ``pages.common`` seen by a second session
   failed its page with an ImportError);
 * Streamlit is told up front that the app uses ``st.navigation`` (not the old
   ``pages/`` folder mode), so a deep link as the very first request runs app.py.
 
+The health check (``GET /_stcore/health``) answers as soon as the server is up.
 deploy/start.sh runs this with the serving options.
 """
 
@@ -59,13 +61,8 @@ def app_modules() -> list[str]:
 
 
 def warm_imports() -> float:
-    """Import :func:`app_modules` and switch off the pages-folder mode; returns seconds."""
+    """Import :func:`app_modules`; returns the seconds it took."""
     t0 = time.perf_counter()
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from streamlit.runtime.pages_manager import PagesManager
-
-    PagesManager.uses_pages_directory = False  # app.py uses st.navigation
     for name in app_modules():
         if name.endswith("?"):
             parent, _, attr = name[:-1].rpartition(".")
@@ -80,10 +77,23 @@ def warm_imports() -> float:
 
 def main(argv: list[str]) -> int:
     os.chdir(ROOT)  # .streamlit/config.toml is read from the working directory
-    seconds = warm_imports()
-    print(f"imports ready in {seconds:.1f} s; starting the server", file=sys.stderr)
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    # the server's own modules first, in this thread, so the two threads import apart
+    import streamlit.web.bootstrap  # noqa: F401
+    import streamlit.web.server  # noqa: F401
+    from streamlit.runtime.pages_manager import PagesManager
     from streamlit.web import cli
 
+    from interp import serving
+
+    PagesManager.uses_pages_directory = False  # app.py uses st.navigation
+
+    def warm() -> None:
+        seconds = warm_imports()
+        print(f"imports ready in {seconds:.1f} s", file=sys.stderr, flush=True)
+
+    serving.warm_up_in_background(warm)
     sys.argv = ["streamlit", "run", str(ROOT / "app.py"), *argv]
     return cli.main()
 

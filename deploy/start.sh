@@ -16,9 +16,8 @@
 #                        large model on a many-core CPU.
 #
 # Streamlit reads .streamlit/config.toml (headless, no file watcher, no usage stats);
-# deploy/serve.py imports the heavy libraries before the server starts, so the health
-# check (GET /_stcore/health, see deploy/healthcheck.py) answers once a first visitor
-# gets a page without waiting for them.
+# deploy/serve.py imports what the pages need in the background while the server
+# already answers its health check (GET /_stcore/health, see deploy/healthcheck.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}

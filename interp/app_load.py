@@ -14,8 +14,10 @@ scenario ``i % 4``, each the key interaction of a page, with its own state:
 ``adapters`` open ``/adapters`` at one loss term, switch to the next term; result: the
              term in the URL and the curve figure's title.
 
-All sessions open their page together, wait until it has rendered, then perform their
-interaction together. Each result is compared with an expectation computed apart from
+Sessions open their pages a few at a time (``open_parallel``: page loads are mostly
+the browser's own work, which on the test machine competes with the server for the
+same cores), wait until the page has rendered, then all perform their interaction at
+the same moment. Each result is compared with an expectation computed apart from
 the app: generations and KL traces by calling ``interp`` directly in this process (no
 streamlit), view and term results from one session doing the same thing alone first.
 A result that differs is *cross-talk*; an exception box, an error message or a timeout
@@ -221,17 +223,19 @@ async def interact(page, scenario: str, i: int) -> Any:
 
 
 async def run_session(browser, base: str, i: int, opened: asyncio.Barrier,
-                      screenshot: str | None = None) -> SessionResult:
+                      opening: asyncio.Semaphore, screenshot: str | None = None
+                      ) -> SessionResult:
     scenario = SCENARIOS[i % len(SCENARIOS)]
     r = SessionResult(i, scenario)
     ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
     try:
         page = await ctx.new_page()
-        try:
-            r.open_seconds = await open_page(page, start_url(base, scenario, i),
-                                             READY[scenario])
-        except Exception as e:  # noqa: BLE001 - a failed session is a counted error
-            r.errors.append(f"open: {type(e).__name__}: {str(e)[:300]}")
+        async with opening:
+            try:
+                r.open_seconds = await open_page(page, start_url(base, scenario, i),
+                                                 READY[scenario])
+            except Exception as e:  # noqa: BLE001 - a failed session is a counted error
+                r.errors.append(f"open: {type(e).__name__}: {str(e)[:300]}")
         await opened.wait()  # every session interacts at the same time
         if not r.errors:
             t = time.perf_counter()
@@ -252,15 +256,16 @@ async def run_session(browser, base: str, i: int, opened: asyncio.Barrier,
 
 
 async def _sessions(base: str, indices: list[int], chromium: str, args: list[str],
-                    shots: str | None) -> list[SessionResult]:
+                    shots: str | None, open_parallel: int) -> list[SessionResult]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=chromium, args=args)
         try:
             opened = asyncio.Barrier(len(indices))
+            opening = asyncio.Semaphore(open_parallel)
             return list(await asyncio.gather(*[
-                run_session(browser, base, i, opened,
+                run_session(browser, base, i, opened, opening,
                             f"{shots}/session-{i:02d}-{SCENARIOS[i % 4]}.png" if shots else None)
                 for i in indices]))
         finally:
@@ -268,9 +273,10 @@ async def _sessions(base: str, indices: list[int], chromium: str, args: list[str
 
 
 def run_sessions(base: str, indices: list[int], chromium: str, args: list[str],
-                 screenshots: str | None = None) -> list[SessionResult]:
+                 screenshots: str | None = None, open_parallel: int = 4
+                 ) -> list[SessionResult]:
     """Run the sessions ``indices`` together (see the module doc); no checks."""
-    return asyncio.run(_sessions(base, indices, chromium, args, screenshots))
+    return asyncio.run(_sessions(base, indices, chromium, args, screenshots, open_parallel))
 
 
 # ------------------------------------------------------------------ expectations + checks
@@ -310,14 +316,15 @@ def matches(scenario: str, got: Any, want: Any) -> bool:
 
 
 def load_test(base: str, n: int, chromium: str, args: list[str],
-              screenshots: str | None = None, offset: int = 0) -> dict[str, Any]:
+              screenshots: str | None = None, offset: int = 0, open_parallel: int = 4
+              ) -> dict[str, Any]:
     """``n`` sessions together; errors, cross-talk and latency percentiles."""
     import numpy as np
 
     indices = list(range(offset, offset + n))
     want = expectations(base, indices, chromium, args)
     t0 = time.perf_counter()
-    results = run_sessions(base, indices, chromium, args, screenshots)
+    results = run_sessions(base, indices, chromium, args, screenshots, open_parallel)
     wall = time.perf_counter() - t0
     for r in results:
         if not r.errors and not matches(r.scenario, r.result, want[r.index]):
@@ -333,6 +340,7 @@ def load_test(base: str, n: int, chromium: str, args: list[str],
             "p50_interaction_seconds": pct(lat, 50), "p95_interaction_seconds": pct(lat, 95),
             "max_interaction_seconds": max(lat) if lat else None,
             "p95_open_seconds": pct(opens, 95), "wall_seconds": wall,
+            "open_parallel": open_parallel,
             "per_scenario_p95": {s: pct([r.interaction_seconds for r in results
                                          if r.scenario == s and r.interaction_seconds], 95)
                                  for s in SCENARIOS},

@@ -15,6 +15,13 @@ Work limits (hosted demo)
     gets :class:`~interp.errors.BusyError`. :class:`TokenBucket` limits one session's
     heavy computations: ``session_burst`` at once, refilled at ``session_per_minute``.
 
+Start-up
+    A launcher (deploy/serve.py) imports the app's modules in a background thread while
+    the server already answers (:func:`warm_up_in_background`); app.py calls
+    :func:`wait_until_warm` before its own imports, so a first visitor's page load
+    overlaps those imports and no two threads ever import the same module at once. This
+    module imports nothing heavy at load time for that reason.
+
 Shared models
     One loaded model serves every session of the process, and interventions act on the
     shared object: TransformerLens hooks are attached to its modules (and its
@@ -41,7 +48,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .errors import BusyError, ConfigError, DemoRestrictedError
-from .store import PROJECT_ROOT
 
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
@@ -74,6 +80,8 @@ class DemoSettings:
 
 def config_path() -> Path | None:
     """The TOML config in use: ``INTERP_CONFIG``, else ``interp.toml`` in the project."""
+    from .store import PROJECT_ROOT
+
     env = os.environ.get("INTERP_CONFIG", "").strip()
     if env:
         p = Path(env).expanduser()
@@ -202,6 +210,35 @@ def limiter(demo: DemoSettings | None = None) -> WorkLimiter:
         if key not in _LIMITERS:
             _LIMITERS[key] = WorkLimiter(*key)
         return _LIMITERS[key]
+
+
+# ------------------------------------------------------------------ start-up
+_WARM = threading.Event()
+_WARM.set()  # nothing to wait for unless a launcher starts a warm-up
+_WARM_ERROR: list[BaseException] = []
+
+
+def warm_up_in_background(fn: Callable[[], Any]) -> threading.Thread:
+    """Run ``fn`` in a daemon thread; :func:`wait_until_warm` blocks until it ends."""
+    _WARM.clear()
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - the app imports again and shows it
+            _WARM_ERROR.append(e)
+        finally:
+            _WARM.set()
+
+    t = threading.Thread(target=run, name="warm-imports", daemon=True)
+    t.start()
+    return t
+
+
+def wait_until_warm(timeout_s: float = 600.0) -> bool:
+    """Wait for a warm-up started by :func:`warm_up_in_background` (at once when none
+    runs); False when it is still running after ``timeout_s``."""
+    return _WARM.wait(timeout_s)
 
 
 # ------------------------------------------------------------------ shared models

@@ -37,6 +37,7 @@ def _weight_table(path_a: str, path_b: str, stamp_a: str, stamp_b: str) -> pd.Da
 def _generate(spec: str, device: str, dtype: str, stamp: str, prompt: str, chat: bool,
               max_new: int, max_chars: int | None) -> dict:
     model = ui.cached_model(spec, device, dtype)
+    max_new = ui.max_new_tokens(max_new)  # the demo's cap, whatever the widget held
     ids = encode_user_prompt(model.tokenizer, prompt, chat=chat, max_chars=max_chars,
                              max_new_tokens=max_new, n_ctx=model.cfg.n_ctx)
     with ui.work_slot("the generation"):

@@ -135,6 +135,9 @@ def test_start_script_serves_the_app(tmp_cache):
         assert r.status == 200 and "<noscript>" in html and "<script" in html
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/models?base=x", timeout=10) as r:
             assert r.status == 200  # deep links are served by the same page
+        deadline = time.monotonic() + 180  # the imports run in the background
+        while "imports ready in" not in app_log(proc) and time.monotonic() < deadline:
+            time.sleep(0.5)
         log = app_log(proc)
         assert "imports ready in" in log and f"127.0.0.1:{port}" in log
         assert "Inotify" not in log and "Traceback" not in log
