@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from interp.app_load import PROBLEMS_JS
 from interp.bench_app import app_log, free_port, start_app, stop_app, wait_healthy, wait_rendered
 from interp.store import PROJECT_ROOT
@@ -19,6 +21,11 @@ PAGES = {  # name -> (path, what shows that it rendered)
     "length": ("length", CHART),
     "vectors": ("vectors", "span[title^='KL ']"),
 }
+needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                    reason=f"Chromium not installed at {CHROMIUM} "
+                                           "(apt-get install -y chromium)")
+needs_organisms = pytest.mark.skipif(not (ORGANISMS / "reasoner" / "config.json").exists(),
+                                     reason="the committed organisms are missing")
 
 
 def screenshot_dir() -> Path:

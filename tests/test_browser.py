@@ -25,21 +25,17 @@ from interp.bench_app import CHROMIUM_ARGS, models_url, wait_query, wait_rendere
 from ._browser import (
     CHART,
     CHROMIUM,
-    ORGANISMS,
     PAGES,
     assert_clean,
+    needs_chromium,
+    needs_organisms,
     open_page,
     organism_cache,
     screenshot,
     serve,
 )
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                       reason=f"Chromium not installed at {CHROMIUM} "
-                              "(apt-get install -y chromium)"),
-]
+pytestmark = [pytest.mark.browser, needs_chromium]
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +63,6 @@ def page(browser):
         yield ctx.new_page()
     finally:
         ctx.close()
-
-
-needs_organisms = pytest.mark.skipif(not (ORGANISMS / "reasoner" / "config.json").exists(),
-                                     reason="the committed organisms are missing")
 
 
 # ------------------------------------------------------------------ tiny pair (first request)

@@ -10,8 +10,6 @@ run); this is the same code with 4 sessions.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from interp import app_load
@@ -19,9 +17,10 @@ from interp.bench_app import CHROMIUM_ARGS
 
 from ._browser import (
     CHROMIUM,
-    ORGANISMS,
     PAGES,
     assert_clean,
+    needs_chromium,
+    needs_organisms,
     open_page,
     organism_cache,
     screenshot,
@@ -29,13 +28,7 @@ from ._browser import (
     serve,
 )
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not (ORGANISMS / "reasoner" / "config.json").exists(),
-                       reason="the committed organisms are missing"),
-    pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                       reason=f"Chromium not installed at {CHROMIUM}"),
-]
+pytestmark = [pytest.mark.browser, needs_chromium, needs_organisms]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from streamlit.testing.v1 import AppTest
 from interp import serving
 from interp.store import PROJECT_ROOT
 
-APP = str(PROJECT_ROOT / "app.py")
+from .test_app import _app, _texts
+
 PAGES = ("pages/home.py", "pages/models.py", "pages/adapters.py", "pages/length.py",
          "pages/vectors.py")
 ORGANISMS = PROJECT_ROOT / "cache" / "organisms"
@@ -42,18 +43,6 @@ def demo(tmp_cache, monkeypatch, tmp_path):
         cfg.write_text("[demo]\nenabled = true\n" + "".join(f"{k} = {v}\n"
                                                             for k, v in kw.items()))
     return settings
-
-
-def _app(params=None, page=None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.query_params.update(params or {})
-    if page:
-        at.switch_page(page)
-    return at.run()
-
-
-def _texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
 
 
 def _main_captions(at) -> str:
