@@ -204,7 +204,8 @@ async def interact(page, scenario: str, i: int) -> Any:
         thumb = page.locator("[data-testid='stSlider'] input[type='range']").first
         await thumb.focus()
         await thumb.press("ArrowRight")
-        await wait_url(page, lambda q: abs(float(q.get("valpha", ["nan"])[0]) - after) < 1e-9)
+        # the page drops valpha from the URL at its default, 1
+        await wait_url(page, lambda q: abs(float(q.get("valpha", ["1"])[0]) - after) < 1e-9)
         await settle(page)
         await page.get_by_text(f"One trace at α = {after:g}").wait_for(
             timeout=TIMEOUT_S * 1000)
