@@ -24,6 +24,13 @@ PROMPT = "<bos> 4 5 6 7 8 + 9 9 ="
 HOOK = "blocks.0.hook_resid_post"
 
 
+def same_logits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal up to float reordering: the same forward pass run in another thread may
+    split its sums differently (torch's thread count is set per thread, and other tests
+    change it). A leaked steering hook changes logits by orders of magnitude more."""
+    return torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 # ------------------------------------------------------------------ settings
 def test_settings_from_file_and_env(tmp_path, monkeypatch):
     cfg = tmp_path / "interp.toml"
@@ -220,8 +227,10 @@ def test_concurrent_steered_and_plain_sessions_do_not_mix(shared):
         n = 0
         while not stop.is_set() or n < 3:
             with torch.no_grad():
-                if not torch.equal(lm.hooked(toks), ref_logits):
-                    bad.append("plain forward saw another session's hook")
+                got = lm.hooked(toks)
+                if not same_logits(got, ref_logits):
+                    bad.append("plain forward saw another session's hook: max |Δlogit| "
+                               f"{float((got - ref_logits).abs().max()):.3g}")
             if generate(lm, [PROMPT], max_new_tokens=5,
                         stop_at_eos=False)[0].output_ids != ref_plain:
                 bad.append("plain generation saw another session's hook")
@@ -257,10 +266,10 @@ def test_in_place_edit_under_the_lock_is_not_seen(shared):
         w.add_(1.0)
         started.set()
         time.sleep(0.2)  # the other thread is blocked in forward meanwhile
-        assert not torch.equal(lm.hooked(toks), ref)  # re-entrant for this thread
+        assert not same_logits(lm.hooked(toks), ref)  # re-entrant for this thread
         w.copy_(saved)
     t.join(timeout=30)
-    assert torch.equal(seen[0], ref)
+    assert same_logits(seen[0], ref)
 
 
 def test_a_copy_of_a_guarded_model_is_its_own(shared):
