@@ -5,22 +5,41 @@ device, dtype); each page lives in ``pages/`` and talks to ``interp/`` through
 ``pages/common.py``. Sidebar state is mirrored into the URL (``base``, ``fine``,
 ``device``, ``dtype``), so a copied link reopens the same view.
 
-Environment: ``INTERP_DEMO=1`` turns on the hosted-demo mode (read-only artifact
-store, no training, prompts capped); ``INTERP_CACHE`` moves the artifact store.
+Environment: ``INTERP_DEMO=1`` (or ``enabled = true`` in the ``[demo]`` table of the
+``INTERP_CONFIG`` file, see ``deploy/demo.toml``) turns on the hosted-demo mode: organism
+models only, read-only artifact store, no training, capped prompts, tokens and work; each
+page says in one line what it allows. ``INTERP_CACHE`` moves the artifact store.
+The sidebar's *Download report (zip)* bundles the current page's figures and data.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import streamlit as st
-import torch
+from interp.serving import wait_until_warm
 
-import pages.common as ui
-from interp.models import DEFAULT_PAIR, available_models
+wait_until_warm()  # deploy/serve.py may still be importing what follows: never twice at once
+
+import streamlit as st  # noqa: E402
+import torch  # noqa: E402
+
+import pages.common as ui  # noqa: E402
+from interp.models import DEFAULT_PAIR, available_models  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 OTHER = "Other…"
+DEMO_ALLOWS = {  # page title -> what the hosted demo allows there (one line)
+    "Home": "browse the committed results of the model organisms; nothing is trained or "
+            "saved, and only the organisms load.",
+    "Models": "weight differences and side-by-side generation of the organisms ({limits}).",
+    "Adapters": "the committed adapter runs and their evaluations; training and "
+                "evaluation are off.",
+    "Reasoning length": "the committed run, every tab; new runs and edits are off.",
+    "Reasoning vectors": "task and control vectors of the organisms, traces at any α and "
+                         "own generations ({limits}); the committed sweeps, no new ones.",
+}
+DEMO_DEFAULT = ("the committed results and light computation on the organisms ({limits}); "
+                "no training, no other models.")
 OPTIONAL_PAGES = (  # pages other capabilities add; shown once their file exists
     ("pages/adapters.py", "Adapters", ":material/hub:"),
     ("pages/length.py", "Reasoning length", ":material/straighten:"),
@@ -44,17 +63,29 @@ def pages() -> list:
 def model_picker(role: str, label: str, default: str, choices: list[str]) -> str:
     """A select over the known models plus *Other…* with a free-text field.
 
-    The chosen spec is kept in ``st.session_state["pair_<role>"]`` and in the URL.
+    The chosen spec is kept in ``st.session_state["pair_<role>"]`` and in the URL. In
+    demo mode only the organisms are offered (no *Other…*); a link naming another model
+    falls back to the default and says so.
     """
     select_key, text_key = f"{role}_choice", f"{role}_other"
-    options = list(dict.fromkeys([*choices, default])) + [OTHER]
+    demo = ui.demo_mode()
+    if demo:
+        choices = [c for c in choices if c.startswith("organism:")]
+    options = list(dict.fromkeys([*choices, default])) + ([] if demo else [OTHER])
     if select_key not in st.session_state:
         spec = ui.url_param(role, default).strip() or default
+        if demo and spec not in options:
+            st.session_state[f"{role}_refused"] = spec
+            spec = default
         st.session_state[select_key] = spec if spec in options else OTHER
         st.session_state[text_key] = "" if spec in options else spec
     built = set(choices)
     st.selectbox(label, options, key=select_key,
                  format_func=lambda s: s if s in built or s == OTHER else f"{s} (not built)")
+    refused = st.session_state.get(f"{role}_refused")
+    if refused and st.session_state[select_key] == default:  # until another is chosen
+        st.caption(f":material/lock: `{refused[:80]}` is not available in the hosted demo "
+                   "(organisms only).")
     if st.session_state[select_key] == OTHER:
         spec = st.text_input(
             f"{label}: hub name, folder or .gguf", key=text_key,
@@ -67,7 +98,13 @@ def model_picker(role: str, label: str, default: str, choices: list[str]) -> str
     return spec
 
 
-def sidebar() -> None:
+def demo_line(title: str) -> str:
+    """The one line a page shows in demo mode: what it allows."""
+    limits = ui.demo_settings().describe()
+    return DEMO_ALLOWS.get(title, DEMO_DEFAULT).format(limits=limits)
+
+
+def sidebar(page_title: str) -> None:
     with st.sidebar:
         st.markdown("### :material/compare_arrows: Model pair")
         choices = available_models()
@@ -90,11 +127,16 @@ def sidebar() -> None:
                        "`python -m interp organisms build`")
         st.divider()
         if ui.demo_mode():
-            st.caption(":material/lock: Hosted demo: read-only results, no training, "
-                       f"prompts up to {ui.DEMO_MAX_PROMPT_CHARS} characters.")
+            st.caption(":material/lock: Hosted demo: organism models only, read-only "
+                       f"results, no training; {ui.demo_settings().describe()}.")
         st.caption(":material/link: The address bar holds this view: copy it to share.")
+        ui.report_button(page_title)
 
 
+if ui.attempt(ui.demo_settings) is None:  # a broken config: say so, serve nothing
+    st.stop()
 nav = st.navigation(pages())
-sidebar()
+sidebar(nav.title)
+if ui.demo_mode():
+    st.caption(f":material/lock: **Hosted demo**: {demo_line(nav.title)}")
 nav.run()

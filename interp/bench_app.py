@@ -1,19 +1,28 @@
-"""``python -m interp bench app-latency``: how fast the app starts and answers.
+"""``python -m interp bench app-latency``: how fast the app starts and answers, alone
+and under many simultaneous sessions. The app is served as deployed (``deploy/start.sh``
+with the hosted demo's settings, ``INTERP_CONFIG=deploy/demo.toml``) on 127.0.0.1.
 
-* ``cold_start_seconds``: from launching ``streamlit run app.py`` (headless, a free
-  127.0.0.1 port) until the Models page has rendered in headless Chromium (Playwright;
-  the weight-difference chart visible and no skeleton / running indicator left).
-  This includes the Python imports, loading the pair and the first render.
-  ``server_ready_seconds`` is the part until the server answers its health check.
-* ``max_cached_interaction_seconds``: with the models already cached
-  (``st.cache_resource``), the slowest of a few repeated interactions in the same
-  browser page (clicking the other weight-difference measure), each timed until the
-  rerun has rendered. No streamlit import happens in this process.
+* ``cold_start_seconds``: from launching the server until the Models page has rendered
+  in headless Chromium (Playwright; the weight-difference chart visible, the script
+  finished, no skeleton left). This includes the imports (done before the server
+  answers, ``server_ready_seconds``), loading the pair and the first render.
+* ``max_cached_interaction_seconds``: in one browser page, with the models cached
+  (``st.cache_resource``), the slowest of several interactions that need no new model
+  computation: switching the Models page's weight-difference measure, the Reasoning
+  length view and the Adapters loss term; each timed from the click until the URL holds
+  the new state and the rerun has finished.
+* ``concurrent_sessions``, ``concurrent_errors``, ``p95_interaction_seconds``: the load
+  test of :mod:`interp.app_load` (8, then 32 browser sessions at once, each the key
+  interaction of a page: a generation, an α step of the vectors trace, a view or term
+  switch), its errors (exception boxes, error messages, timeouts) and cross-talk
+  (results that differ from the same computation done apart from the app), and the
+  95th percentile of its interaction latencies, at the largest session count.
 
-The pair is the default organism pair when it is built; otherwise a tiny random
-Qwen2 pair made in a temporary folder (``"pair": "tiny-random"`` in the output), with
-``INTERP_CACHE`` pointed at a temporary folder so the real cache is untouched.
-:func:`make_tiny_pair` is also what the app tests use.
+The pair is the default organism pair when it is built; otherwise (cold start and
+cached interactions only) a tiny random Qwen2 pair made in a temporary folder
+(``"pair": "tiny-random"``), with ``INTERP_CACHE`` pointed at a temporary folder.
+:func:`make_tiny_pair` is also what the app tests use. ``--quick`` runs 4 and 8
+sessions.
 """
 
 from __future__ import annotations
@@ -110,13 +119,14 @@ def free_port() -> int:
 
 
 def start_app(port: int, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """``streamlit run app.py`` headless on 127.0.0.1:port (stop it with :func:`stop_app`)."""
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-           "--server.port", str(port), "--server.address", "127.0.0.1",
-           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    """Serve the app as deployed: ``deploy/start.sh`` (the Docker image's command) with
+    this interpreter, on 127.0.0.1:port. Stop it with :func:`stop_app`."""
+    cmd = ["bash", str(PROJECT_ROOT / "deploy" / "start.sh")]
+    env = {**os.environ, "PYTHON": sys.executable, "PORT": str(port), "ADDRESS": "127.0.0.1",
+           **(env or {})}
     log = tempfile.TemporaryFile()  # not a pipe: a full pipe would block the server
-    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env={**os.environ, **(env or {})},
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     proc.log = log  # type: ignore[attr-defined]
     return proc
 
@@ -131,14 +141,21 @@ def app_log(proc: subprocess.Popen, tail: int = 4000) -> str:
 
 
 def stop_app(proc: subprocess.Popen) -> None:
-    """Stop the server started by :func:`start_app` (SIGTERM, then SIGKILL)."""
-    if proc.poll() is None:
-        proc.terminate()
+    """Stop the server started by :func:`start_app` and anything it started (its own
+    process group): SIGTERM, then SIGKILL after 10 s."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        if proc.poll() is not None:
+            break
         try:
-            proc.wait(timeout=10)
+            os.killpg(proc.pid, sig)  # start_new_session: the group id is the pid
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+            continue
     log = getattr(proc, "log", None)
     if log is not None:
         log.close()
@@ -149,12 +166,28 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
 
 
 def wait_rendered(page, selector: str, timeout_s: float = 120.0) -> None:
-    """Wait until ``selector`` is visible and no skeleton / running indicator is left."""
+    """Wait until ``selector`` is visible and the page has settled: the script finished
+    (``data-test-script-state`` notRunning), connected, no skeleton or running
+    indicator left."""
+    from .app_load import SETTLED_JS
+
     page.wait_for_selector(selector, timeout=timeout_s * 1000, state="visible")
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stSkeleton\"]') && "
-        "!document.querySelector('[data-testid=\"stStatusWidget\"]')",
-        timeout=timeout_s * 1000)
+    page.wait_for_function(SETTLED_JS, timeout=timeout_s * 1000)
+
+
+def wait_query(page, key: str, value: str | None, timeout_s: float = 120.0) -> None:
+    """Wait until the page's URL has ``key=value`` (``None``: no ``key``), then until the
+    page has settled. Widgets write their state to the URL during the rerun they cause,
+    so this waits for that rerun and not for an earlier, finished one."""
+    from .app_load import SETTLED_JS
+
+    deadline = time.perf_counter() + timeout_s
+    while urllib.parse.parse_qs(urllib.parse.urlparse(page.url).query).get(key) != (
+            None if value is None else [value]):
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"the URL never had {key}={value}: {page.url}")
+        page.wait_for_timeout(20)
+    page.wait_for_function(SETTLED_JS, timeout=timeout_s * 1000)
 
 
 def models_url(port: int, base: str, fine: str) -> str:
@@ -192,57 +225,115 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout_s: float = 60.0) -> 
         time.sleep(0.1)
 
 
+DEMO_ENV = {"INTERP_CONFIG": "deploy/demo.toml"}
+CACHED_STEPS = (  # (page path, URL key, [(option label, URL value or None)])
+    ("models", "metric", [("absolute change ‖Δθ‖", "delta_norm"),
+                          ("relative change ‖Δθ‖ / ‖θ_base‖", None)]),
+    ("length", "ltab", [("Heads", "Heads"), ("Lengths", None)]),
+    ("adapters", "term", [("l0", "l0"), ("kl", None)]),
+)
+
+
 def measure_browser(base: str, fine: str, env: dict[str, str], repeats: int = 3,
-                    chromium: str = "/usr/bin/chromium") -> tuple[float, float, list[float]]:
-    """Launch the server, open the Models page in headless Chromium and time:
-    (seconds until the server answers, seconds until the Models page has rendered,
-    both from launch; then the seconds of each cached interaction: switching the
-    weight-difference measure, until the page has finished rerunning)."""
+                    chromium: str = "/usr/bin/chromium", port: int | None = None,
+                    keep: bool = False) -> dict[str, Any]:
+    """Launch the server, open the Models page in headless Chromium and time: the
+    server's readiness and the first render (both from launch), then the cached
+    interactions of :data:`CACHED_STEPS` (``repeats`` rounds; pages that show nothing
+    without the organisms are skipped for a tiny pair). With ``keep`` the server is
+    left running and returned as ``"proc"`` (stop it with :func:`stop_app`)."""
     from playwright.sync_api import sync_playwright
 
-    port = free_port()
+    from . import app_load
+
+    port = port or free_port()
     t0 = time.perf_counter()
     proc = start_app(port, env)
     try:
-        wait_healthy(port, proc)
+        wait_healthy(port, proc, timeout_s=180)
         ready = time.perf_counter() - t0
+        times: dict[str, list[float]] = {}
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.goto(models_url(port, base, fine), timeout=60_000)
-                wait_rendered(page, "[data-testid='stPlotlyChart']")
+                page.goto(models_url(port, base, fine), timeout=180_000)
+                wait_rendered(page, "[data-testid='stPlotlyChart']", 180)
                 cold = time.perf_counter() - t0
-                times = []
-                radio = page.locator("[data-testid='stMain'] [data-testid='stRadio']").first
-                options = radio.locator("label")
-                for i in range(repeats * 2):
-                    t = time.perf_counter()
-                    options.nth((i + 1) % 2).click()
-                    page.wait_for_timeout(50)  # let the rerun start
-                    wait_rendered(page, "[data-testid='stPlotlyChart']")
-                    times.append(time.perf_counter() - t)
-                return ready, cold, times
+                for path, key, steps in CACHED_STEPS:
+                    if path != "models":
+                        if not base.startswith("organism:"):
+                            continue
+                        page.goto(f"http://127.0.0.1:{port}/{path}", timeout=180_000)
+                        wait_rendered(page, "[data-testid='stPlotlyChart']", 180)
+                    for _ in range(repeats):
+                        for label, value in steps:
+                            t = time.perf_counter()
+                            app_load.option(page, label).click()
+                            wait_query(page, key, value)
+                            times.setdefault(path, []).append(time.perf_counter() - t)
             finally:
                 browser.close()
-    finally:
+        out = {"server_ready_seconds": ready, "cold_start_seconds": cold,
+               "cached_interaction_seconds": times, "port": port}
+    except BaseException:
         stop_app(proc)
+        raise
+    if keep:
+        out["proc"] = proc
+    else:
+        stop_app(proc)
+    return out
 
 
 def bench_app_latency(args: Any) -> dict[str, Any]:
-    """Cold start of the real server + slowest cached interaction (see module doc)."""
+    """Cold start, cached interactions and the load test (see the module doc)."""
+    from . import app_load
+
     quick = bool(getattr(args, "quick", False))
+    counts = (4, 8) if quick else (8, 32)
     with tempfile.TemporaryDirectory(prefix="interp-bench-app-") as tmp:
         base, fine, kind, env = _pair(Path(tmp))
         print(f"pair: {kind}; starting the app…", file=sys.stderr)
-        ready, cold, times = measure_browser(base, fine, env, repeats=2 if quick else 3)
-        print(f"cold start {cold:.2f} s; interactions {times}", file=sys.stderr)
-    return {"cold_start_seconds": cold, "server_ready_seconds": ready,
-            "max_cached_interaction_seconds": max(times),
-            "cached_interaction_seconds": times, "pair": kind,
-            "baseline": "cold start includes imports and loading the pair; interactions "
-                        "are browser clicks on the Models page's measure radio with the "
-                        "pair cached, timed until the rerun has rendered"}
+        m = measure_browser(base, fine, {**DEMO_ENV, **env}, repeats=2 if quick else 3,
+                            keep=kind == "organisms")
+        cached = [t for ts in m["cached_interaction_seconds"].values() for t in ts]
+        print(f"cold start {m['cold_start_seconds']:.2f} s; cached interactions up to "
+              f"{max(cached):.2f} s", file=sys.stderr)
+        out: dict[str, Any] = {
+            "cold_start_seconds": m["cold_start_seconds"],
+            "server_ready_seconds": m["server_ready_seconds"],
+            "max_cached_interaction_seconds": max(cached),
+            "cached_interaction_seconds": m["cached_interaction_seconds"], "pair": kind,
+            "baseline": "targets: cold start <= 10 s, cached interactions <= 1 s, 32 "
+                        "concurrent sessions with 0 errors and 0 cross-talk"}
+        if kind != "organisms":
+            out.update(concurrent_sessions=0, concurrent_errors=None,
+                       p95_interaction_seconds=None,
+                       load_test="skipped: the scenarios need the organisms")
+            return out
+        proc = m["proc"]
+        try:
+            url = f"http://127.0.0.1:{m['port']}"
+            runs = {}
+            offset = 0
+            for n in counts:
+                print(f"load test: {n} sessions…", file=sys.stderr)
+                r = app_load.load_test(url, n, "/usr/bin/chromium", CHROMIUM_ARGS,
+                                       offset=offset)
+                offset += n  # new states: nothing the earlier run cached
+                print(f"  {n} sessions: errors {r['errors']}, cross-talk "
+                      f"{r['cross_talk']}, p95 {r['p95_interaction_seconds']:.2f} s",
+                      file=sys.stderr)
+                runs[str(n)] = r
+        finally:
+            stop_app(proc)
+    last = runs[str(counts[-1])]
+    out.update(concurrent_sessions=counts[-1],
+               concurrent_errors=sum(r["errors"] for r in runs.values()),
+               concurrent_cross_talk=sum(r["cross_talk"] for r in runs.values()),
+               p95_interaction_seconds=last["p95_interaction_seconds"], load_tests=runs)
+    return out
 
 
 if __name__ == "__main__":  # pragma: no cover

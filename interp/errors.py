@@ -84,3 +84,11 @@ class ChromiumMissingError(ExportError):
 
 class ConfigError(InterpError):
     """A configuration value is out of range or inconsistent."""
+
+
+class DemoRestrictedError(InterpError):
+    """The hosted demo does not allow this (another model, training, a file write)."""
+
+
+class BusyError(InterpError):
+    """The server has no free slot for this computation now; try again shortly."""

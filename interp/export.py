@@ -9,6 +9,8 @@
 * HTML is written by plotly with plotly.js inline, so the file works offline.
 * Tables: a DataFrame, a list of records, or a dict (of lists or of scalars) -> CSV or
   JSON (records orientation; NaN becomes null).
+* A report: :func:`report_zip` bundles a page's figures and tables into one zip with a
+  ``report.json`` manifest (what is in it, the page's link, what could not be exported).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import io
 import json
 import math
 import threading
+import time
 import warnings
+import zipfile
 from typing import Any
 
 import pandas as pd
@@ -153,3 +157,67 @@ def table_bytes(data: Any, fmt: str) -> bytes:
         df = df.reset_index()
     records = df.astype(object).where(df.notna(), None).to_dict(orient="records")
     return json.dumps(_clean(records), indent=1).encode()
+
+
+def _unique(name: str, used: set[str]) -> str:
+    base = "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-.") or "item"
+    out, i = base, 2
+    while out in used:
+        out, i = f"{base}-{i}", i + 1
+    used.add(out)
+    return out
+
+
+def report_zip(items: list[tuple[str, Any, Any]], meta: dict[str, Any] | None = None,
+               static: bool | None = None) -> bytes:
+    """One zip of ``items`` = ``[(name, figure or None, data or None), ...]``.
+
+    Per item: ``name.html`` (+ ``name.png`` and ``name.svg`` when ``static``, default:
+    when Chromium is there) for a figure, ``name.csv`` and ``name.json`` for its data.
+    The HTML files share one ``plotly.min.js`` in the zip (they work offline once
+    unzipped), instead of carrying plotly.js each.
+    Repeated names get ``-2``, ``-3``, ... A file that cannot be made is left out and
+    its error is listed in ``report.json`` (with ``meta``, the file list and, from
+    ``meta["url"]`` and ``meta["query"]``, the page's ``link``).
+    """
+    from urllib.parse import urlencode
+
+    import plotly.io as pio
+    from plotly.offline import get_plotlyjs
+
+    def html(fig: Any, fmt: str) -> bytes:
+        return pio.to_html(fig, include_plotlyjs="directory", full_html=True,
+                           config={"displaylogo": False}).encode()
+
+    meta = dict(meta or {})
+    static = static_export_available() if static is None else static
+    fig_formats = ("html", "png", "svg") if static else ("html",)
+    used: set[str] = set()
+    files: dict[str, bytes] = {}
+    errors: dict[str, str] = {}
+    for name, fig, data in items:
+        stem = _unique(name, used)
+        jobs = [(f"{stem}.{f}", html if f == "html" else figure_bytes, fig, f)
+                for f in fig_formats if fig is not None]
+        jobs += [(f"{stem}.{f}", table_bytes, data, f) for f in TABLE_FORMATS
+                 if data is not None]
+        for fname, fn, obj, fmt in jobs:
+            try:
+                files[fname] = fn(obj, fmt)
+            except Exception as e:  # noqa: BLE001 - one bad file must not lose the rest
+                errors[fname] = f"{type(e).__name__}: {e}"
+    query = meta.get("query") or {}
+    link = meta.get("url")
+    if link and query:
+        link += "?" + urlencode(query, doseq=True)
+    manifest = {**meta, "link": link, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "items": len(items), "files": sorted(files), "errors": errors,
+                "static_images": static or CHROMIUM_HELP}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("report.json", json.dumps(_clean(manifest), indent=1))
+        for fname, b in files.items():
+            z.writestr(fname, b)
+        if any(f.endswith(".html") for f in files):
+            z.writestr("plotly.min.js", get_plotlyjs())
+    return buf.getvalue()

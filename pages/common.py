@@ -30,15 +30,17 @@ Models
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import streamlit as st
 
 from interp import export as _export
+from interp import serving
 from interp.errors import InterpError, ModelNotFoundError
 from interp.models import DEFAULT_PAIR, LoadedModel, load_model, resolve
 from interp.store import Store
@@ -82,7 +84,6 @@ def _leave_pages_directory_mode() -> None:
 
 _leave_pages_directory_mode()
 
-DEMO_MAX_PROMPT_CHARS = 600
 MAX_URL_TEXT = 2000  # longer text inputs are not mirrored into the URL
 NOT_BUILT_HELP = ("No models are built yet. Build the model organisms (a few minutes on a "
                   "CPU) with\n\n```\npython -m interp organisms build\n```\n\nor choose "
@@ -91,18 +92,60 @@ NOT_BUILT_HELP = ("No models are built yet. Build the model organisms (a few min
 
 
 # ------------------------------------------------------------------ mode and store
+def demo_settings() -> serving.DemoSettings:
+    """The hosted-demo settings (``INTERP_DEMO``, the ``[demo]`` table of ``INTERP_CONFIG``;
+    see :mod:`interp.serving`)."""
+    return serving.settings()
+
+
 def demo_mode() -> bool:
-    """Hosted demo (env ``INTERP_DEMO=1``): read-only store, no training, short prompts."""
-    return os.environ.get("INTERP_DEMO", "").strip().lower() in ("1", "true", "yes")
+    """Hosted demo: read-only store, organisms only, no training, capped work."""
+    return demo_settings().enabled
 
 
 def max_prompt_chars() -> int | None:
-    return DEMO_MAX_PROMPT_CHARS if demo_mode() else None
+    return demo_settings().max_prompt_chars if demo_mode() else None
+
+
+def max_new_tokens(limit: int) -> int:
+    """``limit``, or the demo's cap on new tokens when that is lower."""
+    return min(int(limit), demo_settings().max_new_tokens) if demo_mode() else int(limit)
 
 
 def store(root: str | os.PathLike | None = None) -> Store:
     """The artifact store (read-only in demo mode)."""
     return Store(root, read_only=demo_mode())
+
+
+@contextlib.contextmanager
+def work_slot(what: str = "this computation") -> Iterator[None]:
+    """Around a heavy computation (a generation, a lens trace). In demo mode it spends
+    one of the session's tokens and waits for one of the process's slots; either may
+    raise :class:`~interp.errors.BusyError` (shown by :func:`attempt`). Put it inside
+    cached functions, so a cached answer costs nothing."""
+    if not demo_mode():
+        yield
+        return
+    demo = demo_settings()
+    bucket = st.session_state.get("_work_bucket")
+    if bucket is None or (bucket.burst, bucket.rate * 60) != (demo.session_burst,
+                                                             demo.session_per_minute):
+        bucket = st.session_state["_work_bucket"] = serving.TokenBucket(
+            demo.session_burst, demo.session_per_minute)
+    bucket.take()
+    with serving.limiter(demo).slot(what):
+        yield
+
+
+def model_input(container: Any, label: str, key: str, default: str, **kwargs: Any) -> str:
+    """A model spec field mirrored to the URL: free text normally, a choice among the
+    organisms in demo mode (the only models the demo loads)."""
+    if demo_mode():
+        from interp.models import ORGANISM_VARIANTS
+
+        options = [f"organism:{v}" for v in ORGANISM_VARIANTS]
+        return url_widget(container.selectbox, label, key, default, options=options, **kwargs)
+    return url_widget(container.text_input, label, key, default, **kwargs)
 
 
 # ------------------------------------------------------------------ URL state
@@ -260,15 +303,20 @@ def checkpoint_stamp(spec: str) -> str:
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _load_cached(spec: str, device: str, dtype: str, stamp: str) -> LoadedModel:
-    return load_model(spec, device=device, dtype=dtype)
+    return serving.guard(load_model(spec, device=device, dtype=dtype))
 
 
 def cached_model(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
     """``interp.models.load_model`` cached across reruns and sessions.
 
-    Every argument is part of the cache key (plus the checkpoint's file stamp).
-    Raises the loader's InterpErrors (ModelNotFoundError, ModelLoadError).
+    Every argument is part of the cache key (plus the checkpoint's file stamp). The
+    model is shared by every session of the process, so it is guarded
+    (:func:`interp.serving.guard`: one session's hooks or weight edits never reach
+    another's forward pass). In demo mode only the organisms load.
+    Raises the loader's InterpErrors (ModelNotFoundError, ModelLoadError) and
+    DemoRestrictedError.
     """
+    serving.check_model_allowed(spec, demo_settings())
     return _load_cached(spec.strip(), str(device), str(dtype), checkpoint_stamp(spec))
 
 
@@ -286,6 +334,15 @@ def show_error(exc: BaseException) -> None:
         log.exception("unexpected error in the app", exc_info=exc)
         st.error(f"Unexpected error ({type(exc).__name__}): {exc}. "
                  "The server log has the details.", icon=":material/error:")
+
+
+def attempt_work(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """:func:`attempt` of a heavy computation inside :func:`work_slot` (demo limits)."""
+    def run() -> T:
+        with work_slot(what):
+            return fn(*args, **kwargs)
+
+    return attempt(run)
 
 
 def attempt(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
@@ -307,6 +364,7 @@ def export_panel(fig: Any | None, data: Any | None, name: str, key: str) -> None
     so an unused export costs nothing. Pass ``fig=None`` for a data-only panel and
     ``data=None`` for a figure-only one.
     """
+    _report_items().append((name, fig, data))
     static = fig is not None and _export.static_export_available()
     with st.container(horizontal=True, gap="small", key=f"export_{key}"):
         st.caption(":material/download: Export", width="content")
@@ -327,6 +385,43 @@ def export_panel(fig: Any | None, data: Any | None, name: str, key: str) -> None
     if fig is not None and not static:
         st.info("PNG and SVG export are off: " + _export.CHROMIUM_HELP,
                 icon=":material/image_not_supported:")
+
+
+def _report_items() -> list:
+    """The figures and tables :func:`export_panel` has shown in this run of the page."""
+    return st.session_state.setdefault("_report_items", [])
+
+
+def report_button(page: str, container: Any = None) -> None:
+    """"Download report (zip)": every figure (HTML, plus PNG and SVG when Chromium is
+    there) and table (CSV, JSON) that :func:`export_panel` shows in this run of the
+    page, with a ``report.json`` manifest holding the page's link.
+
+    Call it once per run *before* the page runs (app.py does, in the sidebar): it starts
+    a new, empty list that the page's export panels fill, and the zip is built from that
+    list only when the button is clicked (Streamlit's deferred download).
+    """
+    items: list = []
+    st.session_state["_report_items"] = items
+    query = {k: st.query_params.get_all(k) for k in st.query_params}
+    try:
+        base_url = st.context.url
+    except Exception:  # noqa: BLE001 - no browser context (tests): the link is left out
+        base_url = None
+    slug = "".join(c if c.isalnum() else "-" for c in page.lower()).strip("-") or "page"
+
+    def build() -> bytes:
+        return _export.report_zip(items, {"page": page, "url": base_url, "query": query,
+                                          "demo": demo_mode()})
+
+    target = container if container is not None else st
+    target.download_button(
+        "Download report (zip)", data=build, file_name=f"interp-{slug}-report.zip",
+        mime="application/zip", key="report_zip", on_click="ignore",
+        icon=":material/folder_zip:",
+        help="this page's figures (HTML" + (", PNG, SVG" if _export.static_export_available()
+                                            else "; PNG/SVG need Chromium")
+             + ") and data (CSV, JSON), with the page's link, in one zip")
 
 
 def _lazy(fn: Callable[..., bytes], *args: Any) -> Callable[[], bytes]:

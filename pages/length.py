@@ -2,9 +2,10 @@
 short-thinking heads, the ThinkEdit weight edit and SEAL conditional steering.
 
 URL state: ``base``, ``fine``, ``device``, ``dtype`` (sidebar); this page: ``lrun``
-(the run shown, ``store:key``), ``lbin`` / ``lover`` / ``lnorm`` (histogram bin width,
-overflow bin, normalised), ``lsite`` (direction site), ``lalpha`` (α values shown in the
-histogram), ``lsrc`` / ``ln*`` / ``lsplit*`` / ``lmk*`` (the run form).
+(the run shown, ``store:key``), ``ltab`` (the view: Lengths, Direction, …), ``lbin`` /
+``lover`` / ``lnorm`` (histogram bin width, overflow bin, normalised), ``lsite``
+(direction site), ``lalpha`` (α values shown in the histogram), ``lsrc`` / ``ln*`` /
+``lsplit*`` / ``lmk*`` (the run form).
 In demo mode (``INTERP_DEMO=1``) runs cannot be started; the committed demo run is shown.
 """
 
@@ -163,17 +164,25 @@ if scored:
                 delta_arrow="auto" if ac_a != ac_b else "off")
 m[4].metric("evaluated problems", ed["before"]["n"])
 
-tabs = st.tabs(["Lengths", "Direction", "α sweep", "Accuracy vs length", "Heads", "Edit",
-                "SEAL"])
+SECTIONS = ["Lengths", "Direction", "α sweep", "Accuracy vs length", "Heads", "Edit", "SEAL"]
+section = ui.url_widget(st.segmented_control, "view", "ltab", SECTIONS[0],
+                        options=SECTIONS, label_visibility="collapsed") or SECTIONS[0]
+
+
+def histogram_controls() -> tuple[int, int, bool]:
+    """Bin width, overflow bin and fractions (shared by the Lengths and α sweep views)."""
+    c = st.columns(3)
+    bin_w = ui.url_widget(c[0].number_input, "bin width (tokens)", "lbin", 10, int,
+                          min_value=1, max_value=1000)
+    over = ui.url_widget(c[1].number_input, "overflow bin from (tokens)", "lover", 80, int,
+                         min_value=1)
+    norm = ui.url_widget(c[2].checkbox, "fractions", "lnorm", True, bool)
+    return int(bin_w), int(over), bool(norm)
+
 
 # ------------------------------------------------------------------ lengths
-with tabs[0]:
-    c = st.columns(3)
-    bin_w = ui.url_widget(st.number_input, "bin width (tokens)", "lbin", 10, int,
-                          min_value=1, max_value=1000)
-    over = ui.url_widget(st.number_input, "overflow bin from (tokens)", "lover", 80, int,
-                         min_value=1)
-    norm = ui.url_widget(st.checkbox, "fractions", "lnorm", True, bool)
+if section == "Lengths":
+    bin_w, over, norm = histogram_controls()
     series = {"direction set": [r["think_tokens"] for r in run["generations"]["records"]],
               "eval, before edit": [r["think_tokens"] for r in ed["records_before"]],
               "eval, after edit": [r["think_tokens"] for r in ed["records_after"]]}
@@ -190,7 +199,7 @@ with tabs[0]:
     ui.export_panel(fig, df, "length_histogram", "l_hist_x")
 
 # ------------------------------------------------------------------ direction
-with tabs[1]:
+if section == "Direction":
     df = lp.separability_frame(dmeta["auroc"], dmeta["probe_accuracy"], dmeta["norms"])
     fig = lp.separability_figure(df, "held-out separability of long vs short per layer")
     st.plotly_chart(fig, key="l_sep")
@@ -207,7 +216,7 @@ with tabs[1]:
                f"`blocks.{{l}}.hook_resid_mid` / `hook_resid_post`; sign {dmeta['sign']}.")
 
 # ------------------------------------------------------------------ sweep
-with tabs[2]:
+if section == "α sweep":
     df = lp.sweep_frame(sw["per_alpha"])
     fig = lp.sweep_figure(df, "all-layer steering: length, accuracy, short fraction vs α")
     st.plotly_chart(fig, key="l_sweep")
@@ -227,13 +236,14 @@ with tabs[2]:
     series = {f"α={a:g}": [r["think_tokens"] for r in sw["records"][k * n:(k + 1) * n]]
               for k, a in enumerate(alphas) if any(abs(a - s) < 1e-9 for s in sel)}
     if series:
+        bin_w, over, _norm = histogram_controls()
         df = lp.histogram_frame(series, int(bin_w), int(over))
         fig = lp.histogram_figure(df, True, "thinking-length histogram per α")
         st.plotly_chart(fig, key="l_sweep_hist")
         ui.export_panel(fig, df, "length_alpha_histograms", "l_sweep_hist_x")
 
 # ------------------------------------------------------------------ accuracy vs length
-with tabs[3]:
+if section == "Accuracy vs length":
     if not scored:
         st.info("This run has no accuracy (prompts without a scorer).")
     else:
@@ -248,7 +258,7 @@ with tabs[3]:
         ui.export_panel(fig, df, "length_cumulative_accuracy", "l_cum_x")
 
 # ------------------------------------------------------------------ heads
-with tabs[4]:
+if section == "Heads":
     top = run["heads"]["top"]
     fig = lp.head_figure(run["head_scores"], [(t["layer"], t["head"]) for t in top],
                          "each head's mean write onto the unit short direction")
@@ -267,7 +277,7 @@ with tabs[4]:
                 f"{run['head_scores'].size} by head score.")
 
 # ------------------------------------------------------------------ edit
-with tabs[5]:
+if section == "Edit":
     modes = ed.get("modes") or {ed.get("mode", "project"): ed}
     names = {"project": "ThinkEdit projection", "recentre": "recentred (mean-ablation)",
              "project-effect": "ThinkEdit projection, heads chosen by measured effect"}
@@ -332,7 +342,7 @@ with tabs[5]:
                        "export it).")
 
 # ------------------------------------------------------------------ SEAL
-with tabs[6]:
+if section == "SEAL":
     seal = run["seal"]
     if seal is None:
         st.info("No SEAL result in this run.")

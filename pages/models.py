@@ -37,9 +37,11 @@ def _weight_table(path_a: str, path_b: str, stamp_a: str, stamp_b: str) -> pd.Da
 def _generate(spec: str, device: str, dtype: str, stamp: str, prompt: str, chat: bool,
               max_new: int, max_chars: int | None) -> dict:
     model = ui.cached_model(spec, device, dtype)
+    max_new = ui.max_new_tokens(max_new)  # the demo's cap, whatever the widget held
     ids = encode_user_prompt(model.tokenizer, prompt, chat=chat, max_chars=max_chars,
                              max_new_tokens=max_new, n_ctx=model.cfg.n_ctx)
-    g = generate(model, [ids], max_new_tokens=max_new, temperature=0.0)[0]
+    with ui.work_slot("the generation"):
+        g = generate(model, [ids], max_new_tokens=max_new, temperature=0.0)[0]
     return {"prompt": model.tokenizer.decode(ids), "prompt_tokens": len(ids),
             "text": g.text, "new_tokens": len(g.output_ids), "finished": g.finished}
 
@@ -150,7 +152,7 @@ with st.container(border=True):
                              help=None if has_template else "this tokenizer has no chat template")
     with c2:
         max_new = ui.url_widget(st.number_input, "New tokens", "max_new", 48, int,
-                                min_value=1, max_value=512, step=8)
+                                min_value=1, max_value=ui.max_new_tokens(512), step=8)
     with c3:
         clicked = st.button("Generate", key="generate", type="primary",
                             icon=":material/play_arrow:")

@@ -38,12 +38,12 @@ mode = mode or "task"
 unit = unit or "nats"
 
 c = st.columns(4)
-target = ui.url_widget(c[0].text_input, "target model", "vt", "organism:instruct")
+target = ui.model_input(c[0], "target model", "vt", "organism:instruct")
 if mode == "task":
-    donor_a = ui.url_widget(c[1].text_input, "donor A (v = A − B)", "va", "organism:grpo")
-    donor_b = ui.url_widget(c[2].text_input, "donor B", "vb", "organism:sft")
-    reference = ui.url_widget(c[3].text_input, "reference for cos(v, θ_target − θ_ref)",
-                              "vref", "organism:base")
+    donor_a = ui.model_input(c[1], "donor A (v = A − B)", "va", "organism:grpo")
+    donor_b = ui.model_input(c[2], "donor B", "vb", "organism:sft")
+    reference = ui.model_input(c[3], "reference for cos(v, θ_target − θ_ref)", "vref",
+                               "organism:base")
     c = st.columns([3, 2, 2])
     groups = c[0].multiselect("mask: module groups", list(GROUPS),
                               ui.url_list("vg", ",".join(GROUPS), GROUPS), key="vg_ms")
@@ -67,7 +67,8 @@ else:
     neg_fmt = ui.url_widget(c2[1].selectbox, "negatives: organism format", "vneg", "direct",
                             options=["think", "direct", "chat", "plain"])
     n_ctrl = ui.url_widget(c2[2].number_input, "paired prompts", "vcn", 128, int,
-                           min_value=4, max_value=2000)
+                           min_value=4, max_value=2000 if not ui.demo_mode() else
+                           ui.demo_settings().max_control_prompts)
 alpha = ui.url_widget(st.slider, "α", "valpha", 1.0, float, min_value=-3.0, max_value=3.0,
                       step=0.25)
 
@@ -99,7 +100,8 @@ else:
 
     st.subheader("The control vector")
     probs = T.sample_problems(int(n_ctrl), seed=0, split="train")
-    ctrl = ui.attempt(views.build_control, model, [T.prompt_text(p, pos_fmt) for p in probs],
+    ctrl = ui.attempt_work("the control vector", views.build_control, model,
+                           [T.prompt_text(p, pos_fmt) for p in probs],
                       [T.prompt_text(p, neg_fmt) for p in probs] if kind != "R" else None,
                       int(layer), kind, site)
     if ctrl is None:
@@ -141,7 +143,8 @@ else:
     own_prompt = T.prompt_text(problem, "think") if own else None
     st.caption(f"Problem {problem.id}; shared trace = the clean reference think trace.")
 with st.spinner("running both models…"):
-    tv = ui.attempt(views.trace_view, model, modify_at, tokens, alpha, own_prompt, 64, 5, unit)
+    tv = ui.attempt_work("the trace", views.trace_view, model, modify_at, tokens, alpha,
+                         own_prompt, ui.max_new_tokens(64), 5, unit)
 if tv is not None:
     st.markdown(vp.kl_highlight_html(tv["records"], unit, prompt_len=prompt_len),
                 unsafe_allow_html=True)

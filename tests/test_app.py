@@ -134,15 +134,17 @@ def test_empty_prompt_shows_error(pair_app):
     assert "empty" in _texts(at.error)
 
 
-def test_demo_mode_caps_prompt_length(tmp_cache, tiny_pair_dirs, monkeypatch):
-    # a shared link with an over-long prompt, opened on a hosted demo
+def test_demo_mode_shows_its_limits(tmp_cache, tiny_pair_dirs, monkeypatch):
+    # a hosted demo opened from a link naming local folders: they are refused (the
+    # organisms, not built in this private cache, are offered instead); prompt and
+    # token caps are tested with the organisms in test_demo.py
     monkeypatch.setenv("INTERP_DEMO", "1")
     base, fine = tiny_pair_dirs
-    at = _app({"base": str(base), "fine": str(fine), "device": "cpu", "gen": "1",
-               "prompt": "1 + 1 = " * 100}, MODELS)
+    at = _app({"base": str(base), "fine": str(fine), "device": "cpu"}, MODELS)
     assert not at.exception
-    assert "at most 600" in _texts(at.error)
     assert "Hosted demo" in _texts(at.sidebar.caption)
+    assert "not available in the hosted demo" in _texts(at.sidebar.caption)
+    assert "organisms build" in _texts(at.info)
 
 
 @pytest.mark.parametrize("spec", ["no-such-model", "/no/such/folder"])
@@ -251,3 +253,41 @@ def test_progress_callback_draws_a_bar():
     assert len(bars) == 1
     assert bars[0].proto.value == 100
     assert "4/4" in bars[0].proto.text and "loss 0.25" in bars[0].proto.text
+
+
+def _cache_script():
+    import streamlit as st
+
+    import pages.common as ui
+    from interp import serving
+
+    spec = st.session_state["spec"]
+    a = ui.cached_model(spec, "cpu", "float32")
+    b = ui.cached_model(" " + spec, "cpu", "float32")
+    c = ui.cached_model(spec, "cpu", "bfloat16")
+    st.session_state["result"] = {
+        "same": a is b, "other_dtype": a is not c, "dtypes": (str(a.dtype), str(c.dtype)),
+        "guarded": serving.is_guarded(a) and serving.is_guarded(c)}
+
+
+def test_cached_model_is_shared_per_spec_device_and_dtype(tiny_qwen_dir, tmp_path):
+    """One guarded model per (spec, device, dtype, checkpoint files), shared by sessions;
+    a rebuilt checkpoint is loaded again."""
+    import shutil
+
+    ckpt = shutil.copytree(tiny_qwen_dir, tmp_path / "ckpt")
+    runs = []
+    for _ in range(2):  # two sessions
+        at = AppTest.from_function(_cache_script, default_timeout=60)
+        at.session_state["spec"] = str(ckpt)
+        at.run()
+        assert not at.exception
+        runs.append(at.session_state["result"])
+    assert runs[0] == runs[1] == {"same": True, "other_dtype": True, "guarded": True,
+                                  "dtypes": ("torch.float32", "torch.bfloat16")}
+    import pages.common as ui
+
+    first = ui.cached_model(str(ckpt), "cpu", "float32")
+    assert ui.cached_model(str(ckpt), "cpu", "float32") is first
+    (ckpt / "config.json").touch()  # a rebuilt checkpoint: new file stamp
+    assert ui.cached_model(str(ckpt), "cpu", "float32") is not first

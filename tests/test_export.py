@@ -78,3 +78,42 @@ def test_tables_round_trip():
     assert json.loads(export.table_bytes({"acc": 0.5, "n": 3}, "json")) == {"acc": 0.5, "n": 3}
     assert export.table_bytes({"acc": 0.5}, "csv").decode().splitlines() == [
         "key,value", "acc,0.5"]
+
+
+def _zip(data: bytes) -> dict[str, bytes]:
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        return {n: z.read(n) for n in z.namelist()}
+
+
+def test_report_zip_bundles_figures_and_data(fig):
+    table = pd.DataFrame({"x": ["a", "b", "c"], "y": [3.0, 1.0, 2.0]})
+    items = [("bars", fig, table), ("bars", fig, None), ("numbers", None, {"n": 3}),
+             ("broken", None, object())]
+    files = _zip(export.report_zip(items, {"page": "Models", "url": "http://h/models",
+                                           "query": {"metric": ["delta_norm"]}},
+                                   static=False))
+    manifest = json.loads(files.pop("report.json"))
+    assert set(files) == {"bars.html", "bars.csv", "bars.json", "bars-2.html",
+                          "numbers.csv", "numbers.json", "plotly.min.js"}
+    assert files["bars.csv"] == export.table_bytes(table, "csv")
+    assert json.loads(files["bars.json"]) == json.loads(export.table_bytes(table, "json"))
+    assert json.loads(files["numbers.json"]) == {"n": 3}
+    html = files["bars.html"].decode()
+    assert 'src="plotly.min.js"' in html and len(html) < 100_000  # plotly.js shared
+    assert b"plotly" in files["plotly.min.js"][:2000].lower()
+    assert manifest["link"] == "http://h/models?metric=delta_norm"
+    assert manifest["page"] == "Models" and manifest["items"] == 4
+    assert sorted(manifest["files"]) == sorted(files.keys() - {"plotly.min.js"})
+    assert set(manifest["errors"]) == {"broken.csv", "broken.json"}
+    assert manifest["static_images"] == export.CHROMIUM_HELP  # says why PNG/SVG are missing
+
+
+@pytest.mark.skipif(not export.static_export_available(), reason="needs Chromium")
+def test_report_zip_with_static_images(fig):
+    files = _zip(export.report_zip([("f", fig, None)], static=True))
+    assert files["f.png"][:4] == b"\x89PNG"
+    assert b"<svg" in files["f.svg"][:400]
+    assert json.loads(files["report.json"])["static_images"] is True
+    assert files["report.json"] and "link" in json.loads(files["report.json"])

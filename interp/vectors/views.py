@@ -4,29 +4,18 @@ A loaded model may be shared by several app sessions, and both kinds of modifica
 act on the shared object (weights edited in place, hooks attached), so every function
 that modifies a model holds that model's lock (:func:`model_lock`) for the whole
 original-vs-modified computation; the model is restored before the lock is released.
+(``interp.serving.guard`` makes every single forward pass take the same lock.)
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
-import weakref
 from typing import Any, Sequence
 
+from ..serving import model_lock
 from .control import ControlVector, build_control_vector
 from .lens import generation_lens, layer_token_kl, trace_lens, vector_logit_lens
 from .task import Mask, TaskVector, aggregate_stats, apply_task_vector, task_vector_stats
-
-_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_GUARD = threading.Lock()
-
-
-def model_lock(model) -> threading.RLock:
-    h = getattr(model, "hooked", model)
-    with _GUARD:
-        if h not in _LOCKS:
-            _LOCKS[h] = threading.RLock()
-        return _LOCKS[h]
 
 
 def task_stats_view(donor_a: str, donor_b: str, target: str, reference: str | None,
