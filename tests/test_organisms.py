@@ -114,6 +114,15 @@ def test_trace_labels_match_an_independent_reading_of_the_text(seed):
         for c in lab["clean_positions"]:
             assert tok_at(c + 1) in (";", "</think>")
             assert tok_at(c + 1) != "wait"
+        # clean: the decision points of column steps written right the first time (and
+        # the final ';' when that step was); the corrected steps' go apart
+        want_clean = [s["first_end"] + 1 for s in steps if s["fixed"] is None]
+        want_post = [s["sep_at"] for s in steps if s["fixed"] is not None]
+        if not ver:
+            (want_clean if steps[-1]["fixed"] is None else want_post).append(
+                steps[-1]["sep_at"] + 1)
+        assert sorted(lab["clean_positions"]) == sorted(want_clean)
+        assert sorted(lab["post_correction_positions"]) == sorted(want_post)
         # every wait in the text is labelled
         assert sorted(h["pos"] for h in lab["hesitations"]) == [
             i + 1 for i, w in enumerate(words) if w == "wait"]
@@ -181,7 +190,7 @@ def test_score_completion():
     completion = text.split("<think>", 1)[1]
     r = score_completion(p, completion)
     assert r["correct"] and r["answer"] == 5303 and not r["short"] and r["closed"]
-    # 5 + 8 = 13, 7 + 2 + 1 = 10 (carry slip: "0 9 wait 1 0"), 3 + 9 + 1 = 13, 0 + 4 + 1:
+    # 5 + 8 = 13, 7 + 2 + 1 = 10 (carry slip: "0 0 wait 1 0"), 3 + 9 + 1 = 13, 0 + 4 + 1:
     # 3 carries -> verification; 4 columns * 9 + slip 3 + verify 8 tokens
     assert r["think_tokens"] == 47 and r["hesitations_error"] == 1
     assert r["hesitations_verify"] == 1
