@@ -444,3 +444,36 @@ def test_penalty_gradient_reaches_the_attention_weights_and_bad_configs_raise():
     for bad in ({"head_l1": 0.0}, {"cue_warmup": 1.0}, {"head_l1": -1.0}):
         with pytest.raises(ConfigError):
             replace(ok, **bad)
+
+
+def test_committed_report_breaks_the_behaviour_down_consistently():
+    """The per-tag decomposition, grpo's gain split, the short-answer profile and the
+    out-of-distribution checks of the committed report agree with its per-problem
+    tensors and with each other."""
+    from interp.behaviour import error_type
+    from interp.organisms.report import behaviour_artifact
+
+    _committed()
+    art, stale = behaviour_artifact()
+    assert not stale
+    f, t = art.meta["figures"], art.tensors
+    problems = [Problem(int(a), int(b)) for a, b in zip(t["problems.a"], t["problems.b"])]
+    easy = torch.tensor([p.tag == "easy" for p in problems])
+    for v in ("reasoner", "sft", "grpo"):
+        dec, correct = f[v]["decomposition"], t[f"{v}.think.correct"]
+        assert dec["all"]["accuracy"] == pytest.approx(f[v]["accuracy"])
+        assert dec["easy"]["accuracy"] == pytest.approx(float(correct[easy].float().mean()))
+        assert dec["add"]["n"] == int((~easy).sum())
+        short = t[f"{v}.think.short"]
+        kinds = [error_type(p, None if int(a) < 0 else int(a), bool(s))
+                 for p, a, s in zip(problems, t[f"{v}.think.answer"], short)]
+        for k, n in dec["all"]["errors"]["counts"].items():
+            assert kinds.count(k) == n, (v, k)
+    g = f["grpo_vs_sft"]
+    assert g["contribution_easy"] + g["contribution_add"] == pytest.approx(
+        f["grpo"]["accuracy"] - f["sft"]["accuracy"])
+    sa = f["reasoner"]["short_answers"]
+    assert sa["n"] == f["reasoner"]["n_short"] and sa["equals_hasty"] == 0.0
+    assert set(f["ood"]) >= {"widths", "slip_values", "prompt_forms"}
+    assert f["hybrid"]["kl_to_reasoner_own_generations"] > 0
+    assert f["reasoner"]["n_clean"] + f["reasoner"]["n_post_correction"] > 0
