@@ -35,6 +35,7 @@ from .lens import entropy, kl_div
 
 Modifier = Callable[[float], ContextManager[Any]]
 DEFAULT_ALPHAS = (-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0)
+ANSWER_CAP = 10**18 - 1     # int64-safe cap of a stored (broken, overlong) answer
 
 
 @dataclass
@@ -230,7 +231,8 @@ def accuracy_sweep(model, modifier: Modifier, alphas: Sequence[float], problems:
                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Greedy generation at each α; ``correct [A, n]`` (0/1), ``think_tokens [A, n]``,
     scored with ``interp.organisms.task.score_completion`` in format ``fmt``; per example
-    also ``answer [A, n]`` (-1: unreadable), ``short``, ``hesitations_error`` and
+    also ``answer [A, n]`` (-1: unreadable; answers above ``ANSWER_CAP`` stored as it),
+    ``short``, ``hesitations_error`` and
     ``hesitations_verify [A, n]`` and the generated ``output_ids [A, n, max_new_tokens]``
     (-1 after the end), for per-example comparisons."""
     from ..generation import generate
@@ -239,7 +241,7 @@ def accuracy_sweep(model, modifier: Modifier, alphas: Sequence[float], problems:
     prompts = [T.prompt_text(p, fmt) for p in problems]
     correct = np.zeros((len(alphas), len(problems)), dtype=np.int8)
     think = np.zeros((len(alphas), len(problems)), dtype=np.int32)
-    per = {k: np.zeros((len(alphas), len(problems)), dtype=np.int32) for k in
+    per = {k: np.zeros((len(alphas), len(problems)), dtype=np.int64) for k in
            ("answer", "short", "hesitations_error", "hesitations_verify")}
     ids = np.full((len(alphas), len(problems), max_new_tokens), -1, dtype=np.int32)
     for a_i, a in enumerate(alphas):
@@ -250,7 +252,9 @@ def accuracy_sweep(model, modifier: Modifier, alphas: Sequence[float], problems:
             s = T.score_completion(p, g.text, fmt)
             correct[a_i, j] = int(bool(s["correct"]))
             think[a_i, j] = int(s["think_tokens"])
-            per["answer"][a_i, j] = -1 if s["answer"] is None else int(s["answer"])
+            # a broken generation can write an answer of any length: cap what is stored
+            per["answer"][a_i, j] = -1 if s["answer"] is None else min(int(s["answer"]),
+                                                                       ANSWER_CAP)
             for k in ("short", "hesitations_error", "hesitations_verify"):
                 per[k][a_i, j] = int(s[k])
             o = list(g.output_ids)[:max_new_tokens]
