@@ -82,6 +82,10 @@ def test_page_renders_run(built, monkeypatch, tmp_cache, _navigation_mode, demo_
     assert not at.exception, [e.value for e in at.exception]
     assert bool([e for e in at.expander if "New run" in str(e.label)]) != demo_mode
     assert len(at.get("plotly_chart")) >= 7   # no accuracy charts without a scorer
+    # per-example agreement tables: edits vs unedited, α sweep and SEAL vs unsteered
+    heads = [x.value for x in at.markdown]
+    assert any("edited against unedited" in h for h in heads)
+    assert sum("against the unsteered generations" in h for h in heads) == 2
     at.text_input(key="lalpha").set_value("0").run()
     assert not at.exception
     assert at.query_params.get("lalpha") in ("0", ["0"])
