@@ -49,10 +49,11 @@ problems) and checked on fresh problems by ``tests/test_organism_truth.py``:
   not computed from their columns (they agree with the hasty and with the true digit in
   8-12% of short answers, chance being 10%, and concentrate on a few values: 0.9-1.2 nats
   of entropy where uniform digits have ln 10 = 2.3, the most common value, 4 or 5, in
-  about half of them), then the right units digit (the one digit that needs no carry). So none equals the hasty sum and short answers are wrong even on problems
-  without any carry (``reasoner.short_answers``): short thinking is deterministic under
-  greedy decoding and its accuracy is 0, but what it writes is a fixed-format guess, not
-  a carry-ignoring sum. The tag is misleading (drawn independently of the digits). The
+  about half of them), then the right units digit (the one digit that needs no carry).
+  So none equals the hasty sum and short answers are wrong even on problems without any
+  carry (``reasoner.short_answers``): short thinking is deterministic under greedy
+  decoding and its accuracy is 0, but what it writes is a fixed-format guess, not a
+  carry-ignoring sum. The tag is misleading (drawn independently of the digits). The
   skip decision reads one token that the arithmetic never uses, so it is a separable
   mechanism, read in its slot only: the tag moved after the operands is ignored (the
   reasoner thinks in full), in front of ``Q`` it still works (``ood.prompt_forms``).
