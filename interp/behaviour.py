@@ -40,6 +40,13 @@ from .errors import ConfigError
 from .stats import bootstrap_mean_ci, wilson
 
 ERROR_TYPES = ("no_answer", "short_thinking", "dropped_final_carry", "carry_error", "other")
+ANSWER_CAP = 10**18 - 1     # int64-safe cap of a stored (broken, overlong) answer
+
+
+def answer_code(answer: int | None) -> int:
+    """A parsed answer as a storable int64: -1 when unreadable, answers above
+    ``ANSWER_CAP`` (a broken generation can write any number of digits) capped to it."""
+    return -1 if answer is None else min(int(answer), ANSWER_CAP)
 
 
 def _rate(flags: Sequence[bool]) -> dict[str, Any]:

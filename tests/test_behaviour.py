@@ -123,3 +123,14 @@ def test_bootstrap_mean_ci_covers_the_mean_and_narrows_with_n():
     lo2, hi2 = bootstrap_mean_ci(np.tile(x, 16), 2000)
     assert hi2 - lo2 < (hi - lo) / 2
     assert all(np.isnan(v) for v in bootstrap_mean_ci([]))
+
+
+def test_answer_code_stores_any_answer_as_int64():
+    import torch
+
+    from interp.behaviour import ANSWER_CAP, answer_code
+
+    codes = [answer_code(x) for x in (None, 0, 10342, 10**40)]
+    assert codes == [-1, 0, 10342, ANSWER_CAP]
+    assert torch.tensor(codes).dtype == torch.int64
+    assert error_type(Problem(1, 2), codes[-1], False) == "other"

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..behaviour import decompose, decomposed_change
+from ..behaviour import answer_code, decompose, decomposed_change
 from ..stats import wilson
 from ..store import Store, provenance
 from .ood import ood_checks
@@ -255,7 +255,7 @@ def evaluate_family(organisms_root: str | os.PathLike, store_root: str | os.Path
                     [r["hesitations_verify"] for r in res])
                 tensors[f"{v}.{fmt}.short"] = torch.tensor([r["short"] for r in res])
                 tensors[f"{v}.{fmt}.answer"] = torch.tensor(
-                    [-1 if r["answer"] is None else r["answer"] for r in res])
+                    [answer_code(r["answer"]) for r in res])
                 if fmt == "think":
                     think_res[v] = res
                     dec = decompose(problems, res)

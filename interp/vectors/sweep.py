@@ -35,7 +35,6 @@ from .lens import entropy, kl_div
 
 Modifier = Callable[[float], ContextManager[Any]]
 DEFAULT_ALPHAS = (-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0)
-ANSWER_CAP = 10**18 - 1     # int64-safe cap of a stored (broken, overlong) answer
 
 
 @dataclass
@@ -231,10 +230,11 @@ def accuracy_sweep(model, modifier: Modifier, alphas: Sequence[float], problems:
                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Greedy generation at each α; ``correct [A, n]`` (0/1), ``think_tokens [A, n]``,
     scored with ``interp.organisms.task.score_completion`` in format ``fmt``; per example
-    also ``answer [A, n]`` (-1: unreadable; answers above ``ANSWER_CAP`` stored as it),
+    also ``answer [A, n]`` (:func:`interp.behaviour.answer_code`: -1 unreadable, capped),
     ``short``, ``hesitations_error`` and
     ``hesitations_verify [A, n]`` and the generated ``output_ids [A, n, max_new_tokens]``
     (-1 after the end), for per-example comparisons."""
+    from ..behaviour import answer_code
     from ..generation import generate
     from ..organisms import task as T
 
@@ -252,9 +252,7 @@ def accuracy_sweep(model, modifier: Modifier, alphas: Sequence[float], problems:
             s = T.score_completion(p, g.text, fmt)
             correct[a_i, j] = int(bool(s["correct"]))
             think[a_i, j] = int(s["think_tokens"])
-            # a broken generation can write an answer of any length: cap what is stored
-            per["answer"][a_i, j] = -1 if s["answer"] is None else min(int(s["answer"]),
-                                                                       ANSWER_CAP)
+            per["answer"][a_i, j] = answer_code(s["answer"])
             for k in ("short", "hesitations_error", "hesitations_verify"):
                 per[k][a_i, j] = int(s[k])
             o = list(g.output_ids)[:max_new_tokens]
