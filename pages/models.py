@@ -208,8 +208,10 @@ else:
     dec = decomposition_frame(arts[0])
     if len(dec):
         st.markdown("**By prompt tag** (think format; `easy` prompts invite short thinking)")
-        st.caption("grpo's gain over sft comes from both tags: it stops thinking short on "
-                   "`easy` prompts and no longer drops the final carry on `add` prompts "
-                   "(error types of the wrong answers); it also stops verifying.")
+        st.caption("Per variant and prompt tag: accuracy, short thinking, hesitation rates "
+                   "and the kind of each wrong answer (short_thinking: after empty "
+                   "thinking; dropped_final_carry: the sum without its leading 1; "
+                   "carry_error: every wrong digit off by one; other). Compare sft and grpo "
+                   "to see where grpo's gain comes from.")
         st.dataframe(dec, hide_index=True)
         ui.export_panel(None, dec, "organism-behaviour-by-tag", key="exp_behaviour_tag")
