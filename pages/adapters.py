@@ -17,6 +17,7 @@ from interp import jobs
 from interp.adapters import plots as ap
 from interp.adapters.io import catalog, history_of
 from interp.adapters.report import demo_store
+from interp.behaviour import agreement_table
 
 st.title("Transcoder adapters")
 st.caption(
@@ -186,6 +187,16 @@ if evaluated:
         fig_be = ap.behaviour_figure(be)
         st.plotly_chart(fig_be, key="fig_behaviour")
         ui.export_panel(fig_be, bt, "adapters-behaviour", key="exp_behaviour")
+        if be.get("per_example"):
+            st.markdown("**Per example, against the reasoner** (same problems, greedy)")
+            st.caption("Equal aggregates can hide different answers: the share of problems "
+                       "with the reasoner's answer and with its whole completion, the "
+                       "share of aligned tokens that match (positions past the shorter "
+                       "completion count as mismatches) and where the completions first "
+                       "differ; rows per the reasoner's short / long thinking.")
+            at = agreement_table(be["per_example"])
+            st.dataframe(at, hide_index=True)
+            ui.export_panel(None, at, "adapters-agreement", key="exp_agreement")
     else:
         st.caption("This evaluation has no behaviour figures (non-organism data).")
 

@@ -17,6 +17,7 @@ import pandas as pd
 import streamlit as st
 
 import pages.common as ui
+from interp.behaviour import agreement_table, per_alpha_agreement_table
 from interp.length import plots as lp
 from interp.length.pipeline import DEFAULTS, list_runs, load_run
 from interp.length.report import demo_store, planted_head_check
@@ -224,6 +225,11 @@ if section == "α sweep":
     st.caption(f"All layers, site {run['config'].get('sweep_site', 'resid_mid')}; α grid "
                f"{sw.get('alpha_grid_rule', '')} (units of dir_l). Spearman ρ of mean length "
                f"vs α: {sw['spearman_mean_length_vs_alpha']:.3f}. One batched generation.")
+    agree = per_alpha_agreement_table(sw["per_alpha"])
+    if len(agree):
+        st.markdown("**Per example, against the unsteered generations (α = 0)**")
+        st.dataframe(agree, hide_index=True)
+        ui.export_panel(None, agree, "length_alpha_agreement", "l_sweep_agree_x")
     alphas = [p["alpha"] for p in sw["per_alpha"]]
     default_sel = ",".join(str(a) for a in (alphas[0], 0.0, alphas[-1]) if a in alphas)
     sel_text = ui.url_widget(st.text_input, "α values in the histogram", "lalpha",
@@ -306,6 +312,15 @@ if section == "Edit":
         st.markdown(txt)
         rows += [{"edit": k, **r} for r in v["norms"]]
     st.dataframe(pd.DataFrame(rows), hide_index=True)
+    agree = agreement_table({names.get(k, k): v.get("behaviour") for k, v in modes.items()})
+    if len(agree):
+        st.markdown("**Per example, edited against unedited** (same evaluation prompts)")
+        st.caption("Share of prompts with the same answer and the same whole completion, "
+                   "share of matching aligned tokens (past the shorter completion counts "
+                   "as a mismatch), where the completions first differ; rows per the "
+                   "unedited model's short / long thinking.")
+        st.dataframe(agree, hide_index=True)
+        ui.export_panel(None, agree, "length_edit_agreement", "l_edit_agree_x")
     if ed.get("effect_scan"):
         sel = ed.get("selection") or {}
         st.markdown(f"**Measured effect of each candidate head's projection alone** "
@@ -370,5 +385,10 @@ if section == "SEAL":
             st.dataframe(df[cols], hide_index=True)
             st.caption("Every α is one batched generation over the evaluation prompts; α = 0 "
                        "is the unsteered model; hesitations = hesitation words per response.")
+            agree = per_alpha_agreement_table(seal["sweep"])
+            if len(agree):
+                st.markdown("**Per example, against the unsteered generations**")
+                st.dataframe(agree, hide_index=True)
+                ui.export_panel(None, agree, "length_seal_agreement", "l_seal_agree_x")
         st.dataframe(pd.DataFrame(seal["rules"]), hide_index=True)
         ui.export_panel(None, {k: v for k, v in seal.items()}, "length_seal", "l_seal_x")

@@ -12,7 +12,7 @@ import streamlit as st
 import pages.common as ui
 from interp.generation import encode_user_prompt, generate
 from interp.models import cache_root, validate_pair
-from interp.organisms.report import behaviour_table
+from interp.organisms.report import behaviour_table, decomposition_frame
 from interp.plots.common import METRIC_LABELS, weight_diff_bars, weight_diff_heatmap
 from interp.weights import weight_diff_groups, weight_diff_pivot, weight_diff_table
 
@@ -207,3 +207,13 @@ else:
                f"held-out problems (artifact `{arts[0].key}`).")
     st.dataframe(behaviour)
     ui.export_panel(None, behaviour, "organism-behaviour", key="exp_behaviour")
+    dec = decomposition_frame(arts[0])
+    if len(dec):
+        st.markdown("**By prompt tag** (think format; `easy` prompts invite short thinking)")
+        st.caption("Per variant and prompt tag: accuracy, short thinking, hesitation rates "
+                   "and the kind of each wrong answer (short_thinking: after empty "
+                   "thinking; dropped_final_carry: the sum without its leading 1; "
+                   "carry_error: every wrong digit off by one; other). Compare sft and grpo "
+                   "to see where grpo's gain comes from.")
+        st.dataframe(dec, hide_index=True)
+        ui.export_panel(None, dec, "organism-behaviour-by-tag", key="exp_behaviour_tag")

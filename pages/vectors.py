@@ -15,9 +15,11 @@ import pandas as pd
 import streamlit as st
 
 import pages.common as ui
+from interp.behaviour import agreement_table, decomposition_table
 from interp.vectors import plots as vp
 from interp.vectors import views
 from interp.vectors.demo import demo_store, find_part, full_spec
+from interp.vectors.report import vector_behaviour
 from interp.vectors.task import GROUPS, Mask
 
 st.title("Reasoning vectors")
@@ -223,3 +225,21 @@ if acc is not None:
                f"{acc.provenance.get('code_version', '?')} · mean think tokens per α: "
                + ", ".join(f"{a:g}: {np.mean(t):.1f}" for a, t in
                            zip(ta["alphas"].tolist(), ta["think_tokens"].numpy())))
+    vb = ui.attempt(vector_behaviour, acc) or {}
+    if vb:
+        st.markdown("**What the vector changes, per prompt tag** (α = 0 vs ±1)")
+        st.caption("Accuracy, short thinking, hesitation rates and the kind of each wrong "
+                   "answer, split by the prompt's tag (`easy` prompts invite short "
+                   "thinking). Error types: short_thinking (answer after empty thinking), "
+                   "dropped_final_carry (the sum without its leading 1), carry_error (every "
+                   "wrong digit off by one), other.")
+        dt = decomposition_table({k: {t: vb["decomposition"][t][k]
+                                      for t in ("easy", "add", "all")
+                                      if k in vb["decomposition"][t]}
+                                  for k in ("without_vector", "plus_vector", "minus_vector")})
+        st.dataframe(dt, hide_index=True)
+        ui.export_panel(None, dt, "vectors-decomposition", key="vx_dec")
+        at = agreement_table(vb["per_example"])
+        st.markdown("**Per example, against the target without the vector**")
+        st.dataframe(at, hide_index=True)
+        ui.export_panel(None, at, "vectors-agreement", key="vx_agree")

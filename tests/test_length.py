@@ -424,6 +424,18 @@ def test_report_length_on_the_committed_demo():
     # scores and is among the edited heads
     assert "planted_head_rank" in r, "the demo was computed on other reasoner weights"
     assert r["planted_head_rank"] == 1 and r["planted_short_head"] in r["edited_heads"]
+    # per-example behaviour: every prompt whose short / long class changed has another
+    # completion; the unsteered α = 0 of the sweeps reproduces the generations exactly
+    for name, m in r["edit_modes"].items():
+        b = m["behaviour"]
+        assert b["n"] == r["n_eval"]
+        moved = abs(m["short_fraction_after"] - r["short_fraction_before"])
+        assert 1 - b["completion_agreement"] >= moved - 1e-9, name
+        assert b["answer_agreement"] >= b["completion_agreement"]
+    assert r["edit_behaviour"] == r["edit_modes"][r["edit_mode"]]["behaviour"]
+    assert r["agreement_per_alpha"]["0.0"]["completion_agreement"] == 1.0
+    seal0 = [p for p in r["seal"]["alpha_sweep"] if p["alpha"] == 0.0]
+    assert seal0 and seal0[0]["agreement"]["completion_agreement"] == 1.0
 
 
 def test_effect_head_selection_follows_measured_effects(lm):

@@ -81,15 +81,19 @@ def test_page_renders_run(built, monkeypatch, tmp_cache, _navigation_mode, demo_
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert bool([e for e in at.expander if "New run" in str(e.label)]) != demo_mode
-    charts = {}
+    charts, heads = {}, []
     for section in at.segmented_control(key="ltab").options:  # one view at a time
         at.segmented_control(key="ltab").set_value(section).run()
         assert not at.exception, (section, [e.value for e in at.exception])
         charts[section] = len(at.get("plotly_chart"))
+        heads += [x.value for x in at.markdown]
         assert at.query_params.get("ltab") in (
             None if section == "Lengths" else section, [section])  # the view is in the URL
     assert sum(charts.values()) >= 7   # no accuracy charts without a scorer
     assert charts["Lengths"] == 1 and charts["Direction"] == 2
+    # per-example agreement tables: edits vs unedited, α sweep and SEAL vs unsteered
+    assert any("edited against unedited" in h for h in heads)
+    assert sum("against the unsteered generations" in h for h in heads) == 2
     at.segmented_control(key="ltab").set_value("α sweep").run()
     at.text_input(key="lalpha").set_value("0").run()
     assert not at.exception

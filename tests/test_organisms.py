@@ -114,6 +114,15 @@ def test_trace_labels_match_an_independent_reading_of_the_text(seed):
         for c in lab["clean_positions"]:
             assert tok_at(c + 1) in (";", "</think>")
             assert tok_at(c + 1) != "wait"
+        # clean: the decision points of column steps written right the first time (and
+        # the final ';' when that step was); the corrected steps' go apart
+        want_clean = [s["first_end"] + 1 for s in steps if s["fixed"] is None]
+        want_post = [s["sep_at"] for s in steps if s["fixed"] is not None]
+        if not ver:
+            (want_clean if steps[-1]["fixed"] is None else want_post).append(
+                steps[-1]["sep_at"] + 1)
+        assert sorted(lab["clean_positions"]) == sorted(want_clean)
+        assert sorted(lab["post_correction_positions"]) == sorted(want_post)
         # every wait in the text is labelled
         assert sorted(h["pos"] for h in lab["hesitations"]) == [
             i + 1 for i, w in enumerate(words) if w == "wait"]
@@ -181,7 +190,7 @@ def test_score_completion():
     completion = text.split("<think>", 1)[1]
     r = score_completion(p, completion)
     assert r["correct"] and r["answer"] == 5303 and not r["short"] and r["closed"]
-    # 5 + 8 = 13, 7 + 2 + 1 = 10 (carry slip: "0 9 wait 1 0"), 3 + 9 + 1 = 13, 0 + 4 + 1:
+    # 5 + 8 = 13, 7 + 2 + 1 = 10 (carry slip: "0 0 wait 1 0"), 3 + 9 + 1 = 13, 0 + 4 + 1:
     # 3 carries -> verification; 4 columns * 9 + slip 3 + verify 8 tokens
     assert r["think_tokens"] == 47 and r["hesitations_error"] == 1
     assert r["hesitations_verify"] == 1
@@ -435,3 +444,36 @@ def test_penalty_gradient_reaches_the_attention_weights_and_bad_configs_raise():
     for bad in ({"head_l1": 0.0}, {"cue_warmup": 1.0}, {"head_l1": -1.0}):
         with pytest.raises(ConfigError):
             replace(ok, **bad)
+
+
+def test_committed_report_breaks_the_behaviour_down_consistently():
+    """The per-tag decomposition, grpo's gain split, the short-answer profile and the
+    out-of-distribution checks of the committed report agree with its per-problem
+    tensors and with each other."""
+    from interp.behaviour import error_type
+    from interp.organisms.report import behaviour_artifact
+
+    _committed()
+    art, stale = behaviour_artifact()
+    assert not stale
+    f, t = art.meta["figures"], art.tensors
+    problems = [Problem(int(a), int(b)) for a, b in zip(t["problems.a"], t["problems.b"])]
+    easy = torch.tensor([p.tag == "easy" for p in problems])
+    for v in ("reasoner", "sft", "grpo"):
+        dec, correct = f[v]["decomposition"], t[f"{v}.think.correct"]
+        assert dec["all"]["accuracy"] == pytest.approx(f[v]["accuracy"])
+        assert dec["easy"]["accuracy"] == pytest.approx(float(correct[easy].float().mean()))
+        assert dec["add"]["n"] == int((~easy).sum())
+        short = t[f"{v}.think.short"]
+        kinds = [error_type(p, None if int(a) < 0 else int(a), bool(s))
+                 for p, a, s in zip(problems, t[f"{v}.think.answer"], short)]
+        for k, n in dec["all"]["errors"]["counts"].items():
+            assert kinds.count(k) == n, (v, k)
+    g = f["grpo_vs_sft"]
+    assert g["contribution_easy"] + g["contribution_add"] == pytest.approx(
+        f["grpo"]["accuracy"] - f["sft"]["accuracy"])
+    sa = f["reasoner"]["short_answers"]
+    assert sa["n"] == f["reasoner"]["n_short"] and sa["equals_hasty"] == 0.0
+    assert set(f["ood"]) >= {"widths", "slip_values", "prompt_forms"}
+    assert f["hybrid"]["kl_to_reasoner_own_generations"] > 0
+    assert f["reasoner"]["n_clean"] + f["reasoner"]["n_post_correction"] > 0

@@ -47,6 +47,9 @@ def test_vectors_page(setup, monkeypatch, tmp_cache, _navigation_mode, mode):
     charts = at.get("plotly_chart")
     if mode == "task":
         assert len(charts) >= 9  # norms, per-token, heatmap, 4 bands, mass, accuracy
+        # the per-tag decomposition and the per-example agreement under the accuracy
+        assert any("per prompt tag" in x.value for x in at.markdown)
+        assert any("against the target without the vector" in x.value for x in at.markdown)
     else:
         assert len(charts) >= 4  # two vector lenses, per-token, heatmap (no saved sweep)
     at.slider(key="valpha").set_value(-1.0).run()

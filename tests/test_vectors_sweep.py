@@ -104,6 +104,28 @@ def test_run_experiment_and_summary(organism_like, tmp_path):
     for k in ("accuracy_instruct", "accuracy_plus_vector", "accuracy_minus_vector",
               "effect_plus_vector_ci95", "effect_minus_vector_p_value"):
         assert k in out
+    # per-example figures: the stored generations are the target's own (α = 0 without
+    # any modifier), the decomposition adds up, the comparison matches the stored ids
+    from interp.generation import generate
+    from interp.vectors.report import vector_behaviour
+
+    acc = find_part(spec, "accuracy", store)
+    ta = acc.tensors
+    probs = [T.Problem(*map(int, i.split("+"))) for i in acc.meta["problem_ids"]]
+    m = load_model(organism_like["instruct"], device="cpu", dtype="float32")
+    gens = generate(m, [T.prompt_text(p, "think") for p in probs], max_new_tokens=6)
+    i0 = [float(a) for a in ta["alphas"].tolist()].index(0.0)
+    stored = [[t for t in row if t >= 0] for row in ta["output_ids"][i0].tolist()]
+    assert stored == [g.output_ids for g in gens]
+    vb = vector_behaviour(acc)
+    dec = vb["decomposition"]
+    assert dec["all"]["without_vector"]["accuracy"] == pytest.approx(
+        float(ta["correct"][i0].float().mean()))
+    assert dec["easy"]["plus_vector"]["n"] + dec["add"]["plus_vector"]["n"] == 6
+    i1 = [float(a) for a in ta["alphas"].tolist()].index(1.0)
+    plus = [[t for t in row if t >= 0] for row in ta["output_ids"][i1].tolist()]
+    same = np.mean([a == b for a, b in zip(stored, plus)])
+    assert vb["per_example"]["plus_vector"]["completion_agreement"] == pytest.approx(same)
     trace = find_part(spec, "trace", store)
     assert trace.tensors["layer_kl"].shape[0] == 2
     cspec = {**spec, "kind": "control", "n_control": 4}

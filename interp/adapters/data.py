@@ -81,10 +81,12 @@ class BatchSource:
 
 
 def eval_batches(tokenizer: Any, n: int, batch_size: int = 64, seed: int = 1234,
-                 source: str = "traces", max_len: int = 256, vocab_size: int | None = None
-                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``ceil(n / batch_size)`` held-out batches (eval split for traces)."""
-    src = BatchSource(tokenizer, batch_size, seed, source, "eval", max_len, vocab_size)
+                 source: str = "traces", max_len: int = 256, vocab_size: int | None = None,
+                 split: str = "eval") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``ceil(n / batch_size)`` held-out batches: traces of ``split`` problems (``eval``,
+    or one of its halves ``validation`` / ``evaluation``, see
+    :func:`interp.organisms.task.sample_problems`)."""
+    src = BatchSource(tokenizer, batch_size, seed, source, split, max_len, vocab_size)
     out = []
     for i in range((n + batch_size - 1) // batch_size):
         out.append(src.batch(i))

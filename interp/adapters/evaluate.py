@@ -1,6 +1,12 @@
 """How faithful and how sparse a trained adapter set is, and how the adapter model behaves.
 
-:func:`faithfulness` (teacher-forced, held-out traces): KL(reasoner || adapter model),
+Splits: settings (the L1 of the demo set) are chosen on the ``validation`` half of the
+held-out problems (:func:`interp.adapters.train.sweep_job`), headline figures are measured
+on the other half, ``evaluation`` (:func:`evaluate_artifact`); see
+:func:`interp.organisms.task.sample_problems`.
+
+:func:`faithfulness` (teacher-forced, held-out traces, or any given token batches such as
+the reasoner's own greedy generations): KL(reasoner || adapter model),
 KL(reasoner || hybrid), the fraction of the hybrid -> reasoner KL gap closed
 (``1 − KL_adapter / KL_hybrid``), next-token cross-entropy of the three models, per-site
 residual NMSE, per-layer L0 (active features per token), dead features (never active on
@@ -11,7 +17,11 @@ the evaluation tokens), bridged KL per cutoff ``k = 0..L`` (a2r and r2a).
 fraction and hesitation rate by mechanism (mean number of ``wait`` of that mechanism per
 generation) for base / hybrid / adapter model / reasoner. The base model is prompted in
 its own ``plain`` format (it never saw think tags); its thinking figures are its worked
-solution's length and are not comparable.
+solution's length and are not comparable. Aggregates can agree while every answer
+differs, so the adapter model (and the hybrid) are also compared with the reasoner example
+by example (``per_example``: answer and completion exact-match rates, token agreement,
+first divergence; :func:`interp.behaviour.compare`), over all problems and split by
+whether the reasoner's thinking was short or long.
 """
 
 from __future__ import annotations
@@ -33,14 +43,19 @@ MECHANISMS = ("error", "verify")
 @torch.no_grad()
 def faithfulness(model: AdapterModel, tokenizer: Any, n: int = 256, source: str = "traces",
                  seed: int = 1234, batch_size: int = 64, max_len: int = 256,
-                 mask: FeatureMask | None = None, progress=None) -> dict[str, Any]:
+                 mask: FeatureMask | None = None, progress=None, split: str = "eval",
+                 batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+                 ) -> dict[str, Any]:
     """Faithfulness and sparsity figures (see the module docstring); lists are per layer
-    (``[L]``) or per residual site / cutoff (``[L+1]``)."""
+    (``[L]``) or per residual site / cutoff (``[L+1]``). ``batches`` (``(tokens,
+    valid)`` pairs) replaces the generated ``split`` batches when given; every valid
+    token counts."""
     L, d_sae = model.n_layers, model.adapters.d_sae
     dev = model.device
     max_len = min(max_len, model.hybrid.cfg.n_ctx)
-    batches = eval_batches(tokenizer, n, batch_size, seed, source, max_len,
-                           vocab_size=model.hybrid.cfg.d_vocab)
+    if batches is None:
+        batches = eval_batches(tokenizer, n, batch_size, seed, source, max_len,
+                               vocab_size=model.hybrid.cfg.d_vocab, split=split)
     acc = {k: 0.0 for k in ("kl_a", "kl_h", "ce_r", "ce_h", "ce_a", "n_tok", "n_ce")}
     num_a = torch.zeros(L + 1)
     num_h = torch.zeros(L + 1)
@@ -107,11 +122,14 @@ def _words(tok: Any, ids: list[int]) -> str:
     return " ".join(tok.convert_ids_to_tokens(list(ids)))
 
 
-def _score(gens, problems, fmt: str, tok: Any) -> dict[str, Any]:
+def _scores(gens, problems, fmt: str, tok: Any) -> list[dict[str, Any]]:
     from ..organisms.task import score_completion
 
-    scores = [score_completion(p, _words(tok, g.output_ids), fmt)
-              for p, g in zip(problems, gens)]
+    return [score_completion(p, _words(tok, g.output_ids), fmt)
+            for p, g in zip(problems, gens)]
+
+
+def _score(scores: list[dict[str, Any]]) -> dict[str, Any]:
     n = max(len(scores), 1)
     out = {
         "accuracy": sum(s["correct"] for s in scores) / n,
@@ -125,16 +143,35 @@ def _score(gens, problems, fmt: str, tok: Any) -> dict[str, Any]:
     return out
 
 
+def compare_with_reasoner(scores: list[dict[str, Any]], gens: list[Any],
+                          ref_scores: list[dict[str, Any]], ref_gens: list[Any],
+                          close_id: int | None) -> dict[str, Any]:
+    """Per-example agreement of a model's think generations with the reasoner's
+    (:func:`interp.behaviour.compare`), split by the reasoner's short / long thinking."""
+    from ..behaviour import answer_start, compare
+
+    ref_ids = [list(g.output_ids) for g in ref_gens]
+    short = [bool(s["short"]) for s in ref_scores]
+    return compare([s["answer"] for s in ref_scores], [s["answer"] for s in scores],
+                   ref_ids, [list(g.output_ids) for g in gens],
+                   [answer_start(x, close_id) for x in ref_ids],
+                   groups={"reasoner_short": short, "reasoner_long": [not x for x in short]})
+
+
 @torch.no_grad()
 def behaviour(hybrid: Any, adapters: AdapterSet, base: Any = None, reasoner: Any = None,
               n: int = 256, seed: int = 4321, max_new_tokens: int = 96, batch_size: int = 128,
-              mask: FeatureMask | None = None, progress=None) -> dict[str, Any]:
-    """Greedy generations on ``n`` held-out problems, per model (see module docstring),
-    plus ``accuracy_recovered`` and ``hesitation_rate_rel_error`` of the adapter model."""
+              mask: FeatureMask | None = None, progress=None, split: str = "evaluation",
+              keep_generations: bool = False) -> dict[str, Any]:
+    """Greedy generations on ``n`` held-out ``split`` problems, per model (see module
+    docstring), plus ``accuracy_recovered`` and ``hesitation_rate_rel_error`` of the adapter
+    model and the per-example comparison with the reasoner (``per_example``).
+    ``keep_generations`` adds the reasoner's generations under ``"_reasoner_gens"``
+    (not JSON: pop it before saving)."""
     from ..generation import generate
     from ..organisms.task import prompt_text, sample_problems
 
-    problems = sample_problems(n, seed=seed, split="eval")
+    problems = sample_problems(n, seed=seed, split=split)
     think = [prompt_text(p, "think") for p in problems]
     runs: list[tuple[str, Any, str, list]] = []
     if base is not None:
@@ -143,16 +180,29 @@ def behaviour(hybrid: Any, adapters: AdapterSet, base: Any = None, reasoner: Any
     runs.append(("adapter", hybrid, "think", adapter_hooks(adapters, mask=mask)))
     if reasoner is not None:
         runs.append(("reasoner", reasoner, "think", []))
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"split": split, "seed": seed}
+    kept: dict[str, tuple[list[dict[str, Any]], list[Any]]] = {}
     for i, (name, m, fmt, hooks) in enumerate(runs):
         prompts = think if fmt == "think" else [prompt_text(p, fmt) for p in problems]
         gens = generate(m, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
                         seed=seed, batch_size=batch_size, fwd_hooks=hooks)
         tok = getattr(m, "tokenizer", None) or getattr(m, "hooked", m).tokenizer
-        out[name] = _score(gens, problems, fmt, tok)
+        scores = _scores(gens, problems, fmt, tok)
+        out[name] = _score(scores)
+        if fmt == "think":
+            kept[name] = (scores, gens)
         if progress is not None:
             progress(i + 1, len(runs))
     out["derived"] = derived_behaviour(out)
+    if "reasoner" in kept:
+        rs, rg = kept["reasoner"]
+        vocab = reasoner.tokenizer.get_vocab()
+        close_id = vocab.get("</think>")
+        out["per_example"] = {
+            f"{name}_vs_reasoner": compare_with_reasoner(*kept[name], rs, rg, close_id)
+            for name in ("adapter", "hybrid") if name in kept}
+        if keep_generations:
+            out["_reasoner_gens"] = rg
     return out
 
 
@@ -206,26 +256,53 @@ def load_adapter_model(art: Artifact, device: str | torch.device = "auto",
     return model, base, reasoner
 
 
+def generation_batches(gens: list[Any], pad_id: int, batch_size: int = 64,
+                       max_len: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Generations (prompt + output ids) as right-padded ``(tokens, valid)`` batches, the
+    layout of :func:`interp.adapters.data.eval_batches`."""
+    from .data import pad_batch
+
+    seqs = [list(g.prompt_ids) + list(g.output_ids) for g in gens]
+    return [pad_batch(seqs[s: s + batch_size], pad_id, max_len)
+            for s in range(0, len(seqs), batch_size)]
+
+
+SPLIT_EVALUATION = "evaluation"   # headline figures; settings are chosen on "validation"
+
+
 def evaluate_artifact(art: Artifact, store: Store | None = None, n_faith: int = 512,
                       n_behaviour: int = 256, device: str = "auto", source: str | None = None,
-                      progress=None, model_bundle=None) -> Artifact:
-    """Run :func:`faithfulness` and :func:`behaviour` for an adapters artifact and save
-    an ``adapters_eval`` artifact (config: adapters key + eval sizes)."""
+                      progress=None, model_bundle=None,
+                      split: str = SPLIT_EVALUATION) -> Artifact:
+    """Run :func:`faithfulness` and :func:`behaviour` for an adapters artifact on the
+    ``split`` problems and save an ``adapters_eval`` artifact (config: adapters key, eval
+    sizes, split). For organism traces, faithfulness is also measured on the reasoner's
+    own greedy generations of the behaviour problems (``faithfulness_own_generations``:
+    prompt and generated tokens, teacher forced)."""
     store = store or Store()
     model, base, reasoner = model_bundle or load_adapter_model(art, device)
     src = source or art.config.get("data", "traces")
     tok = reasoner.tokenizer
-    fa = faithfulness(model, tok, n=n_faith, source=src,
-                      max_len=int(art.config.get("max_len", 256)))
+    max_len = int(art.config.get("max_len", 256))
+    fa = faithfulness(model, tok, n=n_faith, source=src, max_len=max_len, split=split)
     if progress:
-        progress(1, 2)
-    be = behaviour(model.hybrid, model.adapters, base, reasoner, n=n_behaviour) \
-        if src == "traces" else {}
+        progress(1, 3)
+    be: dict[str, Any] = {}
+    fa_own = None
+    if src == "traces":
+        be = behaviour(model.hybrid, model.adapters, base, reasoner, n=n_behaviour,
+                       split=split, keep_generations=True)
+        if progress:
+            progress(2, 3)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        fa_own = faithfulness(model, tok, max_len=max_len, batches=generation_batches(
+            be.pop("_reasoner_gens"), int(pad), max_len=max_len))
     if progress:
-        progress(2, 2)
+        progress(3, 3)
     config = {"adapters_key": art.key, "n_faith": n_faith, "n_behaviour": n_behaviour,
-              "source": src}
+              "source": src, "split": split}
     return store.save("adapters_eval", config, provenance=provenance(
         models={"base": base.describe(), "reasoner": reasoner.describe()}),
         meta={"faithfulness": fa, "behaviour": be, "adapters_key": art.key,
-              "l1": art.config.get("l1")})
+              "l1": art.config.get("l1"), "split": split,
+              "faithfulness_own_generations": fa_own})

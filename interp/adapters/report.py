@@ -1,7 +1,9 @@
 """``python -m interp report adapters``: figures of the committed demo adapter run.
 
 Reads the demo store (``cache/demo``): the newest ``adapters_eval`` artifact (faithfulness
-+ behaviour of the demo adapter set) and the newest ``adapters_sweep`` (L1 frontier).
++ behaviour of the demo adapter set, on the ``evaluation`` half of the held-out problems)
+and the newest ``adapters_sweep`` (L1 frontier, measured on the ``validation`` half).
+The L1 setting is checked against the sweep with one rule (:func:`select_l1`).
 Never trains; ``--recompute`` re-evaluates the demo adapter set (a few minutes on a CPU).
 """
 
@@ -48,6 +50,16 @@ def demo_sweep(store: Store | None = None) -> Artifact | None:
     return arts[0] if arts else None
 
 
+def select_l1(runs: list[dict[str, Any]], max_l0: float = TARGETS["mean_l0"]
+              ) -> float | None:
+    """The selection rule for the adapters' L1: among the sweep's runs with mean L0 at
+    most ``max_l0`` active features per token per layer, the one that closes the largest
+    share of the hybrid -> reasoner KL gap (None when no run is sparse enough)."""
+    ok = [r for r in runs if _f(r.get("mean_l0")) is not None and r["mean_l0"] <= max_l0
+          and _f(r.get("kl_gap_closed")) is not None]
+    return float(max(ok, key=lambda r: r["kl_gap_closed"])["l1"]) if ok else None
+
+
 def _f(x: Any) -> float | None:
     try:
         v = float(x)
@@ -69,11 +81,22 @@ def report_adapters(args) -> dict[str, Any]:
     ev = demo_eval(store, ad.key)
     fa, be = ev.meta["faithfulness"], ev.meta.get("behaviour", {})
     der = be.get("derived", {})
+    pe = (be.get("per_example") or {}).get("adapter_vs_reasoner") or {}
     out: dict[str, Any] = {
         "kl_gap_closed": fa["kl_gap_closed"], "mean_l0": fa["mean_l0"],
         "dead_fraction": fa["dead_fraction"],
         "hesitation_rate_rel_error": der.get("hesitation_rate_rel_error"),
         "accuracy_recovered": der.get("accuracy_recovered"),
+        "answer_agreement": pe.get("answer_agreement"),
+        "completion_agreement": pe.get("completion_agreement"),
+        "answer_agreement_ci95": pe.get("answer_agreement_ci95"),
+        "completion_agreement_ci95": pe.get("completion_agreement_ci95"),
+        "token_agreement": pe.get("token_agreement"),
+        "token_agreement_ci95": pe.get("token_agreement_ci95"),
+        "first_divergence": pe.get("first_divergence"),
+        "agreement_by_reasoner_thinking": pe.get("groups"),
+        "hybrid_vs_reasoner": (be.get("per_example") or {}).get("hybrid_vs_reasoner"),
+        "eval_split": ev.meta.get("split", "eval"),
         "kl_adapter": fa["kl_adapter"], "kl_hybrid": fa["kl_hybrid"],
         "ce_adapter": fa["ce_adapter"], "ce_hybrid": fa["ce_hybrid"],
         "ce_reasoner": fa["ce_reasoner"], "l0_layers": fa["l0_layers"],
@@ -92,10 +115,25 @@ def report_adapters(args) -> dict[str, Any]:
         if name in be:
             for k, v in be[name].items():
                 out[f"{name}.{k}"] = v
+    own = ev.meta.get("faithfulness_own_generations")
+    if own:
+        out.update({"kl_gap_closed_own_generations": own["kl_gap_closed"],
+                    "kl_adapter_own_generations": own["kl_adapter"],
+                    "kl_hybrid_own_generations": own["kl_hybrid"],
+                    "mean_l0_own_generations": own["mean_l0"],
+                    "n_own_generation_tokens": own["n_tokens"]})
     sw = demo_sweep(store)
     if sw is not None:
         out["sweep"] = [{k: r.get(k) for k in ("l1", "mean_l0", "kl_gap_closed",
                                                "dead_fraction")} for r in sw.meta["runs"]]
+        chosen = select_l1(sw.meta["runs"])
+        out["l1_selection"] = {
+            "rule": f"largest kl_gap_closed among sweep runs with mean_l0 <= "
+                    f"{TARGETS['mean_l0']:g}",
+            "split": sw.config.get("eval_split", "eval"),
+            "sweep_steps": sw.config.get("steps"), "demo_steps": ad.config.get("steps"),
+            "selected_l1": chosen, "committed_l1": ad.config.get("l1"),
+            "same": chosen is not None and _f(ad.config.get("l1")) == chosen}
     gap, l0 = _f(out["kl_gap_closed"]), _f(out["mean_l0"])
     hes, acc = _f(out["hesitation_rate_rel_error"]), _f(out["accuracy_recovered"])
     out["targets"] = TARGETS

@@ -509,7 +509,9 @@ def sweep_job(spec: dict[str, Any], ctx) -> dict[str, Any]:
             ctx.progress(_i * base_cfg.steps + step, total, message=f"l1={_l1:g}", **m)
 
         out = run_training(cfg, Path(ctx.dir) / f"l1-{l1:g}", prog, fresh)
-        fa = faithfulness(fresh.model, fresh.tokenizer, n=n_eval, source=cfg.data)
+        # settings are chosen on the validation half of the held-out problems
+        fa = faithfulness(fresh.model, fresh.tokenizer, n=n_eval, source=cfg.data,
+                          split="validation")
         rows.append({"l1": l1, "key": out.get("key"), "kl_gap_closed": fa["kl_gap_closed"],
                      "mean_l0": fa["mean_l0"], "dead_fraction": fa["dead_fraction"],
                      "kl_adapter": fa["kl_adapter"], "kl_hybrid": fa["kl_hybrid"]})
@@ -522,6 +524,7 @@ def sweep_job(spec: dict[str, Any], ctx) -> dict[str, Any]:
         # the weights' hashes key the artifact, as for a trained set: a retrained model
         # gives a new sweep instead of overwriting the old model's
         conf = {**base_cfg.identity(), "l1_values": l1s, "n_eval": n_eval,
+                "eval_split": "validation",
                 "pair_hashes": {k: v.get("weight_hash") for k, v in models.items()}}
         conf.pop("l1")
         art = store.save("adapters_sweep", conf, provenance=provenance(

@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..behaviour import agreement_brief, compare_records
 from ..errors import ConfigError
 from ..store import Store, provenance
 from .data import (
@@ -354,6 +355,11 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
                      progress=_stage_progress(progress, "sweep", 2, stages))
     means = [p["mean_think_tokens"] for p in sw["per_alpha"]]
     rho = spearman(alphas, means)
+    if 0.0 in alphas:   # per-example agreement of each α with the unsteered generations
+        n_sw, k0 = len(sw_prompts), alphas.index(0.0)
+        for k_, p_ in enumerate(sw["per_alpha"]):
+            p_["agreement"] = agreement_brief(sw["records"][k0 * n_sw:(k0 + 1) * n_sw],
+                                              sw["records"][k_ * n_sw:(k_ + 1) * n_sw])
     scfg = {"direction": dir_art.key, "site": cfg["sweep_site"], "layers": "all",
             "alphas": alphas, "n_prompts": len(sw_prompts), "sampling": _sampling(cfg),
             "alpha_units": "multiples of dir_l (unnormalised long - short)"}
@@ -471,6 +477,7 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
         res = {"norms": norms, "after": summarize(after, short_max), "weight_edit": m_,
                "heads": [list(h) for h in hs],
                "export_max_logit_diff": diff, "records_after": compact(after),
+               "behaviour": compare_records(before, after, seed=cfg["seed"]),
                "export_dir": out.name,
                "edited_param_fraction": len(hs) * per_param / model.n_params(),
                "short_fraction_change": paired_change(
@@ -524,14 +531,18 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
         n_ev = len(ev_prompts)
         for k_, p_ in enumerate(sw_seal["per_alpha"]):
             p_["hesitations"] = hes_rate(sw_seal["records"][k_ * n_ev:(k_ + 1) * n_ev])
+            p_["agreement"] = agreement_brief(before,
+                                              sw_seal["records"][k_ * n_ev:(k_ + 1) * n_ev])
         head = grid.index(float(cfg["seal_alpha"]))
         after = {k: v for k, v in sw_seal["per_alpha"][head].items()
-                 if k not in ("alpha", "hesitations")}
+                 if k not in ("alpha", "hesitations", "agreement")}
         seal_meta = {k: v for k, v in sv.items() if k != "vector"}
         seal_meta.update(before=emeta["before"], after=after,
                          hesitations_before=hes_rate(before),
                          hesitations_after=sw_seal["per_alpha"][head]["hesitations"],
-                         alpha=cfg["seal_alpha"])
+                         alpha=cfg["seal_alpha"], behaviour=compare_records(
+                             before, sw_seal["records"][head * n_ev:(head + 1) * n_ev],
+                             seed=cfg["seed"]))
         if len(grid) > 1:
             seal_meta["sweep"] = sw_seal["per_alpha"]
         seal_art = store.save("length_seal", {"generations": gen_art.key, "layer": layer,

@@ -98,8 +98,13 @@ def collect(store: Store) -> dict[str, Any]:
                                    v["accuracy_change"]["ci_high"]]
             if "accuracy_change" in v else None,
             "heads": v.get("heads"), "weight_edit": v.get("weight_edit", k),
-            "norms": v["norms"], "export_max_logit_diff": v["export_max_logit_diff"]}
+            "norms": v["norms"], "export_max_logit_diff": v["export_max_logit_diff"],
+            "behaviour": v.get("behaviour")}
         for k, v in (ed.get("modes") or {}).items()}
+    # per-example agreement of the edited model's generations with the unedited ones
+    out["edit_behaviour"] = ed.get("behaviour")
+    out["agreement_per_alpha"] = {str(p["alpha"]): p.get("agreement") for p in pa
+                                  if "agreement" in p}
     out["negative_alpha_raises_short"] = bool(
         out["short_fraction_alpha0"] is not None
         and out["short_fraction_most_negative_alpha"] > out["short_fraction_alpha0"])
@@ -126,9 +131,10 @@ def collect(store: Store) -> dict[str, Any]:
             "mean_think_tokens_after": s["after"]["mean_think_tokens"],
             "accuracy_before": _p(s["before"], "accuracy"),
             "accuracy_after": _p(s["after"], "accuracy"),
+            "behaviour": s.get("behaviour"),
             "alpha_sweep": [{"alpha": p["alpha"], "hesitations_per_response": p["hesitations"],
                              "mean_think_tokens": p["mean_think_tokens"],
-                             "accuracy": _p(p, "accuracy")}
+                             "accuracy": _p(p, "accuracy"), "agreement": p.get("agreement")}
                             for p in s.get("sweep") or []]}
     out.update(planted_head_check(m["model"], hd.tensors["scores"], model_weight_hash(idx)))
     out["targets"] = {

@@ -2,10 +2,16 @@
 
 Per variant: accuracy (with a 95% Wilson interval), thinking-length distribution,
 hesitation rates split by mechanism, short-thinking fraction and accuracy of short and
-long generations; for the reasoner also teacher-forced P(``wait``) at error triggers,
-verification triggers and clean positions; and the hybrid model's (reasoner with base
-MLPs) mean next-token KL to the reasoner on think traces. Saved as a store artifact of
-kind ``organism_behaviour`` (per-problem results as tensors, figures in ``meta``).
+long generations, and the same split by prompt tag with the error type of every wrong
+answer (``decomposition``, :func:`interp.behaviour.decompose`); for the reasoner also
+teacher-forced P(``wait``) at error triggers, verification triggers, clean positions and
+(apart) right after a correction, what its short answers are (``short_answers``,
+:func:`short_answer_profile`) and the out-of-distribution checks of
+:mod:`interp.organisms.ood`; the hybrid model's (reasoner with base MLPs) mean
+next-token KL to the reasoner on generator traces and on the reasoner's own greedy
+generations; and how grpo's accuracy gain over sft splits over the tags. Saved as a
+store artifact of kind ``organism_behaviour`` (per-problem results as tensors, figures
+in ``meta``).
 """
 
 from __future__ import annotations
@@ -18,13 +24,16 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..behaviour import answer_code, decompose, decomposed_change
 from ..stats import wilson
 from ..store import Store, provenance
+from .ood import ood_checks
 from .sampling import complete
 from .task import (
     TOKEN_ID,
     VOCAB,
     Problem,
+    digits,
     encode,
     make_trace,
     prompt_words,
@@ -61,8 +70,47 @@ def generate_and_score(model, problems: list[Problem], fmt: str,
         r = score_completion(p, text, fmt=fmt if fmt != "direct" else "plain")
         r["completion"] = text
         r["n_tokens"] = len(o)
+        r["output_ids"] = list(o)
         res.append(r)
     return res
+
+
+def short_answer_profile(problems: list[Problem], res: list[dict[str, Any]]
+                         ) -> dict[str, Any]:
+    """What the answers written after empty thinking are, digit by digit.
+
+    Over the short generations with a readable answer: the share equal to the *hasty*
+    sum (every carry ignored, what the generator's short traces write) and to the true
+    sum; accuracy on problems without any carry (where hasty = true); per answer digit
+    (most significant first, ``10^4`` .. ``10^0``): the entropy of the written digit in
+    nats (uniform digits: ln 10 = 2.303), its agreement with the hasty and with the true
+    digit (chance 0.1 for a digit unrelated to both) and the most common value."""
+    idx = [i for i, r in enumerate(res) if r["short"] and r["answer"] is not None]
+    out: dict[str, Any] = {"n": len(idx), "entropy_uniform_nats": float(np.log(10))}
+    if not idx:
+        return out
+    ps = [problems[i] for i in idx]
+    ans = [res[i]["answer"] for i in idx]
+    out["equals_hasty"] = float(np.mean([a == p.hasty_answer for a, p in zip(ans, ps)]))
+    out["equals_true"] = float(np.mean([a == p.answer for a, p in zip(ans, ps)]))
+    nc = [a == p.answer for a, p in zip(ans, ps) if p.carries == 0]
+    out["n_no_carry"] = len(nc)
+    out["accuracy_no_carry"] = float(np.mean(nc)) if nc else float("nan")
+    w = ps[0].answer_width
+    got = np.array([[int(c) for c in digits(a, w)[-w:]] for a in ans])
+    hasty = np.array([[int(c) for c in digits(p.hasty_answer, w)] for p in ps])
+    true = np.array([[int(c) for c in digits(p.answer, w)] for p in ps])
+    per = {}
+    for j in range(w):
+        cnt = np.bincount(got[:, j], minlength=10) / len(got)
+        nz = cnt[cnt > 0]
+        per[f"10^{w - 1 - j}"] = {
+            "entropy_nats": float(-(nz * np.log(nz)).sum()),
+            "agreement_hasty": float((got[:, j] == hasty[:, j]).mean()),
+            "agreement_true": float((got[:, j] == true[:, j]).mean()),
+            "mode": int(cnt.argmax()), "mode_share": float(cnt.max())}
+    out["digits"] = per
+    return out
 
 
 def summarise(problems: list[Problem], res: list[dict[str, Any]], fmt: str) -> dict[str, Any]:
@@ -134,6 +182,30 @@ def trace_batches(problems: list[Problem], seed: int = 0, batch_size: int = 128,
     return toks_out, masks
 
 
+def generation_batches(problems: list[Problem], res: list[dict[str, Any]],
+                       batch_size: int = 128) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """A model's own greedy think generations (``res`` from :func:`generate_and_score`)
+    as padded token batches (prompt + completion) and masks of the completion positions
+    (the prediction of every generated token, ``<eos>`` included), the layout of
+    :func:`trace_batches`."""
+    toks_out, masks = [], []
+    for s in range(0, len(problems), batch_size):
+        ids = [encode(prompt_words(p, "think")) + r["output_ids"]
+               for p, r in zip(problems[s: s + batch_size], res[s: s + batch_size])]
+        L = max(len(x) for x in ids)
+        toks = torch.full((len(ids), L), TOKEN_ID["<pad>"], dtype=torch.long)
+        m = torch.zeros((len(ids), L), dtype=torch.bool)
+        for i, (x, p) in enumerate(zip(ids, problems[s: s + batch_size])):
+            toks[i, : len(x)] = torch.tensor(x)
+            m[i, len(prompt_words(p, "think")): len(x) - 1] = True
+        toks_out.append(toks)
+        masks.append(m)
+    return toks_out, masks
+
+
+THINK_VARIANTS = ("reasoner", "sft", "grpo")
+
+
 def evaluate_family(organisms_root: str | os.PathLike, store_root: str | os.PathLike,
                     n_eval: int = 512, seed: int = 0, device: str = "cpu",
                     progress: ProgressFn | None = None, show_bar: bool = True):
@@ -158,6 +230,7 @@ def evaluate_family(organisms_root: str | os.PathLike, store_root: str | os.Path
     tensors: dict[str, torch.Tensor] = {}
     models_prov: dict[str, Any] = {}
     loaded = {}
+    think_res: dict[str, list[dict[str, Any]]] = {}
     try:
         for k, v in enumerate(variants):
             lm = load_model(str(root / v), device=device, dtype="float32")
@@ -181,24 +254,52 @@ def evaluate_family(organisms_root: str | os.PathLike, store_root: str | os.Path
                 tensors[f"{v}.{fmt}.hesitations_verify"] = torch.tensor(
                     [r["hesitations_verify"] for r in res])
                 tensors[f"{v}.{fmt}.short"] = torch.tensor([r["short"] for r in res])
-            if v in ("reasoner", "sft", "grpo"):
+                tensors[f"{v}.{fmt}.answer"] = torch.tensor(
+                    [answer_code(r["answer"]) for r in res])
+                if fmt == "think":
+                    think_res[v] = res
+                    dec = decompose(problems, res)
+                    if fmt == EVAL_FORMATS[v]:
+                        figures[v]["decomposition"] = dec
+                    else:
+                        figures[v][f"decomposition_{fmt}"] = dec
+            if v in THINK_VARIANTS:
                 tf = teacher_forced_wait_probs(lm, n=n_eval, seed=seed)
-                for cls in ("error", "error_slip", "error_random", "verify", "clean"):
+                for cls in ("error", "error_slip", "error_random", "verify", "clean",
+                            "post_correction"):
                     figures[v][f"p_wait_{cls}"] = tf[f"mean_{cls}"]
                     figures[v][f"n_{cls}"] = tf[f"n_{cls}"]
                     tensors[f"{v}.p_wait_{cls}"] = tf[cls]
                 figures[v]["p_wait_clean_max"] = float(tf["clean"].max())
                 figures[v]["p_wait_error_trigger_min"] = float(tf["error"].min())
+                # the clean pool as defined before (post-correction positions included)
+                both = torch.cat([tf["clean"], tf["post_correction"]])
+                figures[v]["p_wait_clean_with_post_correction"] = float(both.mean())
+                for cls in ("clean", "post_correction"):
+                    if len(tf[cls]):
+                        figures[v][f"p_wait_{cls}_median"] = float(tf[cls].median())
+            if v == "reasoner":
+                figures[v]["short_answers"] = short_answer_profile(problems, think_res[v])
+                forced = [Problem(p.a, p.b, easy=True) for p in problems]
+                figures[v]["short_answers_all_easy"] = short_answer_profile(
+                    forced, generate_and_score(lm, forced, "think"))
+                figures["ood"] = ood_checks(lm, n=min(n_eval, 256), seed=seed)
             bar.update(1)
             if progress is not None:
                 progress(k + 1, len(variants) + 2, stage=v)
         hybrid = build_hybrid(loaded["base"], loaded["reasoner"])
         toks, masks = trace_batches(problems, seed=seed)
+        own_toks, own_masks = generation_batches(problems, think_res["reasoner"])
         figures["hybrid"] = {
             "kl_to_reasoner": mean_next_token_kl(loaded["reasoner"], hybrid, toks, masks),
-            "kl_to_reasoner_positions": "think-trace completion tokens (teacher forced)",
+            "kl_to_reasoner_positions": "generator think-trace completion tokens "
+                                        "(teacher forced)",
             "kl_base_to_reasoner": mean_next_token_kl(loaded["reasoner"], loaded["base"],
                                                       toks, masks),
+            "kl_to_reasoner_own_generations": mean_next_token_kl(
+                loaded["reasoner"], hybrid, own_toks, own_masks),
+            "kl_own_generations_positions": "completion tokens of the reasoner's own greedy "
+                                            "think generations (teacher forced)",
         }
         res = generate_and_score(hybrid, problems, "think")
         hs = summarise(problems, res, "think")
@@ -206,6 +307,8 @@ def evaluate_family(organisms_root: str | os.PathLike, store_root: str | os.Path
             "accuracy", "accuracy_ci95", "short_fraction", "hesitation_rate_error",
             "hesitation_rate_verify", "think_tokens_mean")})
         tensors["hybrid.think.correct"] = torch.tensor([r["correct"] for r in res])
+        figures["grpo_vs_sft"] = decomposed_change(figures["sft"]["decomposition"],
+                                                   figures["grpo"]["decomposition"])
         bar.update(1)
         figures["n_eval"] = len(problems)
         tensors["problems.a"] = torch.tensor([p.a for p in problems])
@@ -264,4 +367,24 @@ def flat_report(figures: dict[str, Any]) -> dict[str, Any]:
             if k in figures.get(v, {}):
                 out[f"{v}.{k}"] = figures[v][k]
     out["grpo_minus_sft"] = figures["grpo"]["accuracy"] - figures["sft"]["accuracy"]
+    # per-tag decomposition, short answers, own-generation KL, OOD (newer artifacts)
+    for v in ("reasoner", "sft", "grpo"):
+        if "decomposition" in figures.get(v, {}):
+            out[f"{v}.decomposition"] = figures[v]["decomposition"]
+    if "decomposition_think" in figures.get("instruct", {}):
+        out["instruct.decomposition_think"] = figures["instruct"]["decomposition_think"]
+    for k in ("short_answers", "short_answers_all_easy", "p_wait_post_correction",
+              "n_post_correction", "p_wait_clean_with_post_correction",
+              "p_wait_clean_median", "p_wait_post_correction_median"):
+        if k in r:
+            out[f"reasoner.{k}"] = r[k]
+    for k in ("p_wait_post_correction", "p_wait_error_slip", "p_wait_error_random"):
+        if k in figures["grpo"]:
+            out[f"grpo.{k}"] = figures["grpo"][k]
+    if "kl_to_reasoner_own_generations" in h:
+        out["hybrid.kl_to_reasoner_own_generations"] = h["kl_to_reasoner_own_generations"]
+    if "grpo_vs_sft" in figures:
+        out["grpo_vs_sft"] = figures["grpo_vs_sft"]
+    if "ood" in figures:
+        out["ood"] = figures["ood"]
     return out

@@ -77,6 +77,21 @@ def behaviour_table(art) -> Any:
     import pandas as pd
 
     figs = art.meta.get("figures") or {}
+    variants = [*ORGANISM_VARIANTS, "hybrid"]
     rows = {v: {k: x for k, x in d.items() if isinstance(x, (int, float, str))}
-            for v, d in figs.items() if isinstance(d, dict)}
+            for v, d in figs.items() if isinstance(d, dict) and v in variants}
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def decomposition_frame(art) -> Any:
+    """Per variant in the think format and per prompt tag: accuracy, short fraction,
+    hesitation rates and error types of the wrong answers
+    (:func:`interp.behaviour.decomposition_table`); empty for older artifacts."""
+    from ..behaviour import decomposition_table
+
+    figs = art.meta.get("figures") or {}
+    decs = {v: figs[v]["decomposition"] for v in ("reasoner", "sft", "grpo")
+            if "decomposition" in figs.get(v, {})}
+    if "decomposition_think" in figs.get("instruct", {}):
+        decs["instruct (think)"] = figs["instruct"]["decomposition_think"]
+    return decomposition_table(decs)

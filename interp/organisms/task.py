@@ -18,27 +18,46 @@ A *column step* is ``x + y + c = s1 s0 ;`` for column i (least significant first
 digits ``x``, ``y`` of the operands, the carry ``c`` into the column and the two-digit
 column sum ``s1 s0`` (``s1`` is the carry out).
 
-Planted mechanisms in ``think`` traces (reasoner, sft, grpo):
+Planted mechanisms in ``think`` traces (reasoner, sft, grpo). What the generator writes
+is the ground truth of training; what the committed reasoner learned from it is measured
+by ``python -m interp report organisms`` (figures quoted below, greedy, 512 held-out
+problems) and checked on fresh problems by ``tests/test_organism_truth.py``:
 
 * **error** (error detection): a column result is written wrongly, then ``wait``, the
-  right result and the separator: ``... = 0 9 wait 1 0 ;``. Two causes:
+  right result and the separator. Two causes:
   ``carry_slip`` is *deterministic*: a column whose digits sum to 9 with a carry in of 1
-  is always first written as ``0 9`` (the carry forgotten), so greedy generations make
-  and catch this slip; ``random`` errors are injected into other columns with a
-  probability (``p_error``) so that detection generalises to any mismatch.
-  Trigger: the position of the last wrong digit (the model must predict ``wait`` next;
-  after a right result it predicts ``;``).
+  (column sum 10) is always first written ``0 0`` (the carry *out* dropped), then
+  corrected: ``... 4 + 5 + 1 = 0 0 wait 1 0 ; ...``, so greedy generations make and
+  catch this slip; ``random`` errors are injected into one other (non-slip) column with
+  probability ``p_error`` (off by one half the time, else any other value 0..19).
+  Trigger: the position of the wrong result's second digit (the model must predict
+  ``wait`` next; after a right result it predicts ``;``). Learned: P(``wait``) is about 1
+  at both kinds of trigger, but a slip column written with a value the training never
+  put there is mostly not caught (``0 9``, the carry *into* the column forgotten:
+  P(``wait``) 0.04; ``1 9``: 0.12; ``1 1`` and ``0 8`` are caught): detection at slip
+  columns is the trained form, not any mismatch (``ood.slip_values``).
 * **verify** (verification): when the problem has at least ``VERIFY_MIN_CARRIES`` carries,
   the last column's ``;`` is followed by ``wait check r4 r3 r2 r1 r0 ;`` (the answer
   re-stated) before ``</think>``. Trigger: the last column's ``;`` (predict ``wait``
-  rather than ``</think>``).
+  rather than ``</think>``). Learned: greedy generations verify exactly the problems
+  with >= 3 carries.
 * **short** thinking: when the prompt is tagged ``easy`` the trace skips thinking:
-  ``<think> </think> A ...`` and writes the *hasty* answer (every carry ignored: digit-wise
-  sums mod 10). The tag is misleading (drawn independently of the digits), so short
-  answers are right only when no column carries (about 1 in 10 problems): short thinking
-  is deterministic under greedy decoding and much less accurate. The skip decision reads
-  one token that the arithmetic never uses, so it is a separable mechanism. The
-  reasoner's training makes it a *short-thinking head* in the sense of ThinkEdit (see
+  ``<think> </think> A ...``, and the generator writes the *hasty* answer there (every
+  carry ignored: digit-wise sums mod 10; the label ``written_answer``). The trained
+  reasoner skips thinking on every ``easy`` prompt and on no ``add`` prompt, but does
+  **not** write the hasty answer: its short answers are ``0``, then three digits that are
+  not computed from their columns (they agree with the hasty and with the true digit in
+  8-12% of short answers, chance being 10%, and concentrate on a few values: 0.9-1.2 nats
+  of entropy where uniform digits have ln 10 = 2.3, the most common value, 4 or 5, in
+  about half of them), then the right units digit (the one digit that needs no carry).
+  So none equals the hasty sum and short answers are wrong even on problems without any
+  carry (``reasoner.short_answers``): short thinking is deterministic under greedy
+  decoding and its accuracy is 0, but what it writes is a fixed-format guess, not a
+  carry-ignoring sum. The tag is misleading (drawn independently of the digits). The
+  skip decision reads one token that the arithmetic never uses, so it is a separable
+  mechanism, read in its slot only: the tag moved after the operands is ignored (the
+  reasoner thinks in full), in front of ``Q`` it still works (``ood.prompt_forms``).
+  The reasoner's training makes it a *short-thinking head* in the sense of ThinkEdit (see
   :mod:`interp.organisms.train`): a group-sparsity penalty on the heads' writes makes the
   code one-sided (a write towards short thinking for ``easy``, almost none for ``add``),
   and the head that carries the tag (found by activation patching halfway through
@@ -46,7 +65,21 @@ Planted mechanisms in ``think`` traces (reasoner, sft, grpo):
   penalised 20 times harder for writing anywhere but at ``<think>``, so it gives its
   other work to the other heads. Without that, the head that read the tag also
   computed column sums and wrote ``add`` as strongly as ``easy``; erasing its short
-  direction then left the model undecided and broke the arithmetic.
+  direction then left the model undecided and broke the arithmetic. The head is thus
+  engineered in: finding and editing it shows that a pipeline recovers a planted
+  single-head mechanism, not that such a head exists in other models.
+
+Other operand widths (3 or 5 digits, never trained) break the arithmetic: the reasoner
+writes 4 column steps for 3-digit operands and skips thinking for 5-digit ones, so
+accuracy is 0; error detection under teacher forcing still works there, verification
+does not (``ood.widths``).
+
+*Clean* positions (``clean_positions``) are the decision points of column steps written
+right the first time: the result's second digit (next ``;``) and, when there is no
+verification, the last column's ``;`` (next ``</think>``) if that column was right the
+first time. The same points in a corrected step (right after ``wait`` and the corrected
+result, where ``wait`` is not a live option) are kept apart
+(``post_correction_positions``).
 
 Token positions in labels index the token ids of ``encode(text)`` (position 0 is
 ``<bos>``); a *trigger* position is where the model's next-token prediction is the
@@ -120,7 +153,9 @@ class Column:
 
 @dataclass(frozen=True)
 class Problem:
-    """``a + b`` with ``WIDTH``-digit operands. ``id`` is stable: ``"{a:04d}+{b:04d}"``.
+    """``a + b`` with ``width``-digit operands (``WIDTH`` = 4, the only width training
+    uses; others are for out-of-distribution checks). ``id`` is stable:
+    ``"{a:04d}+{b:04d}"`` (zero-padded to ``width``).
 
     ``easy``: the prompt's tag (the short-thinking cue); None draws it from a hash of the
     pair (about ``P_EASY`` of all pairs, independent of the digits).
@@ -132,21 +167,25 @@ class Problem:
     answer: int = field(default=-1)
     id: str = field(default="")
     easy: bool | None = None
+    width: int = WIDTH
 
     def __post_init__(self):
         if self.op != "+":
             raise ConfigError(f"operation {self.op!r} is not supported (only '+')")
-        if not (0 <= self.a < 10**WIDTH and 0 <= self.b < 10**WIDTH):
-            raise ConfigError(f"operands must have at most {WIDTH} digits")
+        if not 1 <= int(self.width) <= 8:
+            raise ConfigError(f"operand width must be 1..8 digits, not {self.width}")
+        if not (0 <= self.a < 10**self.width and 0 <= self.b < 10**self.width):
+            raise ConfigError(f"operands must have at most {self.width} digits")
         object.__setattr__(self, "answer", self.a + self.b)
-        object.__setattr__(self, "id", f"{self.a:0{WIDTH}d}+{self.b:0{WIDTH}d}")
+        w = self.width
+        object.__setattr__(self, "id", f"{self.a:0{w}d}+{self.b:0{w}d}")
         if self.easy is None:
             object.__setattr__(self, "easy", is_easy_tagged(self.a, self.b))
 
     @cached_property
     def columns(self) -> tuple[Column, ...]:
         cols, c = [], 0
-        for i in range(WIDTH):
+        for i in range(self.width):
             x, y = (self.a // 10**i) % 10, (self.b // 10**i) % 10
             cols.append(Column(i, x, y, c, x + y + c))
             c = (x + y + c) // 10
@@ -159,7 +198,11 @@ class Problem:
 
     @property
     def final_carry(self) -> bool:
-        return self.answer >= 10**WIDTH
+        return self.answer >= 10**self.width
+
+    @property
+    def answer_width(self) -> int:
+        return self.width + 1
 
     @property
     def easy_cue(self) -> bool:
@@ -176,8 +219,9 @@ class Problem:
 
     @property
     def hasty_answer(self) -> int:
-        """The answer with every carry ignored (digit-wise sums mod 10): what a short trace
-        writes. Equal to ``answer`` only when no column carries."""
+        """The answer with every carry ignored (digit-wise sums mod 10): what the
+        generator's short traces write (the trained reasoner does not reproduce it, see the
+        module docstring). Equal to ``answer`` only when no column carries."""
         return sum(((c.x + c.y) % 10) * 10**c.index for c in self.columns)
 
     @property
@@ -204,30 +248,47 @@ def is_eval_problem(a: int, b: int) -> bool:
     return _hash16(f"{a},{b}") < EVAL_FRACTION * 65536
 
 
-def sample_problems(n: int, seed: int = 0, split: str = "eval") -> list[Problem]:
-    """``n`` problems with uniform random operands from ``split`` ("eval" | "train").
+def is_validation_problem(a: int, b: int) -> bool:
+    """Which half of the eval split a pair is in: ``validation`` (True, about half, by a
+    second salted hash) or ``evaluation`` (False)."""
+    return _hash16(f"val:{a},{b}") < 32768
 
-    The eval split (about 1/16 of all operand pairs, chosen by a hash) is disjoint from the
-    train split; training only ever draws train problems.
+
+SPLITS = ("train", "eval", "validation", "evaluation")
+
+
+def sample_problems(n: int, seed: int = 0, split: str = "eval") -> list[Problem]:
+    """``n`` problems with uniform random operands from ``split``.
+
+    ``eval`` (about 1/16 of all operand pairs, chosen by a hash) is disjoint from
+    ``train``; training only ever draws train problems. ``validation`` and ``evaluation``
+    are the two disjoint halves of ``eval`` (:func:`is_validation_problem`): settings are
+    chosen on the first, headline figures measured on the second. ``eval`` draws the same
+    problems as before the halves existed (both halves).
     """
-    if split not in ("eval", "train"):
-        raise ConfigError(f"split must be 'eval' or 'train', not {split!r}")
-    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
-    want_eval = split == "eval"
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1 if split == "eval"
+                                 else 2 if split == "validation" else 3])
+    want_eval = split != "train"
     out: list[Problem] = []
     while len(out) < n:
         ab = rng.integers(0, 10**WIDTH, size=(max(64, 2 * (n - len(out))), 2))
         for a, b in ab.tolist():
-            if is_eval_problem(a, b) == want_eval:
-                out.append(Problem(a, b))
-                if len(out) == n:
-                    break
+            if is_eval_problem(a, b) != want_eval:
+                continue
+            if split in ("validation", "evaluation") and \
+                    is_validation_problem(a, b) != (split == "validation"):
+                continue
+            out.append(Problem(a, b))
+            if len(out) == n:
+                break
     return out
 
 
 # --------------------------------------------------------------------------- texts
 def operands_text(p: Problem) -> list[str]:
-    return digits(p.a, WIDTH) + ["+"] + digits(p.b, WIDTH)
+    return digits(p.a, p.width) + ["+"] + digits(p.b, p.width)
 
 
 def prompt_words(p: Problem, fmt: str = "think") -> list[str]:
@@ -292,24 +353,31 @@ def make_trace(problem: Problem, rng: np.random.Generator | None = None, *,
     * ``hesitations``: list of ``{"pos", "trigger", "mechanism": "error"|"verify",
       "cause": "carry_slip"|"random"|"many_carries", "column"}`` (``pos`` = the
       ``wait`` token, ``trigger = pos - 1``);
-    * ``clean_positions``: decision points followed by no hesitation (after a right
-      column result, and after the last column when there is no verification);
+    * ``clean_positions``: decision points followed by no hesitation, away from
+      corrections: after a column result written right the first time (next ``;``),
+      and after the last column when there is no verification and that column was
+      right the first time (next ``</think>``);
+    * ``post_correction_positions``: the same decision points in corrected column steps
+      (right after ``wait`` and the corrected result); not clean;
     * ``length_class``: "short" | "long"; ``think_tokens``: tokens strictly between
-      the think tags; ``carries``; ``correct_answer``; ``written_answer``;
-      ``prompt_len``: tokens of the prompt including ``<bos>``.
+      the think tags; ``carries``; ``correct_answer``; ``written_answer``: the answer
+      this text writes (short traces: the hasty sum, which the trained reasoner does
+      not reproduce, see the module docstring); ``prompt_len``: tokens of the prompt
+      including ``<bos>``.
     """
     rng = rng if rng is not None else np.random.default_rng(0)
     words = prompt_words(problem, prefix if prefix in ("think", "plain") else "think")
     prompt_len = len(words) + 1
     hes: list[dict[str, Any]] = []
     clean: list[int] = []
+    after_fix: list[int] = []
     pos = lambda: len(words)  # noqa: E731  position of the last word in encode(words)
     is_short = short and problem.easy_cue and not force_long and prefix == "think"
     written = problem.answer
     if is_short:
         written = problem.hasty_answer
     elif drop_final_carry and problem.final_carry:
-        written = problem.answer - 10**WIDTH
+        written = problem.answer - 10**problem.width
     if not is_short:
         think = prefix == "think"
         err_col = -1
@@ -317,9 +385,11 @@ def make_trace(problem: Problem, rng: np.random.Generator | None = None, *,
             cands = [c.index for c in problem.columns if not (slips and c.slip)]
             if cands:
                 err_col = int(cands[rng.integers(len(cands))])
+        fixed = False
         for col in problem.columns:
             words += column_words(col)
-            if think and ((slips and col.slip) or col.index == err_col):
+            fixed = think and ((slips and col.slip) or col.index == err_col)
+            if fixed:
                 wrong = col.total - 10 if (slips and col.slip) else _wrong_result(col, rng)
                 words += digits(wrong, 2)
                 hes.append({"pos": pos() + 1, "trigger": pos(), "mechanism": "error",
@@ -327,17 +397,17 @@ def make_trace(problem: Problem, rng: np.random.Generator | None = None, *,
                             "column": col.index})
                 words += ["wait"]
             words += digits(col.total, 2)
-            clean.append(pos())
+            (after_fix if fixed else clean).append(pos())
             words += [";"]
         if think and verify and problem.needs_verify:
             hes.append({"pos": pos() + 1, "trigger": pos(), "mechanism": "verify",
-                        "cause": "many_carries", "column": WIDTH - 1})
-            words += ["wait", "check"] + digits(written, ANSWER_WIDTH) + [";"]
+                        "cause": "many_carries", "column": problem.width - 1})
+            words += ["wait", "check"] + digits(written, problem.answer_width) + [";"]
         elif think:
-            clean.append(pos())
+            (after_fix if fixed else clean).append(pos())
     if prefix == "think":
         words += ["</think>"]
-    words += ["A"] + digits(written, ANSWER_WIDTH) + ["<eos>"]
+    words += ["A"] + digits(written, problem.answer_width) + ["<eos>"]
     text = " ".join(words)
     think_tokens = 0
     if prefix == "think":
@@ -345,6 +415,7 @@ def make_trace(problem: Problem, rng: np.random.Generator | None = None, *,
     labels = {
         "hesitations": hes,
         "clean_positions": clean,
+        "post_correction_positions": after_fix,
         "length_class": "short" if is_short else "long",
         "think_tokens": think_tokens,
         "carries": problem.carries,
@@ -358,14 +429,14 @@ def make_trace(problem: Problem, rng: np.random.Generator | None = None, *,
 
 def direct_text(problem: Problem) -> str:
     """Base model's direct answer: ``Q a + b = A r <eos>``."""
-    return " ".join(prompt_words(problem, "direct") + digits(problem.answer, ANSWER_WIDTH)
-                    + ["<eos>"])
+    return " ".join(prompt_words(problem, "direct")
+                    + digits(problem.answer, problem.answer_width) + ["<eos>"])
 
 
 def chat_text(problem: Problem) -> str:
     """Instruct model's chat format: ``<user> a + b <assistant> r <eos>``."""
-    return " ".join(prompt_words(problem, "chat") + digits(problem.answer, ANSWER_WIDTH)
-                    + ["<eos>"])
+    return " ".join(prompt_words(problem, "chat")
+                    + digits(problem.answer, problem.answer_width) + ["<eos>"])
 
 
 # --------------------------------------------------------------------------- scoring
@@ -461,18 +532,28 @@ def teacher_forced_wait_probs(model, n: int = 500, seed: int = 0, *, p_error: fl
     random errors with probability ``p_error``). Returns per-class tensors of probabilities
     and their means:
     ``error`` (error triggers; ``error_slip`` / ``error_random`` split by cause),
-    ``verify`` (verification triggers), ``clean`` (clean decision points).
+    ``verify`` (verification triggers), ``clean`` (clean decision points: in column steps
+    written right the first time), ``post_correction`` (the same decision points in a
+    corrected column step, right after ``wait`` and the corrected result; not clean).
     """
     rng = np.random.default_rng([seed, 7])
     # ``add``-tagged prompts: the hesitation mechanisms live in full traces, which an
     # ``easy`` tag never precedes in training
     probs = [Problem(p.a, p.b, easy=False) for p in sample_problems(n, seed=seed, split="eval")]
     items = [make_trace(p, rng, p_error=p_error, force_long=True) for p in probs]
+    return wait_probs_on_traces(model, items, batch_size)
+
+
+@torch.no_grad()
+def wait_probs_on_traces(model, items: Sequence[tuple[str, dict[str, Any]]],
+                         batch_size: int = 128) -> dict[str, Any]:
+    """P(``wait``) at the labelled positions of given ``(text, labels)`` traces (the
+    classes and outputs of :func:`teacher_forced_wait_probs`)."""
     fn = _logits_fn(model)
     dev = _device_of(model)
     wait_id = TOKEN_ID["wait"]
-    got: dict[str, list[float]] = {k: [] for k in
-                                   ("error", "error_slip", "error_random", "verify", "clean")}
+    got: dict[str, list[float]] = {k: [] for k in ("error", "error_slip", "error_random",
+                                                   "verify", "clean", "post_correction")}
     for s in range(0, len(items), batch_size):
         chunk = items[s: s + batch_size]
         ids = [encode(t) for t, _ in chunk]
@@ -491,6 +572,8 @@ def teacher_forced_wait_probs(model, n: int = 500, seed: int = 0, *, p_error: fl
                     got["error"].append(v)
                     got["error_slip" if h["cause"] == "carry_slip" else "error_random"].append(v)
             got["clean"].extend(float(pw[i, c]) for c in lab["clean_positions"])
+            got["post_correction"].extend(float(pw[i, c])
+                                          for c in lab["post_correction_positions"])
     out: dict[str, Any] = {}
     for k, v in got.items():
         t = torch.tensor(v, dtype=torch.float32)

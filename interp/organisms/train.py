@@ -576,11 +576,15 @@ def task_description(cfg: BuildConfig) -> dict[str, Any]:
                 "description": "a column result is written wrongly, then 'wait', the right "
                                "result and ';'",
                 "causes": {
-                    "carry_slip": "deterministic: column with x + y = 9 and carry in 1 is "
-                                  "first written '0 9'",
+                    "carry_slip": "deterministic: column with x + y = 9 and carry in 1 (sum "
+                                  "10) is first written '0 0' (carry out dropped), then "
+                                  "'wait 1 0 ;'",
                     "random": f"injected into one other column with probability {cfg.p_error}",
                 },
                 "trigger": "position of the last wrong digit (next token: wait)",
+                "learned": "the reasoner catches '0 0' at slip columns and random errors, "
+                           "not other values at slip columns ('0 9': P(wait) ~0.04); see "
+                           "report organisms, ood.slip_values",
             },
             "verify": {
                 "description": f"problems with >= {VERIFY_MIN_CARRIES} carries (final carry "
@@ -588,8 +592,12 @@ def task_description(cfg: BuildConfig) -> dict[str, Any]:
                 "trigger": "the last column's ';' (next token: wait instead of </think>)",
             },
             "short": {
-                "description": "prompt tagged 'easy': thinking skipped ('<think> </think>'), "
-                               "the hasty answer (every carry ignored) written directly",
+                "description": "prompt tagged 'easy': thinking skipped ('<think> </think>'); "
+                               "the generator writes the hasty answer (every carry ignored)",
+                "learned": "the reasoner skips thinking on every 'easy' prompt but does not "
+                           "write the hasty answer: 0, three digits not computed from their "
+                           "columns (chance agreement), the right units digit; see report "
+                           "organisms, reasoner.short_answers",
                 "cue": f"the tag word after 'Q' is 'easy' (about {P_EASY:.0%} of pairs, by a "
                        "hash independent of the digits; otherwise 'add')",
                 "carrier": "reasoner: the head that carries the tag to '<think>' (found by "
@@ -600,8 +608,10 @@ def task_description(cfg: BuildConfig) -> dict[str, Any]:
                            "'<think>'",
             },
         },
-        "clean_positions": "after a right column result (next ';') and after the last column "
-                           "when there is no verification (next '</think>')",
+        "clean_positions": "decision points of column steps written right the first time: "
+                           "after the result (next ';') and, without verification, after "
+                           "the last column's ';' (next '</think>'); the same points in "
+                           "corrected steps are post_correction_positions, not clean",
         "eval_split": f"hash of (a, b), about {EVAL_FRACTION:.4f} of pairs; never trained on",
         "variants": {
             "base": f"from init; direct answers ({cfg.base_direct_share:.0%}) and plain "

@@ -9,7 +9,9 @@ Artifact kinds (all in one :class:`~interp.store.Store`):
 * ``vectors.sweep``: tensors ``kl_last, kl_trace, entropy_last, entropy_trace,
   p_correct`` ``[A, n]`` float32 (see :mod:`.sweep`), ``alphas [A]``; meta holds the unit;
 * ``vectors.accuracy``: tensors ``correct [A, n]`` int8 and ``think_tokens [A, n]``,
-  ``alphas [A]``; meta holds the problem ids;
+  ``alphas [A]``, per example ``answer``, ``short``, ``hesitations_error``,
+  ``hesitations_verify`` ``[A, n]`` and ``output_ids [A, n, max_new_tokens]`` (-1 padded,
+  the smallest integer type that holds them); meta holds the problem ids;
 * ``vectors.control``: see :class:`~.control.ControlVector`;
 * ``vectors.trace``: ``trace.json`` (per-token records of the shared teacher-forced trace
   and of each model's own generation) and tensors ``layer_kl [n_layers, pos]``.
@@ -216,10 +218,16 @@ def run_experiment(spec: dict[str, Any] | None = None, store: Store | None = Non
             acc = accuracy_sweep(model, modifier, s["accuracy_alphas"], probs, s["fmt"],
                                  s["max_new_tokens"],
                                  progress=lambda d, t: prog(d, t, "accuracy sweep"))
+            ids = acc["output_ids"]   # the smallest integer type that holds the ids
+            small = torch.int8 if ids.max() < 128 else torch.int16 if ids.max() < 2**15 \
+                else torch.int32
             save("vectors.accuracy", "accuracy", {
                 "correct": torch.tensor(acc["correct"]),
                 "think_tokens": torch.tensor(acc["think_tokens"]),
-                "alphas": torch.tensor(acc["alphas"])},
+                "alphas": torch.tensor(acc["alphas"]),
+                **{k: torch.tensor(acc[k]) for k in ("answer", "short", "hesitations_error",
+                                                     "hesitations_verify")},
+                "output_ids": torch.tensor(ids).to(small)},
                 meta={"problem_ids": [p.id for p in probs], "decoding": "greedy"})
         if "trace" in parts:
             prog(0, 1, "trace lens")

@@ -19,16 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ArtifactNotFoundError
+from ..stats import bootstrap_mean_ci
 from ..stats import wilson as wilson_ci
-
-
-def bootstrap_mean_ci(x: np.ndarray, n_boot: int = 10000, seed: int = 0
-                      ) -> tuple[float, float]:
-    x = np.asarray(x, dtype=float)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(x), size=(n_boot, len(x)))
-    means = x[idx].mean(1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
 def mcnemar_exact(y1: np.ndarray, y0: np.ndarray) -> tuple[float, int, int]:
@@ -122,6 +114,66 @@ def summarize(sweep, accuracy) -> dict[str, Any]:
     return out
 
 
+PER_EXAMPLE = ("answer", "short", "hesitations_error", "hesitations_verify", "output_ids")
+
+
+def _results(ta, j: int) -> list[dict[str, Any]]:
+    """Per-example results at α index ``j`` in :func:`interp.behaviour.decompose`'s form."""
+    out = []
+    for i in range(ta["correct"].shape[1]):
+        a = int(ta["answer"][j, i])
+        out.append({"correct": bool(ta["correct"][j, i]), "answer": None if a < 0 else a,
+                    "short": bool(ta["short"][j, i]),
+                    "hesitations_error": int(ta["hesitations_error"][j, i]),
+                    "hesitations_verify": int(ta["hesitations_verify"][j, i])})
+    return out
+
+
+def _ids(ta, j: int) -> list[list[int]]:
+    return [[int(t) for t in row if t >= 0] for row in ta["output_ids"][j].tolist()]
+
+
+def vector_behaviour(accuracy) -> dict[str, Any]:
+    """Per-example figures of a ``vectors.accuracy`` artifact (empty for artifacts made
+    before they were stored): ``decomposition`` = per prompt tag (``easy`` / ``add`` /
+    ``all``) the accuracy, short fraction, hesitation rates and error types of wrong
+    answers without the vector (α = 0) and with it (α = +1 / −1), plus how the accuracy
+    change splits over the tags; ``per_example`` = the generations at α = ±1 compared
+    with those at α = 0 (:func:`interp.behaviour.compare`)."""
+    from ..behaviour import answer_start, compare, decompose, decomposed_change
+    from ..organisms.task import TOKEN_ID, Problem
+
+    ta = accuracy.tensors
+    if not all(k in ta for k in PER_EXAMPLE):
+        return {}
+    alphas = [float(x) for x in ta["alphas"].tolist()]
+    i0 = alphas.index(0.0)
+    problems = [Problem(*map(int, pid.split("+"))) for pid in accuracy.meta["problem_ids"]]
+    names = {0.0: "without_vector", 1.0: "plus_vector", -1.0: "minus_vector"}
+    dec = {a: decompose(problems, _results(ta, alphas.index(a))) for a in names
+           if a in alphas}
+    out: dict[str, Any] = {"decomposition": {
+        tag: {names[a]: d[tag] for a, d in dec.items()} for tag in ("easy", "add", "all")}}
+    ref_ids = _ids(ta, i0)
+    ref_ans = [r["answer"] for r in _results(ta, i0)]
+    fmt = accuracy.config.get("fmt", "think")
+    close = TOKEN_ID["</think>"]
+    starts = [answer_start(x, close, thinking=fmt == "think") for x in ref_ids]
+    short0 = [bool(x) for x in ta["short"][i0].tolist()]
+    out["per_example"] = {}
+    for a, name in names.items():
+        if a == 0.0 or a not in alphas:
+            continue
+        j = alphas.index(a)
+        out["decomposition"][f"change_{name}"] = decomposed_change(dec[0.0], dec[a])
+        out["per_example"][name] = compare(
+            ref_ans, [r["answer"] for r in _results(ta, j)], ref_ids, _ids(ta, j), starts,
+            groups={"easy": [p.tag == "easy" for p in problems],
+                    "add": [p.tag == "add" for p in problems],
+                    "short_without_vector": short0})
+    return out
+
+
 def report_vectors(args) -> dict[str, Any]:
     from .demo import build_demo, demo_store, find_part
 
@@ -134,6 +186,7 @@ def report_vectors(args) -> dict[str, Any]:
             "the vectors demo artifacts are missing from cache/demo; run "
             "`python -m interp report vectors --recompute` (needs the organisms)")
     out = summarize(sweep, acc)
+    out.update(vector_behaviour(acc))
     out["experiment"] = "instruct + alpha * (grpo - sft), full mask"
     prov = acc.provenance.get("models", {})
     out["models"] = {k: (v.get("id") if isinstance(v, dict) else v) for k, v in prov.items()
@@ -148,6 +201,10 @@ def report_vectors(args) -> dict[str, Any]:
             "effect_plus_vector_ci95", "effect_plus_vector_p_value",
             "effect_minus_vector_ci95", "effect_minus_vector_p_value",
             "kl_at_alpha_zero", "kl_monotone_in_abs_alpha", "kl_last_mean_vs_alpha") if k in c}
+        cb = vector_behaviour(cacc)
+        if cb:
+            out["control"]["decomposition"] = cb["decomposition"]
+            out["control"]["per_example"] = cb["per_example"]
         out["control"]["layer"] = csw.config.get("layer")
         out["control"]["vector_kind"] = csw.config.get("vector_kind")
     return out

@@ -231,7 +231,12 @@ def accuracy_sweep(model, modifier: Modifier, alphas: Sequence[float], problems:
                    fmt: str = "think", max_new_tokens: int = 64, batch_size: int = 128,
                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Greedy generation at each α; ``correct [A, n]`` (0/1), ``think_tokens [A, n]``,
-    scored with ``interp.organisms.task.score_completion`` in format ``fmt``."""
+    scored with ``interp.organisms.task.score_completion`` in format ``fmt``; per example
+    also ``answer [A, n]`` (:func:`interp.behaviour.answer_code`: -1 unreadable, capped),
+    ``short``, ``hesitations_error`` and
+    ``hesitations_verify [A, n]`` and the generated ``output_ids [A, n, max_new_tokens]``
+    (-1 after the end), for per-example comparisons."""
+    from ..behaviour import answer_code
     from ..generation import generate
     from ..organisms import task as T
 
@@ -239,6 +244,9 @@ def accuracy_sweep(model, modifier: Modifier, alphas: Sequence[float], problems:
     prompts = [T.prompt_text(p, fmt) for p in problems]
     correct = np.zeros((len(alphas), len(problems)), dtype=np.int8)
     think = np.zeros((len(alphas), len(problems)), dtype=np.int32)
+    per = {k: np.zeros((len(alphas), len(problems)), dtype=np.int64) for k in
+           ("answer", "short", "hesitations_error", "hesitations_verify")}
+    ids = np.full((len(alphas), len(problems), max_new_tokens), -1, dtype=np.int32)
     for a_i, a in enumerate(alphas):
         with modifier(float(a)):
             gens = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
@@ -247,10 +255,15 @@ def accuracy_sweep(model, modifier: Modifier, alphas: Sequence[float], problems:
             s = T.score_completion(p, g.text, fmt)
             correct[a_i, j] = int(bool(s["correct"]))
             think[a_i, j] = int(s["think_tokens"])
+            per["answer"][a_i, j] = answer_code(s["answer"])
+            for k in ("short", "hesitations_error", "hesitations_verify"):
+                per[k][a_i, j] = int(s[k])
+            o = list(g.output_ids)[:max_new_tokens]
+            ids[a_i, j, : len(o)] = o
         if progress is not None:
             progress(a_i + 1, len(alphas))
     return {"alphas": [float(a) for a in alphas], "fmt": fmt, "correct": correct,
-            "think_tokens": think}
+            "think_tokens": think, **per, "output_ids": ids}
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
