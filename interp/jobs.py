@@ -38,6 +38,7 @@ JOB_KINDS: dict[str, str] = {
     "adapters.sweep": "interp.adapters.train:sweep_job",
     "length.sweep": "interp.length.sweep:sweep_job",
     "vectors.sweep": "interp.vectors.sweep:sweep_job",
+    "features.collect": "interp.features.pipeline:collect_job",
 }
 
 STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
