@@ -339,6 +339,8 @@ def test_label_aurocs_use_disjoint_splits():
     assert out["auroc"][0, 0] == pytest.approx(1.0)  # even: pos {0, 2}, neg {4}
     assert out["auroc"][1, 0] == pytest.approx(0.25)  # odd: pos {5}=0, neg {1}=0, {3}=1
     assert out["n_pos"] == [2, 1] and out["n_neg"] == [1, 2]
+    assert out["pos_rate"][:, 0].tolist() == [1.0, 0.0]  # active on positives
+    assert out["neg_rate"][:, 0].tolist() == [1.0, 0.5]  # active on negatives
 
 
 def test_labels_collected_equal_brute_force(tok):

@@ -115,9 +115,9 @@ def page_latency(repeats: int = 3) -> dict[str, Any]:
     rounds = []
     for _ in range(repeats):
         times = []
-        for action in (lambda: at.segmented_control(key="fcol").set_value("density"),
+        for action in (lambda: at.selectbox(key="fcol").set_value("density"),
                        lambda: at.text_input(key="fq").set_value("2:5"),
-                       lambda: at.segmented_control(key="fcol").set_value("layer"),
+                       lambda: at.selectbox(key="fcol").set_value("layer"),
                        lambda: at.text_input(key="fq").set_value("")):
             action()
             t = time.perf_counter()

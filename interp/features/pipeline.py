@@ -203,7 +203,7 @@ def finalize(col: Collector, source: FeatureSource, cfg: CollectConfig,
         au[li, :2] = r["auroc"]
         au[li, 2] = both["auroc"][0]
         labels_meta[name] = {"n_pos": r["n_pos"], "n_neg": r["n_neg"],
-                             **_best(r["auroc"], col)}
+                             **_best(r, col)}
     tensors["auroc"] = torch.from_numpy(au)
     # hesitation
     hs = hesitation_scores(st["act_sum"].numpy(), st["hes_mass"].numpy(),
@@ -258,6 +258,7 @@ def finalize(col: Collector, source: FeatureSource, cfg: CollectConfig,
     used = torch.cat([st["seq_tokens"], lens["top_ids"].flatten(), lens["bot_ids"].flatten()]
                      + [torch.tensor([t for a in abl for t, _ in a["up"] + a["down"]],
                                      dtype=torch.long)])
+    tensors = compact(tensors)
     files = {"sequences.json": json.dumps(col.seq_ids()),
              "vocab.json": json.dumps(_vocab(source.tokenizer, used.tolist())),
              "ablation.json": json.dumps(abl)}
@@ -287,6 +288,21 @@ def finalize(col: Collector, source: FeatureSource, cfg: CollectConfig,
     return tensors, meta, files
 
 
+def compact(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Integer tensors in the smallest of int32 / uint8 that holds them exactly (ids,
+    positions and counts of a small corpus), so committed artifacts stay small."""
+    out = {}
+    for k, v in tensors.items():
+        if v.dtype == torch.int64 and v.numel():
+            lo, hi = int(v.min()), int(v.max())
+            if 0 <= lo and hi < 256 and k.endswith("_kind"):
+                v = v.to(torch.uint8)
+            elif -2**31 <= lo and hi < 2**31:
+                v = v.to(torch.int32)
+        out[k] = v.contiguous()
+    return out
+
+
 def _finite(x: float) -> float | None:
     x = float(x)
     return x if np.isfinite(x) else None
@@ -304,17 +320,20 @@ def _fid(col: Collector, g: int) -> str:
     return f"{layer}:{i}"
 
 
-def _best(auroc: np.ndarray, col: Collector) -> dict[str, Any]:
-    """The feature chosen on split 0 (highest AUROC) with its AUROC on split 1, and the
-    top features of split 0 with both AUROCs."""
-    sel, rep = auroc[0], auroc[1]
+def _best(r: dict[str, Any], col: Collector) -> dict[str, Any]:
+    """The feature chosen on split 0 (highest AUROC) with its AUROC on split 1 and the
+    share of split 1's positives and negatives it fires on, and the top features of
+    split 0 with both AUROCs."""
+    sel, rep = r["auroc"][0], r["auroc"][1]
     if not np.isfinite(sel).any():
         return {}
     s = np.where(np.isfinite(sel), sel, -np.inf)
     order = np.argsort(-s, kind="stable")[:RANKING_SIZE]
     g = int(order[0])
     return {"best": {"g": g, "id": _fid(col, g), "select_auroc": float(sel[g]),
-                     "eval_auroc": _finite(rep[g])},
+                     "eval_auroc": _finite(rep[g]),
+                     "eval_pos_rate": _finite(r["pos_rate"][1, g]),
+                     "eval_neg_rate": _finite(r["neg_rate"][1, g])},
             "ranking": [{"g": int(i), "id": _fid(col, int(i)), "select_auroc": float(sel[i]),
                          "eval_auroc": _finite(rep[i])} for i in order]}
 
@@ -367,7 +386,8 @@ def collect_job(spec: dict[str, Any], ctx: Any) -> dict[str, Any]:
     :func:`interp.features.source.load_source`), ``corpus`` (see
     :func:`interp.features.corpus.build_corpus`), ``config`` (:class:`CollectConfig`
     fields), ``ablation`` (``none`` | ``top`` | ``all``), ``ablation_top``, ``map``
-    (compute the feature map when the source has none; default true), ``device``,
+    (compute the feature map when the source has none: true (UMAP), ``"umap"``,
+    ``"pca"`` or false), ``device``,
     ``store`` (``main`` | ``demo``: where the result goes). Checkpoints live in the
     job's folder; submitting the same spec again resumes."""
     known = {"source", "corpus", "config", "ablation", "ablation_top", "map", "device",
@@ -375,12 +395,8 @@ def collect_job(spec: dict[str, Any], ctx: Any) -> dict[str, Any]:
     unknown = set(spec) - known
     if unknown:
         raise ConfigError(f"unknown features.collect field(s): {', '.join(sorted(unknown))}")
-    cfg = CollectConfig.from_dict(spec.get("config"))
     store = _store_of(spec.get("store", "main"))
-    source = load_source(spec.get("source") or {"kind": "adapters", "store": "demo"},
-                         spec.get("device", "auto"))
-    corpus = build_corpus(spec.get("corpus") or {"kind": "organism"}, source.tokenizer,
-                          cfg.max_len)
+    source, corpus, cfg = collect_corpus_source(spec, spec.get("device", "auto"))
     total = [len(corpus)]
 
     def progress(done: int, n: int, **info: Any) -> None:
@@ -393,10 +409,11 @@ def collect_job(spec: dict[str, Any], ctx: Any) -> dict[str, Any]:
                            spec.get("ablation", "top"), int(spec.get("ablation_top", 64)))
     out = {"key": art.key, "n_tokens": art.meta["n_tokens"],
            "tokens_per_s": art.meta["timing"]["tokens_per_s"]}
-    if spec.get("map", True):
+    method = spec.get("map", True)
+    if method:
         from .featmap import ensure_map
 
-        m = ensure_map(source, store)
+        m = ensure_map(source, store, "umap" if method is True else str(method))
         out["map_key"] = m.key
     return out
 

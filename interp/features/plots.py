@@ -88,8 +88,9 @@ def feature_map(df: pd.DataFrame, color: str = "layer", selected: int | None = N
     fig.update_xaxes(showticklabels=False, zeroline=False, showgrid=False)
     fig.update_yaxes(showticklabels=False, zeroline=False, showgrid=False)
     fig = style(fig, None, height=height)
-    fig.update_layout(dragmode="lasso", clickmode="event+select",
-                      legend=dict(orientation="h", y=-0.05, yanchor="top", x=0.0,
+    # no dragmode here: with lasso as the drag mode a click selects nothing (box and
+    # lasso stay in the toolbar)
+    fig.update_layout(legend=dict(orientation="h", y=-0.05, yanchor="top", x=0.0,
                                   xanchor="left"))
     return fig
 
@@ -107,9 +108,9 @@ def histogram_figure(hist: pd.DataFrame, fid: str) -> go.Figure:
         x=[f"{lo:.3g}" for lo in act["low"]], y=act["count"], marker_color=ROLE_COLORS["fine"],
         customdata=act["range"], hovertemplate="%{customdata}<br>%{y} tokens<extra></extra>"))
     fig.update_xaxes(type="category")
-    return style(fig, f"Activation histogram of {fid} (inactive on {zero:,} of {total:,} "
-                      "tokens)", height=320, x_title="activation (bin's lower edge, log bins)",
-                 y_title="tokens")
+    return style(fig, f"Activation histogram of {fid}<br><sup>inactive on {zero:,} of "
+                      f"{total:,} tokens</sup>", height=340,
+                 x_title="activation (bin's lower edge, log bins)", y_title="tokens")
 
 
 def lens_figure(lens: pd.DataFrame, fid: str) -> go.Figure:
@@ -136,9 +137,11 @@ def region_figure(reg: pd.DataFrame, fid: str) -> go.Figure:
                marker_color=ROLE_COLORS["other"],
                hovertemplate="%{x}: %{y:.1%}<extra></extra>"),
     ])
-    fig.update_layout(barmode="group")
     fig.update_yaxes(tickformat=".0%", rangemode="tozero")
-    return style(fig, f"Where {fid} fires", height=320, y_title="fraction")
+    fig = style(fig, f"Where {fid} fires", height=340, y_title="fraction")
+    fig.update_layout(barmode="group", legend=dict(orientation="h", y=-0.2, yanchor="top",
+                                                   x=0.0, xanchor="left"))
+    return fig
 
 
 def auroc_figure(best: pd.DataFrame, target: float | None = 0.95) -> go.Figure:
@@ -152,7 +155,7 @@ def auroc_figure(best: pd.DataFrame, target: float | None = 0.95) -> go.Figure:
         text=[f"{f}" for f in best["feature"]], textposition="outside"))
     if target is not None:
         fig.add_hline(y=target, line_dash="dot", line_color="#666",
-                      annotation_text=f"{target}", annotation_position="bottom right")
+                      annotation_text=f"target {target}", annotation_position="bottom left")
     fig.update_yaxes(range=[0.0, 1.08])
     fig.update_xaxes(type="category")
     return style(fig, "Best feature per ground-truth label (chosen on one split, scored on "
@@ -168,10 +171,12 @@ def card_auroc_figure(aurocs: pd.DataFrame, fid: str) -> go.Figure:
                marker_color=ROLE_COLORS["difference"]),
     ])
     fig.add_hline(y=0.5, line_dash="dot", line_color="#999")
-    fig.update_layout(barmode="group")
     fig.update_yaxes(range=[0, 1.02])
     fig.update_xaxes(type="category")
-    return style(fig, f"{fid} against the ground-truth labels", height=320, y_title="AUROC")
+    fig = style(fig, f"{fid} against the ground-truth labels", height=380, y_title="AUROC")
+    fig.update_layout(barmode="group", legend=dict(orientation="h", y=-0.3, yanchor="top",
+                                                   x=0.0, xanchor="left"))
+    return fig
 
 
 def ablation_figure(ab: dict[str, Any], fid: str) -> go.Figure:

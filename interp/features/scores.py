@@ -88,10 +88,12 @@ def label_aurocs(rows: np.ndarray, idx: np.ndarray, val: np.ndarray, n_features:
     """AUROCs of one label on each split. ``rows [n, 2]`` = (sequence, class) per row,
     ``idx [m, 2]`` = (row, feature) and ``val [m]`` the nonzero activations;
     ``split_of_seq(seq) -> 0 | 1`` (0 chooses, 1 reports). Returns ``{"auroc": [2, F],
-    "n_pos": [2], "n_neg": [2]}``."""
+    "pos_rate": [2, F], "neg_rate": [2, F], "n_pos": [2], "n_neg": [2]}``; the rates are
+    the share of positive / negative rows where the feature is active."""
     rows, idx, val = np.asarray(rows), np.asarray(idx), np.asarray(val)
     split = split_of_seq(rows[:, 0]) if len(rows) else np.zeros(0, dtype=int)
     out = np.full((2, n_features), np.nan)
+    rates = np.full((2, 2, n_features), np.nan)
     n_pos, n_neg = [0, 0], [0, 0]
     for s in (0, 1):
         keep = np.nonzero(split == s)[0]
@@ -102,8 +104,14 @@ def label_aurocs(rows: np.ndarray, idx: np.ndarray, val: np.ndarray, n_features:
         if not len(keep):
             continue
         ent = remap[idx[:, 0]] >= 0 if len(idx) else np.zeros(0, dtype=bool)
-        out[s] = auroc_sparse(cls, remap[idx[ent, 0]], idx[ent, 1], val[ent], n_features)
-    return {"auroc": out, "n_pos": n_pos, "n_neg": n_neg}
+        r, f = remap[idx[ent, 0]], idx[ent, 1]
+        out[s] = auroc_sparse(cls, r, f, val[ent], n_features)
+        for c, n in ((1, n_pos[s]), (0, n_neg[s])):
+            if n:
+                hit = cls[r] == bool(c)
+                rates[s, 1 - c] = np.bincount(f[hit], minlength=n_features) / n
+    return {"auroc": out, "pos_rate": rates[:, 0], "neg_rate": rates[:, 1],
+            "n_pos": n_pos, "n_neg": n_neg}
 
 
 def split_by_parity(seq: np.ndarray) -> np.ndarray:

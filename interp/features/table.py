@@ -230,10 +230,13 @@ class FeatureTable:
             rows.append({"label": label_display(name), "feature": b.get("id"),
                          "g": b.get("g"), "choose_auroc": b.get("select_auroc"),
                          "report_auroc": b.get("eval_auroc"),
+                         "fires_on_positives": b.get("eval_pos_rate"),
+                         "fires_on_negatives": b.get("eval_neg_rate"),
                          "n_pos": sum(lm.get("n_pos", [0, 0])),
                          "n_neg": sum(lm.get("n_neg", [0, 0]))})
         return pd.DataFrame(rows, columns=["label", "feature", "g", "choose_auroc",
-                                           "report_auroc", "n_pos", "n_neg"])
+                                           "report_auroc", "fires_on_positives",
+                                           "fires_on_negatives", "n_pos", "n_neg"])
 
     def hesitation_ranking(self, n: int = 20) -> pd.DataFrame:
         s = self.t["hes_score"]

@@ -1,0 +1,151 @@
+"""The Features page in AppTest on a tiny collection (tmp store), and the demo report."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from interp.store import PROJECT_ROOT, Store
+
+APP = str(PROJECT_ROOT / "app.py")
+PAGE = "pages/features.py"
+
+pytestmark = pytest.mark.usefixtures("_navigation_mode")
+
+TEXTS = ["hello <think> 1 + 2 = 3 wait 3 </think> answer is 3",
+         "a b c <think> 4 + 4 = 8 </think> 8", "the sum is 5 so yes",
+         "<think> 9 + 1 = 1 0 wait 1 0 </think> 1 0", "carry 1 wait 2 ok",
+         "hello world <think> yes no ok </think> no", "c b a 7 7 7 <script>"]
+
+
+@pytest.fixture
+def collection(tiny_pair_dirs, tmp_cache):
+    """A tiny adapter set, its feature collection (text corpus) and a PCA map, all in
+    the temp cache ("local" store on the page)."""
+    from interp.adapters.io import save_adapters
+    from interp.adapters.train import TrainConfig, setup_models
+    from interp.features.collect import CollectConfig
+    from interp.features.corpus import texts_corpus
+    from interp.features.featmap import compute_map
+    from interp.features.pipeline import collect_features
+    from interp.features.source import AdapterSource
+
+    b, f = tiny_pair_dirs
+    cfg = TrainConfig(base=str(b), reasoner=str(f), d_sae=16, data="random", max_len=12,
+                      device="cpu", steps=1)
+    setup = setup_models(cfg)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        for a in setup.model.adapters.layers:
+            a.W_dec.copy_(torch.randn(a.W_dec.shape, generator=g) * 0.3)
+    store = Store(tmp_cache)
+    art = save_adapters(setup, cfg, store=store)
+    src = AdapterSource(art, setup.model, setup.base, setup.reasoner)
+    feats = collect_features(src, texts_corpus(TEXTS, src.tokenizer),
+                             CollectConfig(top_k=3, n_reservoir=4), store, ablation="top",
+                             ablation_top=4)
+    compute_map(src, store, "pca")
+    return feats
+
+
+def _app(params):
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params.update(params)
+    at.switch_page(PAGE)
+    return at.run()
+
+
+def _titles(at) -> str:
+    return " | ".join(str(json.loads(c.proto.spec)["layout"].get("title", {}).get("text"))
+                      for c in at.get("plotly_chart"))
+
+
+def test_page_shows_map_and_card_from_the_url(collection, monkeypatch):
+    monkeypatch.delenv("INTERP_DEMO", raising=False)
+    at = _app({"fset": f"local:{collection.key}", "feat": "1:3", "device": "cpu"})
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    titles = _titles(at)
+    assert "Activation histogram of 1:3" in titles and "Where 1:3 fires" in titles
+    assert "Logit lens of 1:3" in titles
+    assert any("Feature 1:3" in str(h.value) for h in at.subheader)
+    html = " ".join(str(getattr(e.proto, "body", "")) for e in at.get("html"))
+    assert "fx-tok" in html and "<script>" not in html.replace("<style>", "")
+    # the map: one trace per layer (default colouring) and the selected feature ringed
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    names = [t.get("name") for t in spec["data"]]
+    assert "layer 0" in names and "layer 1" in names and "feature 1:3" in names
+    # colouring and search go to the URL; an id in the search opens that feature
+    at.selectbox(key="fcol").set_value("density").run()
+    assert at.query_params.get("fcol") == "density"
+    at.text_input(key="fq").set_value("0:5").run()
+    assert not at.exception
+    assert at.query_params.get("feat") == "0:5"
+    assert any("Feature 0:5" in str(h.value) for h in at.subheader)
+
+
+def test_bad_feature_id_and_label_editing(collection, monkeypatch):
+    from interp.features.labels import load_labels
+
+    monkeypatch.delenv("INTERP_DEMO", raising=False)
+    at = _app({"fset": f"local:{collection.key}", "feat": "9:99"})
+    assert not at.exception
+    assert "not a feature of this set" in " ".join(str(e.value) for e in at.error)
+    at.text_input(key="feat").set_value("0:2").run()
+    key = [t.key for t in at.text_input if (t.key or "").startswith("flabel_")][0]
+    at.text_input(key=key).set_value("digits <b>").run()
+    at.button(key="flabel_save").click().run()
+    assert not at.exception
+    src_key = collection.config["source"]["key"]
+    assert load_labels(src_key, Store()) == {(0, 2): "digits <b>"}
+    assert any("digits <b>" in str(h.value) for h in at.subheader)
+
+
+def test_cached_interactions_are_fast(collection, monkeypatch):
+    monkeypatch.delenv("INTERP_DEMO", raising=False)
+    at = _app({"fset": f"local:{collection.key}", "feat": "1:3"})
+    times = []
+    for col in ("density", "hesitation", "layer", "region"):
+        at.selectbox(key="fcol").set_value(col)
+        t = time.perf_counter()
+        at.run()
+        times.append(time.perf_counter() - t)
+        assert not at.exception
+    assert max(times) < 3.0, times  # < 1 s measured on an idle machine (bench)
+
+
+def test_demo_mode_shows_committed_collection_read_only(monkeypatch):
+    from interp.features.report import demo_features
+
+    try:
+        demo_features()
+    except Exception:
+        pytest.skip("no committed demo feature collection")
+    monkeypatch.setenv("INTERP_DEMO", "1")
+    at = _app({"feat": "3:0"})
+    assert not at.exception, [e.value for e in at.exception]
+    assert not [e for e in at.expander if "Collect" in str(e.label)]
+    assert "cannot be saved" in " ".join(str(c.value) for c in at.caption)
+    assert "Best feature per ground-truth label" in _titles(at)
+
+
+def test_report_features_on_the_committed_demo():
+    import argparse
+
+    from interp.features.report import demo_features, report_features
+
+    try:
+        demo_features()
+    except Exception:
+        pytest.skip("no committed demo feature collection")
+    out = report_features(argparse.Namespace(recompute=False))
+    assert set(out["best_auroc_per_label"]) == {
+        "error", "error.carry_slip", "error.random", "verify", "carry", "planted_error",
+        "short_thinking"}
+    assert all(0.0 <= v <= 1.0 for v in out["best_auroc_per_label"].values())
+    assert out["map"]["method"] == "umap"
+    assert out["collection_bytes"] < 5e6
