@@ -488,3 +488,14 @@ def test_collector_state_roundtrip(tok, tmp_path):
     a, b = col.state_tensors(), other.state_tensors()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_float_order_keys_sort_like_the_floats():
+    from interp.features.collect import float_order_key
+
+    x = torch.tensor([float("-inf"), -3.0, -1.0, -1e-30, 0.0, 1e-30, 0.5, 1.0, 7.0,
+                      float("inf")])
+    k = float_order_key(x)
+    assert (k[1:] > k[:-1]).all()
+    y = torch.randn(2000)
+    assert torch.equal(float_order_key(y).argsort(stable=True), y.argsort(stable=True))

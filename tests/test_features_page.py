@@ -6,7 +6,6 @@ import json
 import time
 
 import pytest
-import torch
 from streamlit.testing.v1 import AppTest
 
 from interp.store import PROJECT_ROOT, Store
@@ -26,24 +25,15 @@ TEXTS = ["hello <think> 1 + 2 = 3 wait 3 </think> answer is 3",
 def collection(tiny_pair_dirs, tmp_cache):
     """A tiny adapter set, its feature collection (text corpus) and a PCA map, all in
     the temp cache ("local" store on the page)."""
-    from interp.adapters.io import save_adapters
-    from interp.adapters.train import TrainConfig, setup_models
     from interp.features.collect import CollectConfig
     from interp.features.corpus import texts_corpus
     from interp.features.featmap import compute_map
     from interp.features.pipeline import collect_features
     from interp.features.source import AdapterSource
+    from tests.test_features_sources import save_tiny_adapters
 
-    b, f = tiny_pair_dirs
-    cfg = TrainConfig(base=str(b), reasoner=str(f), d_sae=16, data="random", max_len=12,
-                      device="cpu", steps=1)
-    setup = setup_models(cfg)
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(0)
-        for a in setup.model.adapters.layers:
-            a.W_dec.copy_(torch.randn(a.W_dec.shape, generator=g) * 0.3)
     store = Store(tmp_cache)
-    art = save_adapters(setup, cfg, store=store)
+    art, setup = save_tiny_adapters(tiny_pair_dirs, store)
     src = AdapterSource(art, setup.model, setup.base, setup.reasoner)
     feats = collect_features(src, texts_corpus(TEXTS, src.tokenizer),
                              CollectConfig(top_k=3, n_reservoir=4), store, ablation="top",

@@ -29,23 +29,27 @@ TEXTS = ["hello <think> 1 + 2 = 3 wait 3 </think> answer is 3",
          "hello world <think> yes no ok </think> no", "c b a 7 7 7"]
 
 
-@pytest.fixture(scope="module")
-def adapters_art(tiny_pair_dirs, tmp_path_factory):
-    """A tiny saved adapter set (random decoder) in its own store."""
+def save_tiny_adapters(pair_dirs, store: Store, seed: int = 0):
+    """A saved adapter set (d_sae 16) on a tiny pair, with a random decoder and encoder
+    bias, so that its features fire and write something."""
     from interp.adapters.io import save_adapters
     from interp.adapters.train import TrainConfig, setup_models
 
-    b, f = tiny_pair_dirs
+    b, f = pair_dirs
     cfg = TrainConfig(base=str(b), reasoner=str(f), d_sae=16, data="random", max_len=12,
                       device="cpu", steps=1)
     setup = setup_models(cfg)
     with torch.no_grad():
-        g = torch.Generator().manual_seed(0)
+        g = torch.Generator().manual_seed(seed)
         for a in setup.model.adapters.layers:
             a.W_dec.copy_(torch.randn(a.W_dec.shape, generator=g) * 0.3)
             a.b_enc.copy_(torch.randn(a.b_enc.shape, generator=g) * 0.3)
-    store = Store(tmp_path_factory.mktemp("adstore"))
-    return save_adapters(setup, cfg, store=store)
+    return save_adapters(setup, cfg, store=store), setup
+
+
+@pytest.fixture(scope="module")
+def adapters_art(tiny_pair_dirs, tmp_path_factory):
+    return save_tiny_adapters(tiny_pair_dirs, Store(tmp_path_factory.mktemp("adstore")))[0]
 
 
 @pytest.fixture(scope="module")
