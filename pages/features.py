@@ -59,6 +59,33 @@ def _map(root: str, key: str, stamp: float, table_root: str, table_key: str,
     return fp.map_frame(tab.summary, art.tensors["xy"].numpy())
 
 
+# figures are cached per feature / view: building plotly figures costs more than
+# everything else in a rerun (st.plotly_chart serialises them without changing them)
+@st.cache_resource(max_entries=128, show_spinner=False)
+def _card_figures(root: str, key: str, stamp: float, g: int) -> dict:
+    tab = _table(root, key, stamp)
+    fid = tab.fid(g)
+    au = tab.aurocs(g)
+    ab = tab.ablation_of(g)
+    return {"histogram": fp.histogram_figure(tab.histogram(g), fid),
+            "regions": fp.region_figure(tab.regions(g), fid),
+            "logit-lens": fp.lens_figure(tab.lens(g), fid),
+            "aurocs": fp.card_auroc_figure(au, fid) if len(au) else None,
+            "ablation": fp.ablation_figure(ab, fid) if ab is not None else None}
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _map_figure(map_root: str, map_key: str, map_stamp: float, root: str, key: str,
+                stamp: float, color: str, selected: int | None, marked: tuple) -> object:
+    mdf = _map(map_root, map_key, map_stamp, root, key, stamp)
+    return fp.feature_map(mdf, color, selected=selected, marked=marked)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _best_figure(root: str, key: str, stamp: float) -> object:
+    return fp.auroc_figure(_table(root, key, stamp).best_per_label())
+
+
 @st.cache_resource(max_entries=2, show_spinner="Loading the models…")
 def _source(spec_json: str, device: str):
     from interp.features.source import load_source
@@ -226,9 +253,10 @@ with left:
                 st.rerun()
         mdf = None
     else:
-        mdf = _map(str(map_art.path.parent.parent), map_art.key, _stamp(map_art),
-                   str(store.root), key, _stamp(art))
-        fig_map = fp.feature_map(mdf, color or "layer", selected=g, marked=hits)
+        map_args = (str(map_art.path.parent.parent), map_art.key, _stamp(map_art),
+                    str(store.root), key, _stamp(art))
+        mdf = _map(*map_args)
+        fig_map = _map_figure(*map_args, color or "layer", g, tuple(hits))
         st.plotly_chart(fig_map, key="fmap", on_select="rerun",
                         selection_mode=("points", "box", "lasso"))
         n_out = tab.F - len(mdf)
@@ -332,13 +360,9 @@ else:
                 "its maximum; outlined: the example's position)")
     st.html(examples_html(ex, stats["max"]))
 
-    hist = tab.histogram(g)
-    fig_h = fp.histogram_figure(hist, fid)
-    reg = tab.regions(g)
-    fig_r = fp.region_figure(reg, fid)
-    lens = tab.lens(g)
-    fig_l = fp.lens_figure(lens, fid)
-    au = tab.aurocs(g)
+    figs = _card_figures(str(store.root), key, _stamp(art), g)
+    hist, reg, lens, au = tab.histogram(g), tab.regions(g), tab.lens(g), tab.aurocs(g)
+    fig_h, fig_r, fig_l = figs["histogram"], figs["regions"], figs["logit-lens"]
     ab = tab.ablation_of(g)
     cols = st.columns(2)
     for col, fig, data, name, k in ((cols[0], fig_h, hist, "histogram", "exp_hist"),
@@ -353,7 +377,7 @@ else:
                         key="exp_lens")
     if len(au):
         with cols[1]:
-            fig_a = fp.card_auroc_figure(au, fid)
+            fig_a = figs["aurocs"]
             st.plotly_chart(fig_a, key="fig_card_auroc")
             ui.export_panel(fig_a, au, f"feature-{fid.replace(':', '_')}-aurocs", key="exp_au")
     with st.columns(2)[0]:
@@ -375,7 +399,7 @@ else:
                             "down": [[tok(t), v] for t, v in res[0]["down"]]}
             ab = st.session_state.get(f"_abl_{tab.key}_{g}")
         if ab is not None:
-            fig_ab = fp.ablation_figure(ab, fid)
+            fig_ab = figs["ablation"] or fp.ablation_figure(ab, fid)
             st.plotly_chart(fig_ab, key="fig_abl")
             st.caption(f"Feature set to 0 at every position of its {ab['n_sequences']} top "
                        f"sequences; KL(p ‖ p_ablated) averaged over the {ab['n_positions']} "
@@ -427,18 +451,27 @@ else:
                             f"feature-{fid.replace(':', '_')}-generations", key="exp_gen")
 
     # ---- card exports
-    card = card_data(tab, g, label, graphs)
-    ex_df = pd.DataFrame([{k: v for k, v in e.items() if k != "token_ids"} for e in ex])
     stem = f"feature-{fid.replace(':', '_')}"
+
+    def _card() -> dict:
+        c = card_data(tab, g, label, graphs)
+        if c["ablation"] is None and ab is not None:
+            c["ablation"] = ab  # computed on this page
+        return c
+
+    def _examples_csv() -> bytes:
+        return table_bytes(pd.DataFrame([{k: v for k, v in e.items() if k != "token_ids"}
+                                         for e in ex]), "csv")
+
     with st.container(horizontal=True, gap="small", key="card_exports"):
         st.caption(":material/download: This card", width="content")
         for text, data, fname, mime, k in (
-                ("Standalone HTML", lambda: card_html(card).encode(), f"{stem}.html",
+                ("Standalone HTML", lambda: card_html(_card()).encode(), f"{stem}.html",
                  "text/html", "card_html"),
-                ("JSON", lambda: json.dumps(card, indent=1).encode(), f"{stem}.json",
+                ("JSON", lambda: json.dumps(_card(), indent=1).encode(), f"{stem}.json",
                  "application/json", "card_json"),
-                ("Examples CSV", lambda: table_bytes(ex_df, "csv"), f"{stem}-examples.csv",
-                 "text/csv", "card_ex_csv")):
+                ("Examples CSV", _examples_csv, f"{stem}-examples.csv", "text/csv",
+                 "card_ex_csv")):
             st.download_button(text, data=data, file_name=fname, mime=mime, on_click="ignore",
                                type="tertiary", key=k)
 
@@ -461,7 +494,7 @@ if tab.label_names:
                                                           format="percent"),
                                 "fires_on_negatives": pct("fires on negatives",
                                                           format="percent")})
-    fig_b = fp.auroc_figure(best)
+    fig_b = _best_figure(str(store.root), key, _stamp(art))
     st.plotly_chart(fig_b, key="fig_best")
     ui.export_panel(fig_b, best, "features-best-per-label", key="exp_best")
     names = [label_display(n) for n in tab.label_names]

@@ -287,8 +287,23 @@ class Collector:
         self.edges = HIST_EDGES.to(dev)
 
     # -------------------------------------------------------------- one batch
-    @torch.no_grad()
     def update(self, batch: Batch, acts: dict[int, torch.Tensor]) -> None:
+        """Add one batch (``acts``: ``{layer: [b, T, d_sae]}``, values >= 0). On a CPU the
+        bookkeeping runs on one thread: its operations are many and small, and
+        intra-op threads cost more than they gain there (measured: 1.2 s on one thread
+        vs 9.6 s on two for 1,024 traces on a loaded 2-core machine)."""
+        single = self.device.type == "cpu" and torch.get_num_threads() > 1
+        n = torch.get_num_threads()
+        if single:
+            torch.set_num_threads(1)
+        try:
+            with torch.no_grad():
+                self._update(batch, acts)
+        finally:
+            if single:
+                torch.set_num_threads(n)
+
+    def _update(self, batch: Batch, acts: dict[int, torch.Tensor]) -> None:
         t, cfg, dev = self.t, self.cfg, self.device
         valid = batch.valid.to(dev)
         b, T = valid.shape
