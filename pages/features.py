@@ -3,9 +3,10 @@ examples, histogram, logit lens, regions, ground-truth AUROCs and ablation effec
 ablate/clamp in generation, editable labels, and the rankings against ground truth.
 
 URL state: ``base``, ``fine``, ``device``, ``dtype`` (sidebar); this page: ``fset`` (the
-collection, ``store:key``), ``feat`` (the feature, ``layer:index``), ``fcol`` (map
-colouring), ``fq`` (search), ``flab`` (label whose ranking is shown), ``fgen`` / ``fclamp``
-/ ``fmax`` (generation prompt, clamp value, new tokens).
+collection, ``store:key``), ``feat`` (the feature, ``layer:index``), ``fcol`` / ``fcl``
+(map colouring; the label of the AUROC colouring), ``fq`` (search), ``flab`` (label whose
+ranking is shown), ``fgen`` / ``fclamp`` / ``fmax`` (generation prompt, clamp value, new
+tokens).
 In demo mode (``INTERP_DEMO=1``) nothing is collected or saved; the committed collection is
 shown and labels cannot be edited.
 """
@@ -185,17 +186,24 @@ st.caption(f"{m['n_features']:,} features ({len(tab.layers)} layers × "
            f"once · collected at {m['timing'].get('tokens_per_s') or 0:,.0f} tokens/s")
 
 # ------------------------------------------------------------------ selection events
-# (read before the widgets they drive are created)
+# The feature shown is st.session_state["feat"] (the text box below the map, mirrored to
+# the URL). The map section is a fragment: colouring, searching and selecting rerun only
+# it; when it opens another feature it leaves the id in "_feat_pending" and reruns the
+# page, which moves it into "feat" here, before that text box exists.
 if "feat" not in st.session_state:
     st.session_state["feat"] = ui.url_param("feat", "")
+if "_feat_pending" in st.session_state:
+    st.session_state["feat"] = st.session_state.pop("_feat_pending")
 
 
-def _take(sig_key: str, gs: list[int]) -> None:
+def _taken(sig_key: str, gs: list[int]) -> int | None:
+    """The feature a new single-item selection opens (None: no new single selection)."""
     sig = ",".join(map(str, gs))
     if st.session_state.get(sig_key) != sig:
         st.session_state[sig_key] = sig
         if len(gs) == 1:
-            st.session_state["feat"] = tab.fid(gs[0])
+            return gs[0]
+    return None
 
 
 def _points(event) -> list[int]:
@@ -214,59 +222,83 @@ def _rows(event, frame_key: str) -> list[int]:
     return [int(frame.iloc[r]["g"]) for r in rows] if frame is not None else []
 
 
-map_sel = _points(st.session_state.get("fmap"))
-_take("_fmap_sig", map_sel)
-for tkey in ("fbest", "frank", "fhes", "fhits"):
-    _take(f"_{tkey}_sig", _rows(st.session_state.get(tkey), f"_{tkey}_frame"))
+for tkey in ("fbest", "frank"):  # tables outside the fragment
+    hit = _taken(f"_{tkey}_sig", _rows(st.session_state.get(tkey), f"_{tkey}_frame"))
+    if hit is not None:
+        st.session_state["feat"] = tab.fid(hit)
+g = tab.parse(st.session_state.get("feat", ""))
+map_art = featmap.find_map(tab.source_key, label_stores)
+
+
+def _open(g_new: int) -> None:
+    """Open another feature: rerun the whole page with it."""
+    if g_new != g:
+        st.session_state["_feat_pending"] = tab.fid(g_new)
+        st.rerun(scope="app")
+
 
 # ------------------------------------------------------------------ map + search
-color_opts = list(fp.COLOR_BY) + [f"auroc:{label_display(n)}" for n in tab.label_names]
-c1, c2 = st.columns([3, 2], vertical_alignment="bottom")
-with c1:
-    color = ui.url_widget(st.selectbox, "Colour by", "fcol", "layer", options=color_opts,
-                          format_func=lambda o: o.replace("auroc:", "AUROC against "))
-with c2:
-    query = ui.url_widget(st.text_input, "Search: feature id (2:17) or a token", "fq", "",
-                          placeholder="2:17 · wait")
-hits: list[int] = tab.search(query) if query.strip() else []
-if query.strip() and st.session_state.get("_fq_last") != query:
-    st.session_state["_fq_last"] = query
-    if len(hits) == 1 and tab.parse(query) is not None:
-        st.session_state["feat"] = tab.fid(hits[0])
-g = tab.parse(st.session_state.get("feat", ""))
+@st.fragment
+def map_section() -> None:
+    map_sel = _points(st.session_state.get("fmap"))
+    for sig, gs in (("_fmap_sig", map_sel),
+                    ("_fhes_sig", _rows(st.session_state.get("fhes"), "_fhes_frame")),
+                    ("_fhits_sig", _rows(st.session_state.get("fhits"), "_fhits_frame"))):
+        hit = _taken(sig, gs)
+        if hit is not None:
+            _open(hit)
+    left, right = st.columns([3, 2])
+    with left:
+        color = ui.url_widget(st.segmented_control, "Colour by", "fcol", "layer",
+                              options=list(fp.COLOR_BY) + (["AUROC"] if tab.label_names
+                                                           else []))
+        label_names = [label_display(n) for n in tab.label_names]
+        lab_c = ui.url_widget(st.selectbox, "AUROC against", "fcl", label_names[0],
+                              options=label_names) if color == "AUROC" else None
+    with right:
+        query = ui.url_widget(st.text_input, "Search: feature id (2:17) or a token", "fq",
+                              "", placeholder="2:17 · wait")
+    hits: list[int] = tab.search(query) if query.strip() else []
+    if st.session_state.get("_fq_last") != query:  # a new search (also after clearing)
+        st.session_state["_fq_last"] = query
+        if len(hits) == 1 and tab.parse(query) is not None:
+            _open(hits[0])
+    coloring = f"auroc:{lab_c}" if color == "AUROC" else (color or "layer")
+    with left:
+        if map_art is None:
+            st.info("No feature map is saved for this source yet.", icon=":material/map:")
+            if not ui.demo_mode():
+                method = st.segmented_control("method", ["umap", "pca"], default="umap",
+                                              key="fmap_method")
+                if st.button("Compute the map", key="fmap_go", icon=":material/scatter_plot:",
+                             help="UMAP of the decoder directions (cosine); its first run in "
+                                  "a process compiles numba code (about half a minute)"):
+                    with st.spinner("Placing the features…"):
+                        src = ui.attempt(_source, json.dumps(_source_spec(tab, store_name)),
+                                         device)
+                        if src is not None:
+                            ui.attempt(featmap.compute_map, src, ui.store(), method or "umap")
+                    st.rerun(scope="app")
+        else:
+            map_args = (str(map_art.path.parent.parent), map_art.key, _stamp(map_art),
+                        str(store.root), key, _stamp(art))
+            mdf = _map(*map_args)
+            fig_map = _map_figure(*map_args, coloring, g, tuple(hits))
+            st.plotly_chart(fig_map, key="fmap", on_select="rerun",
+                            selection_mode=("points", "box", "lasso"))
+            n_out = tab.F - len(mdf)
+            st.caption(f"{map_art.config['method'].upper()} of the decoder directions "
+                       "(cosine), computed once per feature set. Click a point to open its "
+                       "card; box or lasso (toolbar) to compare a group."
+                       + (f" {n_out} features without a decoder direction are not shown."
+                          if n_out else ""))
+            ui.export_panel(fig_map, mdf.drop(columns=["g"]), "features-map", key="exp_map")
+    with right:
+        _side_panel(map_sel, query, hits)
 
-map_art = featmap.find_map(tab.source_key, label_stores)
-left, right = st.columns([3, 2])
-with left:
-    if map_art is None:
-        st.info("No feature map is saved for this source yet.", icon=":material/map:")
-        if not ui.demo_mode():
-            method = st.segmented_control("method", ["umap", "pca"], default="umap",
-                                          key="fmap_method")
-            if st.button("Compute the map", key="fmap_go", icon=":material/scatter_plot:",
-                         help="UMAP of the decoder directions (cosine); its first run in a "
-                              "process compiles numba code (about half a minute)"):
-                with st.spinner("Placing the features…"):
-                    src = ui.attempt(_source, json.dumps(_source_spec(tab, store_name)), device)
-                    if src is not None:
-                        ui.attempt(featmap.compute_map, src, ui.store(), method or "umap")
-                st.rerun()
-        mdf = None
-    else:
-        map_args = (str(map_art.path.parent.parent), map_art.key, _stamp(map_art),
-                    str(store.root), key, _stamp(art))
-        mdf = _map(*map_args)
-        fig_map = _map_figure(*map_args, color or "layer", g, tuple(hits))
-        st.plotly_chart(fig_map, key="fmap", on_select="rerun",
-                        selection_mode=("points", "box", "lasso"))
-        n_out = tab.F - len(mdf)
-        st.caption(f"{map_art.config['method'].upper()} of the decoder directions (cosine), "
-                   "computed once per feature set. Click a point to open its card; box or "
-                   "lasso to compare a group."
-                   + (f" {n_out} features without a decoder direction are not shown."
-                      if n_out else ""))
-        ui.export_panel(fig_map, mdf.drop(columns=["g"]), "features-map", key="exp_map")
-with right:
+
+def _side_panel(map_sel: list[int], query: str, hits: list[int]) -> None:
+    """A selected group, the search hits, or the strongest hesitation features."""
     if len(map_sel) > 1:
         comp = tab.summary[tab.summary["g"].isin(map_sel)]
         st.markdown(f"**{len(map_sel)} selected features**")
@@ -305,12 +337,14 @@ with right:
                    f"{', '.join(repr(w) for w in m['hesitation']['words'])}, times the share "
                    "of those hesitations it fires before.")
 
+
+map_section()
+
 # ------------------------------------------------------------------ the card
 st.text_input("Feature (layer:index)", key="feat", help="also set by the map, the search "
               "and the tables")
 ui.set_url_param("feat", st.session_state.get("feat") or None)
-if g is None:
-    g = tab.parse(st.session_state.get("feat", ""))
+g = tab.parse(st.session_state.get("feat", ""))
 if g is None:
     if st.session_state.get("feat"):
         st.error(f"{st.session_state['feat']!r} is not a feature of this set "

@@ -70,12 +70,19 @@ def test_page_shows_map_and_card_from_the_url(collection, monkeypatch):
     names = [t.get("name") for t in spec["data"]]
     assert "layer 0" in names and "layer 1" in names and "feature 1:3" in names
     # colouring and search go to the URL; an id in the search opens that feature
-    at.selectbox(key="fcol").set_value("density").run()
+    at.segmented_control(key="fcol").set_value("density").run()
     assert at.query_params.get("fcol") == "density"
+    assert "log10 density" in json.dumps(json.loads(at.get("plotly_chart")[0].proto.spec))
     at.text_input(key="fq").set_value("0:5").run()
     assert not at.exception
     assert at.query_params.get("feat") == "0:5"
     assert any("Feature 0:5" in str(h.value) for h in at.subheader)
+    assert at.query_params.get("fq") == "0:5"
+    # another feature, then the same search again after clearing it: opens it again
+    at.text_input(key="feat").set_value("1:2").run()
+    at.text_input(key="fq").set_value("").run()
+    at.text_input(key="fq").set_value("0:5").run()
+    assert at.query_params.get("feat") == "0:5"
 
 
 def test_bad_feature_id_and_label_editing(collection, monkeypatch):
@@ -100,7 +107,7 @@ def test_cached_interactions_are_fast(collection, monkeypatch):
     at = _app({"fset": f"local:{collection.key}", "feat": "1:3"})
     times = []
     for col in ("density", "hesitation", "layer", "region"):
-        at.selectbox(key="fcol").set_value(col)
+        at.segmented_control(key="fcol").set_value(col)
         t = time.perf_counter()
         at.run()
         times.append(time.perf_counter() - t)
@@ -121,6 +128,11 @@ def test_demo_mode_shows_committed_collection_read_only(monkeypatch):
     assert not [e for e in at.expander if "Collect" in str(e.label)]
     assert "cannot be saved" in " ".join(str(c.value) for c in at.caption)
     assert "Best feature per ground-truth label" in _titles(at)
+    at.segmented_control(key="fcol").set_value("AUROC").run()
+    at.selectbox(key="fcl").set_value("verify").run()
+    assert not at.exception
+    assert at.query_params.get("fcl") == "verify"
+    assert "AUROC verify" in json.dumps(json.loads(at.get("plotly_chart")[0].proto.spec))
 
 
 def test_report_features_on_the_committed_demo():

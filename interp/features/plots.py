@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 from ..plots.common import ROLE_COLORS, SEQUENTIAL, style
 from .corpus import REGIONS
 
-COLOR_BY = ("layer", "region", "density", "hesitation")
+COLOR_BY = ("layer", "region", "density", "hesitation")  # + "auroc:<label>"
 QUALITATIVE = ["#1C83E1", "#FF8700", "#21A366", "#D62728", "#9467BD", "#8C564B",
                "#E377C2", "#7F7F7F", "#BCBD22", "#17BECF"]
 REGION_COLORS = dict(zip(list(REGIONS) + ["none"], QUALITATIVE[:5] + ["#CCCCCC"]))
@@ -70,6 +70,7 @@ def feature_map(df: pd.DataFrame, color: str = "layer", selected: int | None = N
         fig.add_trace(Scatter(
             x=df["x"], y=df["y"], mode="markers", name="features",
             marker=dict(size=6, color=np.nan_to_num(vals, nan=0.5 if "auroc" in color else 0),
+                        line=dict(width=0.4, color="#AAAAAA"),  # light values stay visible
                         colorbar=dict(title=dict(text=title, side="right")), **kw),
             customdata=df["g"], hovertext=_hover(df), hoverinfo="text", showlegend=False))
     ring = df[df["g"].isin(list(marked))]
@@ -152,10 +153,11 @@ def auroc_figure(best: pd.DataFrame, target: float | None = 0.95) -> go.Figure:
                             axis=1),
         hovertemplate="%{x}: feature %{customdata[0]}<br>report AUROC %{y:.3f}"
                       "<br>choose AUROC %{customdata[1]:.3f}<extra></extra>",
-        text=[f"{f}" for f in best["feature"]], textposition="outside"))
+        text=[f"{f}" for f in best["feature"]], textposition="inside",
+        insidetextanchor="end"))
     if target is not None:
         fig.add_hline(y=target, line_dash="dot", line_color="#666",
-                      annotation_text=f"target {target}", annotation_position="bottom left")
+                      annotation_text=f"target {target}", annotation_position="top left")
     fig.update_yaxes(range=[0.0, 1.08])
     fig.update_xaxes(type="category")
     return style(fig, "Best feature per ground-truth label (chosen on one split, scored on "

@@ -74,6 +74,7 @@ def report_features(args) -> dict[str, Any]:
     """REPORTS.md key ``best_auroc_per_label`` and the rest of the figures."""
     from ..adapters.report import demo_store
     from .featmap import find_map
+    from .pipeline import label_display
     from .table import FeatureTable
 
     if getattr(args, "recompute", False):
@@ -94,7 +95,13 @@ def report_features(args) -> dict[str, Any]:
         "label_counts": {r["label"]: {"positives": int(r["n_pos"]), "negatives": int(r["n_neg"])}
                          for _, r in best.iterrows()},
         "split": "choose = even-numbered traces, report = odd-numbered traces",
-        "hesitation_top": [{k: h[k] for k in ("id", "score", "precision", "coverage")}
+        "ranking_per_label": {
+            label_display(n): [{"id": r["id"], "choose_auroc": r["select_auroc"],
+                                "report_auroc": r["eval_auroc"]}
+                               for r in m["labels"][n].get("ranking", [])[:5]]
+            for n in tab.label_names},
+        "hesitation_top": [{**{k: h[k] for k in ("id", "score", "precision", "coverage")},
+                            "lens_top_token": tab.token(tab.t["lens_top_ids"][h["g"], 0])}
                            for h in m["hesitation"]["top"][:10]],
         "hesitation_words": m["hesitation"]["words"],
         "hesitation_window": m["hesitation"]["window"],

@@ -127,7 +127,7 @@ class FeatureTable:
         rows = []
         for j in range(N_HIST):
             lo, hi = edges[j], edges[j + 1]
-            label = "0" if j == 0 else f"[{lo:.3g}, {hi:.3g})"
+            label = "0" if j == 0 else (f"(0, {hi:.3g})" if j == 1 else f"[{lo:.3g}, {hi:.3g})")
             rows.append({"bin": j, "low": lo, "high": hi, "range": label,
                          "count": int(counts[j])})
         return pd.DataFrame(rows)
