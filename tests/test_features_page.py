@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -151,3 +152,70 @@ def test_report_features_on_the_committed_demo():
     assert all(0.0 <= v <= 1.0 for v in out["best_auroc_per_label"].values())
     assert out["map"]["method"] == "umap"
     assert out["collection_bytes"] < 5e6
+
+
+@pytest.mark.browser
+def test_map_click_and_box_select_in_chromium(tmp_cache, tmp_path):
+    """What AppTest cannot do: click a point of the map (opens its card, URL updated) and
+    box-select a group (comparison table), in headless Chromium on the demo artifacts."""
+    from pathlib import Path
+
+    from interp.bench_app import (
+        CHROMIUM_ARGS,
+        free_port,
+        start_app,
+        stop_app,
+        wait_healthy,
+        wait_rendered,
+    )
+    from interp.features.report import demo_features
+    from tests.test_browser import CHROMIUM, _shots
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium not installed")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        demo_features()
+    except Exception:
+        pytest.skip("no committed demo feature collection")
+    port = free_port()
+    proc = start_app(port, {"INTERP_CACHE": str(tmp_cache), "INTERP_DEMO": "1"})
+    chart = "[data-testid='stPlotlyChart']"
+    try:
+        wait_healthy(port, proc)
+        with sync_api.sync_playwright() as pw:
+            b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = b.new_page(viewport={"width": 1400, "height": 1200})
+            page.goto(f"http://127.0.0.1:{port}/features?feat=3:81", timeout=120_000)
+            wait_rendered(page, chart)
+            assert page.locator("h3", has_text="Feature 3:81").count() == 1
+            pts = page.locator(chart).first.locator(".scatterlayer .trace .points path")
+            bb = pts.nth(40).bounding_box()
+            x, y = bb["x"] + bb["width"] / 2, bb["y"] + bb["height"] / 2
+            page.mouse.move(x - 20, y - 20)
+            page.mouse.move(x, y, steps=5)
+            page.mouse.click(x, y)
+            page.wait_for_function("() => !location.search.includes('feat=3%3A81') && "
+                                   "!location.search.includes('feat=3:81')", timeout=60_000)
+            wait_rendered(page, chart)
+            assert page.locator("h3", has_text="Feature 3:81").count() == 0
+            assert page.locator("h3", has_text=re.compile(r"^Feature \d+:\d+")).count() == 1
+            # box select a region of the map: the group's table appears
+            m = page.locator(chart).first
+            m.hover()
+            m.locator(".modebar-btn[data-title='Box Select']").first.click(force=True)
+            cb = m.bounding_box()
+            page.mouse.move(cb["x"] + cb["width"] * 0.2, cb["y"] + cb["height"] * 0.2)
+            page.mouse.down()
+            page.mouse.move(cb["x"] + cb["width"] * 0.7, cb["y"] + cb["height"] * 0.7,
+                            steps=10)
+            page.mouse.up()
+            page.get_by_text("selected features").wait_for(timeout=60_000)
+            body = page.inner_text("body")
+            assert "Traceback" not in body
+            page.set_viewport_size({"width": 1400, "height": 3000})
+            wait_rendered(page, chart)
+            page.screenshot(path=str(_shots(tmp_path) / "features_page.png"))
+            b.close()
+    finally:
+        stop_app(proc)
