@@ -183,7 +183,7 @@ m = tab.meta
 st.caption(f"{m['n_features']:,} features ({len(tab.layers)} layers × "
            f"{next(iter(tab.d_sae.values())):,}) · {m['n_sequences']:,} sequences, "
            f"{m['n_tokens']:,} tokens · {m['alive_fraction']:.0%} of the features fire at least "
-           f"once · collected at {m['timing'].get('tokens_per_s') or 0:,.0f} tokens/s")
+           "once")
 
 # ------------------------------------------------------------------ selection events
 # The feature shown is st.session_state["feat"] (the text box below the map, mirrored to
@@ -219,7 +219,9 @@ def _points(event) -> list[int]:
 def _rows(event, frame_key: str) -> list[int]:
     rows = (event or {}).get("selection", {}).get("rows", [])
     frame = st.session_state.get(frame_key)
-    return [int(frame.iloc[r]["g"]) for r in rows] if frame is not None else []
+    if frame is None:
+        return []
+    return [int(frame.iloc[r]["g"]) for r in rows if r < len(frame)]  # the table may shrink
 
 
 for tkey in ("fbest", "frank"):  # tables outside the fragment
