@@ -458,7 +458,7 @@ else:
         if top is not None:
             ids, regs, _ = tab.sequence(top["seq"])
             cut = [i for i, r in enumerate(regs) if r <= 1]  # prompt + think start
-            default_prompt = " ".join(tab.token(t) for t in ids[1:cut[-1] + 1]) if cut else ""
+            default_prompt = tab.text(ids[:cut[-1] + 1]) if cut else ""
         c = st.columns([4, 1, 1])
         prompt = ui.url_widget(c[0].text_input, "prompt", "fgen", default_prompt,
                                max_chars=ui.max_prompt_chars())

@@ -372,3 +372,15 @@ def test_umap_layout_keeps_neighbours_together():
 
 def test_paths_in_artifacts_are_plain(adapters_art):
     assert Path(adapters_art.path).exists()
+
+
+def test_table_text_round_trips_prompts(source, tmp_path):
+    corpus = texts_corpus(TEXTS[:3], source.tokenizer)
+    art = collect_features(source, corpus, CollectConfig(top_k=2, n_reservoir=2),
+                           Store(tmp_path), ablation="none")
+    tab = FeatureTable(art)
+    assert tab.word_level  # the tiny vocabulary has no leading-space tokens
+    for s in tab.t["seq_index"]:
+        ids, _, _ = tab.sequence(int(s))
+        again = source.tokenizer(tab.text(ids))["input_ids"]
+        assert list(again) == [int(i) for i in ids[1:]] or list(again) == [int(i) for i in ids]

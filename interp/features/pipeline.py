@@ -62,7 +62,7 @@ def label_display(name: str) -> str:
     return name.removeprefix(SEQ_PREFIX)
 
 
-def _shown_examples(t: dict[str, torch.Tensor], cfg: CollectConfig, seed: int
+def _shown_examples(t: dict[str, torch.Tensor], cfg: CollectConfig
                     ) -> dict[str, torch.Tensor]:
     """The examples a card shows, per feature: the top-k, then from the reservoir (sorted
     by activation and cut into ``n_quantiles`` equal bands) two per band, then up to
@@ -218,7 +218,7 @@ def finalize(col: Collector, source: FeatureSource, cfg: CollectConfig,
         tensors[f"lens_{k}"] = v
     tensors["decoder_norm"] = W.norm(dim=-1)
     # shown examples + their per-token activations
-    ex = _shown_examples(st, cfg, cfg.seed)
+    ex = _shown_examples(st, cfg)
     seqs = {i: v[0] for i, v in col.seqs.items()}
     pad = getattr(source.tokenizer, "pad_token_id", None)
     pad = int(pad) if pad is not None else 0

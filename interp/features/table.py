@@ -85,6 +85,21 @@ class FeatureTable:
     def token(self, i: int) -> str:
         return self.vocab.get(str(int(i)), f"<{int(i)}>")
 
+    @cached_property
+    def word_level(self) -> bool:
+        """True when no stored token starts with whitespace (a word-level vocabulary such
+        as the organisms': tokens are separated by spaces in text)."""
+        return not any(v[:1].isspace() for v in self.vocab.values())
+
+    def text(self, ids: Any) -> str:
+        """Token ids as text a tokenizer reads back: joined with spaces for a word-level
+        vocabulary, else concatenated; a leading special-looking token (``<...>``, such
+        as BOS, which the tokenizer adds again) is left out."""
+        toks = [self.token(i) for i in ids]
+        if toks and toks[0].startswith("<") and toks[0].endswith(">"):
+            toks = toks[1:]
+        return (" " if self.word_level else "").join(toks).strip()
+
     # -------------------------------------------------------------- sequences
     def sequence(self, seq: int) -> tuple[np.ndarray, np.ndarray, str]:
         """``(token ids, region codes, name)`` of a stored sequence."""
