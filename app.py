@@ -44,6 +44,7 @@ OPTIONAL_PAGES = (  # pages other capabilities add; shown once their file exists
     ("pages/adapters.py", "Adapters", ":material/hub:"),
     ("pages/length.py", "Reasoning length", ":material/straighten:"),
     ("pages/vectors.py", "Reasoning vectors", ":material/trending_flat:"),
+    ("pages/features.py", "Features", ":material/scatter_plot:"),
 )
 
 st.set_page_config(page_title="Reasoning-model diffing workbench", layout="wide",

@@ -57,6 +57,7 @@ JOB_KINDS: dict[str, str] = {
     "adapters.sweep": "interp.adapters.train:sweep_job",
     "length.sweep": "interp.length.sweep:sweep_job",
     "vectors.sweep": "interp.vectors.sweep:sweep_job",
+    "features.collect": "interp.features.pipeline:collect_job",
 }
 
 # optional checks of a spec, run before anything starts ("module:function"(spec), raising

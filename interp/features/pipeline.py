@@ -1,0 +1,428 @@
+"""From a source and a corpus to a saved ``features`` artifact; the ``features.collect`` job.
+
+:func:`collect_features` runs the streaming pass (:mod:`interp.features.collect`),
+then finalises it (:func:`finalize`): label AUROCs on two splits, hesitation scores,
+the logit lens of every decoder direction, the per-token activations of each feature's
+shown examples (one more forward pass over the sequences they come from), and ablation
+effects for chosen features; and saves everything as one artifact.
+
+Artifact ``features/<key>`` (config: source kind + key, corpus spec, collection
+settings):
+
+* ``tensors.safetensors``: per feature ``[F]`` / ``[F, ...]`` arrays (``active``,
+  ``act_sum``, ``act_max``, ``hist``, ``region_active``, ``region_sum``, ``top_*``,
+  ``hes_*``, ``lens_*``, ``auroc`` ``[n_labels, 3, F]`` (choose split, report split,
+  both)), the shown examples (``ex_*``: feature, kind, sequence, position, activation)
+  and their per-token activations (``tok_*``: example pair, position, value), and the
+  referenced sequences (``seq_index``, ``seq_offsets``, ``seq_tokens``,
+  ``seq_regions``);
+* ``sequences.json`` (their string ids), ``vocab.json`` (token strings of every token id
+  used), ``ablation.json`` (ablation effects);
+* meta: sizes, labels (counts, best feature chosen on one split and its AUROC on the
+  other, ranked tables), hesitation ranking, timing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..store import Artifact, Store, provenance
+from .collect import (
+    KIND,
+    N_HIST,
+    CollectConfig,
+    Collector,
+    hist_bin_edges,
+    run_collection,
+)
+from .corpus import REGIONS, SEQ_PREFIX, Corpus, build_corpus
+from .scores import (
+    ablation_effects,
+    hesitation_scores,
+    label_aurocs,
+    logit_lens,
+    split_by_parity,
+)
+from .source import FeatureSource, load_source
+
+EXAMPLE_KINDS = ("top", "quantile", "random")
+ABLATION_MODES = ("none", "top", "all")
+RANKING_SIZE = 10
+
+
+def label_display(name: str) -> str:
+    """A label's name without the ``seq:`` prefix (report keys, tables)."""
+    return name.removeprefix(SEQ_PREFIX)
+
+
+def _shown_examples(t: dict[str, torch.Tensor], cfg: CollectConfig
+                    ) -> dict[str, torch.Tensor]:
+    """The examples a card shows, per feature: the top-k, then from the reservoir (sorted
+    by activation and cut into ``n_quantiles`` equal bands) two per band, then up to
+    ``n_random`` reservoir entries in their (random) priority order."""
+    F, K = t["top_act"].shape
+    feats, kinds, seqs, poss, acts = [], [], [], [], []
+    top_ok = t["top_seq"] >= 0
+    g, k = top_ok.nonzero(as_tuple=True)
+    feats.append(g)
+    kinds.append(torch.zeros_like(g))
+    seqs.append(t["top_seq"][g, k])
+    poss.append(t["top_pos"][g, k])
+    acts.append(t["top_act"][g, k])
+    res_ok = t["res_seq"] >= 0
+    n_res = res_ok.sum(1)
+    ract = torch.where(res_ok, t["res_act"], torch.full_like(t["res_act"], float("inf")))
+    srt = ract.argsort(1)  # ascending activation, empties last
+    q = cfg.n_quantiles
+    for f in (n_res > 0).nonzero().flatten().tolist():
+        n = int(n_res[f])
+        picks: list[int] = []
+        for band in range(q):
+            lo, hi = band * n // q, (band + 1) * n // q
+            if hi > lo:
+                picks += sorted({lo + (hi - lo) // 3, lo + 2 * (hi - lo) // 3})
+        for j in picks:
+            c = int(srt[f, j])
+            feats.append(torch.tensor([f]))
+            kinds.append(torch.tensor([1]))
+            seqs.append(t["res_seq"][f, c:c + 1])
+            poss.append(t["res_pos"][f, c:c + 1])
+            acts.append(t["res_act"][f, c:c + 1])
+    n_random = max(1, cfg.n_reservoir // 4)
+    order = t["res_key"].argsort(1, descending=True)[:, :n_random]  # priority order
+    for j in range(order.shape[1]):
+        c = order[:, j]
+        rows = torch.arange(F)
+        ok = res_ok[rows, c]
+        feats.append(rows[ok])
+        kinds.append(torch.full((int(ok.sum()),), 2))
+        seqs.append(t["res_seq"][rows, c][ok])
+        poss.append(t["res_pos"][rows, c][ok])
+        acts.append(t["res_act"][rows, c][ok])
+    ex = {"ex_feat": torch.cat(feats), "ex_kind": torch.cat(kinds), "ex_seq": torch.cat(seqs),
+          "ex_pos": torch.cat(poss), "ex_act": torch.cat(acts).float()}
+    # order by (feature, kind), stable
+    o = torch.sort(ex["ex_kind"], stable=True).indices
+    o = o[torch.sort(ex["ex_feat"][o], stable=True).indices]
+    return {k: v[o].contiguous() for k, v in ex.items()}
+
+
+@torch.no_grad()
+def example_activations(source: FeatureSource, ex: dict[str, torch.Tensor],
+                        seqs: dict[int, list[int]], offsets: dict[int, int], pad_id: int,
+                        batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """Per-token activations of each example's feature on its sequence (nonzero only):
+    ``tok_pair [M]`` indexes ``pair_feat``/``pair_seq`` (one pair per distinct
+    (feature, sequence)), ``tok_pos [M]``, ``tok_act [M]``; ``ex_pair [E]`` maps each
+    example to its pair."""
+    layers = sorted(offsets, key=offsets.get)
+    pair_key = ex["ex_feat"] * (max(seqs, default=0) + 1) + ex["ex_seq"]
+    uniq, ex_pair = torch.unique(pair_key, return_inverse=True)
+    n_s = max(seqs, default=0) + 1
+    pair_feat, pair_seq = uniq // n_s, uniq % n_s
+    by_seq: dict[int, list[int]] = {}
+    for p, s in enumerate(pair_seq.tolist()):
+        by_seq.setdefault(s, []).append(p)
+    seq_list = sorted(by_seq)
+    bounds = torch.tensor([offsets[layer] for layer in layers] + [10**18])
+    tp, tpos, tact = [], [], []
+    for s0 in range(0, len(seq_list), batch_size):
+        chunk = seq_list[s0:s0 + batch_size]
+        T = max(len(seqs[s]) for s in chunk)
+        toks = torch.full((len(chunk), T), pad_id, dtype=torch.long)
+        for j, s in enumerate(chunk):
+            toks[j, :len(seqs[s])] = torch.tensor(seqs[s])
+        _, acts = source.forward(toks, need_logits=False)
+        acts = {k: v.float().cpu() for k, v in acts.items()}
+        for j, s in enumerate(chunk):
+            n = len(seqs[s])
+            for p in by_seq[s]:
+                g = int(pair_feat[p])
+                li = int(torch.searchsorted(bounds, torch.tensor(g), right=True)) - 1
+                layer = layers[li]
+                col = acts[layer][j, :n, g - offsets[layer]]
+                nz = (col > 0).nonzero().flatten()
+                tp.append(torch.full((len(nz),), p, dtype=torch.long))
+                tpos.append(nz)
+                tact.append(col[nz])
+
+    def cat(xs: list[torch.Tensor], dt: torch.dtype) -> torch.Tensor:
+        return torch.cat(xs).to(dt) if xs else torch.zeros(0, dtype=dt)
+
+    return {"pair_feat": pair_feat, "pair_seq": pair_seq, "ex_pair": ex_pair,
+            "tok_pair": cat(tp, torch.int32), "tok_pos": cat(tpos, torch.int32),
+            "tok_act": cat(tact, torch.float16)}
+
+
+def _vocab(tokenizer: Any, ids: Sequence[int]) -> dict[str, str]:
+    out = {}
+    for i in sorted(set(int(x) for x in ids)):
+        try:
+            s = tokenizer.convert_ids_to_tokens(i)
+            text = tokenizer.decode([i], skip_special_tokens=False)
+        except Exception:  # noqa: BLE001 - an id the tokenizer cannot show
+            s, text = None, None
+        out[str(i)] = text if text not in (None, "") else (s or f"<{i}>")
+    return out
+
+
+def finalize(col: Collector, source: FeatureSource, cfg: CollectConfig,
+             label_names: Sequence[str], ablation: str = "top", ablation_top: int = 64,
+             progress: Callable[..., None] | None = None
+             ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """``(tensors, meta, files)`` of the artifact (see the module docstring)."""
+    if ablation not in ABLATION_MODES:
+        raise ConfigError(f"ablation must be one of {ABLATION_MODES}")
+    t0 = time.perf_counter()
+    st = col.state_tensors()
+    F = col.F
+    n_tokens = int(st["n_tokens"][0])
+    tensors: dict[str, torch.Tensor] = {k: st[k] for k in (
+        "region_tokens", "active", "act_sum", "act_max", "region_active", "region_sum",
+        "top_act", "top_seq", "top_pos", "hes_mass", "hes_cover", "hes_occ")}
+    hist = st["hist"].clone()
+    hist[:, 0] = n_tokens - st["active"]
+    tensors["hist"] = hist
+    tensors["top_act"] = torch.where(st["top_seq"] >= 0, st["top_act"],
+                                     torch.zeros_like(st["top_act"]))
+    # labels: AUROC on the choose split (0), the report split (1), and both
+    labels_meta: dict[str, Any] = {}
+    au = np.full((len(label_names), 3, F), np.nan, dtype=np.float32)
+    for li, name in enumerate(label_names):
+        rows, idx, val = col.label_tensors(name)
+        r = label_aurocs(rows.numpy(), idx.numpy(), val.numpy(), F, split_by_parity)
+        both = label_aurocs(rows.numpy(), idx.numpy(), val.numpy(), F,
+                            lambda s: np.zeros(len(s), dtype=int))
+        au[li, :2] = r["auroc"]
+        au[li, 2] = both["auroc"][0]
+        labels_meta[name] = {"n_pos": r["n_pos"], "n_neg": r["n_neg"],
+                             **_best(r, col)}
+    tensors["auroc"] = torch.from_numpy(au)
+    # hesitation
+    hs = hesitation_scores(st["act_sum"].numpy(), st["hes_mass"].numpy(),
+                           st["hes_cover"].numpy(), st["hes_occ"].numpy(), n_tokens,
+                           int(st["hes_window_tokens"][0]))
+    for k, v in hs.items():
+        tensors[f"hes_{k}"] = torch.from_numpy(np.asarray(v, dtype=np.float32))
+    # logit lens and decoder norms
+    W = torch.cat([source.decoder(layer) for layer in source.layers])
+    lens = logit_lens(W, source.unembed(), cfg.lens_k)
+    for k, v in lens.items():
+        tensors[f"lens_{k}"] = v
+    tensors["decoder_norm"] = W.norm(dim=-1)
+    # shown examples + their per-token activations
+    ex = _shown_examples(st, cfg)
+    seqs = {i: v[0] for i, v in col.seqs.items()}
+    pad = getattr(source.tokenizer, "pad_token_id", None)
+    pad = int(pad) if pad is not None else 0
+    ea = example_activations(source, ex, seqs, col.offsets, pad, cfg.batch_size)
+    tensors.update(ex)
+    tensors.update(ea)
+    for k in ("seq_index", "seq_offsets", "seq_tokens", "seq_regions"):
+        tensors[k] = st[k]
+    # ablation effects
+    abl: list[dict[str, Any]] = []
+    t_abl = time.perf_counter()
+    if ablation != "none":
+        alive = (st["active"] > 0).nonzero().flatten()
+        if ablation == "top":
+            chosen = set(np.argsort(-hs["score"])[:ablation_top // 2].tolist())
+            chosen |= {m["best"]["g"] for m in labels_meta.values() if m.get("best")}
+            dens = st["active"].float() / max(n_tokens, 1)
+            chosen |= set(dens.argsort(descending=True)[:ablation_top // 4].tolist())
+            picked = [g for g in sorted(chosen) if int(st["active"][g]) > 0][:ablation_top]
+        else:
+            picked = alive.tolist()
+        feats = [col_lid(col, g) for g in picked]
+
+        def seq_of(layer: int, i: int) -> list[list[int]]:
+            g = col.offsets[layer] + i
+            return [seqs[int(s)] for s in st["top_seq"][g].tolist()
+                    if s >= 0 and int(s) in seqs][:8]
+
+        abl = ablation_effects(source, feats, seq_of, pad_id=pad,
+                               batch_rows=max(8, cfg.batch_size // 2),
+                               progress=(lambda d, n: progress(d, n, stage="ablation"))
+                               if progress else None)
+        for a, g in zip(abl, picked):
+            a["g"] = int(g)
+    t_end = time.perf_counter()
+    # vocabulary of every id shown
+    used = torch.cat([st["seq_tokens"], lens["top_ids"].flatten(), lens["bot_ids"].flatten()]
+                     + [torch.tensor([t for a in abl for t, _ in a["up"] + a["down"]],
+                                     dtype=torch.long)])
+    tensors = compact(tensors)
+    files = {"sequences.json": json.dumps(col.seq_ids()),
+             "vocab.json": json.dumps(_vocab(source.tokenizer, used.tolist())),
+             "ablation.json": json.dumps(abl)}
+    alive_n = int((st["active"] > 0).sum())
+    order = np.argsort(-hs["score"], kind="stable")[:20]
+    meta = {
+        "layers": col.layers, "d_sae": {str(k): v for k, v in col.d_sae.items()},
+        "offsets": {str(k): v for k, v in col.offsets.items()}, "n_features": F,
+        "n_tokens": n_tokens, "n_sequences": int(st["n_seqs"][0]),
+        "alive_fraction": alive_n / F if F else 0.0,
+        "regions": list(REGIONS), "hist_edges": hist_bin_edges(), "n_hist": N_HIST,
+        "labels": labels_meta, "label_names": list(label_names),
+        "best_auroc_per_label": {label_display(n): m.get("best", {}).get("eval_auroc")
+                                 for n, m in labels_meta.items()},
+        "hesitation": {
+            "words": cfg.hesitation, "window": cfg.window,
+            "n_occurrences": st["hes_occ"].tolist(),
+            "n_window_tokens": int(st["hes_window_tokens"][0]),
+            "top": [{"g": int(g), "id": _fid(col, int(g)), "score": float(hs["score"][g]),
+                     "precision": float(hs["precision"][g]),
+                     "coverage": float(hs["coverage"][g]), "lift": _finite(hs["lift"][g])}
+                    for g in order if hs["score"][g] > 0]},
+        "ablation_mode": ablation, "n_ablation": len(abl),
+        "timing": {"finalize_seconds": t_end - t0 - (t_end - t_abl),
+                   "ablation_seconds": t_end - t_abl},
+    }
+    return tensors, meta, files
+
+
+def compact(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Integer tensors in the smallest of int32 / uint8 that holds them exactly (ids,
+    positions and counts of a small corpus), so committed artifacts stay small."""
+    out = {}
+    for k, v in tensors.items():
+        if v.dtype == torch.int64 and v.numel():
+            lo, hi = int(v.min()), int(v.max())
+            if 0 <= lo and hi < 256 and k.endswith("_kind"):
+                v = v.to(torch.uint8)
+            elif -2**31 <= lo and hi < 2**31:
+                v = v.to(torch.int32)
+        out[k] = v.contiguous()
+    return out
+
+
+def _finite(x: float) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def col_lid(col: Collector, g: int) -> tuple[int, int]:
+    for layer in reversed(col.layers):
+        if g >= col.offsets[layer]:
+            return layer, g - col.offsets[layer]
+    raise ConfigError(f"feature {g} out of range")
+
+
+def _fid(col: Collector, g: int) -> str:
+    layer, i = col_lid(col, g)
+    return f"{layer}:{i}"
+
+
+def _best(r: dict[str, Any], col: Collector) -> dict[str, Any]:
+    """The feature chosen on split 0 (highest AUROC) with its AUROC on split 1 and the
+    share of split 1's positives and negatives it fires on, and the top features of
+    split 0 with both AUROCs."""
+    sel, rep = r["auroc"][0], r["auroc"][1]
+    if not np.isfinite(sel).any():
+        return {}
+    s = np.where(np.isfinite(sel), sel, -np.inf)
+    order = np.argsort(-s, kind="stable")[:RANKING_SIZE]
+    g = int(order[0])
+    return {"best": {"g": g, "id": _fid(col, g), "select_auroc": float(sel[g]),
+                     "eval_auroc": _finite(rep[g]),
+                     "eval_pos_rate": _finite(r["pos_rate"][1, g]),
+                     "eval_neg_rate": _finite(r["neg_rate"][1, g])},
+            "ranking": [{"g": int(i), "id": _fid(col, int(i)), "select_auroc": float(sel[i]),
+                         "eval_auroc": _finite(rep[i])} for i in order]}
+
+
+# ------------------------------------------------------------------ save
+def artifact_config(source: FeatureSource, corpus: Corpus, cfg: CollectConfig,
+                    ablation: str) -> dict[str, Any]:
+    return {"source": {"kind": source.kind, "key": source.key}, "corpus": corpus.spec,
+            "collect": cfg.identity(), "ablation": ablation}
+
+
+def collect_features(source: FeatureSource, corpus: Corpus, cfg: CollectConfig | None = None,
+                     store: Store | None = None, checkpoint_dir: str | Path | None = None,
+                     progress: Callable[..., None] | None = None, ablation: str = "top",
+                     ablation_top: int = 64) -> Artifact:
+    """Collect, finalise and save a ``features`` artifact (module docstring)."""
+    cfg = cfg or CollectConfig()
+    store = store or Store()
+    col, timing = run_collection(source, corpus, cfg, checkpoint_dir, progress)
+    tensors, meta, files = finalize(col, source, cfg, corpus.label_names, ablation,
+                                    ablation_top, progress)
+    meta["timing"].update({"collect_seconds": timing["seconds"],
+                           "collect_tokens": timing["tokens"],
+                           "tokens_per_s": timing["tokens_per_s"]})
+    meta["source"] = source.describe()
+    meta["corpus"] = corpus.spec
+    models = {"source": source.describe()}
+    return store.save(KIND, artifact_config(source, corpus, cfg, ablation), tensors,
+                      provenance=provenance(models=models, seed=cfg.seed,
+                                            device=str(source.device)),
+                      meta=meta, files=files)
+
+
+# ------------------------------------------------------------------ the job
+def _store_of(name: str) -> Store:
+    from .source import source_stores
+
+    stores = source_stores()
+    if name == "demo":
+        from ..adapters.report import demo_store
+
+        return demo_store(read_only=False)
+    if name not in stores:
+        raise ConfigError(f"unknown store {name!r}; choose from {', '.join(stores)}")
+    return stores[name]
+
+
+def collect_job(spec: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """Job ``features.collect``. Spec: ``source`` (see
+    :func:`interp.features.source.load_source`), ``corpus`` (see
+    :func:`interp.features.corpus.build_corpus`), ``config`` (:class:`CollectConfig`
+    fields), ``ablation`` (``none`` | ``top`` | ``all``), ``ablation_top``, ``map``
+    (compute the feature map when the source has none: true (UMAP), ``"umap"``,
+    ``"pca"`` or false), ``device``,
+    ``store`` (``main`` | ``demo``: where the result goes). Checkpoints live in the
+    job's folder; submitting the same spec again resumes."""
+    known = {"source", "corpus", "config", "ablation", "ablation_top", "map", "device",
+             "store"}
+    unknown = set(spec) - known
+    if unknown:
+        raise ConfigError(f"unknown features.collect field(s): {', '.join(sorted(unknown))}")
+    store = _store_of(spec.get("store", "main"))
+    source, corpus, cfg = collect_corpus_source(spec, spec.get("device", "auto"))
+    total = [len(corpus)]
+
+    def progress(done: int, n: int, **info: Any) -> None:
+        if info.get("stage") == "ablation":
+            ctx.progress(total[0] + done, total[0] + n, message="ablation effects")
+        else:
+            ctx.progress(done, n, message="collecting", **info)
+
+    art = collect_features(source, corpus, cfg, store, ctx.dir / "checkpoint", progress,
+                           spec.get("ablation", "top"), int(spec.get("ablation_top", 64)))
+    out = {"key": art.key, "n_tokens": art.meta["n_tokens"],
+           "tokens_per_s": art.meta["timing"]["tokens_per_s"]}
+    method = spec.get("map", True)
+    if method:
+        from .featmap import ensure_map
+
+        m = ensure_map(source, store, "umap" if method is True else str(method))
+        out["map_key"] = m.key
+    return out
+
+
+def collect_corpus_source(spec: dict[str, Any], device: str = "auto"
+                          ) -> tuple[FeatureSource, Corpus, CollectConfig]:
+    """Source, corpus and settings of a job spec (CLI, bench)."""
+    cfg = CollectConfig.from_dict(spec.get("config"))
+    source = load_source(spec.get("source") or {"kind": "adapters", "store": "demo"}, device)
+    corpus = build_corpus(spec.get("corpus") or {"kind": "organism"}, source.tokenizer,
+                          cfg.max_len)
+    return source, corpus, cfg
