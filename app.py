@@ -37,6 +37,10 @@ DEMO_ALLOWS = {  # page title -> what the hosted demo allows there (one line)
     "Reasoning length": "the committed run, every tab; new runs and edits are off.",
     "Reasoning vectors": "task and control vectors of the organisms, traces at any α and "
                          "own generations ({limits}); the committed sweeps, no new ones.",
+    "Features": "the committed feature collection and map of the demo adapters; ablate or "
+                "clamp a feature in a short generation ({limits}); labels are not saved.",
+    "Hesitation graph": "attribution graphs of short organism prompts ({limits}); graphs "
+                        "are computed, never saved.",
 }
 DEMO_DEFAULT = ("the committed results and light computation on the organisms ({limits}); "
                 "no training, no other models.")

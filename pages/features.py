@@ -425,9 +425,9 @@ else:
                 if src is not None:
                     seqs = [tab.sequence(int(e["seq"]))[0].tolist()
                             for e in ex if e["kind"] == "top"][:8]
-                    res = ui.attempt(ablation_effects, src, [(layer, index)],
-                                     lambda _l, _i: seqs,
-                                     pad_id=src.tokenizer.pad_token_id or 0)
+                    res = ui.attempt_work("a feature's ablation effect", ablation_effects,
+                                          src, [(layer, index)], lambda _l, _i: seqs,
+                                          pad_id=src.tokenizer.pad_token_id or 0)
                     if res:
                         tok = tab.token
                         st.session_state[f"_abl_{tab.key}_{g}"] = {
@@ -448,7 +448,7 @@ else:
     if graphs:
         st.markdown("**In hesitation graphs**")
         for gr in graphs:
-            st.markdown(f"- [{gr['graph']}](./attribution?graph={gr['graph']}&pin={gr['pin']}) "
+            st.markdown(f"- [{gr['graph']}](./hesitation?graph={gr['graph']}&pin={gr['pin']}) "
                         f"· node `{gr['pin']}`")
 
     # ---- ablate / clamp in generation
@@ -464,16 +464,18 @@ else:
                                max_chars=ui.max_prompt_chars())
         clamp = ui.url_widget(c[1].number_input, "clamp value", "fclamp",
                               round(float(stats["max"]), 3), float, step=0.1)
-        max_new = ui.url_widget(c[2].number_input, "new tokens", "fmax", 48, int,
-                                min_value=1, max_value=256)
+        max_new = ui.url_widget(c[2].number_input, "new tokens", "fmax",
+                                ui.max_new_tokens(48), int, min_value=1,
+                                max_value=ui.max_new_tokens(256))
         gen_key = f"_gen_{tab.key}_{g}"
         if st.button("Generate side by side", key="fgen_go", icon=":material/play_arrow:"):
             from interp.features.steer import compare_generations
 
             src = ui.attempt(_source, json.dumps(_source_spec(tab, store_name)), device)
             if src is not None:
-                st.session_state[gen_key] = ui.attempt(
-                    compare_generations, src, prompt, layer, index, float(clamp), int(max_new))
+                st.session_state[gen_key] = ui.attempt_work(
+                    "generations", compare_generations, src, prompt, layer, index,
+                    float(clamp), int(max_new))
         res = st.session_state.get(gen_key)
         if res:
             cc = st.columns(3)

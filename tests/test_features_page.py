@@ -169,7 +169,7 @@ def test_map_click_and_box_select_in_chromium(tmp_cache, tmp_path):
         wait_rendered,
     )
     from interp.features.report import demo_features
-    from tests.test_browser import CHROMIUM, _shots
+    from tests._browser import CHROMIUM, screenshot_dir
 
     if not Path(CHROMIUM).exists():
         pytest.skip("Chromium not installed")
@@ -215,7 +215,7 @@ def test_map_click_and_box_select_in_chromium(tmp_cache, tmp_path):
             assert "Traceback" not in body
             page.set_viewport_size({"width": 1400, "height": 3000})
             wait_rendered(page, chart)
-            page.screenshot(path=str(_shots(tmp_path) / "features_page.png"))
+            page.screenshot(path=str(screenshot_dir() / "features_page.png"))
             b.close()
     finally:
         stop_app(proc)

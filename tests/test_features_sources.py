@@ -308,16 +308,20 @@ def test_card_html_escapes_and_graph_links(source, tmp_path):
     assert "&lt;b&gt;x&lt;/b&gt;" in h
     st = Store(tmp_path)
     assert graphs_with_feature("src", 1, 4, [st]) == []
+    ft = "cross layer transcoder"  # the graph files' feature nodes (interp.attribution)
     graph = {"metadata": {"prompt": "1 + 2"},
-             "nodes": [{"node_id": "1_4_7", "layer": 1, "feature": 4},
-                       {"node_id": "0_2_3", "layer": "0", "feature": "2"}]}
-    st.save("attribution_graphs", {"g": 1}, meta={"source_key": "src"},
+             "nodes": [{"node_id": "1_4_7", "layer": "1", "feature": 19, "feature_type": ft},
+                       {"node_id": "0_2_3", "layer": "0", "feature": 3, "feature_type": ft},
+                       {"node_id": "err_3_3", "layer": "3", "feature": -1,
+                        "feature_type": "mlp reconstruction error"}]}
+    st.save("attribution_graph", {"adapters": "src", "g": 1}, meta={"adapters_key": "src"},
             files={"graph.json": json.dumps(graph)})
-    st.save("attribution_graphs", {"g": 2}, meta={"source_key": "other"},
+    st.save("attribution_graph", {"adapters": "other", "g": 2},
             files={"graph.json": json.dumps(graph)})
     got = graphs_with_feature("src", 1, 4, [st])
     assert len(got) == 1 and got[0]["pin"] == "1_4_7"
     assert graphs_with_feature("src", 0, 2, [st])[0]["pin"] == "0_2_3"
+    assert graphs_with_feature("src", 0, 3, [st]) == []  # 3 is 0:2's pairing, not an index
     assert graphs_with_feature("src", 3, 3, [st]) == []
     corpus = texts_corpus(TEXTS, source.tokenizer)
     art = collect_features(source, corpus, CollectConfig(top_k=3, n_reservoir=4),

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from ..store import Store
 from .table import FeatureTable
 
-GRAPH_KIND = "attribution_graphs"
+GRAPH_KIND = "attribution_graph"  # interp.attribution.artifacts.KIND
 HIGHLIGHT = (255, 135, 0)  # the fine-tune's orange
 
 
@@ -37,7 +37,8 @@ def graphs_with_feature(source_key: str, layer: int, feature: int,
             continue
         for art in st.list(GRAPH_KIND):
             key = (art.meta.get("source_key") or art.meta.get("adapters_key")
-                   or art.config.get("source_key") or art.config.get("adapters_key"))
+                   or art.config.get("source_key") or art.config.get("adapters_key")
+                   or art.config.get("adapters"))
             if key != source_key or "graph.json" not in art.files:
                 continue
             try:
@@ -45,12 +46,12 @@ def graphs_with_feature(source_key: str, layer: int, feature: int,
             except (OSError, ValueError):
                 continue
             for node in g.get("nodes", []):
-                try:
-                    hit = int(node.get("layer")) == int(layer) and \
-                        int(node.get("feature")) == int(feature)
-                except (TypeError, ValueError):
+                # feature nodes are "{layer}_{feature}_{pos}" (their "feature" field is
+                # circuit-tracer's Cantor pairing of layer and index)
+                if node.get("feature_type") != "cross layer transcoder":
                     continue
-                if hit:
+                parts = str(node.get("node_id", "")).split("_")
+                if len(parts) == 3 and parts[0] == str(layer) and parts[1] == str(feature):
                     out.append({"graph": art.key, "pin": str(node.get("node_id")),
                                 "prompt": g.get("metadata", {}).get("prompt", "")})
                     break
