@@ -163,7 +163,10 @@ def reference_edges(graph, rep, hooked, tokens, fwd_hooks=(), skip_bos=True):
             mlp = model_for_mlp.blocks[li].mlp
             pre0, act0, up0 = kept_mlp_pieces(mlp, mlp_in[li][0])
             recon = recon + (act0 * up0) @ mlp.W_out
-        errors.append(clean[f"blocks.{li}.hook_mlp_out"][0] - recon)
+        err = clean[f"blocks.{li}.hook_mlp_out"][0] - recon
+        if skip_bos:
+            err[0] = 0  # the BOS position's MLP output is a constant (no node)
+        errors.append(err)
     embed = clean["blocks.0.hook_resid_pre"][0]
 
     def values(acts_, errors_, embed_):
@@ -262,9 +265,7 @@ def test_adapter_edges_equal_perturbations(pair64, explain):
     rec = record(true_model, toks, rep, fwd_hooks=hooks, dtype=DT)
     graph = attribute(rec, [LogitTarget(6, -1)])
     if explain == "adapter":  # errors: only the linearisation remainder (no MLP biases)
-        # and, at the BOS position, the features kept out of the graph
-        assert max(float(lr.error[1:].abs().max()) for lr in rec.layers) < 1e-9
-        assert max(float(lr.error[0].abs().max()) for lr in rec.layers) > 1e-3
+        assert max(float(lr.error.abs().max()) for lr in rec.layers) < 1e-9
     ref, base_vals = reference_edges(graph, rep, true_model, toks, hooks)
     assert_edges_match(graph, ref)
 
@@ -390,3 +391,112 @@ def test_node_table_order(tiny64):
     assert int((n.kind == TARGET).sum()) == 1
     # no features at the BOS position by default
     assert not bool(((n.kind == FEATURE) & (n.pos == 0)).any())
+
+
+# ---------------------------------------------------------------------- pruning, JSON
+def dense_prune_reference(A, w, n_feat_mask, err_mask, tok_mask, tgt_mask, nt, et):
+    """Pruning from its definitions on a dense matrix (an independent implementation)."""
+    def norm(a):
+        a = a.abs()
+        return a / a.sum(1, keepdim=True).clamp_min(1e-30)
+
+    def influence(nm):
+        x, tot = w @ nm, torch.zeros_like(w)
+        while bool((x != 0).any()):
+            tot = tot + x
+            x = x @ nm
+        return tot
+
+    def thresh(v, f):
+        v = torch.sort(v[v > 0], descending=True).values
+        c = torch.cumsum(v, 0) / v.sum()
+        return v[min(int(torch.searchsorted(c, f)), len(v) - 1)]
+
+    infl = influence(norm(A))
+    keep = infl >= thresh(infl, nt)
+    keep |= tok_mask | tgt_mask
+    P = A.clone()
+    P[~keep] = 0
+    P[:, ~keep] = 0
+    nP = norm(P)
+    sc = nP * (influence(nP) + w)[:, None]
+    em = (sc >= thresh(sc.flatten(), et)) & (P != 0)
+    nm = keep.clone()
+    while True:
+        old = nm.clone()
+        em &= nm[:, None] & nm[None, :]
+        nm &= ~(n_feat_mask | err_mask) | em.any(0)
+        nm &= ~n_feat_mask | em.any(1)
+        if bool((nm == old).all()):
+            break
+    em &= nm[:, None] & nm[None, :]
+    tok = infl[tok_mask].sum()
+    err = infl[err_mask].sum()
+    nA = norm(A)
+    non_err = 1 - nA[:, err_mask].sum(1)
+    has = A.abs().sum(1) > 0
+    non_err = torch.where(has, non_err, torch.ones_like(non_err))
+    comp = (non_err * (infl + w)).sum() / (infl + w).sum()
+    return nm, em, float(tok / (tok + err)), float(comp)
+
+
+@pytest.mark.parametrize("nt,et", [(0.8, 0.98), (0.5, 0.9), (1.0, 1.0)])
+def test_prune_matches_dense_definition(tiny64, nt, et):
+    from interp.attribution.prune import prune
+
+    h = tiny64.hooked
+    rep = Replacement(random_transcoders(h.cfg), keep_mlp=False)
+    rec = record(tiny64, prompt(), rep, dtype=DT)
+    g = attribute(rec, [LogitTarget(7, -1), LogitTarget(9, -1)], weights=[0.7, 0.3])
+    A = g.edges.dense(len(g.nodes)).float()
+    w = torch.zeros(len(g.nodes))
+    w[g.target_ids()] = g.target_weights.float()
+    k = g.nodes.kind
+    nm, em, rep_s, comp_s = dense_prune_reference(
+        A, w, k == FEATURE, k == ERROR, k == TOKEN, k == TARGET, nt, et)
+    p = prune(g, nt, et)
+    assert p.nodes.tolist() == nm.nonzero().flatten().tolist()
+    mine = {(t, s) for t, s in zip(p.edge_targets.tolist(), p.edge_sources.tolist())}
+    ref = {tuple(x) for x in em.nonzero().tolist()}
+    assert mine == ref
+    for t, s, wt in zip(p.edge_targets.tolist(), p.edge_sources.tolist(),
+                        p.edge_weights.tolist()):
+        assert wt == pytest.approx(float(A[t, s]), rel=1e-5, abs=1e-7)
+    assert p.scores["replacement"] == pytest.approx(rep_s, rel=1e-4)
+    assert p.scores["completeness"] == pytest.approx(comp_s, rel=1e-4)
+    assert 0 < p.scores["replacement"] < 1
+    assert p.scores["completeness_pruned"] <= 1.0 + 1e-6
+
+
+def test_graph_json_schema_and_labels(tiny64):
+    import json
+
+    from interp.attribution.graph_json import to_json, validate
+    from interp.attribution.prune import prune
+
+    h = tiny64.hooked
+    rep = Replacement(random_transcoders(h.cfg), keep_mlp=False)
+    toks = prompt()
+    rec = record(tiny64, toks, rep, dtype=DT)
+    g = attribute(rec, [LogitTarget(7, -1)])
+    p = prune(g)
+    f0 = next(i for i in p.nodes.tolist() if g.node_key(i)[0] == FEATURE)
+    _, lay, pos, feat = g.node_key(f0)
+    doc = to_json(g, p, slug="t", prompt_tokens=[str(t) for t in toks.tolist()],
+                  vocab_size=h.cfg.d_vocab, labels={(lay, feat): "my label"},
+                  supernodes=[["group", f"{lay}_{feat}_{pos}"]])
+    doc = json.loads(json.dumps(doc))  # plain JSON types survive a round trip
+    assert validate(doc) == []
+    by_id = {n["node_id"]: n for n in doc["nodes"]}
+    assert by_id[f"{lay}_{feat}_{pos}"]["clerp"] == "my label"
+    assert by_id[f"{lay}_{feat}_{pos}"]["feature"] == (lay + feat) * (lay + feat + 1) // 2 + feat
+    tgt = [n for n in doc["nodes"] if n["feature_type"] == "logit"]
+    assert len(tgt) == 1 and tgt[0]["is_target_logit"] and tgt[0]["feature"] == 7
+    assert len(doc["links"]) == p.n_edges()
+    assert doc["metadata"]["schema_version"] == 1
+    # a broken document is reported
+    bad = json.loads(json.dumps(doc))
+    bad["nodes"][0]["ctx_idx"] = "3"
+    bad["links"].append({"source": "nope", "target": doc["nodes"][0]["node_id"], "weight": 1.0})
+    errs = validate(bad)
+    assert any("ctx_idx" in e for e in errs) and any("not in the file" in e for e in errs)

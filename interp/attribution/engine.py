@@ -32,8 +32,6 @@ from .graph import ERROR, FEATURE, TARGET, TOKEN, EdgeRows, Graph, Nodes
 from .record import Recording
 from .targets import DirectionTarget, LogitTarget, Target, describe
 
-GATHER_BYTES = 128 << 20  # working memory of one feature-edge gather
-
 
 @dataclass
 class _Inject:
@@ -153,10 +151,22 @@ class Attributor:
         self.tok_col = self.cols.tok_col.to(dev)
         self.err_col = self.cols.err_col.to(dev)
         self.feat_cols = [c.to(dev) for c in self.cols.feat_cols]
-        self.writes = []
+        # each layer's feature writes (activation · decoder row), padded per position:
+        # writes[l] [P, k_max, d]; slot[l] [n_l] = flat index (pos * k_max + j) of each
+        self.writes, self.slot = [], []
+        P = rec.n_pos
         for li, lr in enumerate(rec.layers):
-            W_dec = rec.replacement.layers[li].W_dec.to(rec.embed.device, rec.embed.dtype)
-            self.writes.append(lr.feat_act[:, None] * W_dec[lr.feat_idx])
+            W_dec = rec.replacement.layers[li].W_dec.to(dev, rec.embed.dtype)
+            w = lr.feat_act[:, None] * W_dec[lr.feat_idx]
+            counts = torch.bincount(lr.feat_pos, minlength=P)
+            kmax = max(1, int(counts.max())) if counts.numel() else 1
+            start = torch.cumsum(counts, 0) - counts
+            j = torch.arange(lr.feat_pos.numel(), device=dev) - start[lr.feat_pos]
+            slot = lr.feat_pos * kmax + j
+            pad = torch.zeros(P * kmax, rec.d_model, dtype=rec.embed.dtype, device=dev)
+            pad[slot] = w
+            self.writes.append(pad.reshape(P, kmax, rec.d_model))
+            self.slot.append(slot)
 
     # ------------------------------------------------------------------ injections
     def feature_injections(self, layer: int, local: torch.Tensor, nodes: torch.Tensor
@@ -198,8 +208,8 @@ class Attributor:
         n = int(pos.max()) + 1
         m = int(cols.prefix_end[n - 1])
         out = torch.zeros(B, m, dtype=dt, device=dev)
-        g = torch.zeros(B, n, rec.d_model, dtype=dt, device=dev)
-        g[torch.arange(B), pos.to(dev)] = vec
+        g = torch.zeros(n, B, rec.d_model, dtype=dt, device=dev)  # positions first
+        g[pos.to(dev), torch.arange(B)] = vec
         rows_at = pos.to(dev)
         kind, j = site
         if kind == "R":
@@ -213,7 +223,7 @@ class Attributor:
             lr = rec.layers[layer]
             if at_post and lr.mlp is not None:
                 h = g if lr.ln2_post is None else lr.ln2_post.truncate(n).apply_T(g)
-                g = g + lr.ln2.truncate(n).apply_T(lr.mlp.apply_T(h, n))
+                g = g + lr.ln2.truncate(n).apply_T(lr.mlp.apply_T(h))
             ga = g if lr.ln1_post is None else lr.ln1_post.truncate(n).apply_T(g)
             g = g + lr.ln1.truncate(n).apply_T(lr.attn.apply_T(ga, rows_at))
             rows_at = None
@@ -227,22 +237,19 @@ class Attributor:
         ``j - 1``; tokens when ``j == 0``)."""
         rec = self.rec
         if j == 0:
-            out[:, self.tok_col[:n]] = (g * rec.embed[:n]).sum(-1)
+            out[:, self.tok_col[:n]] = torch.einsum("nbd,nd->bn", g, rec.embed[:n])
             return
         li = j - 1
         lr = rec.layers[li]
-        out[:, self.err_col[li, :n]] = (g * lr.error[:n]).sum(-1)
+        out[:, self.err_col[li, :n]] = torch.einsum("nbd,nd->bn", g, lr.error[:n])
         k = int(torch.searchsorted(lr.feat_pos, torch.tensor(n, device=lr.feat_pos.device)))
         if k == 0:
             return
-        W = self.writes[li][:k]
-        fpos = lr.feat_pos[:k]
-        fcols = self.feat_cols[li][:k]
-        B, d = g.shape[0], g.shape[2]
-        chunk = max(1, GATHER_BYTES // max(1, B * d * g.element_size()))
-        for s in range(0, k, chunk):
-            e = min(k, s + chunk)
-            out[:, fcols[s:e]] = torch.einsum("bkd,kd->bk", g[:, fpos[s:e]], W[s:e])
+        # one product per position: [n, B, d] x [n, d, k_max] -> [n, B, k_max]
+        W = self.writes[li][:n]
+        e = torch.bmm(g, W.transpose(1, 2))  # [n, B, k_max]
+        e = e.transpose(0, 1).reshape(g.shape[1], -1)  # [B, n * k_max]
+        out[:, self.feat_cols[li][:k]] = e[:, self.slot[li][:k]]
 
 
 def attribute(rec: Recording, targets: Sequence[Target] | None = None, *,

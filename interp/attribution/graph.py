@@ -117,7 +117,7 @@ class EdgeRows:
             xr = x[r]
             if not bool((xr != 0).any()):
                 continue
-            a = v.abs()
+            a = v.abs().to(x.dtype)
             if normalise:
                 s = a.sum(1)
                 xr = torch.where(s > 0, xr / s.clamp_min(1e-30), torch.zeros_like(xr))

@@ -47,18 +47,19 @@ class FrozenNorm:
     w: torch.Tensor | None
     center: bool
 
+    def _s(self, x: torch.Tensor) -> torch.Tensor:
+        return self.s.reshape(-1, *([1] * (x.dim() - 1)))
+
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """``[..., P, d] -> [..., P, d]`` (the linear part, no bias)."""
+        """``[P, ..., d] -> [P, ..., d]`` (the linear part, no bias; positions first)."""
         if self.center:
             x = x - x.mean(-1, keepdim=True)
-        y = x / self.s[:, None]
+        y = x / self._s(x)
         return y * self.w if self.w is not None else y
 
     def apply_T(self, g: torch.Tensor) -> torch.Tensor:
-        """Transpose: ``[..., P, d] -> [..., P, d]``."""
-        if self.w is not None:
-            g = g * self.w
-        g = g / self.s[:, None]
+        """Transpose: ``[P, ..., d] -> [P, ..., d]``."""
+        g = g * (self.w / self._s(g)) if self.w is not None else g / self._s(g)
         if self.center:
             g = g - g.mean(-1, keepdim=True)
         return g
@@ -119,21 +120,21 @@ class LinearMLP:
                                  torch.full_like(pre, 0.5))
 
     def apply(self, dx: torch.Tensor) -> torch.Tensor:
-        """``J~ dx``: ``[..., P, d] -> [..., P, d]``."""
+        """``J~ dx``: ``[P, d] -> [P, d]``."""
         if self.gated:
             h = 0.5 * self.ratio * (dx @ self.W_gate) * self.up + 0.5 * self.act * (dx @ self.W_in)
         else:
             h = self.ratio * (dx @ self.W_in)
         return h @ self.W_out
 
-    def apply_T(self, g: torch.Tensor, n: int | None = None) -> torch.Tensor:
-        """``J~^T g`` for ``g [B, n, d]`` (the first ``n`` positions)."""
-        n = g.shape[-2] if n is None else n
-        h = g @ self.W_out.T
+    def apply_T(self, g: torch.Tensor) -> torch.Tensor:
+        """``J~^T g`` for ``g [n, B, d]`` (the first ``n`` positions, positions first)."""
+        n = g.shape[0]
+        h = g @ self.W_out.T  # [n, B, d_mlp]
         if self.gated:
-            return (0.5 * h * (self.ratio[:n] * self.up[:n])) @ self.W_gate.T + \
-                (0.5 * h * self.act[:n]) @ self.W_in.T
-        return (h * self.ratio[:n]) @ self.W_in.T
+            return (0.5 * h * (self.ratio[:n] * self.up[:n])[:, None]) @ self.W_gate.T + \
+                (0.5 * h * self.act[:n, None]) @ self.W_in.T
+        return (h * self.ratio[:n, None]) @ self.W_in.T
 
 
 # ---------------------------------------------------------------------- attention
@@ -183,43 +184,53 @@ class LinearAttention:
         return max(1, min(n, PATTERN_BLOCK_BYTES // max(1, 4 * self.n_heads * n)))
 
     def apply(self, v_in: torch.Tensor) -> torch.Tensor:
-        """Forward map from the value input (the normed residual, ``[..., P, d]``) to
-        the attention output ``[..., P, d]``."""
-        n = v_in.shape[-2]
-        v = torch.einsum("...pd,hde->...hpe", v_in, self.W_V)  # [..., H, P, dh]
-        z = torch.zeros_like(v)
-        blk = self._block_rows(n)
-        for i0 in range(0, n, blk):
-            i1 = min(n, i0 + blk)
-            a = self.pattern(i0, i1)  # [H, rows, i1]
-            z[..., i0:i1, :] = torch.einsum("hqk,...hke->...hqe", a, v[..., :i1, :])
-        return torch.einsum("...hpe,hed->...pd", z, self.W_O)
+        """Forward map from the value input (the normed residual, ``[P, d]``) to the
+        attention output ``[P, d]``."""
+        n = v_in.shape[0]
+        out = torch.zeros_like(v_in)
+        for h in range(self.n_heads):
+            v = v_in @ self.W_V[h]  # [P, dh]
+            z = torch.zeros_like(v)
+            blk = self._block_rows(n)
+            for i0 in range(0, n, blk):
+                i1 = min(n, i0 + blk)
+                z[i0:i1] = self.pattern(i0, i1)[h] @ v[:i1]
+            out = out + z @ self.W_O[h]
+        return out
 
     def apply_T(self, g: torch.Tensor, rows_at: torch.Tensor | None = None) -> torch.Tensor:
-        """Transpose: gradient at the attention output ``g [B, n, d]`` -> gradient at the
-        value input ``[B, n, d]``.
+        """Transpose: gradient at the attention output ``g [n, B, d]`` (positions first)
+        -> gradient at the value input ``[n, B, d]``.
 
-        ``rows_at [B]``: when every row's gradient sits at one position (``g[b]`` is
+        ``rows_at [B]``: when every row's gradient sits at one position (``g[:, b]`` is
         zero elsewhere, as right above a target), only those pattern rows are used.
+        Otherwise each head costs three matrix products and no copies: ``g W_O[h]^T``,
+        ``A_h^T ·`` (in causal blocks of query rows) and ``· W_V[h]^T``.
         """
-        B, n, d = g.shape
+        n, B, d = g.shape
         if rows_at is not None:
-            gz = torch.einsum("bd,hed->bhe", g[torch.arange(B), rows_at], self.W_O)
-            out = torch.zeros(B, n, d, dtype=g.dtype, device=g.device)
-            for p in torch.unique(rows_at).tolist():
-                sel = (rows_at == p).nonzero().flatten()
-                a = self.pattern(p, p + 1)[:, 0, :]  # [H, p + 1]
-                gv = torch.einsum("hk,bhe->bhke", a, gz[sel])  # [b, H, p + 1, dh]
-                out[sel, : p + 1] = torch.einsum("bhke,hde->bkd", gv, self.W_V)
-            return out
+            g1 = g[rows_at, torch.arange(B, device=g.device)]  # [B, d]
+            # u[b, h] = (g1[b] W_O[h]^T) W_V[h]^T   [B, H, d]
+            u = torch.einsum("bd,hed,hfe->bhf", g1, self.W_O, self.W_V)
+            lo = int(rows_at.min())
+            a = self.pattern(lo, n)[:, rows_at - lo]  # [H, B, n] (one row per target)
+            return torch.einsum("hbk,bhd->kbd", a, u)
         H, dh = self.n_heads, self.W_O.shape[1]
-        # gz laid out [H, n, B * dh]: one matmul per head and block of query rows
-        gz = torch.einsum("bpd,hed->hpbe", g, self.W_O).reshape(H, n, B * dh)
-        gv = torch.zeros(H, n, B * dh, dtype=g.dtype, device=g.device)
-        blk = self._block_rows(n)
-        for i0 in range(0, n, blk):
-            i1 = min(n, i0 + blk)
+        g2 = g.reshape(n * B, d)
+        gz = [(g2 @ self.W_O[h].T).reshape(n, B * dh) for h in range(H)]
+        gv = [None] * H
+        blk = min(self._block_rows(n), max(64, n // 4))
+        for i1 in range(n, 0, -blk):  # causal: rows i0:i1 reach keys 0:i1 only
+            i0 = max(0, i1 - blk)
             a = self.pattern(i0, i1)  # [H, rows, i1]
-            gv[:, :i1] += torch.bmm(a.transpose(1, 2), gz[:, i0:i1])
-        gv = gv.reshape(H, n, B, dh)
-        return torch.einsum("hpbe,hde->bpd", gv, self.W_V)
+            for h in range(H):
+                part = a[h].T @ gz[h][i0:i1]  # [i1, B dh]
+                if gv[h] is None:
+                    gv[h] = part
+                else:
+                    gv[h][:i1] += part
+        del gz
+        out = gv[0].reshape(n * B, dh) @ self.W_V[0].T
+        for h in range(1, H):
+            out.addmm_(gv[h].reshape(n * B, dh), self.W_V[h].T)
+        return out.reshape(n, B, d)

@@ -9,9 +9,10 @@ features (positions, indices, activations) and the error vectors. Nothing of siz
 
 Conventions: ``tokens [P]`` of one prompt; ``embed [P, d]`` is
 ``blocks.0.hook_resid_pre`` (token + position embedding: the token nodes' vectors);
-features at position 0 are kept out of the graph when ``skip_bos`` (their writes go
-to the position's error node instead: a BOS position is an attention sink whose
-activations dictionaries model badly).
+position 0 holds no feature nodes when ``skip_bos`` (the default), and its error
+vector is zero: with causal attention the BOS position computes the same thing for
+every prompt, so its MLP output is a constant like a bias (circuit-tracer's convention;
+BOS is an attention sink whose activations dictionaries model badly anyway).
 """
 
 from __future__ import annotations
@@ -202,6 +203,8 @@ def record(model: Any, tokens: torch.Tensor | Sequence[int], replacement: Replac
                 lin = ln2_post.apply(lin)
             recon = recon + lin
         error = cache[b + "hook_mlp_out"].to(dtype) - recon
+        if skip_bos:
+            error[0] = 0.0
         layers.append(LayerRecord(attn, ln1, ln1_post, ln2, kept_mlp, ln2_post,
                                   pos, idx, acts[pos, idx], error, fl.site))
     W_U = hooked.W_U.detach().to(dtype)
