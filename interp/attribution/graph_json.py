@@ -10,8 +10,7 @@ targets ``"{n_layers + 1}_{token id}_{pos}"`` (direction targets get a virtual i
 ``vocab_size + i``); error nodes are ``"err_{layer}_{pos}"`` (circuit-tracer's
 ``"0_{layer}_{pos}"`` can equal a layer-0 feature's id, and links name nodes by id).
 ``clerp`` carries a feature's label where one is known. Only a pruned graph is written:
-the page and the file get
-the visible subgraph, never the full adjacency.
+the page and the file get the visible subgraph, never the full adjacency.
 """
 
 from __future__ import annotations
