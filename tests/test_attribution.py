@@ -83,9 +83,11 @@ def kept_mlp_pieces(mlp, x0):
 
 
 def frozen_run(rep: Replacement, model_for_mlp, hooked, tokens, clean, mlp_in, acts,
-               errors, embed):
+               errors, embed, live=None, zero=None):
     """Run the frozen linear model with the given sources; returns (pre-activations per
-    layer ``[P, n]``, logits ``[P, V]``)."""
+    layer ``[P, n]``, logits ``[P, V]``). With ``live`` (per layer, a 0/1 mask of the
+    active features) the features are not given but respond to their inputs (``a = pre``
+    where active), except ``zero = (layer, pos, feature)``, held at 0."""
     run_model = model_for_mlp if rep.keep_mlp else hooked
     cur: dict[str, torch.Tensor] = {}
     site_vals: dict[int, torch.Tensor] = {}
@@ -119,7 +121,13 @@ def frozen_run(rep: Replacement, model_for_mlp, hooked, tokens, clean, mlp_in, a
 
         def mlp_out(a, hook, _l=li, _fl=fl):
             kept = (a - model_for_mlp.blocks[_l].mlp.b_out) if rep.keep_mlp else 0.0
-            return kept + (acts[_l] @ _fl.W_dec + _fl.b_dec + errors[_l])[None]
+            f = acts[_l]
+            if live is not None:
+                f = _fl.pre(site_vals[_l]) * live[_l]
+                if zero is not None and zero[0] == _l:
+                    f = f.clone()
+                    f[zero[1], zero[2]] = 0
+            return kept + (f @ _fl.W_dec + _fl.b_dec + errors[_l])[None]
         hooks.append((b + "hook_mlp_out", mlp_out))
     handles = []
     for li, fl in enumerate(rep.layers):
@@ -500,3 +508,41 @@ def test_graph_json_schema_and_labels(tiny64):
     bad["links"].append({"source": "nope", "target": doc["nodes"][0]["node_id"], "weight": 1.0})
     errs = validate(bad)
     assert any("ctx_idx" in e for e in errs) and any("not in the file" in e for e in errs)
+
+
+def test_total_effect_equals_removal_with_live_features(tiny64):
+    """``Graph.total_effect``: removing a source with every downstream active feature
+    responding (linearly) changes the target by exactly that source's total effect."""
+    h = tiny64.hooked
+    rep = Replacement(random_transcoders(h.cfg, seed=4), keep_mlp=False)
+    toks = prompt(8, seed=2)
+    rec = record(tiny64, toks, rep, dtype=DT)
+    g = attribute(rec, [LogitTarget(7, -1)])
+    t = int(g.target_ids()[0])
+    eff = g.total_effect(t)
+    clean, mlp_in = clean_run(h, toks)
+    live, acts, errors = [], [], []
+    for li, fl in enumerate(rep.layers):
+        lr = rec.layers[li]
+        m = torch.zeros(toks.numel(), fl.n_features, dtype=DT)
+        m[lr.feat_pos, lr.feat_idx] = 1
+        live.append(m)
+        acts.append(None)
+        errors.append(lr.error)
+    embed = rec.embed
+
+    def target_value(zero=None):
+        _, lg = frozen_run(rep, h, h, toks, clean, mlp_in, acts, errors, embed, live, zero)
+        return lg[-1, 7] - lg[-1].mean()
+
+    base = target_value()
+    feats = [i for i in range(g.nodes.n_sources) if g.node_key(i)[0] == FEATURE]
+    assert len(feats) > 20
+    for s in feats[:: max(1, len(feats) // 12)]:
+        _, layer, pos, f = g.node_key(s)
+        want = float(base - target_value((layer, pos, f)))
+        assert float(eff[s]) == pytest.approx(want, rel=1e-6, abs=1e-8)
+    # a layer-0 feature reaches the logit through later features too: total != direct
+    row = g.edges.row(t)
+    l0 = [s for s in feats if g.node_key(s)[1] == 0 and abs(float(eff[s])) > 1e-3]
+    assert any(abs(float(eff[s]) - float(row[s])) > 1e-4 for s in l0)

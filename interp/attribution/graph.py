@@ -109,15 +109,17 @@ class EdgeRows:
         for _, v in self.blocks:
             v[:, ~keep[: v.shape[1]]] = 0.0
 
-    def propagate(self, x: torch.Tensor, normalise: bool = True) -> torch.Tensor:
+    def propagate(self, x: torch.Tensor, normalise: bool = True, signed: bool = False
+                  ) -> torch.Tensor:
         """``y[c] = sum_r x[r] · Â[r, c]`` with ``Â = |A|`` (row-normalised when
-        ``normalise``): one step of influence flowing from targets back to sources."""
+        ``normalise``; ``signed``: ``A`` itself): one step flowing from targets back to
+        sources."""
         y = torch.zeros_like(x)
         for r, v in self.blocks:
             xr = x[r]
             if not bool((xr != 0).any()):
                 continue
-            a = v.abs().to(x.dtype)
+            a = v.to(x.dtype) if signed else v.abs().to(x.dtype)
             if normalise:
                 s = a.sum(1)
                 xr = torch.where(s > 0, xr / s.clamp_min(1e-30), torch.zeros_like(xr))
@@ -159,6 +161,27 @@ class Graph:
 
     def edge(self, target: int, source: int) -> float:
         return float(self.edges.row(target)[source]) if source < self.edges.n_cols else 0.0
+
+    def total_effect(self, target: int) -> torch.Tensor:
+        """Signed total effect of every node on node ``target`` in the linear model where
+        the active features respond to their inputs: ``E[s] = a_s · dT/da_s`` summed
+        over all paths (``E[s] = A[T, s] + sum_u A[T, u] / a_u · E_u[s]``). Direct edges are
+        the one-step part; ``E[s]`` is what removing ``s`` changes ``T`` by."""
+        n = self.nodes
+        x = torch.zeros(len(n), dtype=torch.float64)
+        x[target] = 1.0
+        act = n.activation.double()
+        is_feat = n.kind == FEATURE
+        scale = torch.where(is_feat & (act != 0), 1.0 / act.where(act != 0, torch.ones_like(act)),
+                            torch.zeros_like(act))
+        total = torch.zeros_like(x)
+        for _ in range(self.n_layers + 3):
+            y = self.edges.propagate(x, normalise=False, signed=True)
+            if not bool((y != 0).any()):
+                break
+            total += y
+            x = y * scale
+        return total
 
     def influence(self, max_steps: int | None = None) -> torch.Tensor:
         """Each node's influence on the targets: ``I = sum_{k>=1} w Â^k`` with ``w`` the
