@@ -24,7 +24,7 @@ of size ``N x N`` is ever built: influence is a sequence of products with these 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -113,17 +113,17 @@ class EdgeRows:
                   ) -> torch.Tensor:
         """``y[c] = sum_r x[r] · Â[r, c]`` with ``Â = |A|`` (row-normalised when
         ``normalise``; ``signed``: ``A`` itself): one step flowing from targets back to
-        sources."""
+        sources. ``x`` is ``[N]`` or a stack ``[k, N]``."""
         y = torch.zeros_like(x)
         for r, v in self.blocks:
-            xr = x[r]
+            xr = x[..., r]
             if not bool((xr != 0).any()):
                 continue
             a = v.to(x.dtype) if signed else v.abs().to(x.dtype)
             if normalise:
                 s = a.sum(1)
                 xr = torch.where(s > 0, xr / s.clamp_min(1e-30), torch.zeros_like(xr))
-            y[: v.shape[1]] += xr @ a
+            y[..., : v.shape[1]] += xr @ a
         return y
 
 
@@ -162,14 +162,17 @@ class Graph:
     def edge(self, target: int, source: int) -> float:
         return float(self.edges.row(target)[source]) if source < self.edges.n_cols else 0.0
 
-    def total_effect(self, target: int) -> torch.Tensor:
+    def total_effect(self, target: int | Sequence[int]) -> torch.Tensor:
         """Signed total effect of every node on node ``target`` in the linear model where
         the active features respond to their inputs: ``E[s] = a_s · dT/da_s`` summed
         over all paths (``E[s] = A[T, s] + sum_u A[T, u] / a_u · E_u[s]``). Direct edges are
-        the one-step part; ``E[s]`` is what removing ``s`` changes ``T`` by."""
+        the one-step part; ``E[s]`` is what removing ``s`` changes ``T`` by. Several
+        targets give a stack ``[k, N]``."""
         n = self.nodes
-        x = torch.zeros(len(n), dtype=torch.float64)
-        x[target] = 1.0
+        many = not isinstance(target, int)
+        tgt = list(target) if many else [target]
+        x = torch.zeros(len(tgt), len(n), dtype=torch.float64)
+        x[torch.arange(len(tgt)), torch.tensor(tgt, dtype=torch.long)] = 1.0
         act = n.activation.double()
         is_feat = n.kind == FEATURE
         scale = torch.where(is_feat & (act != 0), 1.0 / act.where(act != 0, torch.ones_like(act)),
@@ -181,7 +184,7 @@ class Graph:
                 break
             total += y
             x = y * scale
-        return total
+        return total if many else total[0]
 
     def influence(self, max_steps: int | None = None) -> torch.Tensor:
         """Each node's influence on the targets: ``I = sum_{k>=1} w Â^k`` with ``w`` the
