@@ -1,0 +1,1 @@
+"""Attribution graphs over per-layer transcoder features (circuit-tracer conventions)."""
