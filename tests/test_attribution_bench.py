@@ -287,7 +287,7 @@ def test_circuit_tracer_graph_matches_frozen_interventions(setup_dir):
             want = float(w_enc @ (xs[tl, tp] - x0[tl, tp]))
             assert abs(float(d["feature_to_feature"][ti, si]) - want) < 1e-4
         # the token at the target's own position
-        xs, _ = run({("hook_embed", tp): model.W_E[ids[tp]]})
+        xs, _ = run({("hook_embed", tp): model.W_E[ids[tp]].detach()})
         want = float(w_enc @ (xs[tl, tp] - x0[tl, tp]))
         assert abs(float(d["token_to_feature"][ti, tp]) - want) < 1e-4
         # a later source has no edge
