@@ -70,3 +70,7 @@ class ChromiumMissingError(ExportError):
 
 class ConfigError(InterpError):
     """A configuration value is out of range or inconsistent."""
+
+
+class BaselineError(InterpError):
+    """An external baseline (e.g. circuit-tracer in its own virtual environment) failed."""
