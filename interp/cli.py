@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import sys
+import traceback
 from typing import Any, Callable
 
 from .errors import InterpError
@@ -94,14 +95,54 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every failure ends as one ``error: ...`` line on stderr and a
+    non-zero exit: a typed error's own message, a file-system error (full disk,
+    read-only cache) as a StorageError, anything unexpected with its type (``-v`` adds
+    the traceback)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
+        _check_common_options(args)
         return int(args.func(args) or 0)
     except InterpError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        from .store import storage_error
+
+        if args.verbose:
+            traceback.print_exc()
+        print(f"error: {storage_error(e, 'running the command')}", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - never a traceback for a user
+        if args.verbose:
+            traceback.print_exc()
+        print(f"error: unexpected {type(e).__name__}: {_one_line(e)} (rerun with -v for the "
+              "traceback)", file=sys.stderr)
+        return 1
+
+
+def _check_common_options(args: argparse.Namespace) -> None:
+    """Options many commands share, checked before any work starts: ``--device`` (a known
+    name, present on this machine) and ``--dtype``."""
+    from .models import pick_device, pick_dtype
+
+    device = getattr(args, "device", None)
+    if isinstance(device, str) and device:
+        dev = pick_device(device)
+        dtype = getattr(args, "dtype", None)
+        if isinstance(dtype, str) and dtype:
+            pick_dtype(dev, dtype)
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of ``e``; a multi-line message (e.g. a PairMismatchError listing
+    differences) keeps its lines, anything else is cut to its first line."""
+    text = str(e).strip()
+    if "\n  - " in text:
+        return text
+    return text.splitlines()[0] if text else type(e).__name__

@@ -44,6 +44,11 @@ class ArtifactNotFoundError(ArtifactError):
     """No complete artifact exists under the requested key."""
 
 
+class ArtifactCorruptError(ArtifactError):
+    """An artifact folder exists but cannot be read as saved (unreadable metadata, a
+    truncated or missing file): not the same as missing; rebuilding would replace it."""
+
+
 class StorageError(InterpError):
     """Writing to the artifact store failed (for example, the disk is full)."""
 
@@ -54,6 +59,15 @@ class TrainingError(InterpError):
 
 class NaNLossError(TrainingError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class DivergedError(TrainingError):
+    """The loss grew far above its starting value; the run is not saved as a result."""
+
+
+class NonFiniteError(InterpError):
+    """Values that must be finite (weights, a scale α) hold NaN or infinity; nothing
+    was saved or applied."""
 
 
 class JobError(InterpError):

@@ -92,6 +92,38 @@ def encode_prompts(model, prompts: Sequence[str] | Sequence[Sequence[int]],
     return out
 
 
+def context_size(model) -> int | None:
+    """The model's context length in tokens (positions it can embed), if it has one."""
+    cfg = getattr(_hooked(model), "cfg", None)
+    n = getattr(cfg, "n_ctx", None)
+    return int(n) if n else None
+
+
+def check_tokens(model, seqs: Sequence[Sequence[int]], extra: int = 0,
+                 what: str = "prompt") -> None:
+    """Raise PromptError (one line) when a token sequence plus ``extra`` more positions
+    does not fit the model's context, or holds ids outside its vocabulary; the model
+    would otherwise fail deep inside with an IndexError."""
+    n_ctx = context_size(model)
+    cfg = getattr(_hooked(model), "cfg", None)
+    vocab = getattr(cfg, "d_vocab", None)
+    for i, ids in enumerate(seqs):
+        n = len(ids)
+        if n_ctx is not None and n + extra > n_ctx:
+            label = f"{what} {i}" if len(seqs) > 1 else what
+            if extra:
+                raise PromptError(
+                    f"{label} has {n} tokens; with {extra + 1} new tokens it needs "
+                    f"{n + extra} positions, more than the model's context of {n_ctx}: "
+                    "shorten it or ask for fewer new tokens")
+            raise PromptError(f"{label} has {n} tokens, more than the model's context of "
+                              f"{n_ctx} tokens: shorten it")
+        if vocab is not None and ids and (min(ids) < 0 or max(ids) >= vocab):
+            bad = next(t for t in ids if t < 0 or t >= vocab)
+            raise PromptError(f"{what} {i} holds token id {bad}, outside the model's "
+                              f"vocabulary of {vocab} tokens")
+
+
 def encode_user_prompt(tokenizer, prompt: str, chat: bool = False,
                        max_chars: int | None = None, max_new_tokens: int = 0,
                        n_ctx: int | None = None) -> list[int]:
@@ -130,7 +162,11 @@ def left_pad(batch: Sequence[Sequence[int]], pad_id: int,
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
                 generator: torch.Generator | None) -> torch.Tensor:
-    """Greedy when ``temperature == 0``; else temperature + nucleus (top-p) sampling."""
+    """Greedy when ``temperature == 0``; else temperature + nucleus (top-p) sampling:
+    ``p = softmax(logits / temperature)``, then only the smallest set of most probable
+    tokens whose mass reaches ``top_p`` is kept (tokens sorted by ``p``; a token is kept
+    when the mass of the tokens before it is ``< top_p``, so the top token always is),
+    renormalised, and one token drawn from it."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -162,10 +198,20 @@ def generate(
 
     Sampling is seeded per chunk from ``seed``, so a run is reproducible for a given
     batch size. ``progress(done_prompts, total_prompts)`` is called after each chunk.
+    Raises PromptError when a prompt plus ``max_new_tokens`` does not fit the model's
+    context (the last new token is never fed back, so ``len(prompt) + max_new_tokens - 1``
+    positions are needed), ConfigError for impossible sampling settings.
     """
+    from .validate import number
+
+    max_new_tokens = number(max_new_tokens, "max_new_tokens", lo=1, integer=True)
+    temperature = number(temperature, "temperature", lo=0)
+    top_p = number(top_p, "top_p", lo=0, hi=1, lo_open=True)
+    batch_size = number(batch_size, "batch_size", lo=1, integer=True)
     hooked = _hooked(model)
     tok = _tokenizer(model)
     ids = encode_prompts(model, prompts, max_prompt_tokens)
+    check_tokens(model, ids, max_new_tokens - 1)
     device = next(hooked.parameters()).device
     pad_id = tok.pad_token_id if tok is not None and tok.pad_token_id is not None else 0
     stops = set(stop_token_ids or [])

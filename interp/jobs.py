@@ -11,10 +11,23 @@ ETA, latest metrics, error, result; replaced atomically), ``progress.jsonl`` (on
 per progress call), ``cancel`` (flag), ``log.txt`` (worker stdout/stderr), ``work/``
 (``ctx.dir``). The same job runs headless: ``python -m interp jobs run ID`` or
 ``python -m interp jobs submit KIND --spec '{...}' --wait``.
+
+Single flight: a job id runs in at most one process at a time. The running process holds
+an exclusive lock on ``<id>/.run.lock`` for the whole run (a second ``jobs run`` of the
+same id, a second worker, or ``--wait`` while a worker runs, stops with a JobError), and
+:func:`submit` decides whether to start a worker under ``<id>/.submit.lock``, so two
+identical submits at once start one worker.
+
+Failures are recorded, not printed: the status holds a one-line error (a typed error's
+own message; for an unexpected exception its type and message, the traceback going to
+``log.txt``). ``status.json`` is padded when first written, so that even on a full disk
+the final state can be written over it in place and the cause is not lost.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib
 import json
@@ -29,8 +42,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import InterpError, JobError
-from .store import canonical_json, write_json_atomic
+from .errors import InterpError, JobError, StorageError
+from .store import (
+    canonical_json,
+    pid_alive,
+    storage_error,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 
 JOB_KINDS: dict[str, str] = {
     "organisms.build": "interp.organisms.build:build_job",
@@ -40,7 +59,18 @@ JOB_KINDS: dict[str, str] = {
     "vectors.sweep": "interp.vectors.sweep:sweep_job",
 }
 
+# optional checks of a spec, run before anything starts ("module:function"(spec), raising
+# a ConfigError naming the bad option)
+JOB_VALIDATORS: dict[str, str] = {
+    "adapters.train": "interp.adapters.train:validate_spec",
+    "adapters.sweep": "interp.adapters.train:validate_sweep_spec",
+    "length.sweep": "interp.length.sweep:validate_spec",
+    "vectors.sweep": "interp.vectors.sweep:validate_spec",
+}
+
 STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
+STATUS_PAD = 8192  # bytes status.json is padded to (see the module docstring)
+QUEUED_TIMEOUT = 60.0  # s a job may stay queued without a worker pid before it is stale
 
 
 class JobCancelled(JobError):
@@ -126,8 +156,11 @@ class JobContext:
         st.metrics = {k: v for k, v in metrics.items()}
         st.message = message
         rec = {"t": round(now - self._t0, 3), "step": step, "total": total, **metrics}
-        with open(self.path / "progress.jsonl", "a") as f:
-            f.write(json.dumps(rec, default=float) + "\n")
+        try:
+            with open(self.path / "progress.jsonl", "a") as f:
+                f.write(json.dumps(rec, default=float) + "\n")
+        except OSError as e:
+            raise storage_error(e, f"recording the progress of job {self.id}") from e
         if now - self._last_write > 0.5 or step >= total:
             self._write()
             self._last_write = now
@@ -136,7 +169,34 @@ class JobContext:
         self.check_cancel()
 
     def _write(self) -> None:
-        write_json_atomic(self.path / "status.json", self.status.__dict__)
+        write_status(self.path, self.status)
+
+
+def write_status(path: Path, st: JobStatus) -> None:
+    """Replace ``status.json`` atomically (padded to :data:`STATUS_PAD` bytes); when that
+    fails (a full disk), write the status over the old file in place instead, within its
+    padded size, so that the final state and its cause are still recorded."""
+    text = json.dumps(st.__dict__, default=str)
+    padded = text + " " * max(0, STATUS_PAD - len(text) - 1) + "\n"
+    try:
+        write_bytes_atomic(path / "status.json", padded.encode())
+        return
+    except StorageError:
+        if not (path / "status.json").exists():
+            raise
+    f = path / "status.json"
+    size = f.stat().st_size
+    data = padded.encode()
+    if len(data) > size:   # keep the record valid JSON within the space the file has
+        short = {k: st.__dict__[k] for k in ("id", "kind", "state", "step", "total",
+                                              "started", "updated", "pid")}
+        short["error"] = (st.error or "")[: max(0, size - 400)]
+        data = json.dumps(short, default=str).encode()
+    with open(f, "r+b") as fh:
+        fh.write(data)
+        fh.truncate(len(data))
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _resolve(kind: str) -> Callable[[dict, JobContext], dict]:
@@ -156,35 +216,51 @@ def _resolve(kind: str) -> Callable[[dict, JobContext], dict]:
         raise JobError(f"job kind {kind!r} is not available: {e}") from e
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
+@contextlib.contextmanager
+def _flock(path: Path, blocking: bool = True):
+    """An exclusive lock on ``path`` (created); yields False when ``blocking`` is off and
+    another process holds it."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fh = open(path, "a+")
+    except OSError as e:
+        raise storage_error(e, f"locking {path.name}") from e
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _run_lock_held(p: Path) -> bool:
+    """Whether another process is running this job (holds its run lock)."""
+    if not (p / ".run.lock").exists():
         return False
-    except PermissionError:
-        return True
-    # a zombie child (finished, not yet reaped) is not alive
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+    with _flock(p / ".run.lock", blocking=False) as got:
+        return not got
 
 
 def status(jid: str, root: str | os.PathLike | None = None) -> JobStatus:
     """Current status; a 'running' job whose process is gone reads as 'interrupted'."""
     p = jobs_dir(root) / jid
-    if not (p / "spec.json").exists():
-        raise JobError(f"no job {jid}")
-    kind = json.loads((p / "spec.json").read_text())["kind"]
+    try:
+        kind = json.loads((p / "spec.json").read_text())["kind"]
+    except FileNotFoundError:
+        raise JobError(f"no job {jid}") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise JobError(f"job {jid} has an unreadable spec.json ({e})") from None
     try:
         d = json.loads((p / "status.json").read_text())
         st = JobStatus(**{k: v for k, v in d.items() if k in JobStatus.__dataclass_fields__})
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError):
         st = JobStatus(id=jid, kind=kind, state="queued")
-    if st.state in ("running", "queued") and st.pid and not _pid_alive(st.pid):
+    if st.state in ("running", "queued") and not _run_lock_held(p) and (
+            (st.pid and not pid_alive(st.pid))
+            or (st.pid is None and time.time() - (st.updated or 0) > QUEUED_TIMEOUT)):
         st.state = "interrupted"
         st.message = "the worker stopped without finishing; submit again to resume"
     return st
@@ -221,11 +297,31 @@ def spec_of(jid: str, root: str | os.PathLike | None = None) -> dict[str, Any]:
     return json.loads((jobs_dir(root) / jid / "spec.json").read_text())["spec"]
 
 
+def validate_spec(kind: str, spec: Any) -> None:
+    """Check a job spec before anything starts (ConfigError naming the bad option)."""
+    from .errors import ConfigError
+
+    if not isinstance(spec, dict):
+        raise ConfigError(f"a job spec must be a JSON object, got {type(spec).__name__}")
+    target = JOB_VALIDATORS.get(kind)
+    if target is None:
+        return
+    mod, fn = target.split(":")
+    try:
+        check = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError):
+        return
+    check(spec)
+
+
 def _prepare(kind: str, spec: dict[str, Any], root) -> tuple[str, Path]:
     spec = json.loads(canonical_json(spec))
     jid = job_id(kind, spec)
     p = jobs_dir(root) / jid
-    p.mkdir(parents=True, exist_ok=True)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise storage_error(e, f"creating the folder of job {jid}") from e
     if not (p / "spec.json").exists():
         write_json_atomic(p / "spec.json", {"kind": kind, "spec": spec, "created": time.time()})
     return jid, p
@@ -233,62 +329,101 @@ def _prepare(kind: str, spec: dict[str, Any], root) -> tuple[str, Path]:
 
 def submit(kind: str, spec: dict[str, Any], root: str | os.PathLike | None = None,
            force: bool = False) -> str:
-    """Start (or find) the job in a detached worker process; returns the job id."""
+    """Start (or find) the job in a detached worker process; returns the job id.
+
+    Single flight: while a worker of this id is queued or running, submitting again
+    returns the id without starting another; a finished job is not rerun unless
+    ``force``."""
     _resolve(kind)  # fail fast on unknown kinds
+    validate_spec(kind, spec)
     jid, p = _prepare(kind, spec, root)
-    st = status(jid, root)
-    if st.state == "running" or (st.state == "done" and not force):
-        return jid
-    (p / "cancel").unlink(missing_ok=True)
-    write_json_atomic(p / "status.json", JobStatus(id=jid, kind=kind, state="queued").__dict__)
-    env = dict(os.environ)
-    if root is not None:
-        env["INTERP_JOBS_DIR"] = str(Path(root))
-    pkg_root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
-    log = open(p / "log.txt", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "interp", "jobs", "run", jid],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=env, cwd=pkg_root, start_new_session=True)
-    log.close()
-    st = status(jid, root)
-    st.pid = proc.pid
-    write_json_atomic(p / "status.json", st.__dict__)
+    with _flock(p / ".submit.lock"):
+        st = status(jid, root)
+        if st.active or _run_lock_held(p) or (st.state == "done" and not force):
+            return jid
+        (p / "cancel").unlink(missing_ok=True)
+        write_status(p, JobStatus(id=jid, kind=kind, state="queued", updated=time.time()))
+        env = dict(os.environ)
+        if root is not None:
+            env["INTERP_JOBS_DIR"] = str(Path(root))
+        pkg_root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
+        try:
+            log = open(p / "log.txt", "ab")
+        except OSError as e:
+            raise storage_error(e, f"opening the log of job {jid}") from e
+        proc = subprocess.Popen([sys.executable, "-m", "interp", "jobs", "run", jid],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=pkg_root, start_new_session=True)
+        log.close()
+        st = status(jid, root)
+        if st.state == "queued" and st.pid is None:  # the worker has not written yet
+            st.pid = proc.pid
+            write_status(p, st)
     return jid
+
+
+def _log_traceback(p: Path) -> None:
+    with contextlib.suppress(OSError), open(p / "log.txt", "a") as f:
+        f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}\n")
+        traceback.print_exc(file=f)
 
 
 def run(jid: str, root: str | os.PathLike | None = None,
         on_progress: Callable[[JobStatus], None] | None = None) -> JobStatus:
-    """Run a prepared job in this process (used by the worker and by ``run_inline``)."""
+    """Run a prepared job in this process (used by the worker and by ``run_inline``).
+
+    Raises JobError when another process is running the same job."""
     p = jobs_dir(root) / jid
-    record = json.loads((p / "spec.json").read_text())
+    try:
+        record = json.loads((p / "spec.json").read_text())
+    except FileNotFoundError:
+        raise JobError(f"no job {jid}") from None
+    except ValueError as e:
+        raise JobError(f"job {jid} has an unreadable spec.json ({e})") from None
     kind, spec = record["kind"], record["spec"]
     fn = _resolve(kind)
-    ctx = JobContext(jid, kind, p, on_progress)
-    ctx._write()
-    st = ctx.status
-    try:
-        result = fn(spec, ctx)
-        st.state, st.result = "done", result
-    except JobCancelled as e:
-        st.state, st.error = "cancelled", str(e)
-    except InterpError as e:
-        st.state, st.error = "failed", str(e)
-        traceback.print_exc()
-    except Exception as e:  # noqa: BLE001 - a job must always end with a status
-        st.state, st.error = "failed", f"{type(e).__name__}: {e}"
-        traceback.print_exc()
-    st.updated = time.time()
-    ctx._write()
+    with _flock(p / ".run.lock", blocking=False) as got:
+        if not got:
+            other = status(jid, root)
+            raise JobError(f"job {jid} is already running (pid {other.pid}); follow it with "
+                           f"`python -m interp jobs status {jid}`")
+        ctx = JobContext(jid, kind, p, on_progress)
+        ctx._write()
+        st = ctx.status
+        try:
+            result = fn(spec, ctx)
+            st.state, st.result = "done", result
+        except JobCancelled as e:
+            st.state, st.error = "cancelled", str(e)
+        except InterpError as e:
+            st.state, st.error = "failed", str(e)
+        except OSError as e:   # a full disk, a read-only folder: one clear line
+            st.state, st.error = "failed", str(storage_error(e, f"running job {jid}"))
+            _log_traceback(p)
+        except Exception as e:  # noqa: BLE001 - a job must always end with a status
+            st.state = "failed"
+            st.error = (f"{type(e).__name__}: {e} (unexpected; the traceback is in "
+                        f"{p / 'log.txt'})")
+            _log_traceback(p)
+        st.updated = time.time()
+        ctx._write()
     return st
 
 
 def run_inline(kind: str, spec: dict[str, Any], root: str | os.PathLike | None = None,
                on_progress: Callable[[JobStatus], None] | None = None,
-               raise_on_error: bool = True) -> JobStatus:
-    """Prepare and run a job in this process (CLI, tests). Raises JobError on failure
-    when ``raise_on_error``; a NaN or other typed error keeps its message."""
+               raise_on_error: bool = True, force: bool = False) -> JobStatus:
+    """Prepare and run a job in this process (CLI, tests). A job already done is not run
+    again (its status is returned) unless ``force``. Raises JobError on failure when
+    ``raise_on_error``; a NaN or other typed error keeps its message."""
+    _resolve(kind)
+    validate_spec(kind, spec)
     jid, p = _prepare(kind, spec, root)
+    if not force:
+        st = status(jid, root)
+        if st.state == "done":
+            return st
     (p / "cancel").unlink(missing_ok=True)
     st = run(jid, root, on_progress)
     if raise_on_error and st.state != "done":
@@ -306,7 +441,7 @@ def cancel(jid: str, root: str | os.PathLike | None = None, kill_after: float | 
     if kill_after is not None:
         time.sleep(kill_after)
         st = status(jid, root)
-        if st.state == "running" and _pid_alive(st.pid):
+        if st.state == "running" and pid_alive(st.pid):
             os.kill(st.pid, signal.SIGTERM)
 
 
@@ -345,23 +480,32 @@ def _cli_root() -> Path | None:
 
 def _cmd_run(args) -> int:
     bar, on = _tqdm_progress()
-    st = run(args.id, _cli_root(), on)
-    bar.close()
+    try:
+        st = run(args.id, _cli_root(), on)
+    finally:
+        bar.close()
     print(json.dumps({"id": st.id, "state": st.state, "error": st.error,
                       "result": st.result}, default=str))
     return 0 if st.state == "done" else 1
 
 
 def _cmd_submit(args) -> int:
-    spec = json.loads(args.spec) if args.spec else {}
+    from .validate import parse_json_object
+
+    spec = parse_json_object(args.spec, "--spec") if args.spec else {}
     if args.wait:
         bar, on = _tqdm_progress()
-        st = run_inline(args.kind, spec, _cli_root(), on, raise_on_error=False)
-        bar.close()
+        try:
+            st = run_inline(args.kind, spec, _cli_root(), on, raise_on_error=False,
+                            force=args.force)
+        finally:
+            bar.close()
+        if st.state != "done":
+            print(f"error: job {st.id} {st.state}: {st.error}", file=sys.stderr)
         print(json.dumps({"id": st.id, "state": st.state, "error": st.error,
                           "result": st.result}, default=str))
         return 0 if st.state == "done" else 1
-    print(submit(args.kind, spec, _cli_root()))
+    print(submit(args.kind, spec, _cli_root(), force=args.force))
     return 0
 
 
@@ -391,6 +535,7 @@ def add_commands(sub) -> None:
     s.add_argument("kind", help=", ".join(sorted(JOB_KINDS)))
     s.add_argument("--spec", default="{}", help="JSON config of the job")
     s.add_argument("--wait", action="store_true")
+    s.add_argument("--force", action="store_true", help="run again even if the job is done")
     s.set_defaults(func=_cmd_submit)
     ls = js.add_parser("list")
     ls.add_argument("--kind")

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from . import store as _store
-from .errors import ModelLoadError, ModelNotFoundError, PairMismatchError
+from .errors import ConfigError, ModelLoadError, ModelNotFoundError, PairMismatchError
 from .store import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -45,17 +45,39 @@ DEFAULT_PAIR = ("organism:base", "organism:reasoner")
 
 
 # --------------------------------------------------------------------------- device
-def pick_device(preference: str = "auto") -> torch.device:
-    """``auto`` picks cuda > mps > cpu; any other value is taken as given."""
-    if preference in (None, "", "auto"):
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def pick_device(preference: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` picks cuda > mps > cpu; otherwise one of ``cpu``, ``cuda``, ``cuda:N``,
+    ``mps``, which must be present (ConfigError for other names, ModelLoadError when
+    the device is missing)."""
+    if isinstance(preference, torch.device):
+        preference = str(preference)
+    pref = (preference or "auto").strip().lower() if isinstance(preference, str) else preference
+    if pref in ("", "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(preference)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("CUDA was requested but no CUDA device is available")
+    if not isinstance(pref, str) or not re.fullmatch(r"cpu|mps|cuda(:\d+)?", pref):
+        raise ConfigError(f"unknown device {preference!r}; use {DEVICE_CHOICES}")
+    dev = torch.device(pref)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError("CUDA was requested but no CUDA device is available "
+                                 "(use --device auto or cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"{pref} was requested but this machine has "
+                                 f"{torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not _mps_available():
+        raise ModelLoadError("MPS (Apple GPU) was requested but is not available here "
+                             "(use --device auto or cpu)")
     return dev
 
 
@@ -69,8 +91,9 @@ def pick_dtype(device: torch.device, preference: str | torch.dtype = "auto") -> 
         dt = getattr(torch, str(preference).removeprefix("torch."))
     except AttributeError:
         dt = None
-    if not isinstance(dt, torch.dtype):
-        raise ModelLoadError(f"unknown dtype {preference!r}")
+    if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
+        raise ModelLoadError(f"unknown dtype {preference!r}; use auto, float32, bfloat16 or "
+                             "float16")
     return dt
 
 
@@ -200,15 +223,21 @@ def convert_gguf(gguf: str | os.PathLike, out_dir: str | os.PathLike | None = No
         del hf.config.quantization_config
     hf.hf_quantizer = None
     hf.config.architectures = [type(hf).__name__]
-    tmp = out.with_name(out.name + ".tmp-convert")
     import shutil
 
-    shutil.rmtree(tmp, ignore_errors=True)
-    hf.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
+    from .store import storage_error, tmp_sibling
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out, ignore_errors=True)
-    os.rename(tmp, out)
+    tmp = tmp_sibling(out)   # a killed conversion leaves a leftover `store clean` removes
+    try:
+        hf.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        os.rename(tmp, out)
+    except OSError as e:
+        raise storage_error(e, f"writing the converted checkpoint {out}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -254,14 +283,50 @@ def load_tokenizer(path: str | os.PathLike):
 
 def load_hf(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
             device: torch.device | str = "cpu"):
-    """A transformers causal LM from a local checkpoint folder."""
+    """A transformers causal LM from a local checkpoint folder.
+
+    Refuses (ModelLoadError) a checkpoint whose weight files lack tensors its config
+    needs, or hold them in other shapes: transformers would fill those with random
+    values and the model would run, silently wrong."""
     from transformers import AutoModelForCausalLM
 
     try:
-        hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        with _quiet_transformers():
+            hf, info = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype,
+                                                            output_loading_info=True)
     except Exception as e:
-        raise ModelLoadError(f"could not load the model in {path}: {e}") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"could not load the model in {path}: {first}") from e
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = [str(m[0] if isinstance(m, (tuple, list)) else m)
+                  for m in (info.get("mismatched_keys") or [])]
+    if missing or mismatched:
+        what = (f"lack {len(missing)} weight tensor(s) its config needs (e.g. "
+                f"{', '.join(missing[:3])})" if missing else
+                f"hold {len(mismatched)} tensor(s) in other shapes than its config says "
+                f"(e.g. {', '.join(mismatched[:3])})")
+        raise ModelLoadError(
+            f"the weight files in {path} {what}: the model would run with random weights "
+            "there. The checkpoint is incomplete or its config.json belongs to another "
+            "model.")
     return hf.to(device).eval()
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' load report (printed for missing or resized weights) off: the
+    caller raises one clear error instead."""
+    try:
+        from transformers.utils import logging as tlog
+    except ImportError:
+        yield
+        return
+    prev = tlog.get_verbosity()
+    tlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        tlog.set_verbosity(prev)
 
 
 def hooked_from_hf(hf, tokenizer, path: str | os.PathLike,
@@ -354,6 +419,71 @@ def files_hash(path: str | os.PathLike) -> str:
             for chunk in iter(lambda: fh.read(1 << 22), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+_HASHES: dict[tuple[str, str], str] = {}
+
+
+def _files_stamp(path: Path) -> str:
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+
+
+def current_weight_hash(spec: str) -> str | None:
+    """The weight hash (:func:`files_hash`) of the checkpoint ``spec`` resolves to now,
+    or None when it is not on this machine (a hub name not downloaded, a GGUF file not
+    converted yet, a missing folder). Cached by the weight files' names, sizes and
+    modification times, so a large checkpoint is hashed once per change."""
+    from .errors import InterpError
+
+    try:
+        r = resolve(spec)
+    except InterpError:
+        return None
+    if r.source == "hub":
+        return None
+    path = r.path
+    if r.source == "gguf":
+        path = cache_root() / "models" / r.path.stem.lower()
+        if not (path / "config.json").exists():
+            return None
+    try:
+        stamp = _files_stamp(path)
+    except OSError:
+        return None
+    if not stamp:
+        return None
+    key = (str(path.resolve()), stamp)
+    if key not in _HASHES:
+        _HASHES[key] = files_hash(path)
+    return _HASHES[key]
+
+
+def stale_models(models: Any) -> list[dict[str, Any]]:
+    """The models of a provenance record (``{role: {"id", "weight_hash", ...}}``) whose
+    weights are no longer those the result was computed on: ``[{"role", "id", "saved",
+    "now"}]``, ``now`` None when the model is not on this machine any more. Entries
+    without an id and a weight hash are not models and are skipped."""
+    out = []
+    for role, d in (models or {}).items():
+        if not isinstance(d, dict) or not d.get("id") or not d.get("weight_hash"):
+            continue
+        now = current_weight_hash(str(d["id"]))
+        if now != d["weight_hash"]:
+            out.append({"role": role, "id": d["id"], "saved": d["weight_hash"], "now": now})
+    return out
+
+
+def describe_stale(stale: list[dict[str, Any]]) -> str:
+    """One line for :func:`stale_models`' result ('' when nothing changed)."""
+    parts = []
+    for s in stale:
+        if s["now"] is None:
+            parts.append(f"{s['id']} ({s['role']}) is not on this machine")
+        else:
+            parts.append(f"{s['id']} ({s['role']}) has other weights now (saved "
+                         f"{s['saved'][:10]}, now {s['now'][:10]})")
+    return "; ".join(parts)
 
 
 @dataclass

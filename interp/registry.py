@@ -31,4 +31,5 @@ COMMAND_MODULES: list[str] = [
     "interp.length.cli",
     "interp.vectors.cli",
     "interp.jobs",
+    "interp.store_cli",
 ]

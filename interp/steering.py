@@ -19,9 +19,28 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from .errors import ConfigError, NonFiniteError
 from .generation import GenState, Hook
+from .validate import finite
 
 Where = Callable[[GenState | None, torch.Tensor], torch.Tensor]
+
+
+def check_alpha(alpha: float | torch.Tensor, name: str = "α") -> float | torch.Tensor:
+    """A scale α as given (float or per-row tensor), refusing NaN and infinity."""
+    if isinstance(alpha, torch.Tensor):
+        if alpha.numel() and not bool(torch.isfinite(alpha).all()):
+            raise ConfigError(f"{name} must be finite numbers, got {alpha.tolist()[:8]}")
+        return alpha
+    return finite(alpha, name)
+
+
+def check_vector(vector: torch.Tensor, name: str = "steering vector") -> torch.Tensor:
+    if not isinstance(vector, torch.Tensor):
+        raise ConfigError(f"{name} must be a tensor, got {type(vector).__name__}")
+    if not bool(torch.isfinite(vector).all()):
+        raise NonFiniteError(f"{name} holds NaN or infinite values")
+    return vector
 
 
 def _row_alpha(alpha: float | torch.Tensor, state: GenState | None, act: torch.Tensor
@@ -38,7 +57,10 @@ def _row_alpha(alpha: float | torch.Tensor, state: GenState | None, act: torch.T
 
 def add_vector(hook_name: str, vector: torch.Tensor, alpha: float | torch.Tensor = 1.0,
                state: GenState | None = None, where: Where | None = None) -> Hook:
-    """``act <- act + alpha * vector`` at ``hook_name`` (all positions unless ``where``)."""
+    """``act <- act + alpha * vector`` at ``hook_name`` (all positions unless ``where``).
+    ConfigError / NonFiniteError for a NaN or infinite α or vector."""
+    alpha = check_alpha(alpha)
+    check_vector(vector)
 
     def fn(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
         v = vector.to(act.device, act.dtype)
@@ -54,7 +76,10 @@ def add_vector(hook_name: str, vector: torch.Tensor, alpha: float | torch.Tensor
 def project_out(hook_name: str, direction: torch.Tensor, where: Where | None = None,
                 state: GenState | None = None) -> Hook:
     """Remove the component along ``direction`` (unit-normalised here) at ``hook_name``."""
-    u = direction / direction.norm().clamp_min(1e-12)
+    check_vector(direction, "direction")
+    if float(direction.norm()) == 0.0:
+        raise ConfigError("cannot project out a zero direction")
+    u = direction / direction.norm()
 
     def fn(act: torch.Tensor, hook: Any = None) -> torch.Tensor:
         uu = u.to(act.device, act.dtype)

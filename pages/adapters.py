@@ -86,11 +86,20 @@ if not runs and not live:
             "`python -m interp adapters train`.", icon=":material/info:")
     st.stop()
 
+from interp.models import describe_stale  # noqa: E402
+
+for r in runs:
+    changed = [x for x in r["stale"] if x["now"] is not None]   # (missing: cannot check)
+    if changed:
+        st.warning(f"Run `{r['label']}` was trained on {r['pair']}, whose weights changed: "
+                   f"{describe_stale(changed)}. Its figures describe the old pair.",
+                   icon=":material/history:")
 st.subheader("Training curves")
 labels = [r["label"] for r in runs] + list(live)
 default_sel = ",".join(lab.split(" · ")[-1] for lab in labels[:2])
-sel_text = ui.url_param("runs", default_sel)
-chosen_default = [lab for lab in labels if lab.split(" · ")[-1] in sel_text.split(",")]
+suffixes = [lab.split(" · ")[-1] for lab in labels]
+sel = ui.url_list("runs", default_sel, suffixes)
+chosen_default = [lab for lab in labels if lab.split(" · ")[-1] in sel]
 chosen = st.multiselect("Runs to compare", labels, default=chosen_default or labels[:1],
                         key="runs_select")
 ui.set_url_param("runs", ",".join(lab.split(" · ")[-1] for lab in chosen), default_sel)

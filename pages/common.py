@@ -16,7 +16,11 @@ URL state
     value comes from ``st.query_params`` (so a copied link reopens the same view), and
     its current value is written back on every run (only when it differs from the
     default, to keep links short). The URL name and the widget key are the same string;
-    keep them short and unique across the sidebar and the page.
+    keep them short and unique across the sidebar and the page. A link value is checked
+    *before* the widget is built (:func:`url_value`): one that does not parse, is not
+    finite or not an option falls back to the default, one outside the widget's range
+    is clamped to it, and either way the page says so in one line; Streamlit never
+    sees a value it would reject.
 
 Models
     :func:`cached_model` loads through ``interp.models.load_model`` inside
@@ -52,13 +56,28 @@ def _leave_pages_directory_mode() -> None:
     opens a link such as ``/models`` would run ``pages/models.py`` on its own (no
     sidebar, a file-list menu), and stay in that mode. Every page imports this module,
     so on that first run we switch the mode off and rerun through app.py.
+
+    The rerun is *requested* here and happens at the page's first Streamlit call, after
+    this module has finished importing. Raising it during the import (``st.rerun()``)
+    would leave ``pages.common`` half-initialised for a moment, and another session
+    importing it at that moment (an old tab reconnecting after a server restart while
+    a new one opens) would get ``ImportError: cannot import name 'common' from 'pages'``.
     """
     from streamlit.runtime.pages_manager import PagesManager
     from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-    if PagesManager.uses_pages_directory and get_script_run_ctx() is not None:
+    ctx = get_script_run_ctx()
+    if PagesManager.uses_pages_directory and ctx is not None:
         PagesManager.uses_pages_directory = False
-        st.rerun()
+        try:
+            from streamlit.runtime.scriptrunner_utils.script_requests import RerunData
+
+            ctx.script_requests.request_rerun(RerunData(
+                query_string=ctx.query_string, page_script_hash=ctx.page_script_hash,
+                cached_message_hashes=ctx.cached_message_hashes,
+                context_info=ctx.context_info))
+        except Exception:  # noqa: BLE001 - another Streamlit version: rerun at once
+            st.rerun()
 
 
 _leave_pages_directory_mode()
@@ -120,21 +139,60 @@ def as_bool(text: str) -> bool:
     raise ValueError(text)
 
 
+def url_value(key: str, default: T, cast: Callable[[str], Any] = str, *,
+              options: Any = None, min_value: float | None = None,
+              max_value: float | None = None, max_chars: int | None = None) -> T:
+    """The link's ``key`` as a checked value (see :func:`interp.validate.url_value`): the
+    default when absent; a one-line warning on the page when the link's value could
+    not be used as it is."""
+    from interp.validate import url_value as check
+
+    raw = st.query_params.get(key)
+    if raw is None:
+        return default
+    if cast is bool:
+        cast = as_bool
+    value, problem = check(raw, default, cast,
+                           options=list(options) if options is not None else None,
+                           min_value=min_value, max_value=max_value, max_chars=max_chars)
+    if problem:
+        shown = raw if len(raw) <= 40 else raw[:37] + "..."
+        st.warning(f"The link's `{key}={shown}` {problem}; using `{value}` instead.",
+                   icon=":material/link_off:")
+    return value
+
+
+def url_list(key: str, default: str, allowed: Any, sep: str = ",") -> list[str]:
+    """The link's ``key`` as a list (``a,b,c``) of entries among ``allowed``; unknown
+    entries are dropped with a one-line warning."""
+    raw = st.query_params.get(key)
+    text = default if raw is None else raw
+    items = [x.strip() for x in text.split(sep) if x.strip()]
+    allowed = list(allowed)
+    bad = [x for x in items if x not in allowed]
+    if bad and raw is not None:
+        shown = ", ".join(bad[:5]) if len(", ".join(bad[:5])) <= 60 else f"{len(bad)} entries"
+        st.warning(f"The link's `{key}` names {shown}, which is not available here; "
+                   "left out.", icon=":material/link_off:")
+    return [x for x in items if x in allowed]
+
+
 def url_widget(widget: Callable[..., T], label: str, key: str, default: T,
                cast: Callable[[str], Any] = str, **kwargs: Any) -> T:
     """Create ``widget(label, key=key, **kwargs)`` initialised from and mirrored to the URL.
 
     ``cast`` parses the URL text (use :func:`as_bool` for checkboxes, ``int``/``float``
-    for numbers). With ``options=`` (selectbox, radio, segmented control), a URL value
-    that is not an option falls back to ``default``. Returns the widget's value.
+    for numbers). The link's value is checked against ``options=`` (selectbox, radio,
+    segmented control) and ``min_value`` / ``max_value`` before the widget exists
+    (:func:`url_value`). Returns the widget's value.
     """
     if cast is bool:
         cast = as_bool
     if key not in st.session_state:
-        value = url_param(key, default, cast)
-        options = kwargs.get("options")
-        if options is not None and value not in list(options):
-            value = default
+        # (text longer than max_chars is left to the backend, which says so clearly)
+        value = url_value(key, default, cast, options=kwargs.get("options"),
+                          min_value=kwargs.get("min_value"),
+                          max_value=kwargs.get("max_value"))
         st.session_state[key] = value
     value = widget(label, key=key, **kwargs)
     set_url_param(key, value, default)

@@ -20,6 +20,7 @@ from interp.length import plots as lp
 from interp.length.pipeline import DEFAULTS, list_runs, load_run
 from interp.length.report import demo_store, planted_head_check
 from interp.length.seal import DEFAULT_RULES
+from interp.models import current_weight_hash
 
 RULE_TEXT = {
     "think": "from the token that predicts the first thinking token (or the close marker) "
@@ -52,30 +53,38 @@ if not ui.demo_mode():
                             options=["organism", "my prompts"])
         c = st.columns(4)
         n_dir = c[0].number_input("direction prompts", 20, 5000,
-                                  ui.url_param("lndir", DEFAULTS["n_direction"], int), 50)
+                                  ui.url_value("lndir", DEFAULTS["n_direction"], int,
+                                               min_value=20, max_value=5000), 50)
         n_sw = c[1].number_input("prompts per α", 5, 2000,
-                                 ui.url_param("lnsw", DEFAULTS["n_sweep"], int), 25)
+                                 ui.url_value("lnsw", DEFAULTS["n_sweep"], int,
+                                              min_value=5, max_value=2000), 25)
         n_ev = c[2].number_input("evaluation prompts", 10, 5000,
-                                 ui.url_param("lnev", DEFAULTS["n_eval"], int), 50)
+                                 ui.url_value("lnev", DEFAULTS["n_eval"], int,
+                                              min_value=10, max_value=5000), 50)
         max_new = c[3].number_input("max new tokens", 8, 4096,
-                                    ui.url_param("lmax", DEFAULTS["max_new_tokens"], int), 16)
+                                    ui.url_value("lmax", DEFAULTS["max_new_tokens"], int,
+                                                 min_value=8, max_value=4096), 16)
         c = st.columns(4)
         mode = c[0].selectbox("split", ["threshold", "percentile"],
-                              index=0 if ui.url_param("lsplit", "threshold") == "threshold"
+                              index=0 if ui.url_value("lsplit", "threshold", options=[
+                                  "threshold", "percentile"]) == "threshold"
                               else 1)
         lo = c[1].number_input("short ≤ (tokens or quantile)", 0.0, 1e5,
-                               ui.url_param("lslo", 2.0, float))
+                               ui.url_value("lslo", 2.0, float, min_value=0.0,
+                                            max_value=1e5))
         hi = c[2].number_input("long ≥ (tokens or quantile)", 0.0, 1e5,
-                               ui.url_param("lshi", 10.0, float))
+                               ui.url_value("lshi", 10.0, float, min_value=0.0,
+                                            max_value=1e5))
         temp = c[3].number_input("temperature (0 = greedy)", 0.0, 2.0,
-                                 ui.url_param("ltemp", 0.0, float), 0.1)
+                                 ui.url_value("ltemp", 0.0, float, min_value=0.0,
+                                              max_value=2.0), 0.1)
         c = st.columns(5)
-        mk_open = c[0].text_input("think open", ui.url_param("lmko", "<think>"))
-        mk_close = c[1].text_input("think close", ui.url_param("lmkc", "</think>"))
-        mk_sep = c[2].text_input("step separator", ui.url_param("lmks", ";"))
-        mk_hes = c[3].text_input("hesitation word", ui.url_param("lmkh", "wait"))
+        mk_open = c[0].text_input("think open", ui.url_value("lmko", "<think>"))
+        mk_close = c[1].text_input("think close", ui.url_value("lmkc", "</think>"))
+        mk_sep = c[2].text_input("step separator", ui.url_value("lmks", ";"))
+        mk_hes = c[3].text_input("hesitation word", ui.url_value("lmkh", "wait"))
         starts_open = c[4].checkbox("prompt ends with the open marker",
-                                    ui.url_param("lmkso", True, ui.as_bool))
+                                    ui.url_value("lmkso", True, ui.as_bool))
         for k, v, d in (("lndir", n_dir, DEFAULTS["n_direction"]),
                         ("lnsw", n_sw, DEFAULTS["n_sweep"]), ("lnev", n_ev, DEFAULTS["n_eval"]),
                         ("lmax", max_new, DEFAULTS["max_new_tokens"]),
@@ -132,6 +141,11 @@ run = ui.attempt(load_run, stores[store_name], key)
 if run is None:
     st.stop()
 idx, ed, sw, dmeta = run["index"], run["edit"], run["sweep"], run["direction"]
+_now = current_weight_hash(str(idx.get("model", "")))
+if run.get("weight_hash") and _now and _now != run["weight_hash"]:
+    st.warning(f"This run was computed on other weights of {idx.get('model')} than those now "
+               f"on disk (saved {run['weight_hash'][:10]}, now {_now[:10]}): its figures "
+               "describe the old model.", icon=":material/history:")
 short_max = dmeta.get("split", {}).get("short_max_tokens", 0)
 scored = "accuracy" in ed["before"]
 

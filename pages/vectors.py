@@ -45,9 +45,8 @@ if mode == "task":
     reference = ui.url_widget(c[3].text_input, "reference for cos(v, θ_target − θ_ref)",
                               "vref", "organism:base")
     c = st.columns([3, 2, 2])
-    groups_txt = ui.url_param("vg", ",".join(GROUPS))
     groups = c[0].multiselect("mask: module groups", list(GROUPS),
-                              [g for g in groups_txt.split(",") if g in GROUPS], key="vg_ms")
+                              ui.url_list("vg", ",".join(GROUPS), GROUPS), key="vg_ms")
     ui.set_url_param("vg", ",".join(groups), ",".join(GROUPS))
     lo = ui.url_widget(c[1].number_input, "first block", "vlo", 0, int, min_value=0)
     hi = ui.url_widget(c[2].number_input, "last block (−1 = all)", "vhi", -1, int,
@@ -172,14 +171,24 @@ if tv is not None:
 # ------------------------------------------------------------------ sweeps
 st.subheader("Sweeps over α")
 sweep = acc = None
-for st_ in (ui.store(), demo_store(read_only=True)):
-    sweep = sweep or find_part(spec, "sweep", st_)
-    acc = acc or find_part(spec, "accuracy", st_)
-if sweep is None or acc is None:
-    st.caption("No saved sweep for these settings: run one (organism think prompts; "
-               f"{full_spec(spec)['n_sweep']} prompts for KL / entropy, "
-               f"{full_spec(spec)['n_accuracy']} held-out problems for accuracy).")
-    ui.job_panel("vectors.sweep", {**spec, "device": device}, key="vjob", label="Run sweep")
+for st_ in (ui.store(), demo_store(read_only=True)):   # a damaged artifact: st.error
+    sweep = sweep or ui.attempt(find_part, spec, "sweep", st_)
+    acc = acc or ui.attempt(find_part, spec, "accuracy", st_)
+status = {w: views.saved_result_status(a) for w, a in (("sweep", sweep), ("accuracy", acc))
+          if a is not None}
+stale = any(v["stale"] for v in status.values())
+for w, v in status.items():
+    if v["warning"]:
+        st.warning(f"The saved {w}: {v['warning']}", icon=":material/history:")
+if sweep is None or acc is None or stale:
+    if sweep is None or acc is None:
+        st.caption("No saved sweep for these settings: run one (organism think prompts; "
+                   f"{full_spec(spec)['n_sweep']} prompts for KL / entropy, "
+                   f"{full_spec(spec)['n_accuracy']} held-out problems for accuracy).")
+    job_spec = {**spec, "device": device}
+    if stale:  # a new job for the weights now on disk (the old one is done)
+        job_spec["weights"] = views.current_hashes(spec)
+    ui.job_panel("vectors.sweep", job_spec, key="vjob", label="Run sweep")
 if sweep is not None:
     ts = sweep.tensors
     alphas = [float(a) for a in ts["alphas"].tolist()]
@@ -198,6 +207,7 @@ if sweep is not None:
     fig, data = vp.stacked_mass(alphas, ts["p_correct"].numpy())
     st.plotly_chart(fig, key="v_mass")
     ui.export_panel(fig, data, "answer-mass-vs-alpha", key="vx_mass")
+    st.caption(status["sweep"]["line"])
 if acc is not None:
     ta = acc.tensors
     fig, data = vp.accuracy_vs_alpha([float(a) for a in ta["alphas"].tolist()],
@@ -206,7 +216,7 @@ if acc is not None:
                                            f"greedy, {ta['correct'].shape[1]} held-out problems)")
     st.plotly_chart(fig, key="v_acc")
     ui.export_panel(fig, data, "accuracy-vs-alpha", key="vx_acc")
-    st.caption(f"artifact `{acc.key}` · made {acc.provenance.get('created', '?')} · code "
+    st.caption(status["accuracy"]["line"] + f" · code "
                f"{acc.provenance.get('code_version', '?')} · mean think tokens per α: "
                + ", ".join(f"{a:g}: {np.mean(t):.1f}" for a, t in
                            zip(ta["alphas"].tolist(), ta["think_tokens"].numpy())))

@@ -199,3 +199,127 @@ def test_fast_rotary_matches_full_rotation_and_is_removed(tiny):
     ref = hooked.blocks[0].attn.apply_rotary(entry.past_keys, 0, full_mask)
     torch.testing.assert_close(seen[-1], ref, rtol=0, atol=0)
     assert seen[-1].shape[1] == 6 and entry._n_rot == 6   # the override did the work
+
+
+# ------------------------------------------------------------------ per-step logits
+def _logit_recorder(lm, seen):
+    """fwd_hooks factory recording, at every forward of generate(), each row's next-token
+    logits (final norm output at the last position, unembedded): seen[(row, step)]."""
+    h = lm.hooked
+
+    def factory(state):
+        def rec(act, hook):
+            logits = act[:, -1].float() @ h.W_U.float() + h.b_U.float()
+            for i, r in enumerate(state.rows.tolist()):
+                seen[(r, state.step + 1)] = logits[i].clone()
+            seen.setdefault("batch_sizes", []).append(len(state.rows))
+        return [("ln_final.hook_normalized", rec)]
+
+    return factory
+
+
+def test_per_step_logits_match_a_full_recompute(tiny):
+    """Every logit vector generate() samples from equals a fresh forward over
+    prompt + tokens so far: with left padding, sampling, rows that stop and leave the
+    batch (and the KV cache) while others go on. Comparing logits (not argmax ids) catches
+    a KV cache that is off by a rotated key (~1e-3 in the hidden states)."""
+    lm, _ = tiny
+    prompts = [PROMPTS[i % 3] + " " + " ".join(["1"] * (i % 4)) for i in range(8)]
+    stop = lm.tokenizer.convert_tokens_to_ids("+")
+    seen: dict = {}
+    gens = generate(lm, prompts, max_new_tokens=16, temperature=1.5, seed=5, batch_size=8,
+                    stop_token_ids=[stop], stop_at_eos=False,
+                    fwd_hooks=_logit_recorder(lm, seen))
+    lengths = [len(g.output_ids) for g in gens]
+    assert min(lengths) < 8 and max(lengths) == 16, lengths   # rows stopped at different steps
+    assert min(seen["batch_sizes"]) < 8, "no finished row left the batch"
+    n = 0
+    with torch.no_grad():
+        for g in gens:
+            for t in range(len(g.output_ids)):
+                seq = torch.tensor([g.prompt_ids + g.output_ids[:t]])
+                want = lm.hooked(seq)[0, -1].float()
+                torch.testing.assert_close(seen[(g.row, t)], want, rtol=1e-5, atol=2e-5)
+                n += 1
+    assert n == sum(lengths)
+
+
+# ------------------------------------------------------------------ sampling settings
+def _nucleus(logits: torch.Tensor, temperature: float, top_p: float):
+    """The definition, in numpy: softmax(logits / T), the smallest top set whose mass
+    reaches top_p (a token is in when the mass before it is < top_p), renormalised."""
+    import numpy as np
+
+    x = logits.double().numpy() / temperature
+    p = np.exp(x - x.max())
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")
+    before = np.concatenate([[0.0], np.cumsum(p[order])[:-1]])
+    q = np.zeros_like(p)
+    keep = order[before < top_p]
+    q[keep] = p[keep]
+    return q / q.sum(), set(keep.tolist())
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 1.0), (0.7, 0.8),
+                                               (1.3, 0.5)])
+def test_sampling_follows_temperature_and_top_p(temperature, top_p):
+    import numpy as np
+
+    from interp.generation import sample_next
+
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, 0.7])
+    want, kept = _nucleus(logits, temperature, top_p)
+    n = 40000
+    g = torch.Generator().manual_seed(0)
+    draws = sample_next(logits.expand(n, -1).clone(), temperature, top_p, g)
+    freq = np.bincount(draws.numpy(), minlength=len(logits)) / n
+    assert set(np.flatnonzero(freq).tolist()) == kept
+    sigma = np.sqrt(want * (1 - want) / n)
+    assert np.all(np.abs(freq - want) <= 5 * sigma + 1e-9), (freq, want)
+    # temperature 0 is greedy whatever top_p says
+    assert torch.equal(sample_next(logits[None], 0.0, top_p, g), torch.tensor([0]))
+
+
+def test_sampling_settings_are_checked(tiny):
+    from interp.errors import ConfigError
+
+    lm, _ = tiny
+    for kw in ({"temperature": float("nan")}, {"temperature": -1.0}, {"top_p": 0.0},
+               {"top_p": 1.5}, {"max_new_tokens": 0}, {"batch_size": 0}):
+        with pytest.raises(ConfigError):
+            generate(lm, PROMPTS, **{"max_new_tokens": 3, **kw})
+
+
+# ------------------------------------------------------------------ context length
+def test_prompt_longer_than_the_context_is_a_prompt_error(tiny):
+    """len(prompt) + max_new_tokens - 1 positions must fit n_ctx (128 here): the boundary
+    case generates, one more is a PromptError naming the numbers, not an IndexError."""
+    from interp.errors import PromptError
+
+    lm, _ = tiny
+    n_ctx = lm.cfg.n_ctx
+    ids = lm.tokenizer(" ".join(["1"] * 120), add_special_tokens=False)["input_ids"]
+    assert len(ids) == 120 and n_ctx == 128
+    out = generate(lm, [ids], max_new_tokens=n_ctx - 120 + 1, stop_at_eos=False)[0]
+    assert len(out.output_ids) == 9
+    with pytest.raises(PromptError, match="context of 128"):
+        generate(lm, [ids], max_new_tokens=n_ctx - 120 + 2)
+    with pytest.raises(PromptError, match="context of 128"):
+        generate(lm, [ids * 2], max_new_tokens=1)
+    with pytest.raises(PromptError, match="vocabulary"):
+        generate(lm, [[1, 2, 10_000]], max_new_tokens=1)
+
+
+def test_nan_alpha_or_vector_is_refused(tiny):
+    from interp.errors import ConfigError, NonFiniteError
+
+    lm, _ = tiny
+    v = torch.ones(lm.cfg.d_model)
+    for bad in (float("nan"), float("inf"), torch.tensor([0.0, float("nan")])):
+        with pytest.raises(ConfigError):
+            add_vector("blocks.0.hook_resid_post", v, bad)
+    with pytest.raises(NonFiniteError):
+        add_vector("blocks.0.hook_resid_post", v * float("nan"), 1.0)
+    with pytest.raises(ConfigError):
+        project_out("blocks.0.hook_resid_post", torch.zeros(lm.cfg.d_model))

@@ -528,3 +528,52 @@ def test_edit_figure_has_one_panel_per_metric_and_one_bar_per_model():
               for k, v in {"before": summary(0.2, 0.8), "after": summary(0.1, 0.9)}.items()}
     df1 = edit_frame(no_acc["before"], {"after": no_acc["after"]})
     assert len(edit_figure(df1).data) == 1
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _flat_approx(d):
+    return pytest.approx(_flat(d), nan_ok=True)
+
+
+def test_committed_length_figures_recompute_from_their_records():
+    """The committed demo's headline figures are what the code computes from the
+    artifacts' own per-response records (not thresholds read off stored numbers): the
+    before/after summaries, the paired changes with their intervals, the sweep's
+    per-α summaries and its Spearman ρ."""
+    from interp.length.pipeline import latest_index
+    from interp.length.report import demo_store
+    from interp.length.stats import paired_change
+    from interp.length.steer import short_flags, summarize
+
+    st = demo_store()
+    idx = latest_index(st)
+    if idx is None:
+        pytest.skip("no committed length demo")
+    keys, seed = idx.meta["keys"], idx.config["config"]["seed"]
+    short_max = st.load("length_direction", keys["direction"]).meta["split"][
+        "short_max_tokens"]
+    ed = st.load("length_edit", keys["edit"]).meta
+    before, after = ed["records_before"], ed["records_after"]
+    assert _flat(ed["before"]) == _flat_approx(summarize(before, short_max))
+    assert _flat(ed["after"]) == _flat_approx(summarize(after, short_max))
+    assert ed["short_fraction_change"] == pytest.approx(paired_change(
+        short_flags(before, short_max), short_flags(after, short_max), seed=seed))
+    assert ed["accuracy_change"] == pytest.approx(paired_change(
+        [r["correct"] for r in before], [r["correct"] for r in after], seed=seed))
+    sw = st.load("length_sweep", keys["sweep"]).meta
+    n = sw["per_alpha"][0]["n"]
+    for k, p in enumerate(sw["per_alpha"]):
+        want = summarize(sw["records"][k * n:(k + 1) * n], sw["short_max_tokens"])
+        assert _flat({q: v for q, v in p.items() if q != "alpha"}) == _flat_approx(want)
+    assert sw["spearman_mean_length_vs_alpha"] == pytest.approx(
+        spearman([p["alpha"] for p in sw["per_alpha"]],
+                 [p["mean_think_tokens"] for p in sw["per_alpha"]]))

@@ -24,7 +24,13 @@ import pytest
 import torch
 
 import interp.store as store_mod
-from interp.errors import ArtifactError, ArtifactNotFoundError, StorageError
+from interp.errors import (
+    ArtifactCorruptError,
+    ArtifactError,
+    ArtifactNotFoundError,
+    NonFiniteError,
+    StorageError,
+)
 from interp.store import PROJECT_ROOT, Store, config_key, provenance, tensor_hash
 
 N_BIG = 4_000_000  # floats per tensor in the writer processes (16 MB)
@@ -59,13 +65,21 @@ elif mode == "meta":       # die with half of meta.json on disk
             pause("in-write")
         real_wb(path, data)
     S._write_bytes = half
-elif mode == "rename":     # die between moving the old version away and renaming the new
+elif mode == "rename":     # no atomic swap available: die between the two renames
+    S.exchange = lambda a, b: False
     real_rn = os.rename
     def rn(src, dst):
         real_rn(src, dst)
-        if "trash" in str(dst):
+        if ".tmp-old-" in str(dst):
             pause("in-write")
     S.os.rename = rn
+elif mode == "exchange":   # die right after the atomic swap, old version not yet removed
+    real_ex = S.exchange
+    def ex(a, b):
+        ok = real_ex(a, b)
+        pause("in-write")
+        return ok
+    S.exchange = ex
 
 def save(i, key):
     x = torch.full((n,), float(i))
@@ -78,7 +92,9 @@ if mode.startswith("concurrent"):
     for r in range(int(sys.argv[4])):
         i = wid * 1000 + r
         x = torch.full((n,), float(i))
-        st.save("blob", {"same": True}, {"x": x}, meta={"i": i}, files={"note.txt": f"note {i}"})
+        # notes of different lengths: a reader must not take a swap for a damaged file
+        st.save("blob", {"same": True}, {"x": x}, meta={"i": i},
+                files={"note.txt": f"note {i}" + "x" * (i % 7)})
     sys.exit(0)
 
 save(-1, "shared")          # a complete older version of the key that gets overwritten
@@ -226,19 +242,54 @@ def test_bad_kind_or_key(tmp_cache):
             st.path(kind, key)
 
 
-def test_folder_without_meta_is_not_an_artifact(tmp_cache):
+def test_folder_without_meta_is_corrupt_not_missing(tmp_cache):
+    """A damaged artifact is never reported as missing (a "missing" artifact invites a
+    rebuild that would overwrite the evidence): load/find raise ArtifactCorruptError,
+    list leaves it out, store check names it."""
     st = Store()
     art = st.save("v", {"a": 1}, {"x": torch.ones(2)})
     (art.path / "meta.json").unlink()
     assert not st.exists("v", art.key) and st.list("v") == []
-    with pytest.raises(ArtifactNotFoundError):
+    with pytest.raises(ArtifactCorruptError, match="store check"):
         st.load("v", art.key)
+    with pytest.raises(ArtifactCorruptError):
+        st.find("v", {"a": 1})
+    assert [b["key"] for b in st.check()] == [art.key]
+    with pytest.raises(ArtifactNotFoundError):
+        st.load("v", config_key("v", {"a": 2}))
+    assert st.find("v", {"a": 2}) is None
+
+
+@pytest.mark.parametrize("damage", ["meta", "truncate", "garbage", "lost"])
+def test_damaged_artifacts_are_corrupt_errors(tmp_cache, damage):
+    """Unreadable metadata, a truncated or garbled tensors file, a lost file: each is an
+    ArtifactCorruptError with one line (never a raw SafetensorError), also through
+    ``find`` and ``store check``."""
+    st = Store()
+    art = st.save("v", {"a": 1}, {"x": torch.arange(1000.0)}, files={"t.json": "{}"})
+    f = art.path / "tensors.safetensors"
+    if damage == "meta":
+        (art.path / "meta.json").write_text('{"kind": "v", "comp')
+    elif damage == "truncate":
+        f.write_bytes(f.read_bytes()[:500])
+    elif damage == "garbage":      # same size, header destroyed: only parsing can tell
+        data = bytearray(f.read_bytes())
+        data[:16] = b"\xff" * 16
+        f.write_bytes(bytes(data))
+    else:
+        f.unlink()
+    with pytest.raises(ArtifactCorruptError) as e:
+        _ = st.find("v", {"a": 1}).tensors
+    assert "\n" not in str(e.value) and "Safetensor" not in type(e.value).__name__
+    assert [b["key"] for b in st.check()] == [art.key]
+    assert st.find("v", {"a": 2}) is None
 
 
 # --------------------------------------------------------------------------- SIGKILL
-@pytest.mark.parametrize("phase", ["tensors", "meta", "rename"])
+@pytest.mark.parametrize("phase", ["tensors", "meta", "rename", "exchange"])
 def test_kill_at_each_write_phase(tmp_path, phase):
-    """SIGKILL at a known point inside save(): nothing incomplete becomes visible."""
+    """SIGKILL at a known point inside save(): nothing incomplete becomes visible, and
+    the documented cleanup (``store clean``) never loses an artifact."""
     st = Store(tmp_path)
     proc = _spawn(tmp_path, phase, 100_000)
     _wait_line(proc, "ready")
@@ -247,16 +298,25 @@ def test_kill_at_each_write_phase(tmp_path, phase):
     seen = _check_consistent(st, 100_000)
     leftovers = [p.name for p in (tmp_path / "blob").glob(".tmp-*")]
     assert leftovers, "the writer was killed mid-write, so a temp folder must remain"
+    report = st.clean()
     if phase == "rename":
-        # killed while overwriting "shared", between moving the old version away and
-        # renaming the new one in: the key is absent (never half-written) and its old
-        # version sits in .tmp-trash-*. k0, written before, is complete.
+        # killed while overwriting "shared" without an atomic swap, between moving the old
+        # version away and renaming the new one in: the key is absent (never half-written)
+        # until the cleanup puts the complete new version in place
         assert seen == {"k0": 0}
-        assert any(n.startswith(".tmp-trash-shared") for n in leftovers)
+        assert any(".tmp-old-" in n and n.endswith("-shared") for n in leftovers)
+        assert report["recovered"] == ["blob/shared"]
+        seen = _check_consistent(st, 100_000)
+        assert seen == {"k0": 0, "shared": 0}
+    elif phase == "exchange":
+        # the swap is one step: the new version is in place, the old one is garbage
+        assert seen == {"k0": 0, "shared": 0} and report["recovered"] == []
     else:
         assert seen == {"shared": -1}  # killed writing k0; the older artifact is intact
-    assert st.clean_tmp() == len(leftovers)
+        assert report["recovered"] == []
+    assert len(report["removed"]) + len(report["recovered"]) == len(leftovers)
     assert {p.name for p in (tmp_path / "blob").iterdir()} == {".lock", *seen}
+    assert _check_consistent(st, 100_000) == seen
 
 
 def _random_kills(tmp_path: Path, trials: int, batch: int = 4) -> None:
@@ -319,7 +379,7 @@ def test_two_writers_same_key(tmp_path):
     i = art.meta["i"]
     assert i in (1000 + rounds - 1, 2000 + rounds - 1)  # one writer's last save wins
     assert bool((art.tensors["x"] == float(i)).all()) and art.tensors["x"].shape == (n,)
-    assert art.file("note.txt").read_text() == f"note {i}"
+    assert art.file("note.txt").read_text() == f"note {i}" + "x" * (i % 7)
     assert sorted(p.name for p in (tmp_path / "blob").iterdir()) == [".lock", key]
     assert reads > 0
 
@@ -431,3 +491,115 @@ def test_no_pickle_in_interp():
         if found:
             offenders[str(path.relative_to(PROJECT_ROOT))] = found
     assert offenders == {}
+
+
+# --------------------------------------------------------------------------- real faults
+def test_real_full_disk_is_one_storage_error(tmp_path):
+    """On a file system that is really full (a 256 kB tmpfs), saving gives StorageError
+    'disk full' (safetensors' own I/O error is not an OSError) and leaves nothing."""
+    from tests._fs import small_tmpfs
+
+    with small_tmpfs(tmp_path / "fs", 256 * 1024) as root:
+        st = Store(root)
+        old = st.save("v", {"a": 1}, {"x": torch.ones(4)})
+        with pytest.raises(StorageError, match="disk full"):
+            st.save("v", {"a": 1}, {"x": torch.zeros(200_000)})   # 800 kB: does not fit
+        with pytest.raises(StorageError, match="disk full"):
+            st.save("v", {"a": 2}, files={"big.bin": b"\0" * 400_000})
+        assert torch.equal(st.load("v", old.key).tensors["x"], torch.ones(4))
+        assert sorted(p.name for p in (root / "v").iterdir()) == [".lock", old.key]
+
+
+def test_read_only_store_folder_is_one_storage_error(tmp_path):
+    from tests._fs import small_tmpfs
+
+    with small_tmpfs(tmp_path / "ro", 64 * 1024, read_only=True) as root:
+        with pytest.raises(StorageError, match="read-only"):
+            Store(root).save("v", {"a": 1}, {"x": torch.ones(1)})
+
+
+def test_finite_saves_refuse_nan_and_write_nothing(tmp_cache):
+    st = Store()
+    with pytest.raises(NonFiniteError, match="'w'"):
+        st.save("w", {"a": 1}, {"ok": torch.ones(2), "w": torch.tensor([1.0, float("inf")])},
+                finite=True)
+    assert not (tmp_cache / "w").exists() or not any((tmp_cache / "w").iterdir())
+    # without finite=True NaN is data like any other (a NaN AUROC, say)
+    st.save("w", {"a": 1}, {"w": torch.tensor([float("nan")])})
+
+
+# --------------------------------------------------------------------------- cleaning
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def _leftover(kdir: Path, name: str, record_key: str | None = None, i: int = 0) -> Path:
+    p = kdir / name
+    p.mkdir(parents=True)
+    (p / "tensors.safetensors").write_bytes(b"x")
+    if record_key is not None:
+        (p / "meta.json").write_text(json.dumps({"complete": True, "kind": kdir.name,
+                                                 "key": record_key, "config": {}, "meta": {"i": i},
+                                                 "files": []}))
+    return p
+
+
+def test_clean_keeps_live_writers_and_restores_what_a_kill_left_out(tmp_path):
+    """``clean`` at any depth (a nested demo store, a job folder): leftovers of a running
+    writer stay; dead writers' ones go; a key whose folder is missing is put back from
+    the newest complete leftover (new version first, else the old one)."""
+    root = tmp_path / "cache"
+    live, dead = os.getpid(), _dead_pid()
+    k = root / "demo" / "blob"
+    running = _leftover(k, f".tmp-w{live}-0123abcd-k1")
+    gone = _leftover(k, f".tmp-w{dead}-0123abcd-k2")
+    # a kill between the two renames of an overwrite: both versions parked, key missing
+    _leftover(k, ".tmp-old-0a0a0a0a-k3", "k3", i=1)
+    _leftover(k, f".tmp-w{dead}-0b0b0b0b-k3", "k3", i=2)
+    # a kill after parking the old version of k4, before anything new was complete
+    _leftover(k, ".tmp-old-0c0c0c0c-k4", "k4", i=3)
+    _leftover(k, f".tmp-w{dead}-0d0d0d0d-k4")
+    jobs = root / "jobs" / "j1"
+    jobs.mkdir(parents=True)
+    (jobs / f".status.json.{dead}.abcdef.tmp").write_text("{")
+    (jobs / f".status.json.{live}.abcdef.tmp").write_text("{")
+    fresh = jobs / ".unknown.tmp"
+    fresh.write_text("?")
+    st = Store(root)
+    dry = st.clean(dry_run=True)
+    assert (k / gone.name).exists() and not (k / "k3").exists()   # a dry run touches nothing
+    out = st.clean()
+    assert out == dry
+    assert sorted(out["recovered"]) == ["demo/blob/k3", "demo/blob/k4"]
+    assert json.loads((k / "k3" / "meta.json").read_text())["meta"]["i"] == 2   # the new one
+    assert json.loads((k / "k4" / "meta.json").read_text())["meta"]["i"] == 3   # the old one
+    assert running.exists() and fresh.exists()
+    assert sorted(p.name for p in k.iterdir()) == sorted([".lock", running.name, "k3", "k4"])
+    assert sorted(p.name for p in jobs.iterdir()) == sorted(
+        [".lock", f".status.json.{live}.abcdef.tmp", ".unknown.tmp"])
+    assert sorted(out["kept"]) == sorted([f"demo/blob/{running.name}",
+                                          f"jobs/j1/.status.json.{live}.abcdef.tmp",
+                                          "jobs/j1/.unknown.tmp"])
+    assert Store(root).clean(min_age=0)["removed"] == ["jobs/j1/.unknown.tmp"]
+
+
+def test_store_commands(tmp_path):
+    """``store check`` names damaged artifacts (exit 1), ``store delete`` removes one,
+    ``store clean`` reports what it removed; each ends with one JSON line."""
+    from interp.cli import main
+
+    root = tmp_path / "cache"
+    st = Store(root)
+    good = st.save("v", {"a": 1}, {"x": torch.ones(3)})
+    bad = st.save("v", {"a": 2}, {"x": torch.ones(300)})
+    f = bad.path / "tensors.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+    _leftover(root / "v", f".tmp-w{_dead_pid()}-0123abcd-zz")
+    assert main(["store", "check", "--store", str(root)]) == 1
+    assert main(["store", "clean", "--store", str(root)]) == 0
+    assert main(["store", "delete", "v", bad.key, "--store", str(root)]) == 0
+    assert main(["store", "check", "--store", str(root)]) == 0
+    assert [a.key for a in st.list("v")] == [good.key]
+    assert main(["store", "delete", "v", bad.key, "--store", str(root)]) == 1

@@ -109,7 +109,10 @@ def test_run_experiment_and_summary(organism_like, tmp_path):
     cspec = {**spec, "kind": "control", "n_control": 4}
     ckeys = run_experiment(cspec, store, device="cpu", parts=("sweep",),
                            progress=lambda *a: None)
-    assert "control" in ckeys and find_part(cspec, "sweep", store) is not None
+    csw = find_part(cspec, "sweep", store)
+    assert "control" in ckeys and csw.key == ckeys["sweep"]
+    assert csw.config["kind"] == "control" and csw.tensors["kl_last"].shape == (3, 4)
+    assert float(csw.tensors["kl_last"][1].abs().max()) == 0.0      # α = 0 changes nothing
 
 
 def test_statistics_against_hand_values():

@@ -21,30 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-
-
-def parse_sets(pairs: list[str] | None) -> dict[str, Any]:
-    """``["k=v", ...]`` -> dict; values parsed as JSON when possible (numbers, lists,
-    true/false/null), else kept as strings."""
-    out: dict[str, Any] = {}
-    for item in pairs or []:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = json.loads(v)
-        except ValueError:
-            out[k.strip()] = v
-    return out
+from ..validate import parse_json_object, parse_sets
 
 
 def build_spec(args) -> dict[str, Any]:
     spec: dict[str, Any] = {}
     if getattr(args, "config", None):
         try:
-            spec.update(json.loads(Path(args.config).read_text()))
-        except (OSError, ValueError) as e:
+            text = Path(args.config).read_text()
+        except OSError as e:
             raise ConfigError(f"cannot read config {args.config}: {e}") from e
+        spec.update(parse_json_object(text, f"the config file {args.config}"))
     spec.update(parse_sets(getattr(args, "set", None)))
     if getattr(args, "device", None):
         spec["device"] = args.device
@@ -69,16 +56,18 @@ def _tqdm():
 
 def _run_job(kind: str, spec: dict[str, Any], background: bool) -> int:
     from .. import jobs
-    from .train import TrainConfig
 
-    check = {k: v for k, v in spec.items() if k not in ("l1_values", "n_eval", "save_runs")}
-    TrainConfig.from_dict(check)  # fail fast on typos, before a worker starts
+    jobs.validate_spec(kind, spec)  # fail fast on typos and bad values, before a worker
     if background:
         print(jobs.submit(kind, spec))
         return 0
     bar, on = _tqdm()
-    st = jobs.run_inline(kind, spec, on_progress=on, raise_on_error=False)
-    bar.close()
+    try:
+        st = jobs.run_inline(kind, spec, on_progress=on, raise_on_error=False)
+    finally:
+        bar.close()
+    if st.state != "done":
+        print(f"error: job {st.id} {st.state}: {st.error}", file=sys.stderr)
     print(json.dumps({"id": st.id, "state": st.state, "error": st.error, "result": st.result},
                      default=str))
     return 0 if st.state == "done" else 1

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -97,18 +96,31 @@ def thin_history(history: list[dict[str, Any]], max_points: int = 400) -> list[d
     return [history[i] for i in idx]
 
 
+def adapters_config(setup: Any, cfg: Any) -> dict[str, Any]:
+    """The config (artifact key input) of an adapter set trained with ``cfg`` on the
+    setup's pair: the training identity, d_sae and the pair's weight hashes."""
+    pair = {"base": _describe(setup.base), "reasoner": _describe(setup.reasoner)}
+    ident = cfg.identity() if hasattr(cfg, "identity") else dict(cfg)
+    return {**ident, "d_sae": setup.model.adapters.d_sae,
+            "pair_hashes": {k: v.get("weight_hash") for k, v in pair.items()}}
+
+
 def save_adapters(setup: Any, cfg: Any, training: dict[str, Any] | None = None,
                   store: Store | None = None,
                   history: list[dict[str, Any]] | None = None) -> Artifact:
     """Save ``setup.model.adapters`` + manifest as an ``adapters`` artifact (with the
-    training curve as ``history.json`` when given, thinned to 400 points)."""
+    training curve as ``history.json`` when given, thinned to 400 points). The SAELens
+    folders are written straight into the artifact's temporary folder (nothing staged
+    in the system temp dir); weights holding NaN or infinity are refused
+    (NonFiniteError, nothing written)."""
+    from ..validate import finite_tensors
+
     adapters = setup.model.adapters
+    finite_tensors(adapters.tensors(), "the adapter set")
     base, reasoner = setup.base, setup.reasoner
     pair = {"base": _describe(base), "reasoner": _describe(reasoner)}
     store = store or Store(getattr(cfg, "store_root", None))
-    ident = cfg.identity() if hasattr(cfg, "identity") else dict(cfg)
-    config = {**ident, "d_sae": adapters.d_sae,
-              "pair_hashes": {k: v.get("weight_hash") for k, v in pair.items()}}
+    config = adapters_config(setup, cfg)
     meta = {
         "pair": pair,
         "n_layers": adapters.n_layers, "d_model": adapters.d_model, "d_sae": adapters.d_sae,
@@ -121,13 +133,12 @@ def save_adapters(setup: Any, cfg: Any, training: dict[str, Any] | None = None,
         "format": "saelens-transcoder",
     }
     name = f"hybrid({pair['reasoner'].get('id')}+{pair['base'].get('id')} MLPs)"
-    with tempfile.TemporaryDirectory(prefix="adapters-") as tmp:
-        export_saelens(adapters, tmp, model_name=name)
-        dirs = {layer_dir(layer): Path(tmp) / layer_dir(layer)
-                for layer in range(adapters.n_layers)}
-        files = {"history.json": json.dumps(thin_history(history))} if history else None
-        return store.save(KIND, config, provenance=provenance(
-            models=pair, seed=getattr(cfg, "seed", None)), meta=meta, dirs=dirs, files=files)
+    writers = {layer_dir(layer): (lambda p, layer=layer:
+                                  _saelens_transcoder(adapters, layer, name).save_model(p))
+               for layer in range(adapters.n_layers)}
+    files = {"history.json": json.dumps(thin_history(history))} if history else None
+    return store.save(KIND, config, provenance=provenance(
+        models=pair, seed=getattr(cfg, "seed", None)), meta=meta, writers=writers, files=files)
 
 
 def _describe(m: Any) -> dict[str, Any]:
@@ -189,9 +200,25 @@ def history_of(art: Artifact) -> list[dict[str, Any]]:
     return json.loads(f.read_text()) if f.exists() else []
 
 
+def pair_name(art: Artifact) -> str:
+    """``reasoner − base``: the pair an adapters artifact was trained on (model ids)."""
+    pair = art.meta.get("pair", {})
+
+    def short(role: str) -> str:
+        i = str((pair.get(role) or {}).get("id", "?"))
+        return i if len(i) <= 28 else "…" + i[-27:]
+
+    return f"{short('reasoner')} − {short('base')}"
+
+
 def catalog(stores: dict[str, Store]) -> list[dict[str, Any]]:
     """Every adapters artifact in the named stores with its newest evaluation (or None):
-    ``[{"label", "store", "artifact", "eval"}]``, demo-store entries first as given."""
+    ``[{"label", "store", "artifact", "eval", "pair", "stale"}]``, demo-store entries
+    first as given. ``label`` names the pair (``reasoner − base``) and ends with the key's
+    last 8 characters; ``stale`` lists the pair's models whose weights changed since
+    the run (:func:`interp.models.stale_models`)."""
+    from ..models import stale_models
+
     out = []
     for sname, store in stores.items():
         evals: dict[str, Artifact] = {}
@@ -199,10 +226,13 @@ def catalog(stores: dict[str, Store]) -> list[dict[str, Any]]:
             evals.setdefault(ev.meta.get("adapters_key", ""), ev)
         for art in store.list(KIND):
             l1 = art.config.get("l1")
-            label = (f"{sname} · l1={l1:g} · {art.config.get('steps')} steps · "
-                     f"{art.key[-8:]}") if isinstance(l1, (int, float)) else f"{sname} · {art.key}"
+            pair = pair_name(art)
+            label = (f"{sname} · {pair} · l1={l1:g} · {art.config.get('steps')} steps · "
+                     f"{art.key[-8:]}") if isinstance(l1, (int, float)) else \
+                f"{sname} · {pair} · {art.key}"
             out.append({"label": label, "store": sname, "artifact": art,
-                        "eval": evals.get(art.key)})
+                        "eval": evals.get(art.key), "pair": pair,
+                        "stale": stale_models(art.meta.get("pair", {}))})
     return out
 
 

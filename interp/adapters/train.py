@@ -21,7 +21,11 @@ replaced atomically; older ones deleted) hold the adapters, the AdamW state and 
 dead-feature counters. Randomness is counter-based (batch and cutoff are functions of
 ``(seed, step)``), and the learning rate a function of the step, so a run resumed from a
 checkpoint follows the same loss curve as an uninterrupted one. A NaN/inf loss stops the
-run with :class:`NaNLossError` before the optimiser step; the last checkpoint stays.
+run with :class:`NaNLossError` before the optimiser step; the last checkpoint stays. A loss
+that grows :data:`DIVERGENCE_FACTOR` times above the run's first loss stops it with
+:class:`DivergedError` (the run is not saved as a result), and the adapter weights must be
+finite before any checkpoint or artifact is written. Re-running a finished config does not
+train or save again: the artifact already saved is the result.
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import ConfigError, NaNLossError
-from ..store import write_json_atomic
+from ..errors import ConfigError, DivergedError, NaNLossError, TrainingError
+from ..store import storage_error, tmp_sibling, write_json_atomic
+from ..validate import dataclass_from_dict, finite_tensors
 from .data import BatchSource, _seed
 from .loss import LossWeights, adapter_loss
 from .model import AdapterModel, build_hybrid
@@ -77,26 +82,37 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown training option(s): {', '.join(unknown)}; "
-                              f"known: {', '.join(sorted(names))}")
-        cfg = cls(**d)
+        """A config from a dict (job spec, ``--set``, ``--config``): unknown options and
+        values of the wrong type are ConfigErrors naming them."""
+        cfg = dataclass_from_dict(cls, d, "training option")
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{f.name} must be a finite number, got {v}")
         checks = [
             (self.steps >= 1, "steps must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.max_len >= 2, "max_len must be >= 2 (next-token targets need two tokens)"),
             (self.lr > 0, "lr must be > 0"),
             (0 <= self.warmup_frac < 1, "warmup_frac must be in [0, 1)"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (self.l1 >= 0, "l1 must be >= 0"),
+            (self.lambda_adapt >= 0 and self.lambda_nmse >= 0 and self.lambda_bridge >= 0,
+             "lambda_adapt, lambda_nmse and lambda_bridge must be >= 0"),
+            (self.lambda_adapt + self.lambda_nmse + self.lambda_bridge > 0,
+             "at least one of lambda_adapt, lambda_nmse, lambda_bridge must be > 0"),
             (0 < self.bridge_fraction <= 1, "bridge_fraction must be in (0, 1]"),
             (self.ckpt_every >= 1, "ckpt_every must be >= 1"),
             (self.d_sae >= 0, "d_sae must be >= 0"),
             (self.grad_clip > 0, "grad_clip must be > 0"),
+            (self.dead_steps >= 1, "dead_steps must be >= 1"),
+            (self.threads >= 0, "threads must be >= 0"),
+            (self.seed >= 0, "seed must be >= 0"),
+            (self.data in ("traces", "random"), "data must be 'traces' or 'random'"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -114,6 +130,32 @@ class TrainConfig:
 
     def weights(self) -> LossWeights:
         return LossWeights(self.lambda_adapt, self.l1, self.lambda_nmse, self.lambda_bridge)
+
+
+def validate_spec(spec: dict[str, Any]) -> None:
+    """The ``adapters.train`` job spec (a TrainConfig as a dict)."""
+    TrainConfig.from_dict(spec)
+
+
+def validate_sweep_spec(spec: dict[str, Any]) -> None:
+    """The ``adapters.sweep`` job spec: a TrainConfig plus ``l1_values``, ``n_eval`` and
+    ``save_runs``."""
+    from ..validate import finite_values, number
+
+    spec = dict(spec)
+    l1s = finite_values(spec.pop("l1_values", [1.0]), "l1_values")
+    if not l1s or min(l1s) < 0:
+        raise ConfigError("l1_values must be a non-empty list of numbers >= 0")
+    number(spec.pop("n_eval", 1), "n_eval", lo=1, integer=True)
+    if not isinstance(spec.pop("save_runs", True), bool):
+        raise ConfigError("save_runs must be true or false")
+    TrainConfig.from_dict(spec)
+
+
+# a run whose loss climbs this many times above its first loss (floored at
+# DIVERGENCE_FLOOR) has diverged: it stops instead of being saved as a result
+DIVERGENCE_FACTOR = 100.0
+DIVERGENCE_FLOOR = 0.1
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -181,26 +223,50 @@ def _sync(device: torch.device) -> None:
 # ---------------------------------------------------------------------- checkpoints
 def save_checkpoint(work: Path, step: int, model: AdapterModel, opt: torch.optim.Optimizer,
                     silent: torch.Tensor, history: list[dict[str, Any]],
-                    models: dict[str, Any] | None = None) -> Path:
+                    models: dict[str, Any] | None = None,
+                    first_loss: float | None = None) -> Path:
     """Write ``ckpt-<step>`` (safetensors + JSON), point ``latest.json`` at it, drop older.
-    ``models`` (role -> weight hash) records which pair the checkpoint was trained on."""
-    work.mkdir(parents=True, exist_ok=True)
-    tensors = {f"adapter.{k}": v.contiguous().cpu() for k, v in model.adapters.tensors().items()}
+    ``models`` (role -> weight hash) records which pair the checkpoint was trained on;
+    ``first_loss`` the run's first loss (the divergence reference, kept across resumes).
+    Refuses (NonFiniteError) adapter weights holding NaN or infinity."""
+    from safetensors import SafetensorError
+
+    adapters = {f"adapter.{k}": v.contiguous().cpu() for k, v in model.adapters.tensors().items()}
+    finite_tensors(adapters, f"adapter checkpoint at step {step}")
+    tensors = dict(adapters)
     for i, st in opt.state_dict()["state"].items():
         for name, t in st.items():
             tensors[f"opt.{i}.{name}"] = torch.as_tensor(t).detach().contiguous().cpu()
     tensors["silent_steps"] = silent.contiguous().cpu()
     name = f"ckpt-{step:07d}"
-    tmp = work / f".{name}.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    tmp.replace(work / f"{name}.safetensors")
+    tmp = tmp_sibling(work / f"{name}.safetensors")
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(tmp))
+        tmp.replace(work / f"{name}.safetensors")
+    except (OSError, SafetensorError) as e:
+        tmp.unlink(missing_ok=True)
+        raise storage_error(e, f"writing the training checkpoint at step {step}") from e
     write_json_atomic(work / f"{name}.json", {"step": step, "history_tail": history[-5:]})
     write_json_atomic(work / "latest.json", {"name": name, "step": step,
-                                            "models": models or {}})
+                                            "models": models or {},
+                                            "first_loss": first_loss})
     for old in work.glob("ckpt-*"):
         if not old.name.startswith(name):
             old.unlink(missing_ok=True)
     return work / f"{name}.safetensors"
+
+
+def checkpoint_info(work: Path) -> dict[str, Any] | None:
+    """``latest.json`` of a work folder (step, models, first_loss), or None."""
+    ptr = work / "latest.json"
+    if not ptr.exists():
+        return None
+    try:
+        return json.loads(ptr.read_text())
+    except ValueError as e:
+        raise TrainingError(f"the training checkpoint pointer {ptr} is damaged ({e}); "
+                            "delete the job folder to start over") from None
 
 
 def load_checkpoint(work: Path, model: AdapterModel, opt: torch.optim.Optimizer,
@@ -209,14 +275,20 @@ def load_checkpoint(work: Path, model: AdapterModel, opt: torch.optim.Optimizer,
     ``(0, None)`` when there is none, or when it was trained on other model weights than
     ``models`` (a spec such as ``organism:reasoner`` can be rebuilt with new weights: such
     a checkpoint is not resumed)."""
-    ptr = work / "latest.json"
-    if not ptr.exists():
+    from safetensors import SafetensorError
+
+    info = checkpoint_info(work)
+    if info is None:
         return 0, None
-    info = json.loads(ptr.read_text())
     saved = info.get("models") or {}
     if models and any(saved.get(k) != v for k, v in models.items() if v is not None):
         return 0, None
-    tensors = load_file(str(work / f"{info['name']}.safetensors"))
+    try:
+        tensors = load_file(str(work / f"{info['name']}.safetensors"))
+    except (OSError, SafetensorError) as e:
+        raise TrainingError(f"the training checkpoint {info['name']} in {work} cannot be "
+                            f"read ({str(e).splitlines()[0]}); delete the job folder to start "
+                            "over") from None
     dev = model.device
     model.adapters.load_tensors({k.removeprefix("adapter."): v.to(dev)
                                  for k, v in tensors.items() if k.startswith("adapter.")})
@@ -286,6 +358,7 @@ def train(cfg: TrainConfig, setup: Setup, work: Path, progress: ProgressFn | Non
     ident = {"base": getattr(setup.base, "weight_hash", None),
              "reasoner": getattr(setup.reasoner, "weight_hash", None)}
     start, silent = load_checkpoint(work, model, opt, ident)
+    first_loss = (checkpoint_info(work) or {}).get("first_loss") if start else None
     L, d_sae = model.n_layers, model.adapters.d_sae
     if silent is None:
         silent = torch.zeros(L, d_sae, dtype=torch.long, device=dev)
@@ -302,6 +375,9 @@ def train(cfg: TrainConfig, setup: Setup, work: Path, progress: ProgressFn | Non
         for g in opt.param_groups:
             g["lr"] = lr
         tokens, valid = src.batch(step)
+        if tokens.shape[1] < 2 or int(valid[:, 1:].sum()) == 0:
+            raise TrainingError(f"batch {step} has no next-token targets (max_len "
+                                f"{cfg.max_len}, {tokens.shape[1]} positions): nothing to train on")
         tokens, valid = tokens.to(dev), valid.to(dev)
         k, rows = draw_bridge(cfg, step, L, tokens.shape[0])
         poison = cfg.nan_at_step is not None and step == cfg.nan_at_step
@@ -317,6 +393,17 @@ def train(cfg: TrainConfig, setup: Setup, work: Path, progress: ProgressFn | Non
                 f"(kl={float(parts['kl']):.4g}, l1={float(parts['l1']):.4g}, "
                 f"nmse={float(parts['nmse']):.4g}, bridge={float(parts['bridge']):.4g}); "
                 f"{kept}. Lower lr or l1, or resume from the checkpoint.")
+        loss_f = float(loss.detach())
+        if first_loss is None:
+            first_loss = loss_f
+        if loss_f > DIVERGENCE_FACTOR * max(first_loss, DIVERGENCE_FLOOR):
+            last = (checkpoint_info(work) or {}).get("step")
+            raise DivergedError(
+                f"adapter training diverged: the loss reached {loss_f:.4g} at step {step}, "
+                f"more than {DIVERGENCE_FACTOR:g}x its first value {first_loss:.4g} "
+                f"(lr {cfg.lr:g}, l1 {cfg.l1:g}); nothing was saved as a result"
+                + (f" (the checkpoint of step {last} is kept)" if last else "")
+                + ". Lower lr.")
         silent = torch.where(parts["fired"], torch.zeros_like(silent), silent + 1)
         n_tok += int(valid.sum())
         if dev.type != "cpu":
@@ -328,7 +415,7 @@ def train(cfg: TrainConfig, setup: Setup, work: Path, progress: ProgressFn | Non
                "tokens_per_s": n_tok / max(el, 1e-9)}
         history.append({"step": step + 1, **rec})
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(work, step + 1, model, opt, silent, history, ident)
+            save_checkpoint(work, step + 1, model, opt, silent, history, ident, first_loss)
         if progress is not None:
             progress(step + 1, cfg.steps, **rec)
     el = time.perf_counter() - t0
@@ -340,18 +427,33 @@ def train(cfg: TrainConfig, setup: Setup, work: Path, progress: ProgressFn | Non
 # ---------------------------------------------------------------------- jobs
 def run_training(cfg: TrainConfig, work: Path, progress: ProgressFn | None = None,
                  setup: Setup | None = None) -> dict[str, Any]:
-    """Load, train, save the artifact (when ``cfg.save``); returns the job result."""
+    """Load, train, save the artifact (when ``cfg.save``); returns the job result.
+
+    A run that finds its work folder already at the last step trains nothing: the
+    artifact saved for this config and pair is the result (never overwritten with an
+    empty summary); if it is missing it is saved from the checkpoint and the job's
+    recorded curve."""
+    from ..store import Store
+    from .io import KIND, adapters_config, save_adapters
+
     setup = setup or setup_models(cfg)
     res = train(cfg, setup, work, progress)
+    history = _full_history(work, res.history)
+    final = res.final or (history[-1] if history else {})
     out: dict[str, Any] = {"steps": res.steps, "resumed_from": res.resumed_from,
                            "seconds": res.seconds, "tokens_per_s": res.tokens_per_s,
-                           "final": res.final}
+                           "final": final}
     if cfg.save:
-        from .io import save_adapters
-
-        art = save_adapters(setup, cfg, training={
-            "final": res.final, "seconds": res.seconds, "tokens_per_s": res.tokens_per_s,
-            "resumed_from": res.resumed_from}, history=_full_history(work, res.history))
+        store = Store(cfg.store_root)
+        art = store.find(KIND, adapters_config(setup, cfg)) \
+            if res.resumed_from >= cfg.steps else None
+        if art is None:
+            art = save_adapters(setup, cfg, training={
+                "final": final, "seconds": res.seconds, "tokens_per_s": res.tokens_per_s,
+                "resumed_from": res.resumed_from}, history=history, store=store)
+        else:
+            out["final"] = art.meta.get("training", {}).get("final", final)
+            out["already_saved"] = True
         out["key"] = art.key
         out["path_name"] = art.path.name
     return out
@@ -386,6 +488,7 @@ def sweep_job(spec: dict[str, Any], ctx) -> dict[str, Any]:
     in its own sub-folder), evaluate faithfulness, save an ``adapters_sweep`` artifact
     with the L0-vs-gap-closed frontier. Extra spec keys: ``l1_values``, ``n_eval``
     (held-out sequences per evaluation), ``save_runs`` (also save each run's adapters)."""
+    validate_sweep_spec(spec)
     spec = dict(spec)
     l1s = [float(v) for v in spec.pop("l1_values", [3e-4, 1e-3, 3e-3, 1e-2])]
     n_eval = int(spec.pop("n_eval", 256))

@@ -21,17 +21,11 @@ def add_commands(sub) -> None:
 
 def _build(args) -> int:
     from ..models import load_model
+    from ..validate import parse_sets
     from .pipeline import build, make_config
     from .sweep import _store
 
-    over = {}
-    for kv in args.set:
-        k, v = kv.split("=", 1)
-        try:
-            over[k] = json.loads(v)
-        except ValueError:
-            over[k] = v
-    cfg = make_config(model=args.model, **over)
+    cfg = make_config(model=args.model, **parse_sets(args.set))
     model = load_model(cfg["model"], device=args.device)
 
     def progress(step, total, stage="", done=None, **_):

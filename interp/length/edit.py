@@ -191,14 +191,43 @@ def export_edited_checkpoint(model, heads: HeadList, units: torch.Tensor,
                              mode: str = "project", means: Sequence[float] | None = None
                              ) -> Path:
     """Write the edited model as a loadable HF checkpoint (weights in the source
-    checkpoint's dtype, tokenizer copied, ``length_edit.json`` describing the edit)."""
+    checkpoint's dtype, tokenizer copied, ``length_edit.json`` describing the edit).
+
+    Written into a temporary folder beside ``out_dir`` and put in place in one step (an
+    earlier export there is replaced as a whole); the edited weights must be finite
+    (NonFiniteError, nothing written)."""
+    import shutil
+
+    from safetensors import SafetensorError
+
     from ..models import load_hf
+    from ..store import exchange, storage_error, tmp_sibling
+    from ..validate import finite_tensors
 
     check_mode(model.hooked, mode)
     out = Path(out_dir)
     hf = load_hf(model.path, dtype=torch.float32, device="cpu")
     edit_hf_model(hf, heads, units.cpu(), model.hooked.cfg.d_head, mode, means)
-    out.mkdir(parents=True, exist_ok=True)
+    finite_tensors(dict(hf.named_parameters()), "the edited checkpoint")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_sibling(out)
+    try:
+        _write_checkpoint(tmp, hf, model, heads, mode, meta, means)
+        if out.exists():
+            if not exchange(tmp, out):
+                shutil.rmtree(out)
+                tmp.rename(out)
+        else:
+            tmp.rename(out)
+    except (OSError, SafetensorError) as e:
+        raise storage_error(e, f"writing the edited checkpoint {out}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write_checkpoint(out: Path, hf, model, heads: HeadList, mode: str,
+                      meta: dict[str, Any] | None, means: Sequence[float] | None) -> None:
     hf.save_pretrained(out)
     model.tokenizer.save_pretrained(out)
     rule = ("W_O[h] <- W_O[h] - (W_O[h] v) v^T" if mode == "project" else
@@ -209,7 +238,6 @@ def export_edited_checkpoint(model, heads: HeadList, units: torch.Tensor,
     if means is not None:
         info["long_means"] = [float(x) for x in means]
     (out / "length_edit.json").write_text(json.dumps(info, indent=1))
-    return out
 
 
 @torch.no_grad()

@@ -104,12 +104,76 @@ DEFAULTS: dict[str, Any] = {
 HEAD_SELECT = ("auto", "score", "effect")
 
 
+_COUNTS = {"n_direction": 1, "n_sweep": 1, "n_eval": 1, "n_select": 1, "max_new_tokens": 1,
+           "batch_size": 1, "n_alpha": 2, "max_positions": 1, "top_k": 1, "n_candidates": 1,
+           "seal_layer": 0, "seed": 0}
+
+
+def _typed(k: str, v: Any) -> Any:
+    """One setting checked against its default's type and range (ConfigError)."""
+    from ..validate import finite_values, number, typed_like
+
+    if k in _COUNTS:
+        return None if v is None and DEFAULTS[k] is None else \
+            number(v, k, lo=_COUNTS[k], integer=True)
+    if k in ("temperature",):
+        return number(v, k, lo=0)
+    if k == "top_p":
+        return number(v, k, lo=0, hi=1, lo_open=True)
+    if k in ("alpha_scale",):
+        return number(v, k, lo=0, lo_open=True)
+    if k == "seal_alpha":
+        return number(v, k)
+    if k == "seal_alpha_grid":
+        return finite_values(typed_like(v, DEFAULTS[k], k), k)
+    if k == "split":
+        sp = typed_like(v, DEFAULTS[k], k)
+        unknown = sorted(set(sp) - {"mode", "short", "long"})
+        if unknown or not {"mode", "short", "long"} <= set(sp):
+            raise ConfigError("split must be {\"mode\": \"threshold\"|\"percentile\", "
+                              f"\"short\": number, \"long\": number}}; got {sp!r}")
+        return {"mode": sp["mode"], "short": number(sp["short"], "split.short", lo=0),
+                "long": number(sp["long"], "split.long", lo=0)}
+    if k in ("sites",):
+        from .data import SITES
+
+        sites = typed_like(v, DEFAULTS[k], k)
+        bad = [x for x in sites if x not in SITES]
+        if bad or not sites:
+            raise ConfigError(f"sites must be a non-empty list of {', '.join(SITES)}; "
+                              f"got {sites!r}")
+        return list(sites)
+    if k == "markers":
+        if v is None:
+            return None
+        from .data import ThinkMarkers
+
+        d = typed_like(v, {}, k)
+        unknown = sorted(set(d) - set(ThinkMarkers.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"unknown marker(s) {unknown}; known: "
+                              f"{', '.join(ThinkMarkers.__dataclass_fields__)}")
+        return d
+    if k == "prompts":
+        if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
+            raise ConfigError("prompts must be a list of texts")
+        return list(v)
+    return typed_like(v, DEFAULTS[k], k)
+
+
 def make_config(**overrides: Any) -> dict[str, Any]:
+    """The defaults with ``overrides``, every setting checked (ConfigError naming it)."""
     cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
     for k, v in overrides.items():
         if k not in DEFAULTS and k != "prompts":
-            raise ConfigError(f"unknown length setting {k!r}")
-        cfg[k] = v
+            raise ConfigError(f"unknown length setting {k!r}; known: "
+                              f"{', '.join(sorted(DEFAULTS))}")
+        cfg[k] = _typed(k, v)
+    if cfg["sweep_site"] not in cfg["sites"]:
+        raise ConfigError(f"sweep_site {cfg['sweep_site']!r} must be one of sites "
+                          f"{cfg['sites']}")
+    if cfg["source"] not in ("organism", "prompts"):
+        raise ConfigError(f"source must be 'organism' or 'prompts', not {cfg['source']!r}")
     if cfg["edit_mode"] not in ("auto", *EDIT_MODES):
         raise ConfigError(f"unknown edit mode {cfg['edit_mode']!r}; choose from auto, "
                           f"{', '.join(EDIT_MODES)}")
@@ -273,7 +337,7 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
     dcfg = {"generations": gen_art.key, "split": sp, "positions": rule,
             "max_positions": cfg["max_positions"], "sites": cfg["sites"]}
     dir_art = store.save("length_direction", dcfg, dirs.tensors(), provenance=prov,
-                         meta=dirs.meta)
+                         meta=dirs.meta, finite=True)
     tick("directions")
 
     # 3. α sweep ------------------------------------------------------------------------
@@ -315,7 +379,8 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
     top = top_heads(scores, k)
     hcfg = {"direction": dir_art.key, "site": "resid_mid", "positions": rule,
             "top_k": k}
-    heads_art = store.save("length_heads", hcfg, {"scores": scores}, provenance=prov, meta={
+    heads_art = store.save("length_heads", hcfg, {"scores": scores}, provenance=prov,
+                           finite=True, meta={
         "top": top, "n_short_examples": len(short_idx), "n_layers": L, "n_heads": H,
         "score": "mean over short examples of mean over thinking positions of "
                  "(z_h W_O[h]) . unit_short_l; positive = writes towards short"})
@@ -472,7 +537,8 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
         seal_art = store.save("length_seal", {"generations": gen_art.key, "layer": layer,
                                               "anchor": cfg["seal_anchor"], "rules": rules,
                                               "alpha": cfg["seal_alpha"]},
-                              {"vector": sv["vector"]}, provenance=prov, meta=seal_meta)
+                              {"vector": sv["vector"]}, provenance=prov, meta=seal_meta,
+                              finite=True)
         seal_key = seal_art.key
     except ConfigError as e:
         seal_meta = {"error": str(e)}

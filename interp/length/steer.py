@@ -36,8 +36,10 @@ from .stats import proportion
 def alpha_grid(n_layers: int, n: int = 9, layers: str | int = "all", scale: float = 2.0
                ) -> list[float]:
     """Symmetric grid of ``n`` α values (see the module docstring for the scale)."""
-    if n < 2:
-        raise ConfigError("an α grid needs at least 2 values")
+    from ..validate import number
+
+    n = number(n, "n_alpha", lo=2, integer=True)
+    scale = number(scale, "alpha_scale", lo=0, lo_open=True)
     a_max = scale / n_layers if layers == "all" else 1.0
     return [round(float(a), 6) for a in np.linspace(-a_max, a_max, n)]
 
@@ -105,6 +107,11 @@ def alpha_sweep(model, prompts: Sequence[str], dirs: torch.Tensor, alphas: Seque
     ``k * n + i`` is prompt ``i`` under ``alphas[k]``). ``batched=False``: one generation
     per α (the baseline of the benchmark). ``scorer(i, text)`` gets the prompt index.
     """
+    from ..validate import finite_values
+
+    alphas = finite_values(list(alphas), "α")
+    if not alphas:
+        raise ConfigError("the α grid is empty")
     markers = markers or ThinkMarkers()
     n = len(prompts)
     rows = [p for _ in alphas for p in prompts]

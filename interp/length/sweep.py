@@ -23,6 +23,33 @@ def _store(name: str | None) -> Store:
     return demo_store(read_only=False) if name == "demo" else Store()
 
 
+def validate_spec(spec: dict[str, Any]) -> None:
+    """The ``length.sweep`` job's spec: every setting typed (see ``pipeline.make_config``)
+    plus the sweep stage's own keys."""
+    from ..errors import ConfigError
+    from ..validate import finite_values, number, one_of
+    from .pipeline import DEFAULTS, make_config
+
+    spec = dict(spec)
+    stage = one_of(spec.pop("stage", "sweep"), "stage", ("sweep", "pipeline"))
+    one_of(spec.pop("store", "main"), "store", ("demo", "main"))
+    spec.pop("device", None)
+    own = {"direction", "alphas", "site", "layers", "n_prompts"} if stage == "sweep" else set()
+    unknown = sorted(set(spec) - set(DEFAULTS) - own - {"prompts"})
+    if unknown:
+        raise ConfigError(f"unknown length job option(s): {', '.join(unknown)}")
+    make_config(**{k: v for k, v in spec.items() if k not in own})
+    if stage == "sweep":
+        if not isinstance(spec.get("direction"), str):
+            raise ConfigError("a length sweep needs 'direction': a length_direction key")
+        if spec.get("alphas") is not None:
+            finite_values(spec["alphas"], "alphas")
+        if spec.get("layers") is not None:
+            [number(x, "layers", lo=0, integer=True) for x in spec["layers"]]
+        if "n_prompts" in spec:
+            number(spec["n_prompts"], "n_prompts", lo=1, integer=True)
+
+
 def sweep_job(spec: dict[str, Any], ctx) -> dict[str, Any]:
     from ..models import load_model
     from .pipeline import DEFAULTS, _markers, build, load_directions, make_config, prompt_set

@@ -6,13 +6,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _mask(args):
+    from ..errors import ConfigError
+    from ..validate import number
     from .task import GROUPS, Mask
 
-    groups = tuple(args.groups.split(",")) if args.groups else GROUPS
-    layers = tuple(int(x) for x in args.layers.split("-")) if args.layers else None
+    groups = tuple(g.strip() for g in args.groups.split(",") if g.strip()) \
+        if args.groups else GROUPS
+    layers = None
+    if args.layers:
+        parts = args.layers.split("-")
+        if len(parts) != 2:
+            raise ConfigError(f"--layers takes a block range lo-hi, e.g. 1-3; got "
+                              f"{args.layers!r}")
+        layers = tuple(number(x, "--layers", lo=0, integer=True) for x in parts)
     return Mask(groups, layers)
 
 
@@ -26,12 +36,17 @@ def _demo(args) -> int:
 
 def _export(args) -> int:
     from ..models import local_checkpoint
-    from .task import TaskVector, export_edited_checkpoint
+    from ..validate import finite
+    from .task import TaskVector, check_export_dir, export_edited_checkpoint
 
+    mask = _mask(args)
+    finite(args.alpha, "α")
+    check_export_dir(Path(args.out), args.force)
     tv = TaskVector.from_specs(args.a, args.b)
     _, target = local_checkpoint(args.target)
-    out = export_edited_checkpoint(target, tv, args.alpha, args.out, _mask(args),
-                                   provenance={"target_spec": args.target})
+    out = export_edited_checkpoint(target, tv, args.alpha, args.out, mask,
+                                   provenance={"target_spec": args.target},
+                                   overwrite=args.force)
     print(json.dumps({"out": str(out)}))
     return 0
 
@@ -40,10 +55,11 @@ def _stats(args) -> int:
     from ..models import local_checkpoint
     from .task import TaskVector, aggregate_stats, task_vector_stats
 
+    mask = _mask(args)
     tv = TaskVector.from_specs(args.a, args.b)
     _, target = local_checkpoint(args.target)
     ref = local_checkpoint(args.reference)[1] if args.reference else None
-    t = task_vector_stats(tv, target, ref, _mask(args))
+    t = task_vector_stats(tv, target, ref, mask)
     print(aggregate_stats(t, "layer").to_string(index=False), file=sys.stderr)
     print(json.dumps(aggregate_stats(t, "layer").to_dict(orient="records")))
     return 0
@@ -68,7 +84,9 @@ def add_commands(sub) -> None:
     e = vs.add_parser("export", help="write target + alpha * (m * v) as a checkpoint")
     common(e)
     e.add_argument("--alpha", type=float, default=1.0)
-    e.add_argument("--out", required=True)
+    e.add_argument("--out", required=True, help="a new (or empty) folder")
+    e.add_argument("--force", action="store_true",
+                   help="replace --out if it already holds files")
     e.set_defaults(func=_export)
     s = vs.add_parser("stats", help="per-layer ||v|| and cosine(v, target - reference)")
     common(s)

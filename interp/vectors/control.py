@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..errors import ConfigError, PromptError
+from ..errors import ConfigError, NonFiniteError, PromptError
 from ..steering import Where, add_vector
 
 SITES = ("resid_pre", "resid_mid", "resid_post")
@@ -51,15 +51,19 @@ def read_activations(model, prompts: Sequence[str] | Sequence[Sequence[int]], la
                      batch_size: int = 64, progress: Callable[[int, int], None] | None = None
                      ) -> torch.Tensor:
     """``[n_prompts, d_model]`` float32 activations at ``hook_name(layer, site)``."""
-    from ..generation import _tokenizer, encode_prompts, left_pad
+    from ..generation import _tokenizer, check_tokens, encode_prompts, left_pad
 
     if token_rule not in TOKEN_RULES:
         raise ConfigError(f"token rule must be one of {TOKEN_RULES}, not {token_rule!r}")
     h = _hooked(model)
+    from ..validate import number
+
+    layer = number(layer, "layer", integer=True)
     if not 0 <= layer < h.cfg.n_layers:
         raise ConfigError(f"layer {layer} is outside 0..{h.cfg.n_layers - 1}")
     name = hook_name(layer, site)
     ids = encode_prompts(model, prompts)
+    check_tokens(model, ids)
     tok = _tokenizer(model)
     pad = tok.pad_token_id if tok is not None and tok.pad_token_id is not None else 0
     dev = next(h.parameters()).device
@@ -123,6 +127,9 @@ def control_vector(pos: torch.Tensor, neg: torch.Tensor | None = None, kind: str
             info.update(center=center, explained=float(s[0] ** 2 / (s ** 2).sum()),
                         cos_with_rc=float(u @ rc / rc.norm().clamp_min(1e-30)))
     info["norm"] = float(c.norm())
+    if not bool(torch.isfinite(c).all()):
+        raise NonFiniteError("the control vector holds NaN or infinite values (the model's "
+                             "activations are not finite)")
     return c.float(), info
 
 
@@ -173,7 +180,7 @@ class ControlVector:
             tensors["neg_mean"] = self.neg_mean
         return store.save("vectors.control", self.config(), tensors,
                           provenance=provenance(models={"model": self.model}, seed=seed),
-                          meta={**self.info, **(meta or {})})
+                          meta={**self.info, **(meta or {})}, finite=True)
 
     @classmethod
     def from_artifact(cls, art) -> ControlVector:

@@ -70,6 +70,37 @@ def full_spec(spec: dict[str, Any] | None = None) -> dict[str, Any]:
     return s
 
 
+def check_spec(spec: dict[str, Any] | None) -> dict[str, Any]:
+    """An experiment spec checked option by option (ConfigError naming the first bad
+    one): known keys only, the default's types, finite α lists, counts >= 1."""
+    from ..validate import finite_values, number, one_of, typed_like
+
+    spec = dict(spec or {})
+    unknown = sorted(set(spec) - set(DEFAULT_SPEC))
+    if unknown:
+        raise ConfigError(f"unknown experiment option(s): {', '.join(unknown)}; known: "
+                          f"{', '.join(sorted(DEFAULT_SPEC))}")
+    for k, v in spec.items():
+        if k == "layer" and v is not None:
+            spec[k] = number(v, "layer", lo=0, integer=True)
+        elif k in ("alphas", "accuracy_alphas"):
+            spec[k] = finite_values(typed_like(v, DEFAULT_SPEC[k], k), k)
+            if not spec[k]:
+                raise ConfigError(f"{k} is empty")
+        elif k in ("n_sweep", "n_accuracy", "max_new_tokens", "n_control"):
+            spec[k] = number(v, k, lo=1, integer=True)
+        elif k != "mask":
+            spec[k] = typed_like(v, DEFAULT_SPEC[k], k)
+    s = full_spec(spec)
+    one_of(s["unit"], "unit", ("nats", "bits"))
+    one_of(s["fmt"], "fmt", ("think", "direct", "chat"))
+    from .control import KINDS, SITES
+
+    one_of(s["site"], "site", SITES)
+    one_of(s["vector_kind"], "vector_kind", KINDS)
+    return s
+
+
 def _stderr_progress(step: int, total: int, msg: str) -> None:
     print(f"[vectors] {msg} {step}/{total}", file=sys.stderr, flush=True)
 
@@ -127,7 +158,7 @@ def run_experiment(spec: dict[str, Any] | None = None, store: Store | None = Non
     )
     from .task import Mask, TaskVector, TaskVectorSweeper, task_vector_stats
 
-    s = full_spec(spec)
+    s = check_spec(spec)
     store = store or Store()
     prog = progress or _stderr_progress
     model = load_model(s["target"], device=device)
@@ -152,8 +183,8 @@ def run_experiment(spec: dict[str, Any] | None = None, store: Store | None = Non
 
     kinds = {"stats": "vectors.task_stats", "sweep": "vectors.sweep",
              "accuracy": "vectors.accuracy", "trace": "vectors.trace"}
-    if not overwrite:  # resume: parts already saved under this config are kept
-        parts = tuple(w for w in parts if not _have(store, kinds[w], s, w, out))
+    if not overwrite:  # resume: parts saved under this config *and these weights* are kept
+        parts = tuple(w for w in parts if not _have(store, kinds[w], s, w, out, models_desc))
 
     def save(kind, what, tensors, meta=None, files=None):
         art = store.save(kind, sweep_config(s, what), tensors, meta=meta, files=files,
@@ -213,11 +244,21 @@ def run_experiment(spec: dict[str, Any] | None = None, store: Store | None = Non
     return out
 
 
-def _have(store: Store, kind: str, s: dict[str, Any], what: str, out: dict[str, str]) -> bool:
+def _hashes(models: dict[str, Any]) -> dict[str, Any]:
+    return {r: d.get("weight_hash") for r, d in (models or {}).items()
+            if isinstance(d, dict) and d.get("weight_hash")}
+
+
+def _have(store: Store, kind: str, s: dict[str, Any], what: str, out: dict[str, str],
+          models: dict[str, Any] | None = None) -> bool:
+    """A part is done when it is saved for this config and, given ``models``, computed on
+    the same weights (a part of models rebuilt since is computed again)."""
     art = store.find(kind, sweep_config(s, what))
-    if art is not None:
-        out[what] = art.key
-    return art is not None
+    if art is None or (models is not None and
+                       _hashes(art.provenance.get("models", {})) != _hashes(models)):
+        return False
+    out[what] = art.key
+    return True
 
 
 def build_demo(device: str = "auto", n_accuracy: int = 500, n_sweep: int = 128,

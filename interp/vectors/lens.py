@@ -123,6 +123,12 @@ def top_changes(logits_orig: torch.Tensor, logits_mod: torch.Tensor, k: int = 5
     return out
 
 
+def _check(model, tokens: torch.Tensor) -> None:
+    from ..generation import check_tokens
+
+    check_tokens(model, tokens.tolist(), what="text")
+
+
 @torch.no_grad()
 def _logits(model, tokens: torch.Tensor) -> torch.Tensor:
     h = _hooked(model)
@@ -137,6 +143,7 @@ def trace_lens(model, tokens: Sequence[int] | torch.Tensor, modify: Modify, k: i
     t = _tokens(tokens)
     if t.shape[0] != 1:
         raise ConfigError("trace_lens takes one sequence")
+    _check(model, t)
     lo = _logits(model, t)[0]
     with modify():
         lm = _logits(model, t)[0]
@@ -186,6 +193,7 @@ def layer_token_kl(model, tokens: Sequence[int] | torch.Tensor, modify: Modify,
     (``blocks.{l}.hook_resid_post`` through ``ln_final`` and ``unembed``); the last row
     equals the output KL of :func:`trace_lens`."""
     t = _tokens(tokens)
+    _check(model, t)
     lo = _resid_logits(model, t)
     with modify():
         lm = _resid_logits(model, t)
@@ -201,6 +209,9 @@ def vector_logit_lens(model, vector: torch.Tensor, k: int = 10, final_norm: bool
     (the final RMSNorm/LayerNorm with its gain, as the model would read it). The
     unembedding bias is left out in both.
     """
+    from ..steering import check_vector
+
+    check_vector(vector, "vector")
     h = _hooked(model)
     W_U = h.W_U
     v = vector.to(W_U.device, W_U.dtype)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..validate import finite_values
 from .lens import entropy, kl_div
 
 Modifier = Callable[[float], ContextManager[Any]]
@@ -72,9 +73,10 @@ def _pad_id(model) -> int:
 def _forward(model, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, list[int]]:
     """Left-padded forward: ``(logits [b, L, V] float32, offsets)``; row i's token j sits
     at column ``offsets[i] + j``."""
-    from ..generation import left_pad
+    from ..generation import check_tokens, left_pad
 
     h = _hooked(model)
+    check_tokens(model, seqs, what="sequence")
     dev = next(h.parameters()).device
     toks, mask = left_pad(seqs, _pad_id(model), dev)
     L = toks.shape[1]
@@ -119,7 +121,7 @@ def alpha_sweep(model, modifier: Modifier, alphas: Sequence[float], batch: Sweep
     For each chunk of ``batch_size`` rows: one forward of the original model, then one
     forward per α over the whole chunk.
     """
-    alphas = [float(a) for a in alphas]
+    alphas = finite_values(list(alphas), "α")
     n = len(batch)
     if n == 0:
         raise ConfigError("the sweep has no sequences")
@@ -145,7 +147,7 @@ def alpha_sweep_naive(model, modifier: Modifier, alphas: Sequence[float], batch:
                       unit: str = "nats", progress: Callable[[int, int], None] | None = None
                       ) -> dict[str, Any]:
     """Baseline: one forward per prompt (original once per prompt, then per α)."""
-    alphas = [float(a) for a in alphas]
+    alphas = finite_values(list(alphas), "α")
     n = len(batch)
     res = {k: np.zeros((len(alphas), n)) for k in METRICS}
     orig = [_forward(model, [batch.seqs[i]])[0] for i in range(n)]
@@ -233,6 +235,7 @@ def accuracy_sweep(model, modifier: Modifier, alphas: Sequence[float], problems:
     from ..generation import generate
     from ..organisms import task as T
 
+    alphas = finite_values(list(alphas), "α")
     prompts = [T.prompt_text(p, fmt) for p in problems]
     correct = np.zeros((len(alphas), len(problems)), dtype=np.int8)
     think = np.zeros((len(alphas), len(problems)), dtype=np.int32)
@@ -256,16 +259,31 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
+def validate_spec(spec: dict[str, Any]) -> None:
+    """The ``vectors.sweep`` job's spec (see :func:`interp.vectors.demo.check_spec`)."""
+    from .demo import check_spec
+
+    check_spec({k: v for k, v in spec.items() if k not in ("parts", "device", "weights")})
+    parts = spec.get("parts", ())
+    bad = [p for p in parts if p not in ("stats", "sweep", "accuracy", "trace")]
+    if not isinstance(parts, (list, tuple)) or bad:
+        raise ConfigError(f"parts must be a list of stats, sweep, accuracy, trace; got "
+                          f"{parts!r}")
+
+
 def sweep_job(spec: dict[str, Any], ctx) -> dict[str, Any]:
     """Job ``vectors.sweep``: :func:`interp.vectors.demo.run_experiment` on ``spec``
-    (keys of ``demo.DEFAULT_SPEC`` plus ``parts`` and ``device``) into the default store;
-    parts already saved are skipped, so an interrupted job resumes."""
+    (keys of ``demo.DEFAULT_SPEC`` plus ``parts``, ``device`` and ``weights``, the weight
+    hashes it is meant for, which only make a rerun for rebuilt models a new job) into
+    the default store; parts already saved for the same weights are skipped, so an
+    interrupted job resumes."""
     from ..store import Store
     from .demo import run_experiment
 
     spec = dict(spec)
     parts = tuple(spec.pop("parts", ("stats", "sweep", "accuracy", "trace")))
     device = spec.pop("device", "auto")
+    spec.pop("weights", None)  # the weight hashes the job was asked for (its id only)
     keys = run_experiment(spec, Store(), device, parts,
                           progress=lambda d, t, m: ctx.progress(d, t, m), overwrite=False)
     return {"artifacts": keys}

@@ -39,7 +39,6 @@ import math
 import os
 import re
 import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -47,7 +46,8 @@ from typing import Any, Callable, Iterator, Sequence
 import pandas as pd
 import torch
 
-from ..errors import ConfigError, ModelLoadError, PairMismatchError
+from ..errors import ConfigError, PairMismatchError
+from ..validate import finite, finite_tensors
 from ..weights import TensorFiles, _tensor_index, _tied, classify_parameter, tensor_differences
 
 GROUPS = ("embed", "norm", "attn", "mlp", "unembed", "other")
@@ -119,6 +119,7 @@ def edit_tensor(theta: torch.Tensor, v: torch.Tensor, alpha: float) -> torch.Ten
 
     The one expression every edit uses (in place or exported), so both agree bit for bit.
     """
+    alpha = finite(alpha, "α")
     acc = torch.float64 if theta.dtype == torch.float64 else torch.float32
     return (theta.to(acc) + float(alpha) * v.to(theta.device, acc)).to(theta.dtype)
 
@@ -383,6 +384,7 @@ def apply_task_vector(model, tv: TaskVector, alpha: float = 1.0, mask: Mask | No
     """
     hooked = _hooked(model)
     mask = mask or FULL_MASK
+    alpha = finite(alpha, "α")
     path = getattr(model, "path", None)
     if restore == "file" and path is None:
         raise ConfigError("restore='file' needs a LoadedModel with a checkpoint path; "
@@ -468,6 +470,7 @@ class TaskVectorSweeper:
 
     @torch.no_grad()
     def set_alpha(self, alpha: float) -> None:
+        alpha = finite(alpha, "α")
         for tl, v in self.delta.items():
             p = self.params[tl]
             p.copy_(self.orig[tl] if float(alpha) == 0.0 else edit_tensor(self.orig[tl], v, alpha))
@@ -481,20 +484,46 @@ class TaskVectorSweeper:
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
+def check_export_dir(out: Path, overwrite: bool, sources: Sequence[Path] = ()) -> None:
+    """Refuse an output folder that is a file, one of the ``sources`` (or inside one), or
+    a folder that already holds something, unless ``overwrite`` (``--force``)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is a file, not a folder")
+    r = out.resolve()
+    for src in sources:
+        s = Path(src).resolve()
+        if r == s or s in r.parents or r in s.parents:
+            raise ConfigError(f"the output folder {out} is (or contains, or is inside) the "
+                              f"checkpoint {src} it is made from; choose another folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"{out} already exists and is not empty; nothing was written. "
+                          "Choose a new folder, or replace it with --force (overwrite=True)")
+
+
 def export_edited_checkpoint(target: str | os.PathLike, tv: TaskVector, alpha: float,
                              out_dir: str | os.PathLike, mask: Mask | None = None,
-                             provenance: dict[str, Any] | None = None) -> Path:
+                             provenance: dict[str, Any] | None = None,
+                             overwrite: bool = False) -> Path:
     """Write ``θ_target + α·(m ⊙ v)`` as a transformers checkpoint folder.
 
     Streams the target tensor by tensor (the output dict holds one copy of the model);
     copies config, generation config and tokenizer files; adds ``interp_edit.json``
-    (donors, α, mask, provenance). Written into a temporary folder and renamed into
-    place. Loadable with ``interp.models.load_model(str(out_dir))``.
+    (donors, α, mask, provenance). Written into a temporary folder and put in place in
+    one step. Loadable with ``interp.models.load_model(str(out_dir))``.
+
+    An existing non-empty ``out_dir`` is refused unless ``overwrite`` (then replaced as a
+    whole, atomically); α must be finite and so must every edited tensor (a huge α can
+    overflow): NonFiniteError, and nothing is written.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
+    from ..store import exchange, storage_error, tmp_sibling
+
     mask = mask or FULL_MASK
+    alpha = finite(alpha, "α")
     tp, out = Path(target), Path(out_dir)
+    check_export_dir(out, overwrite, [tp, tv.path_a, tv.path_b])
     tv.check_target(tp)
     index = _tensor_index(tp)
     included = {n for n in tv.names if mask.includes(n, tv.tied)}
@@ -506,8 +535,10 @@ def export_edited_checkpoint(target: str | os.PathLike, tv: TaskVector, alpha: f
             key = TIED_NAME if (tv.tied and name == LM_HEAD) else name
             if key in deltas and float(alpha) != 0.0:
                 t = edit_tensor(t, deltas[key], alpha)
+                finite_tensors({name: t}, f"the edited checkpoint (α = {alpha:g})")
             tensors[name] = t.contiguous()
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_sibling(out)
     try:
         tmp.mkdir(parents=True)
         for f in tp.iterdir():
@@ -520,13 +551,20 @@ def export_edited_checkpoint(target: str | os.PathLike, tv: TaskVector, alpha: f
             "donor_a": tv.spec_a, "donor_b": tv.spec_b, "target": str(tp.name),
             "tied_embeddings": tv.tied, **(provenance or {})}, indent=1, default=str))
         if out.exists():
-            trash = out.with_name(f".{out.name}.trash-{uuid.uuid4().hex[:8]}")
-            os.rename(out, trash)
-            os.rename(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
+            check_export_dir(out, overwrite)      # it may have appeared meanwhile
+            if not exchange(tmp, out):
+                trash = tmp_sibling(out)
+                os.rename(out, trash)
+                try:
+                    os.rename(tmp, out)
+                except OSError:
+                    os.rename(trash, out)   # keep the old folder rather than nothing
+                    raise
+                tmp = trash
         else:
             os.rename(tmp, out)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ModelLoadError(f"could not write the edited checkpoint: {e}") from e
+    except (OSError, SafetensorError) as e:
+        raise storage_error(e, f"writing the edited checkpoint {out}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)   # the temp folder, or the replaced one
     return out

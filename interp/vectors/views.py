@@ -81,3 +81,38 @@ def trace_view(model, modify_at, tokens: Sequence[int], alpha: float, own_prompt
     tok = getattr(model, "tokenizer", None)
     return {"shared": shared, "records": shared.to_records(tok), "layer_kl": heat,
             "tokens": [r["token"] for r in shared.to_records(tok)], "own": own}
+
+
+def saved_result_status(art) -> dict[str, Any]:
+    """Which models a saved result (sweep, accuracy, trace) was computed on and whether
+    their weights have changed since: ``{"line": one caption naming the models, their
+    weight hashes and the date, "stale": the models whose weights changed (see
+    interp.models.stale_models; models not on this machine are only named in the line),
+    "warning": one line, '' when nothing changed}``."""
+    from ..models import describe_stale, stale_models
+
+    models = (art.provenance or {}).get("models", {})
+    named = [f"{role} {d.get('id')} (weights {str(d.get('weight_hash'))[:10]})"
+             for role, d in models.items() if isinstance(d, dict) and d.get("id")]
+    line = (f"artifact `{art.key}` · computed on " + ", ".join(named)
+            + f" · made {art.provenance.get('created', '?')}")
+    found = stale_models(models)
+    missing = [x for x in found if x["now"] is None]
+    stale = [x for x in found if x["now"] is not None]
+    if missing:
+        line += " · cannot check against " + ", ".join(str(x["id"]) for x in missing) + \
+            " (not on this machine)"
+    warning = ("Saved for other weights than those now on disk: " + describe_stale(stale)
+               + ". These figures describe the old models; run the sweep again."
+               ) if stale else ""
+    return {"line": line, "stale": stale, "warning": warning}
+
+
+def current_hashes(spec: dict[str, Any]) -> dict[str, str | None]:
+    """The weight hashes now behind an experiment's models (target and, for a task
+    vector, both donors)."""
+    from ..models import current_weight_hash
+
+    roles = ("target", "donor_a", "donor_b") if spec.get("kind", "task") == "task" \
+        else ("target",)
+    return {r: current_weight_hash(spec[r]) for r in roles if spec.get(r)}
