@@ -20,6 +20,7 @@ def _cmd_graph(args) -> int:
     from .graph_json import to_json, validate
     from .hesitation import Tracer, trigger_traces
     from .prune import prune
+    from .study import adapters_artifact
     from .targets import LogitDiffTarget, LogitTarget
 
     art = adapters_artifact(args.adapters, args.store)
@@ -55,21 +56,6 @@ def _cmd_graph(args) -> int:
                       "target": g.targets[0], "scores": p.scores,
                       "out": str(args.out) if args.out else None}, default=str))
     return 0
-
-
-def adapters_artifact(key: str | None = None, store: str | None = None):
-    """An adapters artifact by key (or the newest) from ``store``; without a store, from
-    your cache and then the committed demo artifacts."""
-    from ..adapters.io import find_adapters
-    from ..errors import ArtifactError
-    from ..store import PROJECT_ROOT, Store
-
-    if store:
-        return find_adapters(Store(store), key)
-    try:
-        return find_adapters(Store(), key)
-    except ArtifactError:
-        return find_adapters(Store(PROJECT_ROOT / "cache" / "demo", read_only=True), key)
 
 
 def _cmd_study(args) -> int:

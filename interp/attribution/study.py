@@ -35,7 +35,7 @@ from . import hesitation as H
 
 KIND = "hesitation_study"
 DEFAULTS: dict[str, Any] = {
-    "adapters_key": None, "store": None, "device": "cpu",
+    "adapters_key": None, "adapters_store": None, "store": None, "device": "cpu",
     "n_validation": 120, "n_evaluation": 120, "n_gen_validation": 100,
     "n_gen_evaluation": 300, "n_cluster": 30, "ks": [25, 51], "max_fraction": 0.05,
     "modes": ["zero", "mean"], "rankings": ["logit_diff", "logit"],
@@ -60,6 +60,21 @@ def study_config(spec: dict[str, Any]) -> dict[str, Any]:
     if bad:
         raise ConfigError(f"unknown modes or rankings {bad}")
     return cfg
+
+
+def adapters_artifact(key: str | None = None, store: str | None = None):
+    """An adapters artifact by key (or the newest) from ``store``; without a store, from
+    your cache and then the committed demo artifacts."""
+    from ..adapters.io import find_adapters
+    from ..errors import ArtifactError
+    from ..store import PROJECT_ROOT, Store
+
+    if store:
+        return find_adapters(Store(store), key)
+    try:
+        return find_adapters(Store(), key)
+    except ArtifactError:
+        return find_adapters(Store(PROJECT_ROOT / "cache" / "demo", read_only=True), key)
 
 
 def generation_problems(split: str, n: int) -> list[Any]:
@@ -88,10 +103,7 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
     cfg = study_config(spec)
     tick = progress or (lambda *a, **k: None)
     if tracer is None:
-        from ..adapters.io import find_adapters
-
-        art = find_adapters(Store(cfg["store"]) if cfg["store"] else Store(),
-                            cfg["adapters_key"])
+        art = adapters_artifact(cfg["adapters_key"], cfg["adapters_store"])
         tracer = H.Tracer.from_artifact(art, cfg["device"])
     d_sae = tracer.model.adapters.d_sae
     n_feat = tracer.n_features
@@ -132,6 +144,7 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
     base_rows = H.generation_figures(tracer, val_probs, None, cfg["max_new_tokens"])
     base_gen = _gen_summary(base_rows)
     base_tf = H.wait_probs(tracer, val)
+    hybrid_tf = H.wait_probs(_HybridOnly(tracer), val)
     candidates = []
     for rname in cfg["rankings"]:
         ranked = [r["feature"] for r in rankings[rname] if r["mean_effect"] > 0]
@@ -186,10 +199,31 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
         "effects_sign_stable_on_evaluation": stability,
         "counts": {"validation": H.split_counts(val), "evaluation": H.split_counts(ev)},
         "baseline_validation_generation": base_gen,
+        "p_wait_validation": {m: float(base_tf[m].mean()) for m in H.MECHANISMS
+                              if base_tf[m].size},
+        "p_wait_validation_hybrid": {m: float(hybrid_tf[m].mean()) for m in H.MECHANISMS
+                                     if hybrid_tf[m].size},
     }
     return {"config": cfg, "figures": figures, "effects": effects, "rankings": rankings,
             "clusters": {"features": top, "labels": cl["labels"], "truth": truth},
             "candidates": candidates, "chosen_features": feats, "tracer": tracer}
+
+
+class _HybridOnly:
+    """The tracer's hybrid without adapters (base MLPs, reasoner attention), for
+    :func:`hesitation.wait_probs`: does anything hesitate without the adapters?"""
+
+    def __init__(self, tracer: H.Tracer):
+        self.tracer = tracer
+        self.tokenizer = tracer.tokenizer
+
+    def token_id(self, t):
+        return self.tracer.token_id(t)
+
+    def forward_logits(self, tokens, mask=None, where=None):
+        hyb = self.tracer.model.hybrid
+        with torch.no_grad():
+            return hyb(tokens.to(next(hyb.parameters()).device)).float()
 
 
 def _feature_cause(eff: H.Effects, f: int) -> str:
@@ -202,7 +236,8 @@ def _feature_cause(eff: H.Effects, f: int) -> str:
 def save_study(res: dict[str, Any], store: Store) -> Any:
     """Save a study as a ``hesitation_study`` artifact (effects as tensors)."""
     tr = res["tracer"]
-    cfg = {k: v for k, v in res["config"].items() if k not in ("store", "device")}
+    cfg = {k: v for k, v in res["config"].items()
+           if k not in ("store", "adapters_store", "device")}
     cfg["adapters_key"] = tr.key
     tensors = {}
     for t, e in res["effects"].items():
