@@ -30,7 +30,7 @@ import torch
 from ..errors import ConfigError
 from .graph import ERROR, FEATURE, TARGET, TOKEN, EdgeRows, Graph, Nodes
 from .record import Recording
-from .targets import DirectionTarget, LogitTarget, Target, describe
+from .targets import DirectionTarget, LogitDiffTarget, LogitTarget, Target, describe
 
 
 @dataclass
@@ -357,6 +357,10 @@ def attribute(rec: Recording, targets: Sequence[Target] | None = None, *,
                   activation=acts, n_sources=cols.n, prefix_end=cols.prefix_end)
     tdesc = []
     for t, (_, p, _), v, wi in zip(targets, injs, values, w.tolist()):
+        if isinstance(t, LogitDiffTarget) and t.other is None:  # record the resolved one
+            lg = rec.logits(p)
+            t = LogitDiffTarget(t.token, next(i for i in lg.argsort(descending=True).tolist()
+                                              if i != t.token), t.pos, t.label)
         d = describe(t, tokenizer)
         d.update(pos=p, value=v, weight=wi)
         if not isinstance(t, DirectionTarget):
