@@ -29,7 +29,6 @@ from interp.adapters.report import demo_store
 from interp.attribution import artifacts as ga
 from interp.attribution import explore
 from interp.attribution import plots as gp
-from interp.attribution.graph_json import to_json
 from interp.attribution.hesitation import SPLIT_SEEDS, Tracer, trigger_traces
 from interp.attribution.prune import DEFAULT_EDGE_THRESHOLD, DEFAULT_NODE_THRESHOLD, prune
 from interp.attribution.targets import LogitDiffTarget, LogitTarget
@@ -126,13 +125,8 @@ def _trace_points(split: str) -> dict[str, list[tuple[int, int, str, tuple]]]:
 
 def _json_bytes(src: tuple, nt: float, et: float, cap: int, labels: tuple, vocab: int,
                 pins: tuple, slug: str) -> bytes:
-    g = _graph(src)
-    doc = to_json(g, _pruned(src, nt, et, cap), slug=slug,
-                  prompt_tokens=explore.token_strings(g),
-                  prompt=" ".join(explore.token_strings(g)), vocab_size=vocab,
-                  labels=dict(labels), pinned=list(pins),
-                  info={"explain": g.info.get("explain"),
-                        "adapters": (g.info.get("replacement") or {}).get("key")})
+    doc = explore.graph_document(_graph(src), _pruned(src, nt, et, cap), slug=slug,
+                                 vocab_size=vocab, labels=dict(labels), pinned=pins)
     return json.dumps(doc, indent=1).encode()
 
 

@@ -12,6 +12,8 @@
 * :func:`model_probabilities`: a token's probability at one position under the base
   model, the hybrid (reasoner with base MLPs), the adapter model and the reasoner.
 * :func:`pinned_table`: pinned nodes with their strongest visible edges.
+* :func:`graph_document`: the visible graph as a circuit-tracer JSON dict, with the
+  pinned nodes as ``qParams.pinnedIds``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pandas as pd
 import torch
 
 from .graph import FEATURE, KIND_NAMES, TARGET, TOKEN, Graph
-from .graph_json import node_id
+from .graph_json import node_id, to_json
 from .prune import Pruned
 
 MODEL_ORDER = ("base", "hybrid", "adapter model", "reasoner")
@@ -183,3 +185,15 @@ def pinned_table(view: GraphView, pins: Sequence[str], k: int = 3) -> pd.DataFra
     return pd.DataFrame(rows, columns=["node", "id", "kind", "layer", "pos", "token",
                                        "activation", "influence", "effect on target",
                                        "label", "strongest inputs", "strongest outputs"])
+
+
+def graph_document(graph: Graph, pruned: Pruned, *, slug: str, vocab_size: int = 0,
+                   labels: Mapping[tuple[int, int], str] | None = None,
+                   pinned: Sequence[str] = ()) -> dict[str, Any]:
+    """The pruned graph in circuit-tracer's JSON schema (:func:`.graph_json.to_json`),
+    the prompt as its tokens, ``pinned`` node ids as ``qParams.pinnedIds``."""
+    toks = token_strings(graph)
+    return to_json(graph, pruned, slug=slug, prompt_tokens=toks, prompt=" ".join(toks),
+                   vocab_size=vocab_size, labels=labels, pinned=list(pinned),
+                   info={"explain": graph.info.get("explain"),
+                         "adapters": (graph.info.get("replacement") or {}).get("key")})
