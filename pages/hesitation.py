@@ -66,10 +66,14 @@ def _target(kind: str, token: int):
 
 @st.cache_resource(max_entries=24, show_spinner="Computing the attribution graph…")
 def _graph(src: tuple) -> Any:
-    """``src``: ``("saved", root, key)`` or ``("live", root, adapters key, device,
-    stamp, explain, tokens, target kind, target token, feature rows cap)``."""
+    """``src``: ``("saved", root, key, adapters root)`` (adapters root "" when that set is
+    not here) or ``("live", root, adapters key, device, stamp, explain, tokens, target
+    kind, target token, feature rows cap)``."""
     if src[0] == "saved":
-        return ga.load_graph(Store(src[1], read_only=True).load(ga.KIND, src[2]))
+        art = Store(src[1], read_only=True).load(ga.KIND, src[2])
+        adapters = Store(src[3], read_only=True).load(
+            "adapters", str(art.config.get("adapters"))) if src[3] else None
+        return ga.load_graph(art, adapters=adapters)
     _, root, akey, device, stamp, explain, tokens, tkind, tok, mf = src
     tr = _tracer(root, akey, device, stamp, explain)
     return tr.graph(list(tokens), [_target(tkind, tok)], max_feature_nodes=mf or None)
@@ -134,6 +138,13 @@ def _lazy(fn, *args):
     return lambda: fn(*args)
 
 
+def _saved_key(src: tuple) -> str:
+    """The key a live graph is (or would be) saved under."""
+    _, _root, akey, _dev, _stamp, explain, toks, tkind, tok, mf = src
+    return ga.graph_key(ga.graph_config(akey, toks, [_target(tkind, tok)], explain,
+                                        mf or None))
+
+
 def _save(src: tuple, adapters_art: Any, labels: tuple, vocab: int) -> Any:
     _, _root, _akey, _dev, _stamp, _ex, _toks, tkind, tok, mf = src
     return ga.save_graph(_graph(src), ui.store(), adapters_art, [_target(tkind, tok)],
@@ -177,8 +188,10 @@ if saved_key:
     if art is None:
         st.error(f"No saved graph `{saved_key}` in this store.", icon=":material/error:")
         st.stop()
-    src: tuple = ("saved", str(art.path.parent.parent), art.key)
     akey = str(art.config.get("adapters", ""))
+    run = by_key.get(akey)
+    src: tuple = ("saved", str(art.path.parent.parent), art.key,
+                  str(run["artifact"].path.parent.parent) if run else "")
     explain = str(art.config.get("explain", "adapter"))
     vocab = int(art.meta.get("vocab_size") or 0)
     st.caption(f"Saved graph `{art.key}` of adapters `{akey}` ({EXPLAIN.get(explain, explain)}"
@@ -188,7 +201,6 @@ if saved_key:
                    f"was stored (the full graph's edges were "
                    f"{art.meta.get('full_edge_bytes', 0) / 2**20:.0f} MB); the thresholds "
                    f"below prune that subgraph further.")
-    run = by_key.get(akey)
     compare = False
 else:
     device = str(pick_device(ui.current_device()[0]))
@@ -345,7 +357,10 @@ else:
 
 # ------------------------------------------------------------------ save
 if src[0] == "live" and not demo:
-    if st.button("Save graph", icon=":material/save:", key="save_graph",
+    done = _saved_key(src)
+    if ui.store().exists(ga.KIND, done):
+        st.caption(f":material/bookmark: Saved as `{done}`: [open it](?graph={done}).")
+    elif st.button("Save graph", icon=":material/save:", key="save_graph",
                    help="store the full graph and its circuit-tracer JSON as an artifact"):
         saved = ui.attempt(_save, src, run["artifact"], labels, vocab)
         if saved is not None:

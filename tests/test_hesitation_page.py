@@ -160,6 +160,9 @@ def test_save_then_open_the_saved_graph(organisms):
     arts = Store(organisms).list(KIND)
     assert len(arts) == 1 and any(arts[0].key in s.value for s in at.success)
     nodes = _metric(at, "nodes shown")
+    at.run()
+    assert not [b for b in at.button if b.key == "save_graph"]
+    assert any(f"Saved as `{arts[0].key}`" in c.value for c in at.caption)
     at = _page({"graph": arts[0].key})
     _ok(at)
     assert not at.error, [e.value for e in at.error]
@@ -177,3 +180,22 @@ def test_demo_mode_computes_but_never_saves(organisms, monkeypatch):
     assert at.get("plotly_chart")
     assert not [b for b in at.button if b.key == "save_graph"]
     assert any("never saved" in c.value for c in at.caption)
+
+
+def test_saved_graph_of_other_weights_is_refused(organisms, reference):
+    import dataclasses
+
+    from interp.adapters.report import demo_adapters
+    from interp.attribution.artifacts import save_graph
+    from interp.attribution.targets import LogitTarget
+
+    art = demo_adapters()
+    pair = json.loads(json.dumps(art.meta["pair"]))
+    pair["reasoner"]["weight_hash"] = "0" * 64
+    moved = dataclasses.replace(art, meta={**art.meta, "pair": pair})
+    saved = save_graph(reference, Store(organisms), moved,
+                       [LogitTarget(reference.targets[0]["token"], -1)])
+    at = _page({"graph": saved.key})
+    _ok(at)
+    assert any("other weights" in e.value for e in at.error), [e.value for e in at.error]
+    assert not at.get("plotly_chart")

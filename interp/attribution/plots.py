@@ -150,7 +150,9 @@ def graph_traces(view: GraphView, pinned: Sequence[str] = (), show_legend: bool 
         lit = not pins or s in pins or t in pins
         groups.setdefault((1 if w > 0 else -1, b, lit), []).append((s, t))
     shown: set[int] = set()
-    for (sign, b, lit), pairs in sorted(groups.items()):
+    # widest class first, so that each sign's legend entry shows a visible line
+    for (sign, b, lit), pairs in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1],
+                                                                           not kv[0][2])):
         xs: list[float | None] = []
         ys: list[float | None] = []
         for s, t in pairs:
