@@ -97,6 +97,19 @@ def _view(src: tuple, nt: float, et: float, cap: int, labels: tuple, vocab: int
                               vocab_size=vocab, effect=_effect(src))
 
 
+@st.cache_data(max_entries=32, show_spinner=False)
+def _graph_fig(src: tuple, nt: float, et: float, cap: int, labels: tuple, vocab: int,
+               pins: tuple) -> Any:
+    return gp.graph_figure(_view(src, nt, et, cap, labels, vocab), list(pins))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _compare_fig(srcs: tuple, names: tuple, nt: float, et: float, cap: int, labels: tuple,
+                 vocab: int, pins: tuple) -> Any:
+    views = {n: _view(s, nt, et, cap, labels, vocab) for n, s in zip(names, srcs)}
+    return gp.compare_figure(views, list(pins))
+
+
 @st.cache_data(max_entries=24, show_spinner=False)
 def _node_ids(src: tuple, vocab: int) -> list[str]:
     return explore.all_node_ids(_graph(src), vocab)
@@ -328,7 +341,7 @@ m[1].metric("completeness score", f"{view.scores.get('completeness', float('nan'
             help="influence-weighted share of node inputs that do not come from errors")
 m[2].metric("nodes shown", f"{len(view.nodes)} of {view.n_nodes_full}")
 m[3].metric("edges shown", f"{len(view.edges)}")
-fig = gp.graph_figure(view, pins)
+fig = _graph_fig(src, float(nt), float(et), int(cap), labels, vocab, tuple(pins))
 st.plotly_chart(fig, key="hg_fig", on_select="rerun", selection_mode="points",
                 config={"scrollZoom": True, "displaylogo": False})
 slug = f"hesitation-graph-{explain}"
@@ -379,7 +392,8 @@ if compare:
         if ui.attempt(_graph, s) is None:
             st.stop()
         views[name] = _view(s, float(nt), float(et), int(cap), labels, vocab)
-    fig_c = gp.compare_figure(views, pins)
+    fig_c = _compare_fig(tuple(srcs.values()), tuple(srcs), float(nt), float(et), int(cap),
+                         labels, vocab, tuple(pins))
     st.plotly_chart(fig_c, key="hg_cmp")
     ui.export_panel(fig_c, gp.compare_data(views), "hesitation-graph-compare", key="exp_cmp")
     grids = {n: _grid(s) for n, s in srcs.items()}

@@ -274,6 +274,14 @@ def test_graph_figure_draws_the_pruned_graph(traced):
             assert t.line.color == (gp.POSITIVE if w > 0 else gp.NEGATIVE)
             drawn += 1
     assert drawn == len(weight)
+    # the target's hover names its three strongest inputs, strongest first
+    tnode = next(t for t in nodes if t.meta["kind"] == "target")
+    tid = tnode.customdata[0][0]
+    inc = sorted(((w, s) for (s, d), w in weight.items() if d == tid), key=lambda e: -abs(e[0]))
+    name = dict(zip(v.nodes["id"], v.nodes["name"]))
+    assert f"top in: {name[inc[0][1]]} {inc[0][0]:+.3g}, {name[inc[1][1]]}" in \
+        tnode.hovertext[0]
+    assert tnode.hovertext[0].split("top in: ")[1].count(", ") == 2
     # nodes are coloured by the sign of their total effect on the target
     eff = g.total_effect(int(g.target_ids()[0]))
     ids = {node_id(g, i, 0): i for i in pr.nodes.tolist()}

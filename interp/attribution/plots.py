@@ -107,7 +107,16 @@ def _fmt(v: float) -> str:
 def _hover(view: GraphView, k: int = 3) -> list[str]:
     nd, ed = view.nodes, view.edges
     name = dict(zip(nd["id"], nd["name"]))
-    mag = ed["weight"].abs()
+    ins: dict[str, list[tuple[float, str]]] = {}
+    outs: dict[str, list[tuple[float, str]]] = {}
+    for s, t, w in zip(ed["source"], ed["target"], ed["weight"]):
+        ins.setdefault(t, []).append((float(w), s))
+        outs.setdefault(s, []).append((float(w), t))
+
+    def top(edges: list[tuple[float, str]]) -> str:
+        best = sorted(edges, key=lambda e: -abs(e[0]))[:k]
+        return ", ".join(f"{name.get(o, o)} {_fmt(w)}" for w, o in best)
+
     out = []
     for r in nd.itertuples(index=False):
         head = f"<b>{r.name}</b> · {r.kind}"
@@ -124,12 +133,10 @@ def _hover(view: GraphView, k: int = 3) -> list[str]:
             lines.append(f"total effect on target {_fmt(r.effect)}")
             if r.label:
                 lines.append(f"label: {r.label}")
-        for title, col, other in (("in", "target", "source"), ("out", "source", "target")):
-            sel = ed[col] == r.id
-            if bool(sel.any()):
-                top = ed[sel].assign(m=mag[sel]).nlargest(k, "m")
-                lines.append(f"top {title}: " + ", ".join(
-                    f"{name.get(o, o)} {_fmt(w)}" for o, w in zip(top[other], top["weight"])))
+        if r.id in ins:
+            lines.append(f"top in: {top(ins[r.id])}")
+        if r.id in outs:
+            lines.append(f"top out: {top(outs[r.id])}")
         out.append("<br>".join(lines))
     return out
 
