@@ -199,3 +199,22 @@ def test_saved_graph_of_other_weights_is_refused(organisms, reference):
     _ok(at)
     assert any("other weights" in e.value for e in at.error), [e.value for e in at.error]
     assert not at.get("plotly_chart")
+
+
+def test_out_of_range_link_values_are_clamped(organisms):
+    at = _page({"i": "999", "nt": "5", "mech": "nope", "cmp": "0"})
+    _ok(at)
+    warned = " ".join(w.value for w in at.warning)
+    assert "`i=999`" in warned and "`nt=5`" in warned and "`mech=nope`" in warned
+    assert at.slider(key="nt").value == 1.0
+    ni = at.number_input(key="i")
+    assert ni.value == ni.proto.max and ni.value > 0
+    assert at.get("plotly_chart")
+
+
+def test_without_the_organisms_the_page_says_how_to_build_them(tmp_cache, monkeypatch):
+    monkeypatch.delenv("INTERP_DEMO", raising=False)
+    at = _page()
+    _ok(at)
+    assert any("organisms build" in i.value for i in at.info), [i.value for i in at.info]
+    assert not at.get("plotly_chart")
