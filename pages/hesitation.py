@@ -406,6 +406,12 @@ if compare:
     probs = ui.attempt(_probs, src[1], src[2], src[3], src[4], src[6], src[8])
     if probs is not None:
         fig_p = gp.probability_figure(probs)
-        st.plotly_chart(fig_p, key="hg_probs")
+        left, right = st.columns([3, 2], vertical_alignment="center")
+        with left:
+            st.plotly_chart(fig_p, key="hg_probs")
+        with right:
+            st.dataframe(probs, hide_index=True, column_config={
+                c: st.column_config.NumberColumn(format="%.3g") for c in probs.columns
+                if c.startswith("P(")})
         ui.export_panel(fig_p, probs, "hesitation-graph-probabilities", key="exp_probs")
     st.caption(BASE_GRAPH_NOTE)

@@ -221,7 +221,7 @@ def graph_title(view: GraphView) -> str:
         str(t.get("kind")), "direction")
     n_feat = int((view.nodes["kind"] == "feature").sum())
     return (f"{what} at position {t.get('pos')} · {len(view.nodes)} of {view.n_nodes_full} "
-            f"nodes ({n_feat} features), {len(view.edges)} edges")
+            f"nodes ({n_feat} feature{'' if n_feat == 1 else 's'}), {len(view.edges)} edges")
 
 
 def graph_figure(view: GraphView, pinned: Sequence[str] = (), title: str | None = None,
@@ -233,8 +233,11 @@ def graph_figure(view: GraphView, pinned: Sequence[str] = (), title: str | None 
     style(fig, title if title is not None else graph_title(view),
           height=height or max(460, 150 + 80 * (view.n_layers + 2)),
           x_title="token position", y_title=None)
+    # the legend on its own line under the title (a long title would run into it)
     fig.update_layout(hovermode="closest", clickmode="event+select", dragmode="pan",
-                      margin=dict(b=90))
+                      margin=dict(t=95, b=90),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left",
+                                  x=0.0))
     return fig
 
 
@@ -306,7 +309,7 @@ def probability_figure(table: pd.DataFrame) -> go.Figure:
             x=models, y=t[c].tolist(), name=c,
             marker=dict(color=[MODEL_COLORS.get(m, NEUTRAL) for m in models],
                         pattern_shape="" if j == 0 else "/"),
-            text=[f"{v:.3f}" for v in t[c]], textposition="outside",
+            text=[f"{v:.3g}" for v in t[c]], textposition="outside",
             hovertemplate="%{x}<br>" + c + " = %{y:.4f}<extra></extra>"))
     fig.update_yaxes(range=[0, 1.1])
     fig.update_layout(barmode="group", showlegend=len(cols) > 1)
