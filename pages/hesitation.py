@@ -319,18 +319,21 @@ if view is None:
 all_ids = _node_ids(src, vocab)
 names = dict(zip(view.nodes["id"], view.nodes["name"]))
 
-# pins: from the link (first run), clicks on the figure, and the list
+# pins: from the link (first run), clicks on the figure, and the list. A click toggles
+# the clicked node and gives the chart a fresh key, so that its selection starts empty
+# and the next click on the same node registers too.
 if "pins" not in st.session_state:
     st.session_state["pins"] = ui.url_list("pin", "", all_ids)
 pins = [p for p in st.session_state["pins"] if p in set(all_ids)]
-clicked = sorted({(p.get("customdata") or [None])[0] for p in
-                  (st.session_state.get("hg_fig") or {}).get("selection", {}).get("points", [])
-                  } - {None})
-sig = ",".join(clicked)
-if sig != st.session_state.get("_hg_sig", ""):
-    st.session_state["_hg_sig"] = sig
+chart_n = st.session_state.setdefault("_hg_n", 0)
+event = st.session_state.get(f"hg_fig_{chart_n}") or {}
+clicked = sorted({(p.get("customdata") or [None])[0]
+                  for p in event.get("selection", {}).get("points", [])} - {None})
+if clicked:
     for c in clicked:
         pins = [p for p in pins if p != c] if c in pins else pins + [c]
+    st.session_state.pop(f"hg_fig_{chart_n}", None)
+    chart_n = st.session_state["_hg_n"] = chart_n + 1
 st.session_state["pins"] = pins
 ui.set_url_param("pin", ",".join(pins), "")
 
@@ -342,7 +345,7 @@ m[1].metric("completeness score", f"{view.scores.get('completeness', float('nan'
 m[2].metric("nodes shown", f"{len(view.nodes)} of {view.n_nodes_full}")
 m[3].metric("edges shown", f"{len(view.edges)}")
 fig = _graph_fig(src, float(nt), float(et), int(cap), labels, vocab, tuple(pins))
-st.plotly_chart(fig, key="hg_fig", on_select="rerun", selection_mode="points",
+st.plotly_chart(fig, key=f"hg_fig_{chart_n}", on_select="rerun", selection_mode="points",
                 config={"scrollZoom": True, "displaylogo": False})
 slug = f"hesitation-graph-{explain}"
 ui.export_panel(fig, gp.figure_data(view), slug, key="exp_graph")

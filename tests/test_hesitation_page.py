@@ -218,3 +218,57 @@ def test_without_the_organisms_the_page_says_how_to_build_them(tmp_cache, monkey
     _ok(at)
     assert any("organisms build" in i.value for i in at.info), [i.value for i in at.info]
     assert not at.get("plotly_chart")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.skipif(not __import__("pathlib").Path("/usr/bin/chromium").exists(),
+                    reason="Chromium not installed at /usr/bin/chromium")
+def test_clicking_a_node_pins_it_in_the_browser(organisms):
+    """A real click on a feature node (headless Chromium) pins it: the link gains
+    ``pin=<node id>`` and the pinned table lists it; a second click unpins it."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+    from interp.bench_app import (
+        CHROMIUM_ARGS,
+        app_log,
+        free_port,
+        start_app,
+        stop_app,
+        wait_healthy,
+        wait_rendered,
+    )
+
+    port = free_port()
+    proc = start_app(port, {"INTERP_CACHE": str(organisms)})
+    where = """() => {
+      const gd = document.querySelectorAll('.js-plotly-plot')[0];
+      const fl = gd._fullLayout, r = gd.getBoundingClientRect();
+      const tr = gd._fullData.find(t => t.meta && t.meta.kind === 'feature');
+      return {x: fl.xaxis.l2p(tr.x[0]) + fl._size.l + r.left,
+              y: fl.yaxis.l2p(tr.y[0]) + fl._size.t + r.top, id: tr.customdata[0][0]};
+    }"""
+    try:
+        wait_healthy(port, proc)
+        with sync_api.sync_playwright() as pw:
+            b = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            page = b.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/hesitation?cmp=0", timeout=120_000)
+            page.wait_for_selector(".js-plotly-plot", timeout=300_000)
+            wait_rendered(page, "h1", 300)
+            page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
+            pt = page.evaluate(where)
+            page.mouse.click(pt["x"], pt["y"])
+            page.wait_for_function(f"() => location.search.includes('pin={pt['id']}')",
+                                   timeout=120_000)
+            wait_rendered(page, "h1", 300)
+            page.wait_for_selector('[data-testid="stMultiSelect"] [data-tag]', timeout=120_000)
+            chips = page.locator('[data-testid="stMultiSelect"] [data-tag]')
+            assert chips.count() == 1      # the node is in the list of pinned nodes
+            page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
+            pt2 = page.evaluate(where)
+            page.mouse.click(pt2["x"], pt2["y"])
+            page.wait_for_function("() => !location.search.includes('pin=')", timeout=120_000)
+            b.close()
+    finally:
+        print("--- streamlit log (tail) ---\n" + app_log(proc))
+        stop_app(proc)
