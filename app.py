@@ -25,6 +25,7 @@ OPTIONAL_PAGES = (  # pages other capabilities add; shown once their file exists
     ("pages/adapters.py", "Adapters", ":material/hub:"),
     ("pages/length.py", "Reasoning length", ":material/straighten:"),
     ("pages/vectors.py", "Reasoning vectors", ":material/trending_flat:"),
+    ("pages/hesitation.py", "Hesitation graph", ":material/account_tree:"),
 )
 
 st.set_page_config(page_title="Reasoning-model diffing workbench", layout="wide",
