@@ -195,7 +195,8 @@ def save_graph(graph: Graph, store: Store, adapters: Artifact, targets: Sequence
     doc = to_json(graph, pr, slug=slug or key, prompt_tokens=tokens, prompt=" ".join(tokens),
                   scan=adapters.key, vocab_size=vocab_size, labels=labels,
                   info={"artifact": key, "adapters": adapters.key, "explain": explain})
-    meta = {"format_version": FORMAT_VERSION, "stored": "full" if full else "pruned",
+    meta = {"format_version": FORMAT_VERSION, "adapters_key": adapters.key,
+            "stored": "full" if full else "pruned",
             "full_edge_bytes": graph.edges.nbytes(), "limit_bytes": int(limit_bytes),
             "n_nodes": len(graph.nodes), "n_edges_pruned": pr.n_edges(),
             "scores": dict(pr.scores), "vocab_size": vocab_size,
