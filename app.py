@@ -49,6 +49,7 @@ OPTIONAL_PAGES = (  # pages other capabilities add; shown once their file exists
     ("pages/length.py", "Reasoning length", ":material/straighten:"),
     ("pages/vectors.py", "Reasoning vectors", ":material/trending_flat:"),
     ("pages/features.py", "Features", ":material/scatter_plot:"),
+    ("pages/hesitation.py", "Hesitation graph", ":material/account_tree:"),
 )
 
 st.set_page_config(page_title="Reasoning-model diffing workbench", layout="wide",

@@ -92,3 +92,7 @@ class DemoRestrictedError(InterpError):
 
 class BusyError(InterpError):
     """The server has no free slot for this computation now; try again shortly."""
+
+
+class BaselineError(InterpError):
+    """An external baseline (e.g. circuit-tracer in its own virtual environment) failed."""

@@ -52,6 +52,7 @@ from .store import (
 )
 
 JOB_KINDS: dict[str, str] = {
+    "attribution.study": "interp.attribution.study:study_job",
     "organisms.build": "interp.organisms.build:build_job",
     "adapters.train": "interp.adapters.train:train_job",
     "adapters.sweep": "interp.adapters.train:sweep_job",

@@ -1,0 +1,394 @@
+"""Attribution: edges of the local linear model, by batched transposed passes.
+
+For a batch of target rows (all injected at the same residual site, sorted by
+position), one pass down the layers carries each row's gradient ``g`` through the
+transposed linear pieces of :mod:`interp.attribution.linear`:
+
+    R_L (logits) -> [sources of layer L-1] -> kept MLP^T -> M_{L-1} (features of layer
+    L-1 are read here) -> attention^T -> R_{L-1} -> [sources of layer L-2] -> ...
+    -> R_0 [token nodes]
+
+and, at each residual point ``R_{l+1}`` (after layer ``l``), reads off the edges from
+every source that writes there: ``edge = a_s · W_dec[s] · g[b, pos_s]`` for features,
+``err_l[pos] · g[b, pos]`` for error nodes, ``embed[pos] · g[b, pos]`` for tokens.
+
+Cost controls: each batch is truncated to its last target position (causality), the
+first attention layer under an injection uses only the target's own pattern row, and
+patterns are recomputed in blocks. With more active features than
+``max_feature_nodes``, rows are computed for the features with the most influence on
+the targets, in rounds (influence re-estimated from the rows computed so far).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..errors import ConfigError
+from .graph import ERROR, FEATURE, TARGET, TOKEN, EdgeRows, Graph, Nodes
+from .record import Recording
+from .targets import DirectionTarget, LogitDiffTarget, LogitTarget, Target, describe
+
+
+@dataclass
+class _Inject:
+    """Rows to attribute: all start at one residual point, ``("R", j)`` = ``R_j`` or
+    ``("M", l)`` = ``resid_mid`` of layer ``l``."""
+
+    site: tuple[str, int]
+    pos: torch.Tensor        # [B]
+    vec: torch.Tensor        # [B, d]
+    nodes: torch.Tensor      # [B] node ids of the rows
+
+
+class _Columns:
+    """Source-column bookkeeping of one recording (see :mod:`.graph` for the order)."""
+
+    def __init__(self, rec: Recording):
+        P, L = rec.n_pos, rec.n_layers
+        kind, layer, pos, feat, act = [], [], [], [], []
+        per_pos: list[list[tuple[int, int, int, float]]] = [[] for _ in range(P)]
+        for li, lr in enumerate(rec.layers):
+            for p, f, a in zip(lr.feat_pos.tolist(), lr.feat_idx.tolist(),
+                               lr.feat_act.tolist()):
+                per_pos[p].append((FEATURE, li, f, a))
+        self.feat_cols: list[torch.Tensor] = [torch.zeros(0, dtype=torch.long)] * L
+        fcols: list[list[int]] = [[] for _ in range(L)]
+        self.err_col = torch.zeros(L, P, dtype=torch.long)
+        self.tok_col = torch.zeros(P, dtype=torch.long)
+        prefix = []
+        for p in range(P):
+            self.tok_col[p] = len(kind)
+            kind.append(TOKEN)
+            layer.append(-1)
+            pos.append(p)
+            feat.append(-1)
+            act.append(0.0)
+            for (k, li, f, a) in per_pos[p]:
+                fcols[li].append(len(kind))
+                kind.append(k)
+                layer.append(li)
+                pos.append(p)
+                feat.append(f)
+                act.append(a)
+            for li in range(L):
+                self.err_col[li, p] = len(kind)
+                kind.append(ERROR)
+                layer.append(li)
+                pos.append(p)
+                feat.append(-1)
+                act.append(float(rec.layers[li].error[p].norm()))
+            prefix.append(len(kind))
+        # features of a layer were appended in (pos, idx) order = the record's order
+        self.feat_cols = [torch.tensor(c, dtype=torch.long) for c in fcols]
+        self.n = len(kind)
+        self.prefix_end = torch.tensor(prefix, dtype=torch.long)
+        self.kind = torch.tensor(kind, dtype=torch.int8)
+        self.layer = torch.tensor(layer, dtype=torch.long)
+        self.pos = torch.tensor(pos, dtype=torch.long)
+        self.feat = torch.tensor(feat, dtype=torch.long)
+        self.act = torch.tensor(act, dtype=torch.float32)
+
+
+def top_logit_targets(rec: Recording, pos: int = -1, k: int = 10, cum_prob: float = 0.95
+                      ) -> list[LogitTarget]:
+    """The most likely next tokens at ``pos`` covering ``cum_prob`` (at most ``k``)."""
+    probs = rec.logits(pos).softmax(-1)
+    p, idx = probs.sort(descending=True)
+    n = int((p.cumsum(0) < cum_prob).sum()) + 1
+    return [LogitTarget(int(i), pos) for i in idx[: max(1, min(k, n))]]
+
+
+def _target_injection(rec: Recording, t: Target) -> tuple[tuple[str, int], int, torch.Tensor,
+                                                         float]:
+    """``(site, pos, vector, value)`` of a target."""
+    P, L = rec.n_pos, rec.n_layers
+    pos = t.pos if t.pos >= 0 else P + t.pos
+    if not 0 <= pos < P:
+        raise ConfigError(f"target position {t.pos} is outside the prompt (0..{P - 1})")
+    if isinstance(t, DirectionTarget):
+        if not 0 <= t.layer < L:
+            raise ConfigError(f"direction layer {t.layer} is outside 0..{L - 1}")
+        if t.vector.shape[0] != rec.d_model:
+            raise ConfigError(f"direction has {t.vector.shape[0]} entries; d_model is "
+                              f"{rec.d_model}")
+        site = {"resid_pre": ("R", t.layer), "resid_mid": ("M", t.layer),
+                "resid_post": ("R", t.layer + 1)}[t.site]
+        return site, pos, t.vector.to(rec.embed.dtype).to(rec.embed.device), float("nan")
+    V = rec.W_U.shape[1]
+    tok = t.token
+    if not 0 <= tok < V:
+        raise ConfigError(f"target token id {tok} is outside the vocabulary (0..{V - 1})")
+    logits = rec.logits(pos)
+    if isinstance(t, LogitTarget):
+        u = rec.W_U[:, tok] - rec.W_U.mean(1)
+        value = float(logits[tok] - logits.mean())
+    else:
+        other = t.other
+        if other is None:
+            order = logits.argsort(descending=True).tolist()
+            other = next(i for i in order if i != tok)
+        u = rec.W_U[:, tok] - rec.W_U[:, other]
+        value = float(logits[tok] - logits[other])
+    vec = rec.ln_final.rows(torch.tensor([pos])).apply_T(u[None].to(rec.embed.device))[0]
+    return ("R", L), pos, vec, value
+
+
+class Attributor:
+    """Computes rows of one recording's adjacency (used by :func:`attribute`)."""
+
+    def __init__(self, rec: Recording, batch_size: int = 256,
+                 memory_bytes: int = 3 << 30):
+        self.rec = rec
+        self.cols = _Columns(rec)
+        self.batch_size = batch_size
+        self.memory_bytes = memory_bytes
+        # each layer's feature writes: activation · decoder row  [n_l, d]
+        dev = rec.embed.device
+        self.tok_col = self.cols.tok_col.to(dev)
+        self.err_col = self.cols.err_col.to(dev)
+        self.feat_cols = [c.to(dev) for c in self.cols.feat_cols]
+        # each layer's feature writes (activation · decoder row), padded per position:
+        # writes[l] [P, k_max, d]; slot[l] [n_l] = flat index (pos * k_max + j) of each
+        self.writes, self.slot = [], []
+        P = rec.n_pos
+        for li, lr in enumerate(rec.layers):
+            W_dec = rec.replacement.layers[li].W_dec.to(dev, rec.embed.dtype)
+            w = lr.feat_act[:, None] * W_dec[lr.feat_idx]
+            counts = torch.bincount(lr.feat_pos, minlength=P)
+            kmax = max(1, int(counts.max())) if counts.numel() else 1
+            start = torch.cumsum(counts, 0) - counts
+            j = torch.arange(lr.feat_pos.numel(), device=dev) - start[lr.feat_pos]
+            slot = lr.feat_pos * kmax + j
+            pad = torch.zeros(P * kmax, rec.d_model, dtype=rec.embed.dtype, device=dev)
+            pad[slot] = w
+            self.writes.append(pad.reshape(P, kmax, rec.d_model))
+            self.slot.append(slot)
+
+    # ------------------------------------------------------------------ injections
+    def feature_injections(self, layer: int, local: torch.Tensor, nodes: torch.Tensor
+                           ) -> _Inject:
+        """Rows for features of ``layer`` (indices ``local`` into the layer's record)."""
+        rec = self.rec
+        lr = rec.layers[layer]
+        pos = lr.feat_pos[local]
+        W_enc = rec.replacement.layers[layer].W_enc.to(rec.embed.device, rec.embed.dtype)
+        enc = W_enc[:, lr.feat_idx[local]].T  # [B, d]
+        norm = rec.site_norm(layer)
+        vec = enc if norm is None else norm.rows(pos).apply_T(enc)
+        return _Inject(("M", layer), pos.cpu(), vec, nodes)
+
+    # ------------------------------------------------------------------ one pass
+    def _batch_size(self, n_pos: int) -> int:
+        d = self.rec.d_model
+        per_row = n_pos * d * 4 * 8  # g, attention buffers and temporaries
+        return max(1, min(self.batch_size, self.memory_bytes // max(1, per_row)))
+
+    def run(self, inj: _Inject) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Edge rows for ``inj`` as blocks ``(node ids, values [b, m])``."""
+        order = torch.argsort(inj.pos, stable=True)
+        out = []
+        i = 0
+        while i < len(order):
+            n_pos = int(inj.pos[order[min(len(order) - 1, i + self.batch_size - 1)]]) + 1
+            b = self._batch_size(n_pos)
+            sel = order[i: i + b]
+            out.append(self._run(inj.site, inj.pos[sel], inj.vec[sel.to(inj.vec.device)],
+                                 inj.nodes[sel]))
+            i += b
+        return out
+
+    def _run(self, site, pos, vec, nodes) -> tuple[torch.Tensor, torch.Tensor]:
+        rec, cols = self.rec, self.cols
+        dev, dt = rec.embed.device, rec.embed.dtype
+        B = pos.shape[0]
+        n = int(pos.max()) + 1
+        m = int(cols.prefix_end[n - 1])
+        out = torch.zeros(B, m, dtype=dt, device=dev)
+        g = torch.zeros(n, B, rec.d_model, dtype=dt, device=dev)  # positions first
+        g[pos.to(dev), torch.arange(B)] = vec
+        rows_at = pos.to(dev)
+        kind, j = site
+        if kind == "R":
+            self._consume(out, g, j, n)
+            layer = j - 1
+            at_post = True
+        else:
+            layer = j
+            at_post = False
+        while layer >= 0:
+            lr = rec.layers[layer]
+            if at_post and lr.mlp is not None:
+                h = g if lr.ln2_post is None else lr.ln2_post.truncate(n).apply_T(g)
+                g = g + lr.ln2.truncate(n).apply_T(lr.mlp.apply_T(h))
+            ga = g if lr.ln1_post is None else lr.ln1_post.truncate(n).apply_T(g)
+            g = g + lr.ln1.truncate(n).apply_T(lr.attn.apply_T(ga, rows_at))
+            rows_at = None
+            self._consume(out, g, layer, n)
+            layer -= 1
+            at_post = True
+        return nodes, out
+
+    def _consume(self, out: torch.Tensor, g: torch.Tensor, j: int, n: int) -> None:
+        """Edges from the sources that write at ``R_j`` (features and errors of layer
+        ``j - 1``; tokens when ``j == 0``)."""
+        rec = self.rec
+        if j == 0:
+            out[:, self.tok_col[:n]] = torch.einsum("nbd,nd->bn", g, rec.embed[:n])
+            return
+        li = j - 1
+        lr = rec.layers[li]
+        out[:, self.err_col[li, :n]] = torch.einsum("nbd,nd->bn", g, lr.error[:n])
+        k = int(torch.searchsorted(lr.feat_pos, torch.tensor(n, device=lr.feat_pos.device)))
+        if k == 0:
+            return
+        # one product per position: [n, B, d] x [n, d, k_max] -> [n, B, k_max]
+        W = self.writes[li][:n]
+        e = torch.bmm(g, W.transpose(1, 2))  # [n, B, k_max]
+        e = e.transpose(0, 1).reshape(g.shape[1], -1)  # [B, n * k_max]
+        out[:, self.feat_cols[li][:k]] = e[:, self.slot[li][:k]]
+
+
+def attribute(rec: Recording, targets: Sequence[Target] | None = None, *,
+              max_feature_nodes: int | None = None, batch_size: int = 256,
+              weights: Sequence[float] | None = None, tokenizer: Any = None,
+              progress: Callable[[int, int, str], None] | None = None,
+              memory_bytes: int = 3 << 30) -> Graph:
+    """The attribution graph of a recorded prompt (module docstring).
+
+    ``targets``: default the top logits at the last position (probability-weighted).
+    ``weights``: how much each target counts in influence (default: the targets'
+    probabilities for plain logit targets, normalised; equal weights otherwise).
+    ``max_feature_nodes``: rows are computed for at most this many features (the most
+    influential ones); None: all active features.
+    """
+    targets = list(targets) if targets else top_logit_targets(rec)
+    at = Attributor(rec, batch_size=batch_size, memory_bytes=memory_bytes)
+    cols = at.cols
+    T = len(targets)
+    tgt_ids = torch.arange(cols.n, cols.n + T)
+    injs, values = [], []
+    for t in targets:
+        site, pos, vec, value = _target_injection(rec, t)
+        injs.append((site, pos, vec))
+        values.append(value)
+    if weights is None:
+        if all(isinstance(t, LogitTarget) for t in targets):
+            pr = torch.stack([rec.logits(t.pos).softmax(-1)[t.token] for t in targets])
+            w = pr / pr.sum()
+        else:
+            w = torch.full((T,), 1.0 / T)
+    else:
+        if len(weights) != T:
+            raise ConfigError(f"{len(weights)} weights for {T} targets")
+        w = torch.tensor([float(x) for x in weights])
+        if not torch.isfinite(w).all() or (w < 0).any() or float(w.sum()) <= 0:
+            raise ConfigError("target weights must be finite, non-negative, not all zero")
+        w = w / w.sum()
+    edges = EdgeRows(n_cols=cols.n)
+    n_total_feat = sum(int(lr.feat_pos.numel()) for lr in rec.layers)
+    cap = n_total_feat if max_feature_nodes is None else min(max_feature_nodes, n_total_feat)
+    if cap < 0:
+        raise ConfigError("max_feature_nodes must be >= 0")
+    done = 0
+
+    def tick(msg):
+        if progress is not None:
+            progress(done, cap, msg)
+
+    # target rows, grouped by site
+    for site in sorted({s for s, _, _ in injs}):
+        idx = [i for i, (s, _, _) in enumerate(injs) if s == site]
+        inj = _Inject(site, torch.tensor([injs[i][1] for i in idx]),
+                      torch.stack([injs[i][2] for i in idx]), tgt_ids[idx])
+        for blk in at.run(inj):
+            edges.add(*blk)
+    tick("targets")
+    n_nodes = cols.n + T
+    computed = torch.zeros(n_nodes, dtype=torch.bool)
+    feat_node = torch.cat([c for c in cols.feat_cols]) if cols.feat_cols else \
+        torch.zeros(0, dtype=torch.long)
+
+    def run_features(node_ids: torch.Tensor):
+        nonlocal done
+        lay = cols.layer[node_ids]
+        for li in range(rec.n_layers):
+            ids = node_ids[lay == li]
+            if ids.numel() == 0:
+                continue
+            local = torch.searchsorted(cols.feat_cols[li], ids)
+            inj = at.feature_injections(li, local.to(rec.layers[li].feat_pos.device), ids)
+            for blk in at.run(inj):
+                edges.add(*blk)
+                done += int(blk[0].numel())
+                tick(f"features of layer {li}")
+        computed[node_ids] = True
+
+    if cap >= n_total_feat:
+        run_features(feat_node)
+    elif cap > 0:
+        rounds = max(1, min(8, math.ceil(cap / max(1, batch_size))))
+        per_round = math.ceil(cap / rounds)
+        while int(computed[feat_node].sum()) < cap:
+            x = torch.zeros(n_nodes)
+            x[tgt_ids] = w
+            infl = torch.zeros(n_nodes)
+            for _ in range(rec.n_layers + 3):
+                x = edges.propagate(x)
+                if not bool((x != 0).any()):
+                    break
+                infl += x
+            cand = feat_node[~computed[feat_node]]
+            score = infl[cand]
+            take = min(per_round, cap - int(computed[feat_node].sum()))
+            chosen = cand[torch.argsort(score, descending=True, stable=True)[:take]]
+            run_features(torch.sort(chosen).values)
+    in_graph = torch.ones(n_nodes, dtype=torch.bool)
+    in_graph[feat_node] = computed[feat_node]
+    edges.mask_columns(in_graph[: cols.n])
+    acts = torch.cat([cols.act, torch.tensor(values, dtype=torch.float32)])
+    nodes = Nodes(kind=torch.cat([cols.kind, torch.full((T,), TARGET, dtype=torch.int8)]),
+                  layer=torch.cat([cols.layer, torch.full((T,), rec.n_layers)]),
+                  pos=torch.cat([cols.pos, torch.tensor([p for _, p, _ in injs])]),
+                  feature=torch.cat([cols.feat, torch.full((T,), -1)]),
+                  activation=acts, n_sources=cols.n, prefix_end=cols.prefix_end)
+    tdesc = []
+    for t, (_, p, _), v, wi in zip(targets, injs, values, w.tolist()):
+        if isinstance(t, LogitDiffTarget) and t.other is None:  # record the resolved one
+            lg = rec.logits(p)
+            t = LogitDiffTarget(t.token, next(i for i in lg.argsort(descending=True).tolist()
+                                              if i != t.token), t.pos, t.label)
+        d = describe(t, tokenizer)
+        d.update(pos=p, value=v, weight=wi)
+        if not isinstance(t, DirectionTarget):
+            d["prob"] = float(rec.logits(p).softmax(-1)[t.token])
+        tdesc.append(d)
+    graph = Graph(nodes=nodes, edges=edges, tokens=rec.tokens, targets=tdesc,
+                  n_layers=rec.n_layers, target_weights=w,
+                  info={"n_active_features": n_total_feat, "n_feature_rows": int(
+                      computed[feat_node].sum()), "max_feature_nodes": max_feature_nodes,
+                      "replacement": dict(rec.replacement.source),
+                      "skip_bos": rec.meta.get("skip_bos")})
+    if in_graph.sum() < n_nodes:
+        graph = _drop_nodes(graph, in_graph)
+    return graph
+
+
+def _drop_nodes(g: Graph, keep: torch.Tensor) -> Graph:
+    """The graph without the nodes where ``keep`` is False (unattributed features)."""
+    ids = keep.nonzero().flatten()
+    new_id = torch.full((len(g.nodes),), -1, dtype=torch.long)
+    new_id[ids] = torch.arange(ids.numel())
+    nodes = g.nodes.subset(ids)
+    src_keep = keep[: g.nodes.n_sources]
+    edges = EdgeRows(n_cols=nodes.n_sources)
+    for r, v in g.edges:
+        m = v.shape[1]
+        edges.add(new_id[r], v[:, src_keep[:m]])
+    return Graph(nodes=nodes, edges=edges, tokens=g.tokens, targets=g.targets,
+                 n_layers=g.n_layers, target_weights=g.target_weights, info=g.info,
+                 token_strs=g.token_strs)
+

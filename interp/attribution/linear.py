@@ -1,0 +1,236 @@
+"""The local linear model an attribution graph is exact for.
+
+Around one forward pass of one prompt, every piece of a block becomes linear:
+
+* **norms**: the scale (the RMS, or the standard deviation for LayerNorm) is frozen at
+  its recorded value, so ``n(x) = c(x) / s · w (+ b)`` with ``c`` the centring
+  (LayerNorm) or the identity (RMSNorm) is affine in ``x``; post-norms likewise;
+* **attention**: the pattern ``A_h`` is frozen (recomputed from the recorded queries and
+  keys, one block of query rows at a time, so no layer's whole pattern is ever kept);
+  the value path ``out_i = sum_h sum_j A_h[i, j] · n1(x_j) W_V[h] W_O[h]`` is linear;
+* **kept MLPs** (adapters' base MLPs), the *RelP rule*: the activation is
+  ``x · stopgrad(act(x) / x)`` (for SiLU: ``x · stopgrad(sigmoid(x))``) and a gated
+  product ``act(gate) · up`` passes half of its gradient through each factor. For a
+  bias-free gated MLP this map is *conservative*: ``J~ · x = MLP(x)`` exactly, so the
+  kept MLP's share is folded into edges with no remainder; MLP biases are the remainder
+  (``MLP(x) - J~ x``) and go to the layer's error node;
+* **features** are nodes: no gradient crosses an encoder, except at a target feature's
+  own pre-activation. Edges are therefore *direct* effects.
+
+Each piece has ``apply`` (the linear map, used by the tests' independent model and by
+error nodes) and ``apply_T`` (its transpose, the backward pass that makes the edges).
+Shapes: one prompt of ``P`` positions; batches ``B`` of target rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+
+PATTERN_BLOCK_BYTES = 32 << 20  # query rows recomputed per block of at most this size
+
+
+# ---------------------------------------------------------------------- norms
+@dataclass
+class FrozenNorm:
+    """A norm with a frozen scale: ``y = c(x) / s · w`` (+ bias, a constant).
+
+    ``s [P]``; ``w [d]`` or None (norms without a gain: the ``*Pre`` variants, or the
+    ``normalized`` site that reads before the gain); ``center``: LayerNorm centring.
+    """
+
+    s: torch.Tensor
+    w: torch.Tensor | None
+    center: bool
+
+    def _s(self, x: torch.Tensor) -> torch.Tensor:
+        return self.s.reshape(-1, *([1] * (x.dim() - 1)))
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """``[P, ..., d] -> [P, ..., d]`` (the linear part, no bias; positions first)."""
+        if self.center:
+            x = x - x.mean(-1, keepdim=True)
+        y = x / self._s(x)
+        return y * self.w if self.w is not None else y
+
+    def apply_T(self, g: torch.Tensor) -> torch.Tensor:
+        """Transpose: ``[P, ..., d] -> [P, ..., d]``."""
+        g = g * (self.w / self._s(g)) if self.w is not None else g / self._s(g)
+        if self.center:
+            g = g - g.mean(-1, keepdim=True)
+        return g
+
+    def without_gain(self) -> FrozenNorm:
+        return FrozenNorm(self.s, None, self.center)
+
+    def rows(self, pos: torch.Tensor) -> FrozenNorm:
+        """The same norm restricted to positions ``pos`` (for per-row vectors)."""
+        return FrozenNorm(self.s[pos], self.w, self.center)
+
+    def truncate(self, n: int) -> FrozenNorm:
+        return FrozenNorm(self.s[:n], self.w, self.center)
+
+
+NORM_TYPES = {"RMSNorm": (True, False), "RMSNormPre": (False, False),
+              "LayerNorm": (True, True), "LayerNormPre": (False, True)}
+
+
+def frozen_norm(module: Any, scale: torch.Tensor, dtype=torch.float32) -> FrozenNorm:
+    """A TransformerLens norm module with its recorded ``hook_scale`` values ``[P]``."""
+    name = type(module).__name__
+    if name not in NORM_TYPES:
+        raise ConfigError(f"attribution does not support the norm {name}")
+    has_gain, center = NORM_TYPES[name]
+    w = module.w.detach().to(dtype) if has_gain else None
+    return FrozenNorm(scale.to(dtype), w, center)
+
+
+# ---------------------------------------------------------------------- kept MLP
+class LinearMLP:
+    """A kept MLP linearised by the RelP rule around its recorded input ``x [P, d]``
+    (the MLP module's own input, after the pre-MLP norm and its gain)."""
+
+    def __init__(self, mlp: Any, x: torch.Tensor, dtype=torch.float32):
+        name = type(mlp).__name__
+        if name not in ("GatedMLP", "MLP"):
+            raise ConfigError(f"attribution cannot linearise the MLP {name}")
+        if getattr(mlp, "ln", None) is not None:
+            raise ConfigError("MLPs with a norm inside the activation (SoLU) are not supported")
+        self.gated = name == "GatedMLP"
+        self.act_fn = mlp.act_fn
+        x = x.to(dtype)
+        if self.gated:
+            self.W_gate = mlp.W_gate.detach().to(dtype)
+            self.W_in = mlp.W_in.detach().to(dtype)
+            pre = x @ self.W_gate
+            self.up = x @ self.W_in
+        else:
+            self.W_in = mlp.W_in.detach().to(dtype)
+            b_in = mlp.b_in.detach().to(dtype)
+            pre = x @ self.W_in + b_in
+        self.W_out = mlp.W_out.detach().to(dtype)
+        self.act = self.act_fn(pre)
+        # act(x) / x, with its limit at 0 (1/2 for SiLU and GELU)
+        safe = pre.abs() > 1e-12
+        self.ratio = torch.where(safe, self.act / torch.where(safe, pre, torch.ones_like(pre)),
+                                 torch.full_like(pre, 0.5))
+
+    def apply(self, dx: torch.Tensor) -> torch.Tensor:
+        """``J~ dx``: ``[P, d] -> [P, d]``."""
+        if self.gated:
+            h = 0.5 * self.ratio * (dx @ self.W_gate) * self.up + 0.5 * self.act * (dx @ self.W_in)
+        else:
+            h = self.ratio * (dx @ self.W_in)
+        return h @ self.W_out
+
+    def apply_T(self, g: torch.Tensor) -> torch.Tensor:
+        """``J~^T g`` for ``g [n, B, d]`` (the first ``n`` positions, positions first)."""
+        n = g.shape[0]
+        h = g @ self.W_out.T  # [n, B, d_mlp]
+        if self.gated:
+            return (0.5 * h * (self.ratio[:n] * self.up[:n])[:, None]) @ self.W_gate.T + \
+                (0.5 * h * self.act[:n, None]) @ self.W_in.T
+        return (h * self.ratio[:n, None]) @ self.W_in.T
+
+
+# ---------------------------------------------------------------------- attention
+class LinearAttention:
+    """The value path of one attention layer with its pattern frozen.
+
+    ``q [P, H, dh]`` and ``k [P, Hkv, dh]`` are the recorded (rotated) queries and keys;
+    the pattern is recomputed from them with the module's own score, softcap and mask
+    code, a block of query rows at a time.
+    """
+
+    def __init__(self, attn: Any, q: torch.Tensor, k: torch.Tensor, dtype=torch.float32):
+        cfg = attn.cfg
+        if cfg.positional_embedding_type in ("alibi", "relative_positional_bias"):
+            raise ConfigError(f"attribution does not support {cfg.positional_embedding_type} "
+                              "attention")
+        if getattr(cfg, "use_logn_attn", False):
+            raise ConfigError("attribution does not support log-n attention scaling")
+        self.attn = attn
+        self.q, self.k = q, k
+        self.W_V = attn.W_V.detach().to(dtype)  # [H, d, dh] (GQA heads expanded)
+        self.W_O = attn.W_O.detach().to(dtype)  # [H, dh, d]
+        self.n_heads = self.W_V.shape[0]
+        self.dtype = dtype
+
+    def pattern(self, i0: int, i1: int) -> torch.Tensor:
+        """Rows ``i0:i1`` of the pattern over keys ``0:i1``: ``[H, i1 - i0, i1]``."""
+        attn = self.attn
+        q = self.q[i0:i1].unsqueeze(0)
+        k = self.k[:i1].unsqueeze(0)
+        scores = attn.calculate_attention_scores(q, k)  # [1, H, rows, keys]
+        if (attn._attention_dir_override or attn.cfg.attention_dir) == "causal":
+            mask = attn._make_causal_mask(query_ctx_length=i1 - i0, key_ctx_length=i1,
+                                          past_kv_pos_offset=i0, device=scores.device)
+            scores = torch.where(mask, scores, attn.IGNORE.to(scores.device))
+        scores = scores.to(self.dtype)
+        if attn.cfg.use_attention_sinks:
+            sink = attn.sinks.to(self.dtype).reshape(1, -1, 1, 1).expand(
+                1, -1, scores.shape[-2], -1)
+            comb = torch.cat([scores, sink], -1)
+            pat = torch.softmax(comb - comb.max(-1, keepdim=True).values, -1)[..., :-1]
+        else:
+            pat = torch.softmax(scores, -1)
+        return torch.nan_to_num(pat[0], nan=0.0)
+
+    def _block_rows(self, n: int) -> int:
+        return max(1, min(n, PATTERN_BLOCK_BYTES // max(1, 4 * self.n_heads * n)))
+
+    def apply(self, v_in: torch.Tensor) -> torch.Tensor:
+        """Forward map from the value input (the normed residual, ``[P, d]``) to the
+        attention output ``[P, d]``."""
+        n = v_in.shape[0]
+        out = torch.zeros_like(v_in)
+        for h in range(self.n_heads):
+            v = v_in @ self.W_V[h]  # [P, dh]
+            z = torch.zeros_like(v)
+            blk = self._block_rows(n)
+            for i0 in range(0, n, blk):
+                i1 = min(n, i0 + blk)
+                z[i0:i1] = self.pattern(i0, i1)[h] @ v[:i1]
+            out = out + z @ self.W_O[h]
+        return out
+
+    def apply_T(self, g: torch.Tensor, rows_at: torch.Tensor | None = None) -> torch.Tensor:
+        """Transpose: gradient at the attention output ``g [n, B, d]`` (positions first)
+        -> gradient at the value input ``[n, B, d]``.
+
+        ``rows_at [B]``: when every row's gradient sits at one position (``g[:, b]`` is
+        zero elsewhere, as right above a target), only those pattern rows are used.
+        Otherwise each head costs three matrix products and no copies: ``g W_O[h]^T``,
+        ``A_h^T ·`` (in causal blocks of query rows) and ``· W_V[h]^T``.
+        """
+        n, B, d = g.shape
+        if rows_at is not None:
+            g1 = g[rows_at, torch.arange(B, device=g.device)]  # [B, d]
+            # u[b, h] = (g1[b] W_O[h]^T) W_V[h]^T   [B, H, d]
+            u = torch.einsum("bd,hed,hfe->bhf", g1, self.W_O, self.W_V)
+            lo = int(rows_at.min())
+            a = self.pattern(lo, n)[:, rows_at - lo]  # [H, B, n] (one row per target)
+            return torch.einsum("hbk,bhd->kbd", a, u)
+        H, dh = self.n_heads, self.W_O.shape[1]
+        g2 = g.reshape(n * B, d)
+        gz = [(g2 @ self.W_O[h].T).reshape(n, B * dh) for h in range(H)]
+        gv = [None] * H
+        blk = min(self._block_rows(n), max(64, n // 4))
+        for i1 in range(n, 0, -blk):  # causal: rows i0:i1 reach keys 0:i1 only
+            i0 = max(0, i1 - blk)
+            a = self.pattern(i0, i1)  # [H, rows, i1]
+            for h in range(H):
+                part = a[h].T @ gz[h][i0:i1]  # [i1, B dh]
+                if gv[h] is None:
+                    gv[h] = part
+                else:
+                    gv[h][:i1] += part
+        del gz
+        out = gv[0].reshape(n * B, dh) @ self.W_V[0].T
+        for h in range(1, H):
+            out.addmm_(gv[h].reshape(n * B, dh), self.W_V[h].T)
+        return out.reshape(n, B, d)

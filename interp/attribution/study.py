@@ -1,0 +1,272 @@
+"""The hesitation study: ranking, clusters, necessity and sufficiency, as one job.
+
+Protocol (every choice on the validation split, every headline on the evaluation split;
+the two splits use disjoint held-out problems):
+
+1. **Effects** (validation traces): each feature's total effect on each trigger, for two
+   targets: the de-meaned ``wait`` logit and ``wait`` minus the token it displaces.
+2. **Ranking** by mean effect; **clusters** of the top ``n_cluster`` features of the
+   logit-difference ranking by their effect profiles (no labels used), scored against
+   the planted mechanisms (``cluster_purity``) and, inside the error clusters, against
+   the error's cause; triggers clustered by their driving features
+   (``prompt_cluster_purity``).
+3. **Candidate feature sets**: the top ``k`` of either ranking (``k`` in ``ks``, at most
+   ``max_fraction`` of all features), ablated to zero or to the feature's mean activation;
+   each is scored on validation traces (teacher-forced P(``wait``) at triggers) and
+   validation generations (hesitations, thinking length, accuracy). The chosen set
+   maximises the validation hesitation-rate drop minus the accuracy lost (as a share),
+   among sets that keep the mean thinking length within ``max_length_change`` of the
+   unablated model's.
+4. **Evaluation** of the chosen set: P(``wait``) at evaluation triggers, generations on
+   evaluation problems (paired accuracy change with a bootstrap interval), and clamping
+   it at evaluation clean decision points to its mean activation at validation triggers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..store import Store, provenance
+from . import hesitation as H
+
+KIND = "hesitation_study"
+DEFAULTS: dict[str, Any] = {
+    "adapters_key": None, "adapters_store": None, "store": None, "device": "cpu",
+    "n_validation": 120, "n_evaluation": 120, "n_gen_validation": 100,
+    "n_gen_evaluation": 300, "n_cluster": 30, "ks": [25, 51], "max_fraction": 0.05,
+    "modes": ["zero", "mean"], "rankings": ["logit_diff", "logit"],
+    "max_length_change": 0.25, "max_new_tokens": 80,
+}
+GEN_SEEDS = {"validation": 303, "evaluation": 404}
+
+
+def study_config(spec: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(spec) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown study settings {unknown}; known: {sorted(DEFAULTS)}")
+    cfg = {**DEFAULTS, **spec}
+    for k in ("n_validation", "n_evaluation", "n_gen_validation", "n_gen_evaluation",
+              "n_cluster"):
+        if not isinstance(cfg[k], int) or cfg[k] < 1:
+            raise ConfigError(f"{k} must be a positive integer")
+    if not 0 < float(cfg["max_fraction"]) <= 1:
+        raise ConfigError("max_fraction must be in (0, 1]")
+    bad = [m for m in cfg["modes"] if m not in ("zero", "mean")]
+    bad += [r for r in cfg["rankings"] if r not in ("logit", "logit_diff")]
+    if bad:
+        raise ConfigError(f"unknown modes or rankings {bad}")
+    return cfg
+
+
+def adapters_artifact(key: str | None = None, store: str | None = None):
+    """An adapters artifact by key (or the newest) from ``store``; without a store, from
+    your cache and then the committed demo artifacts."""
+    from ..adapters.io import find_adapters
+    from ..errors import ArtifactError
+    from ..store import PROJECT_ROOT, Store
+
+    if store:
+        return find_adapters(Store(store), key)
+    try:
+        return find_adapters(Store(), key)
+    except ArtifactError:
+        return find_adapters(Store(PROJECT_ROOT / "cache" / "demo", read_only=True), key)
+
+
+def generation_problems(split: str, n: int) -> list[Any]:
+    """Held-out organism problems (natural tag mix) for generations of one split."""
+    from ..organisms.task import sample_problems
+
+    probs = sample_problems(n, seed=GEN_SEEDS[split])
+    if split == "evaluation":
+        seen = {p.id for p in sample_problems(n, seed=GEN_SEEDS["validation"])}
+        extra = [p for p in sample_problems(2 * n + 32, seed=GEN_SEEDS[split] + 1)
+                 if p.id not in seen]
+        probs = ([p for p in probs if p.id not in seen] + extra)[:n]
+    return probs
+
+
+def _gen_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+    m = lambda k: float(np.mean([r[k] for r in rows])) if rows else float("nan")  # noqa: E731
+    return {"hesitations": m("hesitations"), "hesitations_error": m("hesitations_error"),
+            "hesitations_verify": m("hesitations_verify"), "think_tokens": m("think_tokens"),
+            "accuracy": m("correct")}
+
+
+def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = None
+              ) -> dict[str, Any]:
+    """Run the protocol (module docstring); returns the figures and tensors."""
+    cfg = study_config(spec)
+    tick = progress or (lambda *a, **k: None)
+    if tracer is None:
+        art = adapters_artifact(cfg["adapters_key"], cfg["adapters_store"])
+        tracer = H.Tracer.from_artifact(art, cfg["device"])
+    d_sae = tracer.model.adapters.d_sae
+    n_feat = tracer.n_features
+    steps = 2 * cfg["n_validation"] + 8
+    done = 0
+
+    def step(msg, k=1):
+        nonlocal done
+        done += k
+        tick(min(done, steps), steps, msg)
+
+    val = H.trigger_traces("validation", cfg["n_validation"])
+    ev = H.trigger_traces("evaluation", cfg["n_evaluation"])
+    effects = {}
+    for target in ("logit", "logit_diff"):
+        effects[target] = H.collect_effects(
+            tracer, val, target, progress=lambda i, n, _t=target: step(f"effects ({_t})")
+            if i else None)
+    rankings = {t: H.rank_features(e) for t, e in effects.items()}
+    # clusters of the hesitation-specific ranking
+    eff = effects["logit_diff"]
+    top = [r["feature"] for r in rankings["logit_diff"] if r["mean_effect"] > 0][
+        : cfg["n_cluster"]]
+    cl = H.functional_clusters(eff, top)
+    truth = [H.feature_mechanism(eff, f) for f in top]
+    purity = H.cluster_purity(cl["labels"], truth)
+    err_feats = [(f, lab) for f, lab, t in zip(top, cl["labels"], truth) if t == "error"]
+    causes = [_feature_cause(eff, f) for f, _ in err_feats]
+    cause_purity = H.cluster_purity([lab for _, lab in err_feats], causes) \
+        if err_feats else float("nan")
+    pc = H.prompt_clusters(eff, top)
+    step("clusters")
+    # candidates on validation
+    means = H.mean_activations(tracer, val, at="all")
+    trig_means = H.mean_activations(tracer, val, at="triggers")
+    kmax = int(cfg["max_fraction"] * n_feat)
+    val_probs = generation_problems("validation", cfg["n_gen_validation"])
+    base_rows = H.generation_figures(tracer, val_probs, None, cfg["max_new_tokens"])
+    base_gen = _gen_summary(base_rows)
+    base_tf = H.wait_probs(tracer, val)
+    hybrid_tf = H.wait_probs(_HybridOnly(tracer), val)
+    candidates = []
+    for rname in cfg["rankings"]:
+        ranked = [r["feature"] for r in rankings[rname] if r["mean_effect"] > 0]
+        for k in sorted({min(int(k), kmax) for k in cfg["ks"]}):
+            feats = ranked[:k]
+            for mode in cfg["modes"]:
+                mask = H.feature_mask(feats, d_sae, mode, means)
+                after = H.wait_probs(tracer, val, mask)
+                trig_b = np.concatenate([base_tf[m] for m in H.MECHANISMS])
+                trig_a = np.concatenate([after[m] for m in H.MECHANISMS])
+                rows = H.generation_figures(tracer, val_probs, mask, cfg["max_new_tokens"])
+                g = _gen_summary(rows)
+                hd = 1 - g["hesitations"] / base_gen["hesitations"] \
+                    if base_gen["hesitations"] > 0 else float("nan")
+                candidates.append({
+                    "ranking": rname, "k": len(feats), "mode": mode, "features": feats,
+                    "p_wait_drop": float(1 - trig_a.mean() / trig_b.mean()),
+                    "hesitation_rate_drop": hd,
+                    "accuracy_change": 100 * (g["accuracy"] - base_gen["accuracy"]),
+                    "think_tokens_change": g["think_tokens"] / base_gen["think_tokens"] - 1,
+                    "generation": g})
+        step(f"candidates ({rname})", 2)
+    ok = [c for c in candidates if abs(c["think_tokens_change"]) <= cfg["max_length_change"]]
+    pool = ok or candidates
+    chosen = max(pool, key=lambda c: c["hesitation_rate_drop"]
+                 - max(0.0, -c["accuracy_change"]) / 100)
+    # evaluation
+    feats = chosen["features"]
+    mask = H.feature_mask(feats, d_sae, chosen["mode"], means)
+    tf = H.ablation_teacher_forced(tracer, ev, mask)
+    ev_probs = generation_problems("evaluation", cfg["n_gen_evaluation"])
+    gen = H.ablation_generation(tracer, ev_probs, mask, cfg["max_new_tokens"])
+    step("evaluation")
+    clamp = H.clamp_figures(tracer, ev, feats, trig_means)
+    step("clamp")
+    # ranking stability: the chosen features' effects on evaluation traces
+    ev_eff = H.collect_effects(tracer, ev[: max(10, cfg["n_evaluation"] // 4)],
+                               chosen["ranking"])
+    ev_mean = ev_eff.total.mean(0)
+    stability = float(np.mean([float(ev_mean[f]) > 0 for f in feats])) if feats else 0.0
+    step("done", steps)
+    figures = {
+        "cluster_purity": purity, "clusters_k": cl["k"], "cluster_silhouette": cl["silhouette"],
+        "error_cause_purity": cause_purity, "prompt_cluster_purity": pc["purity"],
+        "p_wait_drop": tf["p_wait_drop"], "hesitation_rate_drop": gen["hesitation_rate_drop"],
+        "accuracy_change": gen["accuracy_change"],
+        "accuracy_change_ci": gen["accuracy_change_ci"],
+        "ablated_feature_fraction": len(feats) / n_feat,
+        "clamp_induced_rate": clamp["clamp_induced_rate"],
+        "chosen": {k: v for k, v in chosen.items() if k != "features"},
+        "evaluation_teacher_forced": tf, "evaluation_generation": gen, "clamp": clamp,
+        "effects_sign_stable_on_evaluation": stability,
+        "counts": {"validation": H.split_counts(val), "evaluation": H.split_counts(ev)},
+        "baseline_validation_generation": base_gen,
+        "p_wait_validation": {m: float(base_tf[m].mean()) for m in H.MECHANISMS
+                              if base_tf[m].size},
+        "p_wait_validation_hybrid": {m: float(hybrid_tf[m].mean()) for m in H.MECHANISMS
+                                     if hybrid_tf[m].size},
+    }
+    return {"config": cfg, "figures": figures, "effects": effects, "rankings": rankings,
+            "clusters": {"features": top, "labels": cl["labels"], "truth": truth},
+            "candidates": candidates, "chosen_features": feats, "tracer": tracer}
+
+
+class _HybridOnly:
+    """The tracer's hybrid without adapters (base MLPs, reasoner attention), for
+    :func:`hesitation.wait_probs`: does anything hesitate without the adapters?"""
+
+    def __init__(self, tracer: H.Tracer):
+        self.tracer = tracer
+        self.tokenizer = tracer.tokenizer
+
+    def token_id(self, t):
+        return self.tracer.token_id(t)
+
+    def forward_logits(self, tokens, mask=None, where=None):
+        hyb = self.tracer.model.hybrid
+        with torch.no_grad():
+            return hyb(tokens.to(next(hyb.parameters()).device)).float()
+
+
+def _feature_cause(eff: H.Effects, f: int) -> str:
+    cause = np.array(eff.cause)
+    pos = eff.total[:, f].clamp_min(0).numpy()
+    share = {c: float(pos[cause == c].sum()) for c in ("carry_slip", "random")}
+    return max(share, key=share.get)
+
+
+def save_study(res: dict[str, Any], store: Store) -> Any:
+    """Save a study as a ``hesitation_study`` artifact (effects as tensors)."""
+    tr = res["tracer"]
+    cfg = {k: v for k, v in res["config"].items()
+           if k not in ("store", "adapters_store", "device")}
+    cfg["adapters_key"] = tr.key
+    tensors = {}
+    for t, e in res["effects"].items():
+        tensors[f"{t}.total"] = e.total
+        tensors[f"{t}.direct"] = e.direct
+        tensors[f"{t}.active"] = e.active.to(torch.uint8)
+    eff = res["effects"]["logit_diff"]
+    meta = {
+        "figures": res["figures"],
+        "rankings": {t: r[:200] for t, r in res["rankings"].items()},
+        "clusters": res["clusters"],
+        "candidates": [{k: v for k, v in c.items()} for c in res["candidates"]],
+        "chosen_features": res["chosen_features"],
+        "triggers": {"mechanism": eff.mechanism, "cause": eff.cause,
+                     "trace_index": eff.trace_index},
+        "d_sae": eff.d_sae, "adapters_key": tr.key,
+    }
+    models = {"base": tr.base.describe(), "reasoner": tr.reasoner.describe()}
+    return store.save(KIND, cfg, tensors, provenance=provenance(models=models), meta=meta,
+                      finite=True)
+
+
+def study_job(spec: dict[str, Any], ctx) -> dict[str, Any]:
+    """Job entry (``attribution.study``): run and save; returns the headline figures."""
+    cfg = study_config(spec)
+    res = run_study(cfg, progress=lambda i, n, msg="": ctx.progress(i, n, msg))
+    store = Store(cfg["store"]) if cfg["store"] else Store()
+    art = save_study(res, store)
+    f = res["figures"]
+    return {"key": art.key, **{k: f[k] for k in (
+        "cluster_purity", "p_wait_drop", "hesitation_rate_drop", "accuracy_change",
+        "ablated_feature_fraction", "clamp_induced_rate")}}
