@@ -49,9 +49,14 @@ BASE_GRAPH_NOTE = (":material/info: A graph of the base model would need transco
 # ------------------------------------------------------------------ cached computations
 @st.cache_resource(max_entries=2, show_spinner="Loading the adapter model…")
 def _bundle(root: str, akey: str, device: str, stamp: str) -> Any:
+    from interp import serving
     from interp.adapters.evaluate import load_adapter_model
 
-    return load_adapter_model(Store(root, read_only=True).load("adapters", akey), device)
+    model, base, reasoner = load_adapter_model(
+        Store(root, read_only=True).load("adapters", akey), device)
+    for m in (model.hybrid, base, reasoner):  # shared by every session: one at a time
+        serving.guard(m)
+    return model, base, reasoner
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
@@ -311,7 +316,7 @@ with c3:
     cap = ui.url_widget(st.number_input, "Node cap (features + errors)", "cap", 200, int,
                         min_value=1, max_value=5000, step=50)
 labels = tuple(sorted(ga.feature_labels(akey, list(stores.values())).items()))
-if ui.attempt(_graph, src) is None:
+if ui.attempt_work("an attribution graph", _graph, src) is None:
     st.stop()
 view = ui.attempt(_view, src, float(nt), float(et), int(cap), labels, vocab)
 if view is None:

@@ -162,7 +162,12 @@ def record(model: Any, tokens: torch.Tensor | Sequence[int], replacement: Replac
             mlp_in[layer] = args[0][0].detach()
         return pre_hook
 
+    from ..serving import model_lock
+
     with contextlib.ExitStack() as stack:
+        # one recording at a time per model: the MLP pre-hooks below are plain torch
+        # hooks, which another thread's forward pass on a shared model would also fire
+        stack.enter_context(model_lock(hooked))
         for layer, blk in enumerate(hooked.blocks):
             handles.append(blk.mlp.register_forward_pre_hook(grab_mlp_in(layer)))
         stack.callback(lambda: [h.remove() for h in handles])
