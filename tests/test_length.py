@@ -583,9 +583,18 @@ def test_committed_length_figures_recompute_from_their_records():
         [r["correct"] for r in before], [r["correct"] for r in after], seed=seed))
     sw = st.load("length_sweep", keys["sweep"]).meta
     n = sw["per_alpha"][0]["n"]
+    alphas = [p["alpha"] for p in sw["per_alpha"]]
     for k, p in enumerate(sw["per_alpha"]):
         want = summarize(sw["records"][k * n:(k + 1) * n], sw["short_max_tokens"])
-        assert _flat({q: v for q, v in p.items() if q != "alpha"}) == _flat_approx(want)
+        assert _flat({q: v for q, v in p.items() if q not in ("alpha", "agreement")}
+                     ) == _flat_approx(want)
+        if 0.0 in alphas:   # each α's answer agreement with the unsteered generations
+            ref = sw["records"][alphas.index(0.0) * n:(alphas.index(0.0) + 1) * n]
+            same = [a["answer"] == b["answer"] for a, b in
+                    zip(ref, sw["records"][k * n:(k + 1) * n])]
+            got = p["agreement"]["answer_agreement"]
+            assert (got["value"] if isinstance(got, dict) else got) == pytest.approx(
+                np.mean(same))
     assert sw["spearman_mean_length_vs_alpha"] == pytest.approx(
         spearman([p["alpha"] for p in sw["per_alpha"]],
                  [p["mean_think_tokens"] for p in sw["per_alpha"]]))
