@@ -34,7 +34,9 @@ Fixtures
     Seeds ``random``, ``numpy`` and ``torch`` with 0 before every test.
 
 Helpers (importable as ``from tests.conftest import ...``): ``TINY_VOCAB``,
-``make_tiny_tokenizer()``, ``make_tiny_checkpoint(out_dir, arch, seed, **overrides)``,
+``make_tiny_tokenizer()``, ``make_tiny_checkpoint(out_dir, arch, seed, **overrides)`` (arch:
+qwen2, llama, qwen3, gemma, gemma2, gemma3), ``make_think_tokenizer()`` (a byte-level BPE
+with a chat template that opens ``<think>``),
 ``perturbed_copy(src, dst, seed, scale=0.05)`` (a stand-in fine-tune: same config, noisy weights).
 
 Markers (pyproject.toml): ``slow`` (deselected by default; ``pytest -m slow`` runs
@@ -82,20 +84,49 @@ def make_tiny_tokenizer(vocab: list[str] | None = None):
     return tok
 
 
+# per-architecture config defaults of the tiny checkpoints: Qwen3 and the Gemmas get an
+# explicit head size; the Gemmas a sliding window shorter than the test prompts, a mix of
+# local and global layers, a query scale unlike sqrt(head_dim), soft caps (Gemma 2) and
+# larger weights (initializer_range) so that a wrong setting in the hook wrapper moves the
+# logits far beyond the 1e-4 comparison
+ARCH_DEFAULTS: dict[str, dict] = {
+    "qwen2": {}, "llama": {},
+    "qwen3": dict(head_dim=8),
+    "gemma": dict(head_dim=8, initializer_range=0.3),
+    "gemma2": dict(head_dim=8, initializer_range=0.3, sliding_window=4,
+                   query_pre_attn_scalar=12, attn_logit_softcapping=5.0,
+                   final_logit_softcapping=3.0),
+    "gemma3": dict(head_dim=8, initializer_range=0.3, sliding_window=4,
+                   layer_types=["sliding_attention", "full_attention"],
+                   query_pre_attn_scalar=12),
+}
+
+
+def _arch_classes(arch: str):
+    import transformers as T
+
+    return {"qwen2": (T.Qwen2Config, T.Qwen2ForCausalLM),
+            "llama": (T.LlamaConfig, T.LlamaForCausalLM),
+            "qwen3": (T.Qwen3Config, T.Qwen3ForCausalLM),
+            "gemma": (T.GemmaConfig, T.GemmaForCausalLM),
+            "gemma2": (T.Gemma2Config, T.Gemma2ForCausalLM),
+            "gemma3": (T.Gemma3TextConfig, T.Gemma3ForCausalLM)}[arch]
+
+
 def make_tiny_checkpoint(out_dir: str | os.PathLike, arch: str = "qwen2", seed: int = 0,
                          tokenizer=None, **overrides) -> Path:
-    """Build a random ``qwen2`` or ``llama`` causal LM and ``save_pretrained`` it.
+    """Build a random causal LM of ``arch`` (``qwen2``, ``llama``, ``qwen3``, ``gemma``,
+    ``gemma2``, ``gemma3``: transformers 5.24 classes) and ``save_pretrained`` it.
 
-    ``overrides`` replace entries of the config (e.g. ``hidden_size=48``).
+    ``overrides`` replace entries of the config (e.g. ``hidden_size=48``); defaults are
+    :data:`TINY_SIZES` plus :data:`ARCH_DEFAULTS` of the architecture.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
     tok = tokenizer if tokenizer is not None else make_tiny_tokenizer()
-    cls_cfg, cls_model = {"qwen2": (Qwen2Config, Qwen2ForCausalLM),
-                          "llama": (LlamaConfig, LlamaForCausalLM)}[arch]
+    cls_cfg, cls_model = _arch_classes(arch)
     kw = dict(TINY_SIZES, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
               tie_word_embeddings=False, rms_norm_eps=1e-6)
+    kw.update(ARCH_DEFAULTS[arch])
     kw.update(overrides)
     cfg = cls_cfg(**kw)
     torch.manual_seed(seed)
