@@ -30,6 +30,7 @@ COMMAND_MODULES: list[str] = [
     "interp.adapters.cli",
     "interp.length.cli",
     "interp.vectors.cli",
+    "interp.tasks.cli",
     "interp.jobs",
     "interp.store_cli",
 ]

@@ -113,6 +113,44 @@ def _arch_classes(arch: str):
             "gemma3": (T.Gemma3TextConfig, T.Gemma3ForCausalLM)}[arch]
 
 
+THINK_SPECIALS = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<think>", "</think>"]
+THINK_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|><think>\n{% endif %}"
+)
+THINK_CORPUS = [
+    "Let me add the numbers. 12 plus 30 is 42. Wait, I should check: 12 + 30 = 42.",
+    "Hmm, wait. That is not right. Wait, let me redo it: 7 times 6 is 42.",
+    "So the answer is 42. Wait, wait. The answer is \\boxed{42}.",
+    "First compute 3 + 4 = 7. Then 7 * 2 = 14. Wait, check again. Yes, 14.",
+    "The sum of 5 and 9 is 14. Okay. So the final answer is 14.",
+    "Compute 15 - 6. That is 9. Hmm, wait, 15 - 6 = 9. Yes.",
+]
+
+
+def make_think_tokenizer():
+    """A byte-level BPE tokenizer (about 300 entries) trained on a fixed text in which
+    ``Wait``, `` wait`` and `` Wait`` are frequent enough to become entries of their own,
+    with R1-style think markers as special tokens and a chat template that opens the
+    thinking in the prompt (``<|assistant|><think>\n``, as DeepSeek-R1-Distill does).
+    ``bos_token="<s>"``, ``eos_token="</s>"``, ``pad_token="<pad>"``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=THINK_SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tk.train_from_iterator(THINK_CORPUS * 20, trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        additional_special_tokens=["<|user|>", "<|assistant|>", "<think>", "</think>"])
+    tok.chat_template = THINK_TEMPLATE
+    return tok
+
+
 def make_tiny_checkpoint(out_dir: str | os.PathLike, arch: str = "qwen2", seed: int = 0,
                          tokenizer=None, **overrides) -> Path:
     """Build a random causal LM of ``arch`` (``qwen2``, ``llama``, ``qwen3``, ``gemma``,

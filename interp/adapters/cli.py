@@ -54,7 +54,9 @@ def _tqdm():
     return bar, on
 
 
-def _run_job(kind: str, spec: dict[str, Any], background: bool) -> int:
+def _run_job(kind: str, spec: dict[str, Any], background: bool, after=None) -> int:
+    """Run a job in the foreground with a progress bar (or submit it with
+    ``background``); ``after(result)`` sees the result before it is printed."""
     from .. import jobs
 
     jobs.validate_spec(kind, spec)  # fail fast on typos and bad values, before a worker
@@ -68,6 +70,8 @@ def _run_job(kind: str, spec: dict[str, Any], background: bool) -> int:
         bar.close()
     if st.state != "done":
         print(f"error: job {st.id} {st.state}: {st.error}", file=sys.stderr)
+    elif after is not None:
+        after(st.result)
     print(json.dumps({"id": st.id, "state": st.state, "error": st.error, "result": st.result},
                      default=str))
     return 0 if st.state == "done" else 1
