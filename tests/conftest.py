@@ -125,6 +125,7 @@ THINK_CORPUS = [
     "First compute 3 + 4 = 7. Then 7 * 2 = 14. Wait, check again. Yes, 14.",
     "The sum of 5 and 9 is 14. Okay. So the final answer is 14.",
     "Compute 15 - 6. That is 9. Hmm, wait, 15 - 6 = 9. Yes.",
+    "Step one.\n\nStep two. Wait, check.\n\nSo 8.",
 ]
 
 

@@ -285,7 +285,11 @@ def check_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate_spec(spec: dict[str, Any]) -> None:
-    check_spec(spec)
+    """The job spec, the task file and the model/task fit, before a worker starts."""
+    from . import check_pair, get_task
+
+    s = check_spec(spec)
+    check_pair(get_task(s["task"], chat=s["chat"], markers=s["markers"]), [s["model"]])
 
 
 def run_generation(spec: dict[str, Any], work: Path | None = None,
