@@ -31,6 +31,7 @@ COMMAND_MODULES: list[str] = [
     "interp.length.cli",
     "interp.vectors.cli",
     "interp.tasks.cli",
+    "interp.estimate",
     "interp.jobs",
     "interp.store_cli",
 ]

@@ -160,3 +160,26 @@ def test_organism_settings_refused_on_own_pair(tmp_cache, tmp_path, pair, capsys
     assert "name the donors of the task vector" in err
     err = _fail(capsys, "traces", "generate", "--model", reasoner, "--task", "organisms")
     assert "only runs on the organism models" in err
+
+
+def test_estimate_counts_the_wrapped_model(pair, capsys):
+    """The calculator's parameter count is the hook wrapper's, its weight memory three
+    float32 copies, the adapters' 2·d·d_sae + d_sae + d per layer with AdamW; the time
+    scales with tokens per step."""
+    from interp.estimate import adapter_training, shape_of
+    from interp.models import load_model
+
+    base, reasoner = (str(p) for p in pair)
+    m = load_model(reasoner, device="cpu")
+    s = shape_of(reasoner)
+    n_weights = sum(p.numel() for n, p in m.hooked.named_parameters() if not n.endswith(
+        ("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "b_U", "_b_K", "_b_V")))
+    assert s.n_params == n_weights
+    r = _run(capsys, "estimate", "--base", base, "--reasoner", reasoner, "--d-sae", "16",
+             "--seq-len", "64", "--batch", "4", "--for-device", "cpu")
+    a = r["adapter_training"]
+    assert a["weights_gib"] * 2 ** 30 == 3 * 4 * n_weights
+    assert a["adapter_params"] == 2 * (2 * 32 * 16 + 16 + 32)
+    two = adapter_training(s, 16, 64, 8, device="cpu")
+    assert two["seconds_per_step"] == pytest.approx(2 * a["seconds_per_step"])
+    assert two["activations_gib"] > a["activations_gib"]
