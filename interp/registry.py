@@ -32,6 +32,7 @@ COMMAND_MODULES: list[str] = [
     "interp.vectors.cli",
     "interp.tasks.cli",
     "interp.estimate",
+    "interp.transcoders",
     "interp.jobs",
     "interp.store_cli",
 ]

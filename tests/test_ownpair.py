@@ -183,3 +183,51 @@ def test_estimate_counts_the_wrapped_model(pair, capsys):
     two = adapter_training(s, 16, 64, 8, device="cpu")
     assert two["seconds_per_step"] == pytest.approx(2 * a["seconds_per_step"])
     assert two["activations_gib"] > a["activations_gib"]
+
+
+def test_transcoders_on_a_trace_set(tmp_cache, tmp_path, pair, capsys):
+    """Per-layer transcoders of the reasoner over its trace set: the saved SAELens
+    folders compute what the trained modules compute, training lowers the NMSE, and the
+    spliced KL of a transcoder that writes nothing is the KL of zero-ablating that MLP."""
+    import torch
+    from sae_lens import Transcoder
+
+    from interp.models import load_model
+    from interp.transcoders import held_out
+
+    base, reasoner = (str(p) for p in pair)
+    task = tmp_path / "problems.jsonl"
+    task.write_text("".join(json.dumps(r) + "\n" for r in _records()))
+    key = _run(capsys, "traces", "import", str(task), "--model", reasoner)["key"]
+    res = _run(capsys, "transcoders", "train", "--model", reasoner, "--traces", key,
+               "--layers", "0-1", "--d-sae", "24", "--steps", "60", "--lr", "0.01",
+               "--max-tokens", "2000", "--device", "cpu")
+    art = Store().load("transcoders", res["key"])
+    assert art.config["layers"] == [0, 1] and set(res["held_out"]) == {"0", "1"}
+    for ly in ("0", "1"):
+        curve = art.meta["curves"][ly]
+        assert curve[-1]["nmse"] < curve[0]["nmse"]
+        assert 0 <= res["held_out"][ly]["l0"] <= 24
+    tc = Transcoder.load_from_disk(str(art.path / "layer_1"))
+    assert tc.cfg.metadata.hook_name == "blocks.1.ln2.hook_normalized"
+    x = torch.randn(5, 32)
+    w = {k: v for k, v in tc.state_dict().items()}
+    mine = torch.relu(x @ w["W_enc"] + w["b_enc"]) @ w["W_dec"] + w["b_dec"]
+    assert torch.allclose(tc.decode(tc.encode(x)), mine, atol=1e-5)
+    # a transcoder that writes nothing: splicing it is zero-ablating the MLP output
+    m = load_model(reasoner, device="cpu")
+    from interp.adapters.module import Adapter
+
+    zero = Adapter(32, 4, 32)
+    seqs = load_traceset(key).sequences("eval")
+    got = held_out(m, {1: zero}, seqs, 500)["1"]["spliced_kl"]
+    from interp.generation import left_pad
+
+    toks, mask = left_pad([s[:512] for s in seqs[:8]], m.tokenizer.pad_token_id, "cpu")
+    with torch.no_grad():
+        lp = torch.log_softmax(m.hooked(toks, attention_mask=mask), -1)
+        lq = torch.log_softmax(m.hooked.run_with_hooks(
+            toks, attention_mask=mask,
+            fwd_hooks=[("blocks.1.hook_mlp_out", lambda a, hook: torch.zeros_like(a))]), -1)
+    want = float((lp.exp() * (lp - lq)).sum(-1)[mask.bool()].mean())
+    assert got == pytest.approx(want, rel=1e-4) and want > 0

@@ -82,12 +82,32 @@ def is_organism_spec(spec: str) -> bool:
         "base", "reasoner", "sft", "grpo", "instruct")
 
 
+def speaks_organism(spec: str) -> bool:
+    """Whether a model reads the organisms' format: an ``organism:`` spec, or a checkpoint
+    here whose tokenizer maps every organism word to the organisms' id (a copy, an
+    edited export or a rebuild of an organism). A hub name or a missing path does not."""
+    if is_organism_spec(spec):
+        return True
+    from ..errors import InterpError
+    from ..models import load_tokenizer, resolve
+    from ..organisms.task import TOKEN_ID
+
+    try:
+        r = resolve(str(spec))
+        if r.source not in ("local", "registry"):
+            return False
+        vocab = load_tokenizer(r.path).get_vocab()
+    except InterpError:
+        return False
+    return all(vocab.get(w) == i for w, i in TOKEN_ID.items())
+
+
 def check_pair(task: Task, specs: Sequence[str]) -> None:
-    """ConfigError when an organism-only task is asked of a model that is not an
-    organism (its vocabulary has none of the organisms' words)."""
+    """ConfigError when an organism-only task is asked of a model that does not read the
+    organisms' format (:func:`speaks_organism`)."""
     if not task.organism_only:
         return
-    others = [s for s in specs if s and not is_organism_spec(s)]
+    others = [s for s in specs if s and not speaks_organism(s)]
     if others:
         raise ConfigError(
             f"the organisms task only runs on the organism models, not on "
