@@ -11,7 +11,8 @@ prints, for the pair's shape (read from ``config.json``; no weights are loaded):
   their log-softmaxes), and the time per step and for the run at an assumed throughput;
 * **trace generation** (:mod:`interp.tasks.traces`): weights in the generation dtype, the
   KV cache of a batch, and the decode time at an assumed memory bandwidth (each decoding
-  step reads every weight once) or throughput, whichever is slower.
+  step reads every weight once) or throughput, whichever is slower, plus a fixed cost
+  per layer and step (kernel launches).
 
 These are estimates from counting tensors and FLOPs (2 per parameter per token forward,
 4 backward to inputs; frozen weights get no weight gradients), not measurements: allow
@@ -30,8 +31,10 @@ from .errors import ConfigError
 
 GiB = 1024 ** 3
 # effective (not peak) throughput assumed per device kind: TFLOP/s and memory GB/s
-DEVICE_DEFAULTS = {"cuda": {"tflops": 250.0, "bandwidth": 2500.0},
-                   "cpu": {"tflops": 0.1, "bandwidth": 20.0}}
+# and the fixed cost of one decoding step per layer (TransformerLens runs a layer as some
+# twenty small kernels: ~10 µs each to launch on a GPU)
+DEVICE_DEFAULTS = {"cuda": {"tflops": 250.0, "bandwidth": 2500.0, "layer_ms": 0.2},
+                   "cpu": {"tflops": 0.1, "bandwidth": 20.0, "layer_ms": 0.0}}
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,8 @@ def trace_generation(s: Shape, n_prompts: int, prompt_len: int, new_tokens: int,
     kv = 2 * s.n_layers * s.n_kv_heads * s.d_head * ctx * batch * b
     logits = batch * s.vocab * 4 * 2
     step_read = weights + kv / 2                   # weights + the average cache read
-    step_s = max(step_read / (bw * 1e9), 2 * s.matmul_params * batch / (tf * 1e12))
+    step_s = max(step_read / (bw * 1e9), 2 * s.matmul_params * batch / (tf * 1e12)) \
+        + s.n_layers * dd["layer_ms"] / 1e3
     n_batches = -(-n_prompts // batch)
     prefill_s = 2 * s.matmul_params * prompt_len * n_prompts / (tf * 1e12)
     total_s = n_batches * new_tokens * step_s + prefill_s
