@@ -17,7 +17,7 @@ from interp import jobs
 from interp.adapters import plots as ap
 from interp.adapters.io import catalog, history_of
 from interp.adapters.report import demo_store
-from interp.tasks import is_organism_spec
+from interp.tasks import speaks_organism
 
 st.title("Transcoder adapters")
 st.caption(
@@ -62,7 +62,7 @@ if not ui.demo_mode():
         # training data: the organisms' generator on the organism pair, else a trace set
         sets = [a.key for a in ui.store().list("traces")
                 if a.config.get("model") in (base_spec, fine_spec)]
-        organisms = is_organism_spec(base_spec) and is_organism_spec(fine_spec)
+        organisms = speaks_organism(base_spec) and speaks_organism(fine_spec)
         opts = (["organisms' trace generator"] if organisms else []) + sets
         data = st.selectbox("training traces", opts, key="adata") if opts else None
         if data is None:

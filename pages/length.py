@@ -22,7 +22,7 @@ from interp.length.pipeline import DEFAULTS, list_runs, load_run
 from interp.length.report import demo_store, planted_head_check
 from interp.length.seal import DEFAULT_RULES
 from interp.models import current_weight_hash
-from interp.tasks import is_organism_spec
+from interp.tasks import speaks_organism
 
 RULE_TEXT = {
     "think": "from the token that predicts the first thinking token (or the close marker) "
@@ -54,7 +54,7 @@ if not ui.demo_mode():
         src = ui.url_widget(st.segmented_control, "prompts", "lsrc", "organism",
                             options=["organism", "task file", "my prompts"])
         task_path, traces_key = "", None
-        if src == "organism" and not is_organism_spec(fine_spec):
+        if src == "organism" and not speaks_organism(fine_spec):
             st.warning(f"The organisms' prompts only run on the organism models, not on "
                        f"**{ui.short_name(fine_spec)}**: choose *task file* (a JSONL or text "
                        "file of your prompts, with optional answers) or *my prompts*.")
@@ -140,7 +140,7 @@ if not ui.demo_mode():
             if traces_key:
                 spec["traces"] = traces_key
         spec["seal_rules"] = rules_df.dropna().to_dict("records")
-        if src == "organism" and not is_organism_spec(fine_spec):
+        if src == "organism" and not speaks_organism(fine_spec):
             pass
         elif src == "organism" or prompts or (src == "task file" and spec.get("task")):
             ui.job_panel("length.sweep", spec, key="lrun_job", label="Run all stages")

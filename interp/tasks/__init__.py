@@ -29,7 +29,7 @@ from .markers import (
     marker_report,
     require_markers,
 )
-from .organisms import OrganismTask, check_pair, is_organism_spec
+from .organisms import OrganismTask, check_pair, is_organism_spec, speaks_organism
 
 TASK_HELP = ("organisms | FILE.jsonl | FILE.txt | file:FILE | math:FILE.jsonl | "
              "math:arith")
@@ -78,5 +78,5 @@ __all__ = [
     "SPLITS", "TASK_HELP", "MarkerDetection", "OrganismTask", "Task", "TaskItem",
     "ThinkMarkers", "answers_match", "check_pair", "detect_markers", "extract_answer",
     "get_task", "hesitation_id_set", "hesitation_ids", "is_organism_spec", "marker_report",
-    "require_markers",
+    "require_markers", "speaks_organism",
 ]

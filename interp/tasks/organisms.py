@@ -10,6 +10,8 @@ read this format: :func:`check_pair` refuses it for other models.
 
 from __future__ import annotations
 
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError
@@ -89,14 +91,29 @@ def speaks_organism(spec: str) -> bool:
     if is_organism_spec(spec):
         return True
     from ..errors import InterpError
-    from ..models import load_tokenizer, resolve
-    from ..organisms.task import TOKEN_ID
+    from ..models import resolve
 
     try:
         r = resolve(str(spec))
-        if r.source not in ("local", "registry"):
-            return False
-        vocab = load_tokenizer(r.path).get_vocab()
+    except InterpError:
+        return False
+    if r.source not in ("local", "registry"):
+        return False
+    stamp = tuple((f.name, f.stat().st_mtime_ns) for f in sorted(Path(r.path).glob(
+        "tokenizer*.json")))
+    return _organism_vocab(str(r.path), stamp)
+
+
+@lru_cache(maxsize=64)
+def _organism_vocab(path: str, stamp: tuple) -> bool:
+    """Whether the tokenizer in ``path`` holds the organisms' words at their ids (cached
+    per folder and tokenizer files' modification times)."""
+    from ..errors import InterpError
+    from ..models import load_tokenizer
+    from ..organisms.task import TOKEN_ID
+
+    try:
+        vocab = load_tokenizer(path).get_vocab()
     except InterpError:
         return False
     return all(vocab.get(w) == i for w, i in TOKEN_ID.items())

@@ -298,6 +298,12 @@ def find_part(spec: dict[str, Any] | None, what: str, store: Store | None = None
             "accuracy": "vectors.accuracy", "trace": "vectors.trace"}[what]
     store = store or demo_store(read_only=True)
     s = full_spec(spec)
+    from .own import is_task_spec, part_config
+
+    if is_task_spec(s):   # another pair's experiment (interp.vectors.own)
+        from ..tasks import get_task
+
+        return store.find(kind, part_config(s, what, get_task(s["task"])))
     if s["kind"] == "control" and s["layer"] is None:
         # the layer was resolved at run time: match any saved layer
         for art in store.list(kind):
