@@ -160,3 +160,41 @@ def test_store_keys_by_config(tmp_cache, think_model_dir, task_file):
         {"prompt": "extra", "trace": "x </think> y"}) + "\n")
     c = import_traces(task_file, str(think_model_dir))
     assert c["key"] != a["key"]
+
+
+def test_adapter_batches_from_a_trace_set(tmp_cache, think_model_dir, task_file, tmp_path):
+    """Training draws every train trace once per pass (seeded order), evaluation reads the
+    eval traces in order, padded on the right; another tokenizer's trace set is refused."""
+    from interp.adapters.data import BatchSource, check_source, eval_batches
+
+    rows = [{**r, "split": "eval" if i < 2 else "train"} for i, r in enumerate(PROMPTS)]
+    task_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    key = import_traces(task_file, str(think_model_dir))["key"]
+    ts = load_traceset(key)
+    tok = make_think_tokenizer()
+    train = [tuple(r["prompt_ids"] + r["output_ids"]) for r in ts.records if r["split"] ==
+             "train"]
+    ev = [tuple(r["prompt_ids"] + r["output_ids"]) for r in ts.records if r["split"] == "eval"]
+    src = BatchSource(tok, 2, seed=5, source=f"traceset:{key[:10]}", split="train",
+                      max_len=1000)
+
+    def rows_of(tokens, valid):
+        return [tuple(t[v].tolist()) for t, v in zip(tokens, valid)]
+
+    one_pass = rows_of(*src.batch(0)) + rows_of(*src.batch(1))
+    assert sorted(one_pass) == sorted(train)            # a pass sees each once
+    assert rows_of(*src.batch(0)) == rows_of(*BatchSource(
+        tok, 2, seed=5, source=f"traceset:{key}", split="train", max_len=1000).batch(0))
+    toks, valid = src.batch(2)
+    assert (toks[~valid] == tok.pad_token_id).all()
+    (b,) = eval_batches(tok, 2, batch_size=2, source=f"traceset:{key}", max_len=1000)
+    assert rows_of(*b) == ev
+    with pytest.raises(ConfigError, match="outside the model's vocabulary"):
+        BatchSource(tok, 2, source=f"traceset:{key}", vocab_size=50)
+    from tests.conftest import make_tiny_tokenizer
+
+    with pytest.raises(ConfigError, match="vocabulary differs"):
+        BatchSource(make_tiny_tokenizer(), 2, source=f"traceset:{key}", vocab_size=1000)
+    with pytest.raises(ConfigError, match="only runs on the organism pair"):
+        check_source("traces", ("organism:base", str(think_model_dir)))
+    check_source("traces", ("organism:base", "organism:reasoner"))
