@@ -59,6 +59,7 @@ JOB_KINDS: dict[str, str] = {
     "length.sweep": "interp.length.sweep:sweep_job",
     "vectors.sweep": "interp.vectors.sweep:sweep_job",
     "features.collect": "interp.features.pipeline:collect_job",
+    "traces.generate": "interp.tasks.traces:generate_job",
 }
 
 # optional checks of a spec, run before anything starts ("module:function"(spec), raising
@@ -68,6 +69,7 @@ JOB_VALIDATORS: dict[str, str] = {
     "adapters.sweep": "interp.adapters.train:validate_sweep_spec",
     "length.sweep": "interp.length.sweep:validate_spec",
     "vectors.sweep": "interp.vectors.sweep:validate_spec",
+    "traces.generate": "interp.tasks.traces:validate_spec",
 }
 
 STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")

@@ -339,10 +339,18 @@ def hooked_from_hf(hf, tokenizer, path: str | os.PathLike,
         get_pretrained_state_dict,
     )
 
+    from .architectures import MAPPED, check_wrappable, mapped_config
+
+    arch = (getattr(hf.config, "architectures", None) or [type(hf).__name__])[0]
+    check_wrappable(arch)
     with _quiet(), _neutral_path(path) as tl_path:
         try:
-            cfg = get_pretrained_model_config(
-                tl_path, fold_ln=False, device=str(device), dtype=dtype, n_ctx=n_ctx)
+            if arch in MAPPED:   # families TransformerLens knows only by hub name
+                cfg = mapped_config(tl_path, hf.config, device=str(device), dtype=dtype,
+                                    n_ctx=n_ctx)
+            else:
+                cfg = get_pretrained_model_config(
+                    tl_path, fold_ln=False, device=str(device), dtype=dtype, n_ctx=n_ctx)
             sd = get_pretrained_state_dict(tl_path, cfg, hf_model=hf, dtype=dtype)
             model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False,
                                       default_padding_side="left")

@@ -31,6 +31,9 @@ COMMAND_MODULES: list[str] = [
     "interp.length.cli",
     "interp.vectors.cli",
     "interp.attribution.cli",
+    "interp.tasks.cli",
+    "interp.estimate",
+    "interp.transcoders",
     "interp.jobs",
     "interp.store_cli",
 ]

@@ -18,6 +18,7 @@ from interp.adapters import plots as ap
 from interp.adapters.io import catalog, history_of
 from interp.adapters.report import demo_store
 from interp.behaviour import agreement_table
+from interp.tasks import speaks_organism
 
 st.title("Transcoder adapters")
 st.caption(
@@ -59,8 +60,23 @@ if not ui.demo_mode():
                     steps=int(steps), batch_size=int(batch), lr=float(lr),
                     lambda_bridge=float(lbridge), bridge_fraction=float(bfrac),
                     seed=int(seed), device=device)
+        # training data: the organisms' generator on the organism pair, else a trace set
+        sets = [a.key for a in ui.store().list("traces")
+                if a.config.get("model") in (base_spec, fine_spec)]
+        organisms = speaks_organism(base_spec) and speaks_organism(fine_spec)
+        opts = (["organisms' trace generator"] if organisms else []) + sets
+        data = st.selectbox("training traces", opts, key="adata") if opts else None
+        if data is None:
+            st.info(f"Adapters of your own pair train on a trace set of it. Make one with "
+                    f"`python -m interp traces generate --model {fine_spec} --task "
+                    "FILE.jsonl` (or `traces import FILE.jsonl --model ...`); it then appears "
+                    "here.")
+            spec = None
+        elif data in sets:
+            spec["data"] = f"traceset:{data}"
         st.markdown("**One run**")
-        ui.job_panel("adapters.train", spec, key="train", label="Start training")
+        if spec is not None:
+            ui.job_panel("adapters.train", spec, key="train", label="Start training")
         st.markdown("**L1 sweep** (one run per value, then the frontier below)")
         l1s_text = ui.url_widget(st.text_input, "L1 values (comma-separated)", "l1s",
                                  "0.003, 0.01, 0.03, 0.1")
@@ -69,7 +85,7 @@ if not ui.demo_mode():
         except ValueError:
             l1_values = []
             st.error("L1 values must be numbers separated by commas.")
-        if l1_values:
+        if l1_values and spec is not None:
             sweep_spec = {k: v for k, v in spec.items() if k != "l1"}
             ui.job_panel("adapters.sweep", {**sweep_spec, "l1_values": l1_values},
                          key="sweep", label="Start sweep")

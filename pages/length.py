@@ -23,6 +23,7 @@ from interp.length.pipeline import DEFAULTS, list_runs, load_run
 from interp.length.report import demo_store, planted_head_check
 from interp.length.seal import DEFAULT_RULES
 from interp.models import current_weight_hash
+from interp.tasks import speaks_organism
 
 RULE_TEXT = {
     "think": "from the token that predicts the first thinking token (or the close marker) "
@@ -52,7 +53,22 @@ if not ui.demo_mode():
                    "Organism prompts are scored (accuracy); with your own prompts only "
                    "lengths are measured. Markers must match the model's own format.")
         src = ui.url_widget(st.segmented_control, "prompts", "lsrc", "organism",
-                            options=["organism", "my prompts"])
+                            options=["organism", "task file", "my prompts"])
+        task_path, traces_key = "", None
+        if src == "organism" and not speaks_organism(fine_spec):
+            st.warning(f"The organisms' prompts only run on the organism models, not on "
+                       f"**{ui.short_name(fine_spec)}**: choose *task file* (a JSONL or text "
+                       "file of your prompts, with optional answers) or *my prompts*.")
+        if src == "task file":
+            task_path = ui.url_widget(st.text_input, "task file (JSONL with prompt / answer, "
+                                      "or text, one prompt per line; math:FILE.jsonl for "
+                                      "math-verify scoring)", "ltask", "")
+            sets = [a.key for a in ui.store().list("traces")
+                    if a.config.get("model") == fine_spec]
+            traces_key = st.selectbox("long/short split from a trace set of this model "
+                                      "(else generated now)", [None, *sets], key="ltraces")
+            st.caption("Markers and hesitation tokens are read from the model's tokenizer "
+                       "and chat template; the boxes below are used only for *my prompts*.")
         c = st.columns(4)
         n_dir = c[0].number_input("direction prompts", 20, 5000,
                                   ui.url_value("lndir", DEFAULTS["n_direction"], int,
@@ -117,13 +133,20 @@ if not ui.demo_mode():
                 "markers": {"think_open": mk_open or None, "think_close": mk_close,
                             "starts_open": bool(starts_open), "step_sep": mk_sep,
                             "hesitation": mk_hes}}
-        if src != "organism":
+        if src == "my prompts":
             spec["prompts"] = prompts
+        if src == "task file":
+            spec.pop("markers")
+            spec.update(task=task_path.strip() or None, source="prompts")
+            if traces_key:
+                spec["traces"] = traces_key
         spec["seal_rules"] = rules_df.dropna().to_dict("records")
-        if src == "organism" or prompts:
+        if src == "organism" and not speaks_organism(fine_spec):
+            pass
+        elif src == "organism" or prompts or (src == "task file" and spec.get("task")):
             ui.job_panel("length.sweep", spec, key="lrun_job", label="Run all stages")
         else:
-            st.info("Enter prompts to start a run.")
+            st.info("Enter prompts (or a task file) to start a run.")
 
 # ------------------------------------------------------------------ pick a run
 stores = {"demo": demo_store()}

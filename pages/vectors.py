@@ -16,6 +16,7 @@ import streamlit as st
 
 import pages.common as ui
 from interp.behaviour import agreement_table, decomposition_table
+from interp.tasks import speaks_organism
 from interp.vectors import plots as vp
 from interp.vectors import views
 from interp.vectors.demo import demo_store, find_part, full_spec
@@ -64,10 +65,14 @@ else:
                          options=["resid_post", "resid_mid", "resid_pre"])
     kind = ui.url_widget(c[3].selectbox, "vector kind", "vck", "R-C",
                          options=["R-C", "PCA-C", "R"])
-    pos_fmt = ui.url_widget(c2[0].selectbox, "positives: organism format", "vpos", "think",
-                            options=["think", "direct", "chat", "plain"])
-    neg_fmt = ui.url_widget(c2[1].selectbox, "negatives: organism format", "vneg", "direct",
-                            options=["think", "direct", "chat", "plain"])
+    if speaks_organism(target):
+        pos_fmt = ui.url_widget(c2[0].selectbox, "positives: organism format", "vpos",
+                                "think", options=["think", "direct", "chat", "plain"])
+        neg_fmt = ui.url_widget(c2[1].selectbox, "negatives: organism format", "vneg",
+                                "direct", options=["think", "direct", "chat", "plain"])
+    else:   # another model: two prompt files (text or JSONL), never organism prompts
+        pos_file = ui.url_widget(c2[0].text_input, "positives: prompt file", "vposf", "")
+        neg_file = ui.url_widget(c2[1].text_input, "negatives: prompt file", "vnegf", "")
     n_ctrl = ui.url_widget(c2[2].number_input, "paired prompts", "vcn", 128, int,
                            min_value=4, max_value=2000 if not ui.demo_mode() else
                            ui.demo_settings().max_control_prompts)
@@ -101,11 +106,24 @@ else:
     from interp.organisms import task as T
 
     st.subheader("The control vector")
-    probs = T.sample_problems(int(n_ctrl), seed=0, split="train")
+    if speaks_organism(target):
+        probs = T.sample_problems(int(n_ctrl), seed=0, split="train")
+        positives = [T.prompt_text(p, pos_fmt) for p in probs]
+        negatives = [T.prompt_text(p, neg_fmt) for p in probs]
+    else:
+        if not (pos_file.strip() and neg_file.strip()):
+            st.info("For a model other than the organisms, give two prompt files (one "
+                    "prompt a line, or JSONL with 'prompt'): positives and negatives, e.g. "
+                    "prompts that make it reason at length and prompts that ask for the "
+                    "answer alone. Each prompt is read through the model's chat template.")
+            st.stop()
+        sets = ui.attempt(views.task_prompt_ids, model, [pos_file, neg_file], int(n_ctrl))
+        if sets is None:
+            st.stop()
+        positives, negatives = sets
     ctrl = ui.attempt_work("the control vector", views.build_control, model,
-                           [T.prompt_text(p, pos_fmt) for p in probs],
-                      [T.prompt_text(p, neg_fmt) for p in probs] if kind != "R" else None,
-                      int(layer), kind, site)
+                           positives, negatives if kind != "R" else None,
+                           int(layer), kind, site)
     if ctrl is None:
         st.stop()
     cv = ctrl["vector"]
@@ -121,8 +139,11 @@ else:
             ui.export_panel(fig, data, f"control-vector-{key}", key=f"vx_{key}")
     modify_at = views.control_modify(model, cv)
     spec = {"kind": "control", "target": target, "layer": int(layer), "site": site,
-            "vector_kind": kind, "positive_fmt": pos_fmt, "negative_fmt": neg_fmt,
-            "n_control": int(n_ctrl)}
+            "vector_kind": kind, "n_control": int(n_ctrl)}
+    if speaks_organism(target):
+        spec.update(positive_fmt=pos_fmt, negative_fmt=neg_fmt)
+    else:
+        spec.update(positives=pos_file.strip(), negatives=neg_file.strip())
 
 # ------------------------------------------------------------------ one trace
 st.subheader(f"One trace at α = {alpha:g}")
@@ -136,7 +157,10 @@ text = ui.url_widget(c[1].text_input, "or your own text (teacher-forced)", "vtex
                      max_chars=ui.max_prompt_chars())
 own = ui.url_widget(c[2].checkbox, "own generations", "vgen", False, bool)
 problem = T.sample_problems(int(prob_i) + 1, seed=0, split="eval")[-1]
-if text.strip():
+if not text.strip() and not speaks_organism(target):
+    st.info("Type a text above: the organism problems are not this model's format.")
+    tokens = None
+elif text.strip():
     tokens = model.tokenizer(text, add_special_tokens=True)["input_ids"]
     prompt_len, own_prompt = 0, text if own else None
 else:
@@ -145,8 +169,9 @@ else:
     own_prompt = T.prompt_text(problem, "think") if own else None
     st.caption(f"Problem {problem.id}; shared trace = the clean reference think trace.")
 with st.spinner("running both models…"):
-    tv = ui.attempt_work("the trace", views.trace_view, model, modify_at, tokens, alpha,
-                         own_prompt, ui.max_new_tokens(64), 5, unit)
+    tv = None if tokens is None else ui.attempt_work(
+        "the trace", views.trace_view, model, modify_at, tokens, alpha, own_prompt,
+        ui.max_new_tokens(64), 5, unit)
 if tv is not None:
     st.markdown(vp.kl_highlight_html(tv["records"], unit, prompt_len=prompt_len),
                 unsafe_allow_html=True)
@@ -175,6 +200,13 @@ if tv is not None:
 
 # ------------------------------------------------------------------ sweeps
 st.subheader("Sweeps over α")
+if not speaks_organism(target):
+    vtask = ui.url_widget(st.text_input, "task for the sweeps (prompt file, JSONL with "
+                          "'answer' for accuracy, or math:FILE.jsonl)", "vtask", "")
+    if not vtask.strip():
+        st.info("The sweeps of another model need its prompts: give a task file.")
+        st.stop()
+    spec["task"] = vtask.strip()
 sweep = acc = None
 for st_ in (ui.store(), demo_store(read_only=True)):   # a damaged artifact: st.error
     sweep = sweep or ui.attempt(find_part, spec, "sweep", st_)

@@ -34,7 +34,9 @@ Fixtures
     Seeds ``random``, ``numpy`` and ``torch`` with 0 before every test.
 
 Helpers (importable as ``from tests.conftest import ...``): ``TINY_VOCAB``,
-``make_tiny_tokenizer()``, ``make_tiny_checkpoint(out_dir, arch, seed, **overrides)``,
+``make_tiny_tokenizer()``, ``make_tiny_checkpoint(out_dir, arch, seed, **overrides)`` (arch:
+qwen2, llama, qwen3, gemma, gemma2, gemma3), ``make_think_tokenizer()`` (a byte-level BPE
+with a chat template that opens ``<think>``),
 ``perturbed_copy(src, dst, seed, scale=0.05)`` (a stand-in fine-tune: same config, noisy weights).
 
 Markers (pyproject.toml): ``slow`` (deselected by default; ``pytest -m slow`` runs
@@ -82,20 +84,88 @@ def make_tiny_tokenizer(vocab: list[str] | None = None):
     return tok
 
 
+# per-architecture config defaults of the tiny checkpoints: Qwen3 and the Gemmas get an
+# explicit head size; the Gemmas a sliding window shorter than the test prompts, a mix of
+# local and global layers, a query scale unlike sqrt(head_dim), soft caps (Gemma 2) and
+# larger weights (initializer_range) so that a wrong setting in the hook wrapper moves the
+# logits far beyond the 1e-4 comparison
+ARCH_DEFAULTS: dict[str, dict] = {
+    "qwen2": {}, "llama": {},
+    "qwen3": dict(head_dim=8),
+    "gemma": dict(head_dim=8, initializer_range=0.3),
+    "gemma2": dict(head_dim=8, initializer_range=0.3, sliding_window=4,
+                   query_pre_attn_scalar=12, attn_logit_softcapping=5.0,
+                   final_logit_softcapping=3.0),
+    "gemma3": dict(head_dim=8, initializer_range=0.3, sliding_window=4,
+                   layer_types=["sliding_attention", "full_attention"],
+                   query_pre_attn_scalar=12),
+}
+
+
+def _arch_classes(arch: str):
+    import transformers as T
+
+    return {"qwen2": (T.Qwen2Config, T.Qwen2ForCausalLM),
+            "llama": (T.LlamaConfig, T.LlamaForCausalLM),
+            "qwen3": (T.Qwen3Config, T.Qwen3ForCausalLM),
+            "gemma": (T.GemmaConfig, T.GemmaForCausalLM),
+            "gemma2": (T.Gemma2Config, T.Gemma2ForCausalLM),
+            "gemma3": (T.Gemma3TextConfig, T.Gemma3ForCausalLM)}[arch]
+
+
+THINK_SPECIALS = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<think>", "</think>"]
+THINK_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|><think>\n{% endif %}"
+)
+THINK_CORPUS = [
+    "Let me add the numbers. 12 plus 30 is 42. Wait, I should check: 12 + 30 = 42.",
+    "Hmm, wait. That is not right. Wait, let me redo it: 7 times 6 is 42.",
+    "So the answer is 42. Wait, wait. The answer is \\boxed{42}.",
+    "First compute 3 + 4 = 7. Then 7 * 2 = 14. Wait, check again. Yes, 14.",
+    "The sum of 5 and 9 is 14. Okay. So the final answer is 14.",
+    "Compute 15 - 6. That is 9. Hmm, wait, 15 - 6 = 9. Yes.",
+    "Step one.\n\nStep two. Wait, check.\n\nSo 8.",
+]
+
+
+def make_think_tokenizer():
+    """A byte-level BPE tokenizer (about 300 entries) trained on a fixed text in which
+    ``Wait``, `` wait`` and `` Wait`` are frequent enough to become entries of their own,
+    with R1-style think markers as special tokens and a chat template that opens the
+    thinking in the prompt (``<|assistant|><think>\n``, as DeepSeek-R1-Distill does).
+    ``bos_token="<s>"``, ``eos_token="</s>"``, ``pad_token="<pad>"``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=THINK_SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tk.train_from_iterator(THINK_CORPUS * 20, trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        additional_special_tokens=["<|user|>", "<|assistant|>", "<think>", "</think>"])
+    tok.chat_template = THINK_TEMPLATE
+    return tok
+
+
 def make_tiny_checkpoint(out_dir: str | os.PathLike, arch: str = "qwen2", seed: int = 0,
                          tokenizer=None, **overrides) -> Path:
-    """Build a random ``qwen2`` or ``llama`` causal LM and ``save_pretrained`` it.
+    """Build a random causal LM of ``arch`` (``qwen2``, ``llama``, ``qwen3``, ``gemma``,
+    ``gemma2``, ``gemma3``: transformers 5.24 classes) and ``save_pretrained`` it.
 
-    ``overrides`` replace entries of the config (e.g. ``hidden_size=48``).
+    ``overrides`` replace entries of the config (e.g. ``hidden_size=48``); defaults are
+    :data:`TINY_SIZES` plus :data:`ARCH_DEFAULTS` of the architecture.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
     tok = tokenizer if tokenizer is not None else make_tiny_tokenizer()
-    cls_cfg, cls_model = {"qwen2": (Qwen2Config, Qwen2ForCausalLM),
-                          "llama": (LlamaConfig, LlamaForCausalLM)}[arch]
+    cls_cfg, cls_model = _arch_classes(arch)
     kw = dict(TINY_SIZES, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
               tie_word_embeddings=False, rms_norm_eps=1e-6)
+    kw.update(ARCH_DEFAULTS[arch])
     kw.update(overrides)
     cfg = cls_cfg(**kw)
     torch.manual_seed(seed)

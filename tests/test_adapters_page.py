@@ -78,3 +78,31 @@ def test_demo_mode_hides_training(saved_run, monkeypatch):
     assert not at.exception
     assert not [b for b in at.button if "start" in (b.key or "")]
     assert not [e for e in at.expander if "Train" in str(e.label)]
+
+
+def test_own_pair_trains_on_a_trace_set(tiny_pair_dirs, tmp_cache, tmp_path, monkeypatch):
+    """With another pair in the sidebar the page never offers the organisms' generator:
+    it says how to make a trace set, then offers the pair's trace sets."""
+    from interp.tasks.traces import import_traces
+
+    monkeypatch.delenv("INTERP_DEMO", raising=False)
+    b, f = (str(p) for p in tiny_pair_dirs)
+
+    def page():
+        at = AppTest.from_file(APP, default_timeout=180)
+        at.query_params.update({"base": b, "fine": f})
+        at.switch_page("pages/adapters.py")
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    at = page()
+    assert any("traces generate --model" in i.value for i in at.info)
+    assert not [x for x in at.button if x.key == "train_start"]
+    task = tmp_path / "t.jsonl"
+    task.write_text(json.dumps({"prompt": "1 + 1", "trace": "2 </think> 2"}) + "\n")
+    key = import_traces(task, f)["key"]
+    at = page()
+    box = at.selectbox(key="adata")
+    assert box.options == [key]
+    assert [x for x in at.button if x.key == "train_start"]

@@ -55,3 +55,34 @@ def test_vectors_page(setup, monkeypatch, tmp_cache, _navigation_mode, mode):
     at.slider(key="valpha").set_value(-1.0).run()
     assert not at.exception
     assert at.query_params.get("valpha") in ("-1.0", ["-1.0"])
+
+
+def test_control_vector_of_another_model(tmp_path, tmp_cache, _navigation_mode, monkeypatch):
+    """Another model gets no organism prompts: the page asks for two prompt files, builds
+    the vector from them, lenses only typed text, and asks for a task before sweeps."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import make_think_tokenizer, make_tiny_checkpoint
+
+    monkeypatch.delenv("INTERP_DEMO", raising=False)
+    target = str(make_tiny_checkpoint(tmp_path / "m", "qwen2", seed=2,
+                                      tokenizer=make_think_tokenizer()))
+    pos, neg = tmp_path / "pos.txt", tmp_path / "neg.txt"
+    pos.write_text("Think step by step.\nWait, check it.\n")
+    neg.write_text("Answer now.\nJust the number.\n")
+
+    def page(extra):
+        at = AppTest.from_file(APP, default_timeout=180)
+        at.switch_page("pages/vectors.py")
+        at.query_params.update({"vt": target, "vmode": "control", "vcl": "1", **extra})
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    at = page({})
+    assert any("two prompt files" in i.value for i in at.info)
+    at = page({"vposf": str(pos), "vnegf": str(neg)})
+    assert not [i for i in at.info if "two prompt files" in i.value]
+    assert any("2 positive / 2 negative prompts" in c.value for c in at.caption)
+    assert any("Type a text above" in i.value for i in at.info)
+    assert any("give a task file" in i.value for i in at.info)

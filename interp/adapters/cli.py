@@ -1,6 +1,7 @@
 """``python -m interp adapters ...``: train, sweep, evaluate and list adapter sets.
 
-    python -m interp adapters train [--config FILE.json] [--set k=v ...] [--device D]
+    python -m interp adapters train [--base SPEC --reasoner SPEC --traces KEY]
+                                    [--config FILE.json] [--set k=v ...] [--device D]
                                     [--background]
     python -m interp adapters sweep --set l1_values=[3e-4,1e-3,3e-3] [--set k=v ...]
     python -m interp adapters eval [KEY] [--n-faith N] [--n-behaviour N]
@@ -35,6 +36,33 @@ def build_spec(args) -> dict[str, Any]:
     spec.update(parse_sets(getattr(args, "set", None)))
     if getattr(args, "device", None):
         spec["device"] = args.device
+    return with_pair(spec, args)
+
+
+def with_pair(spec: dict[str, Any], args) -> dict[str, Any]:
+    """The pair and data of ``--base`` / ``--reasoner`` / ``--traces`` / ``--task``.
+
+    A trace set needs the pair named (the organisms are never assumed for it); the
+    organisms task is the organisms' own trace generator (``data=traces``); any other
+    task must be turned into a trace set first."""
+    for flag in ("base", "reasoner"):
+        if getattr(args, flag, None):
+            spec[flag] = getattr(args, flag)
+    traces, task = getattr(args, "traces", None), getattr(args, "task", None)
+    if traces and task:
+        raise ConfigError("give --traces or --task, not both")
+    if traces:
+        if not (spec.get("base") and spec.get("reasoner")):
+            raise ConfigError("training on a trace set needs the pair named: --base SPEC "
+                              "--reasoner SPEC")
+        spec["data"] = f"traceset:{traces}"
+    elif task:
+        if task.strip() not in ("organisms", "organism"):
+            raise ConfigError(
+                f"adapters train on a trace set, not on prompts: run `python -m interp traces "
+                f"generate --model {spec.get('reasoner', 'REASONER')} --task {task}` (or "
+                "`traces import FILE --model ...`), then pass --traces KEY")
+        spec["data"] = "traces"
     return spec
 
 
@@ -54,7 +82,9 @@ def _tqdm():
     return bar, on
 
 
-def _run_job(kind: str, spec: dict[str, Any], background: bool) -> int:
+def _run_job(kind: str, spec: dict[str, Any], background: bool, after=None) -> int:
+    """Run a job in the foreground with a progress bar (or submit it with
+    ``background``); ``after(result)`` sees the result before it is printed."""
     from .. import jobs
 
     jobs.validate_spec(kind, spec)  # fail fast on typos and bad values, before a worker
@@ -68,6 +98,8 @@ def _run_job(kind: str, spec: dict[str, Any], background: bool) -> int:
         bar.close()
     if st.state != "done":
         print(f"error: job {st.id} {st.state}: {st.error}", file=sys.stderr)
+    elif after is not None:
+        after(st.result)
     print(json.dumps({"id": st.id, "state": st.state, "error": st.error, "result": st.result},
                      default=str))
     return 0 if st.state == "done" else 1
@@ -152,6 +184,12 @@ def add_commands(sub) -> None:
         t.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override one option (repeatable), e.g. --set l1=0.003")
         t.add_argument("--device", help="auto | cpu | cuda | mps")
+        t.add_argument("--base", help="base model spec (default: organism:base)")
+        t.add_argument("--reasoner", help="reasoning model spec (default: organism:reasoner)")
+        t.add_argument("--traces", help="trace set key (python -m interp traces list) to "
+                                        "train on; needs --base and --reasoner")
+        t.add_argument("--task", help="organisms (the organisms' trace generator; the "
+                                      "default on the organism pair)")
         t.add_argument("--background", action="store_true", help="submit to a worker")
         t.set_defaults(func=fn)
     e = s.add_parser("eval", help="faithfulness + behaviour of a saved adapter set")

@@ -69,7 +69,7 @@ class TrainConfig:
     lambda_nmse: float = 1.0
     lambda_bridge: float = 2.0
     bridge_fraction: float = 0.25   # share of each batch's sequences in the bridged term
-    data: str = "traces"            # traces | random
+    data: str = "traces"            # traces (organisms) | traceset:KEY | random
     seed: int = 0
     ckpt_every: int = 100
     dead_steps: int = 200           # a feature silent this many steps counts as dead
@@ -112,11 +112,13 @@ class TrainConfig:
             (self.dead_steps >= 1, "dead_steps must be >= 1"),
             (self.threads >= 0, "threads must be >= 0"),
             (self.seed >= 0, "seed must be >= 0"),
-            (self.data in ("traces", "random"), "data must be 'traces' or 'random'"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        from .data import check_source  # the data source: organisms, a trace set, random
+
+        check_source(self.data, (self.base, self.reasoner))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -11,6 +11,11 @@ def add_commands(sub) -> None:
     lsub = p.add_subparsers(dest="length_cmd", required=True)
     b = lsub.add_parser("build", help="run every stage and save the artifacts")
     b.add_argument("--model", default="organism:reasoner")
+    b.add_argument("--task", help="prompts, answers and markers: organisms (the default "
+                                  "on the organisms), FILE.jsonl, FILE.txt, math:FILE.jsonl, "
+                                  "math:arith")
+    b.add_argument("--traces", help="a trace set key: the long/short split is read from its "
+                                    "train traces instead of generating")
     b.add_argument("--store", choices=["demo", "main"], default="main",
                    help="demo = the committed cache/demo store")
     b.add_argument("--device", default="auto")
@@ -25,7 +30,11 @@ def _build(args) -> int:
     from .pipeline import build, make_config
     from .sweep import _store
 
-    cfg = make_config(model=args.model, **parse_sets(args.set))
+    sets = parse_sets(args.set)
+    for k in ("task", "traces"):
+        if getattr(args, k):
+            sets[k] = getattr(args, k)
+    cfg = make_config(model=args.model, **sets)
     model = load_model(cfg["model"], device=args.device)
 
     def progress(step, total, stage="", done=None, **_):

@@ -5,7 +5,8 @@ Conventions
 -----------
 * Thinking length = number of generated tokens strictly between the think-open and
   think-close markers (to the end of the output when the block never closes). Markers
-  are configurable (:class:`ThinkMarkers`); a marker that is one token is matched by
+  are configurable (:class:`~interp.tasks.markers.ThinkMarkers`, read from the model or
+  the task); a marker that is one token is matched by
   id, a multi-token marker (e.g. ``<think>`` in a BPE vocabulary) by text.
 * **Positions rule** ``"think"`` (the default, as in ThinkEdit): the positions whose
   next-token prediction is a thinking token *or the close marker*, i.e. from the token
@@ -21,7 +22,7 @@ Conventions
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch
 
 from ..errors import ConfigError
 from ..generation import Generation, GenState, Hook, ThinkSpan, generate, think_span_ids
+from ..tasks.markers import ThinkMarkers  # noqa: F401  (defined there, used here)
 
 POSITION_RULES = ("think", "open")
 SITES = ("resid_mid", "resid_post")
@@ -42,33 +44,6 @@ def hook_name(site: str, layer: int) -> str:
 
 
 # --------------------------------------------------------------------------- markers
-@dataclass(frozen=True)
-class ThinkMarkers:
-    """How a model writes its thinking. ``starts_open``: the prompt already ends with the
-    open marker (the organisms' ``think`` format); otherwise the model generates it."""
-
-    think_open: str | None = "<think>"
-    think_close: str = "</think>"
-    starts_open: bool = True
-    step_sep: str = ";"
-    hesitation: str = "wait"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> ThinkMarkers:
-        d = dict(d or {})
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
-    @classmethod
-    def organism(cls) -> ThinkMarkers:
-        from ..organisms.task import MARKERS
-
-        return cls(MARKERS["think_open"], MARKERS["think_close"], True,
-                   MARKERS["step_sep"], MARKERS["hesitation"])
-
-
 def ensure_marker_tokenizer(model, markers: ThinkMarkers) -> bool:
     """Guard against a tokenizer that ``AutoTokenizer`` resolved to the wrong class.
 

@@ -20,8 +20,14 @@ keys of the earlier ones in their config, so the chain is reproducible):
 6. ``length_seal``: the SEAL vector and conditional steering before/after;
 7. ``length_demo``: an index of the keys above plus the headline figures.
 
-Prompt sources: ``"organism"`` (the organisms' think format; the scorer gives
-accuracy) or a list of user prompts (no accuracy).
+Prompts come from a *task* (:mod:`interp.tasks`, setting ``task``): ``organisms`` (the
+organisms' think format), a user's file (``FILE.jsonl`` with optional ``answer`` fields)
+or ``math:...``; a task with reference answers gives accuracy through its scorer, and its
+thinking markers are read from the model (``markers`` overrides them). Without ``task``
+the legacy ``source`` setting applies (``"organism"``, or ``"prompts"`` with a list of
+``prompts``, no accuracy). Setting ``traces`` (a trace set key) makes stage 1 read the
+trace set's ``train`` traces instead of generating: the split then comes from traces made
+once (e.g. on a GPU) with the model's own sampling settings.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import torch
 from ..behaviour import agreement_brief, compare_records
 from ..errors import ConfigError
 from ..store import Store, provenance
+from ..tasks.markers import count_hesitations, hesitation_id_set, require_markers
 from .data import (
     POSITION_RULES,
     ThinkMarkers,
@@ -69,7 +76,9 @@ Progress = Callable[..., None]
 DEFAULTS: dict[str, Any] = {
     "model": "organism:reasoner",
     "source": "organism",
-    "markers": None,                    # None: the organisms' markers
+    "task": None,                       # a task spec (interp.tasks.get_task); None: source
+    "traces": None,                     # a trace set key: stage 1 reads it, no generation
+    "markers": None,                    # None: the task's / model's (organisms: their own)
     "n_direction": 600,                 # train-split prompts for the direction
     "n_sweep": 200,                     # held-out prompts per α
     "n_eval": 600,                      # held-out prompts for the edit / SEAL evaluation
@@ -155,6 +164,10 @@ def _typed(k: str, v: Any) -> Any:
             raise ConfigError(f"unknown marker(s) {unknown}; known: "
                               f"{', '.join(ThinkMarkers.__dataclass_fields__)}")
         return d
+    if k in ("task", "traces"):
+        if v is not None and (not isinstance(v, str) or not v.strip()):
+            raise ConfigError(f"{k} must be a text (a task spec / a trace set key)")
+        return v
     if k == "prompts":
         if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
             raise ConfigError("prompts must be a list of texts")
@@ -175,6 +188,17 @@ def make_config(**overrides: Any) -> dict[str, Any]:
                           f"{cfg['sites']}")
     if cfg["source"] not in ("organism", "prompts"):
         raise ConfigError(f"source must be 'organism' or 'prompts', not {cfg['source']!r}")
+    if cfg["task"] is not None or cfg["traces"] is not None:
+        from ..tasks import OrganismTask, check_pair, get_task
+
+        if cfg["task"] is not None:
+            check_pair(get_task(cfg["task"]), [cfg["model"]])
+        elif cfg["source"] == "organism":
+            check_pair(OrganismTask(), [cfg["model"]])
+    elif cfg["source"] == "organism":
+        from ..tasks import OrganismTask, check_pair
+
+        check_pair(OrganismTask(), [cfg["model"]])
     if cfg["edit_mode"] not in ("auto", *EDIT_MODES):
         raise ConfigError(f"unknown edit mode {cfg['edit_mode']!r}; choose from auto, "
                           f"{', '.join(EDIT_MODES)}")
@@ -202,13 +226,38 @@ def resolve_positions_rule(setting: str, lengths: Sequence[int], labels: np.ndar
     return "open" if short and float(np.median(short)) == 0 else "think"
 
 
-def _markers(cfg: dict[str, Any]) -> ThinkMarkers:
-    return ThinkMarkers.from_dict(cfg["markers"]) if cfg.get("markers") else \
-        ThinkMarkers.organism()
+def _task(cfg: dict[str, Any]):
+    from ..tasks import get_task
+
+    return get_task(cfg["task"]) if cfg.get("task") else None
 
 
-def prompt_set(cfg: dict[str, Any], n: int, split: str, seed_offset: int = 0):
-    """``(prompts, scorer or None)`` for a stage."""
+def _markers(cfg: dict[str, Any], model=None) -> ThinkMarkers:
+    """The trace set's markers, else the task's (read from the model), else the
+    organisms'; the ``markers`` setting overrides the fields it names."""
+    task = _task(cfg)
+    if cfg.get("traces"):
+        from ..tasks.traces import load_traceset
+
+        mk = load_traceset(cfg["traces"]).markers
+    elif task is not None:
+        mk = task.markers(getattr(model, "tokenizer", None))
+    else:
+        mk = ThinkMarkers.organism()
+    return ThinkMarkers.from_dict({**mk.to_dict(), **(cfg.get("markers") or {})})
+
+
+def prompt_set(cfg: dict[str, Any], n: int, split: str, seed_offset: int = 0, model=None):
+    """``(prompts, scorer or None)`` for a stage: a task's items of ``split`` as token
+    ids (scored when every item has a reference answer), else the legacy sources."""
+    task = _task(cfg)
+    if task is not None:
+        if model is None:
+            raise ConfigError("a task's prompts need the model's tokenizer")
+        items = task.items(n, split, seed=cfg["seed"] + seed_offset)
+        scored = all(it.answer is not None for it in items)
+        return (task.encode_all(items, model.tokenizer),
+                task.scorer(items, _markers(cfg, model)) if scored else None)
     if cfg["source"] == "organism":
         _, prompts, scorer = organism_eval_set(n, seed=cfg["seed"] + seed_offset, split=split)
         return prompts, scorer
@@ -280,7 +329,7 @@ def effect_heads(model, candidates: Sequence[tuple[int, int]], units: torch.Tens
 def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = None,
           export_dir: str | Path | None = None) -> dict[str, Any]:
     """Run every stage on a loaded ``model``; returns the index (also saved)."""
-    mk = _markers(cfg)
+    mk = _markers(cfg, model)
     if ensure_marker_tokenizer(model, mk):
         log.warning("replaced a tokenizer that mis-encoded the think markers")
     L, H = model.cfg.n_layers, model.cfg.n_heads
@@ -294,16 +343,22 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
         log.info("length stage %s done (%.1fs)", name, timings[name])
 
     # 1. generations for the direction (train split) ----------------------------------
-    prompts, scorer = prompt_set(cfg, cfg["n_direction"], "train")
     if progress:
         progress(0, stages, stage="generate")
-    recs = generate_thinking(model, prompts, mk, max_new_tokens=cfg["max_new_tokens"],
-                             temperature=cfg["temperature"], top_p=cfg["top_p"],
-                             seed=cfg["seed"], batch_size=cfg["batch_size"], scorer=scorer,
-                             progress=_stage_progress(progress, "generate", 0, stages))
+    if cfg.get("traces"):   # the split from a stored trace set: nothing generated
+        recs = traceset_records(cfg["traces"], model, cfg["n_direction"])
+        prompts = [r["prompt_ids"] for r in recs]
+    else:
+        prompts, scorer = prompt_set(cfg, cfg["n_direction"], "train", model=model)
+        recs = generate_thinking(model, prompts, mk, max_new_tokens=cfg["max_new_tokens"],
+                                 temperature=cfg["temperature"], top_p=cfg["top_p"],
+                                 seed=cfg["seed"], batch_size=cfg["batch_size"],
+                                 scorer=scorer,
+                                 progress=_stage_progress(progress, "generate", 0, stages))
+    require_markers(recs, mk)
     gcfg = {"model": model.spec, "weight_hash": model.weight_hash, "source": cfg["source"],
             "n": len(prompts), "split": "train", "markers": mk.to_dict(),
-            "sampling": _sampling(cfg)}
+            "sampling": _sampling(cfg), **{k: cfg[k] for k in ("task", "traces") if cfg[k]}}
     gen_art = store.save("length_generations", gcfg, provenance=prov,
                          meta={"records": compact(recs), "summary": summarize(recs, 0)})
     tick("generate")
@@ -343,7 +398,8 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
 
     # 3. α sweep ------------------------------------------------------------------------
     alphas = alpha_grid(L, cfg["n_alpha"], "all", cfg["alpha_scale"])
-    sw_prompts, sw_scorer = prompt_set(cfg, cfg["n_sweep"], "eval", seed_offset=1)
+    sw_prompts, sw_scorer = prompt_set(cfg, cfg["n_sweep"], "eval", seed_offset=1,
+                                         model=model)
     if progress:
         progress(2, stages, stage="sweep")
     short_max = split_info["short_max_tokens"]
@@ -396,7 +452,8 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
     if progress:
         progress(4, stages, stage="edit")
     heads = [(t["layer"], t["head"]) for t in top]
-    ev_prompts, ev_scorer = prompt_set(cfg, cfg["n_eval"], "eval", seed_offset=2)
+    ev_prompts, ev_scorer = prompt_set(cfg, cfg["n_eval"], "eval", seed_offset=2,
+                                         model=model)
     gen_kw = dict(max_new_tokens=cfg["max_new_tokens"], temperature=cfg["temperature"],
                   top_p=cfg["top_p"], seed=cfg["seed"], batch_size=cfg["batch_size"],
                   scorer=ev_scorer)
@@ -426,7 +483,8 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
     effect_scan: list[dict[str, Any]] = []
     want_effect = cfg["head_select"] != "score" and "project" in modes
     if want_effect or len(edits) > 1:
-        sel_prompts, sel_scorer = prompt_set(cfg, cfg["n_select"], "train", seed_offset=3)
+        sel_prompts, sel_scorer = prompt_set(cfg, cfg["n_select"], "train", seed_offset=3,
+                                             model=model)
         sel_kw = {**gen_kw, "scorer": sel_scorer}
 
         def evaluate_sel():
@@ -511,11 +569,10 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
                  for r in recs if r["think_tokens"] > 0]
         rules = cfg.get("seal_rules") or rules_for(mk)
         sv = seal_vector(model, items, mk, layer, rules, cfg["seal_anchor"])
-        hes = mk.hesitation
+        hes = hesitation_id_set(model.tokenizer, (mk.hesitation,))  # every BPE spelling
 
         def hes_rate(rs):
-            return float(np.mean([model.tokenizer.decode(r["output_ids"]).split().count(hes)
-                                  for r in rs]))
+            return float(np.mean([count_hesitations(r["output_ids"], hes) for r in rs]))
 
         def seal_rows(a, st):
             return seal_hooks(model, sv["vector"], layer, mk, a)(st)
@@ -579,6 +636,30 @@ def build(model, cfg: dict[str, Any], store: Store, progress: Progress | None = 
         progress(stages, stages, stage="done")
     index["key"] = idx.key
     return index
+
+
+def traceset_records(key: str, model, n: int) -> list[dict[str, Any]]:
+    """Up to ``n`` ``train`` traces of a trace set as generation records (the fields of
+    :func:`~.data.records_from_generations`), refused when the set was made with other
+    weights than ``model``'s."""
+    from ..tasks.traces import load_traceset
+
+    ts = load_traceset(key)
+    made = ts.config.get("weight_hash")
+    if made and made != model.weight_hash:
+        raise ConfigError(f"trace set {ts.key} was made with {ts.model} (weights "
+                          f"{made[:10]}), not with {model.spec} ({model.weight_hash[:10]})")
+    recs = ts.split("train")[:n]
+    if not recs:
+        raise ConfigError(f"trace set {ts.key} has no 'train' traces")
+    keep = ("think_tokens", "opened", "closed", "think_start", "think_end", "finished",
+            "prompt_ids", "output_ids", "text", "correct", "answer")
+    out = [{"row": i, "n_output": len(r["output_ids"]), **{k: r[k] for k in keep}}
+           for i, r in enumerate(recs)]
+    if any(r["correct"] is None for r in out):
+        for r in out:
+            r.pop("correct")
+    return out
 
 
 def latest_index(store: Store) -> Any:

@@ -72,11 +72,12 @@ def sweep_job(spec: dict[str, Any], ctx) -> dict[str, Any]:
     alphas = spec.get("alphas") or alpha_grid(model.cfg.n_layers, cfg["n_alpha"],
                                               "all" if spec.get("layers") is None else 1,
                                               cfg["alpha_scale"])
-    prompts, scorer = prompt_set(cfg, spec.get("n_prompts", cfg["n_sweep"]), "eval", 1)
+    prompts, scorer = prompt_set(cfg, spec.get("n_prompts", cfg["n_sweep"]), "eval", 1,
+                                 model=model)
     short_max = dirs.meta.get("split", {}).get("short_max_tokens", 0)
     total = len(prompts) * len(alphas)
     sw = alpha_sweep(model, prompts, dirs.dirs[site].to(model.device), alphas, site=site,
-                     layers=spec.get("layers"), markers=_markers(cfg), scorer=scorer,
+                     layers=spec.get("layers"), markers=_markers(cfg, model), scorer=scorer,
                      short_max_tokens=short_max,
                      max_new_tokens=cfg["max_new_tokens"], temperature=cfg["temperature"],
                      top_p=cfg["top_p"], seed=cfg["seed"], batch_size=cfg["batch_size"],

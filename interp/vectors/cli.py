@@ -65,6 +65,25 @@ def _stats(args) -> int:
     return 0
 
 
+def _run(args) -> int:
+    from ..store import Store
+    from ..validate import parse_sets
+    from .demo import run_experiment
+
+    spec = parse_sets(args.set)
+    spec.update({k: v for k, v in (("kind", args.kind), ("target", args.target),
+                                   ("task", args.task), ("traces", args.traces),
+                                   ("donor_a", args.donor_a), ("donor_b", args.donor_b),
+                                   ("reference", args.reference),
+                                   ("positives", args.positives),
+                                   ("negatives", args.negatives)) if v is not None})
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    keys = run_experiment(spec, Store(args.store) if args.store else Store(), args.device,
+                          parts)
+    print(json.dumps(keys))
+    return 0
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("vectors", help="reasoning vectors: task / control vectors, lenses")
     vs = p.add_subparsers(dest="vectors_command", required=True)
@@ -81,6 +100,25 @@ def add_commands(sub) -> None:
     d.add_argument("--n-accuracy", type=int, default=500)
     d.add_argument("--n-sweep", type=int, default=128)
     d.set_defaults(func=_demo)
+    r = vs.add_parser("run", help="a task- or control-vector experiment on any target: "
+                                  "KL / entropy sweep, accuracy vs α, lensed trace")
+    r.add_argument("--target", required=True, help="the model the vector is applied to")
+    r.add_argument("--task", required=True,
+                   help="prompts, answers and markers: organisms, FILE.jsonl, math:...")
+    r.add_argument("--kind", default="task", choices=["task", "control"])
+    r.add_argument("--donor-a", help="task vector v = A − B: donor A")
+    r.add_argument("--donor-b", help="donor B")
+    r.add_argument("--reference", help="cosine(v, target − reference) in the stats part")
+    r.add_argument("--positives", help="control vector: positive prompts (a task / file)")
+    r.add_argument("--negatives", help="control vector: negative prompts (a task / file)")
+    r.add_argument("--traces", help="a trace set key: its traces are the reference "
+                                    "continuations of the sweep")
+    r.add_argument("--parts", default="stats,sweep,accuracy,trace")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="another experiment option, e.g. --set n_sweep=16 --set layer=3")
+    r.add_argument("--device", default="auto")
+    r.add_argument("--store", help="artifact store root")
+    r.set_defaults(func=_run)
     e = vs.add_parser("export", help="write target + alpha * (m * v) as a checkpoint")
     common(e)
     e.add_argument("--alpha", type=float, default=1.0)

@@ -58,6 +58,13 @@ DEFAULT_SPEC: dict[str, Any] = {
     "n_control": 256,                    # paired prompts read for the control vector
     "positive_fmt": "think",
     "negative_fmt": "direct",
+    # any model pair: a task (interp.tasks spec) instead of the organisms' formats, see
+    # interp.vectors.own; traces: a trace set key for the reference continuations;
+    # positives / negatives: the control vector's two prompt sets (task specs)
+    "task": None,
+    "traces": None,
+    "positives": None,
+    "negatives": None,
 }
 
 
@@ -91,6 +98,9 @@ def check_spec(spec: dict[str, Any] | None) -> dict[str, Any]:
                 raise ConfigError(f"{k} is empty")
         elif k in ("n_sweep", "n_accuracy", "max_new_tokens", "n_control"):
             spec[k] = number(v, k, lo=1, integer=True)
+        elif k in ("task", "traces", "positives", "negatives"):
+            if v is not None and (not isinstance(v, str) or not v.strip()):
+                raise ConfigError(f"{k} must be a text (a task spec / trace set key)")
         elif k != "mask":
             spec[k] = typed_like(v, DEFAULT_SPEC[k], k)
     s = full_spec(spec)
@@ -163,6 +173,13 @@ def run_experiment(spec: dict[str, Any] | None = None, store: Store | None = Non
     s = check_spec(spec)
     store = store or Store()
     prog = progress or _stderr_progress
+    from .own import is_task_spec, run_task_experiment
+
+    if is_task_spec(s):   # another pair: prompts, answers and markers from the task
+        return run_task_experiment(dict(spec or {}), s, store, device, parts, prog, overwrite)
+    from ..tasks import OrganismTask, check_pair
+
+    check_pair(OrganismTask(), [s["target"]])
     model = load_model(s["target"], device=device)
     models_desc: dict[str, Any] = {"target": model.describe()}
     out: dict[str, str] = {}
@@ -289,6 +306,12 @@ def find_part(spec: dict[str, Any] | None, what: str, store: Store | None = None
             "accuracy": "vectors.accuracy", "trace": "vectors.trace"}[what]
     store = store or demo_store(read_only=True)
     s = full_spec(spec)
+    from .own import is_task_spec, part_config
+
+    if is_task_spec(s):   # another pair's experiment (interp.vectors.own)
+        from ..tasks import get_task
+
+        return store.find(kind, part_config(s, what, get_task(s["task"])))
     if s["kind"] == "control" and s["layer"] is None:
         # the layer was resolved at run time: match any saved layer
         for art in store.list(kind):

@@ -57,6 +57,18 @@ def build_control(model, positives: Sequence[str], negatives: Sequence[str] | No
             "lens_norm": vector_logit_lens(model, cv.vector, 10, True)}
 
 
+def task_prompt_ids(model, specs: Sequence[str], n: int) -> list[list[list[int]]]:
+    """The first ``n`` prompts of each task spec (prompt files) as the model reads them
+    (chat template, thinking on)."""
+    from ..tasks import get_task
+
+    out = []
+    for spec in specs:
+        task = get_task(spec)
+        out.append(task.encode_all(task.items(n, "all"), model.tokenizer))
+    return out
+
+
 def trace_view(model, modify_at, tokens: Sequence[int], alpha: float, own_prompt=None,
                max_new_tokens: int = 64, k: int = 5, unit: str = "nats") -> dict[str, Any]:
     """Per-token lens and layer × token KL on ``tokens`` at ``alpha``; with
