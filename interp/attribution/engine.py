@@ -44,6 +44,87 @@ class _Inject:
     nodes: torch.Tensor      # [B] node ids of the rows
 
 
+class _Factored:
+    """The gradients of a batch of rows, ``g_b [n, d]``, held as position coefficients
+    shared by every row injected at the same position times per-row vectors:
+
+        ``g_b = C[:, grp[b]] @ U[b]``   (``C [n, G, r]``, ``U [B, r, d]``)
+
+    with ``G`` groups (distinct injection positions ``gpos``, ascending; the rows of a
+    group are contiguous). A row starts as ``e_p ⊗ v`` (``r = 1``); an attention layer's
+    transpose maps position coefficients by ``A_h^T`` (shared by the group) and vectors
+    by ``W_O[h]^T W_V[h]^T`` (per row), and the norms split the same way (a
+    per-position scale and a per-vector gain), so ``r`` grows to ``r (1 + H)``. The
+    ``n x n`` work is then done once per group instead of once per row and per
+    ``d_head``. ``dense()`` materialises ``g [n, B, d]`` (positions first); a state
+    built from a dense ``g`` has ``factored == False``."""
+
+    def __init__(self, C=None, U=None, gpos=None, bounds=None, g=None):
+        self.C, self.U, self.gpos, self.bounds, self.g = C, U, gpos, bounds, g
+
+    @property
+    def factored(self) -> bool:
+        return self.C is not None
+
+    @property
+    def r(self) -> int:
+        return int(self.C.shape[2])
+
+    @classmethod
+    def start(cls, pos: torch.Tensor, vec: torch.Tensor, n: int) -> _Factored:
+        gpos, counts = torch.unique_consecutive(pos, return_counts=True)
+        G = gpos.numel()
+        C = torch.zeros(n, G, 1, dtype=vec.dtype, device=vec.device)
+        C[gpos, torch.arange(G, device=vec.device), 0] = 1.0
+        bounds = [0] + torch.cumsum(counts, 0).tolist()
+        return cls(C=C, U=vec[:, None, :], gpos=gpos, bounds=bounds)
+
+    @classmethod
+    def of_dense(cls, g: torch.Tensor) -> _Factored:
+        return cls(g=g)
+
+    def dense(self) -> torch.Tensor:
+        if self.g is None:
+            C, U = self.C, self.U
+            n, G, r = C.shape
+            B, _, d = U.shape
+            g = torch.empty(n, B, d, dtype=U.dtype, device=U.device)
+            for k in range(G):
+                p1 = int(self.gpos[k]) + 1
+                b0, b1 = self.bounds[k], self.bounds[k + 1]
+                u = U[b0:b1].transpose(0, 1).reshape(r, (b1 - b0) * d)
+                g[:p1, b0:b1] = (C[:p1, k] @ u).view(p1, b1 - b0, d)
+                g[p1:, b0:b1] = 0.0
+            self.g = g
+        return self.g
+
+    def attention_T(self, lr) -> _Factored:
+        """``g + ln1^T attn^T ln1_post^T g`` (one layer's attention transpose)."""
+        C, U = self.C, self.U
+        n, G, r = C.shape
+        B, _, d = U.shape
+        attn = lr.attn
+        H = attn.n_heads
+        Ca, Ua = C, U
+        if lr.ln1_post is not None:
+            Ca = C * lr.ln1_post.inv_scale(n)[:, None, None]
+            Ua = lr.ln1_post.apply_T_vec(U)
+        if r == 1:  # one-hot columns: A_h^T e_p is row p of the pattern
+            rows = attn.pattern_rows(self.gpos)  # [H, G, n]
+            scale = Ca[self.gpos, torch.arange(G, device=C.device), 0]  # [G]
+            Ch = (rows * scale[None, :, None]).transpose(1, 2)  # [H, n, G]
+        else:
+            last = self.gpos.repeat_interleave(r)
+            Ch = attn.pattern_T(Ca.reshape(n, G * r), last)  # [H, n, G r]
+        Ch = Ch * lr.ln1.inv_scale(n)[None, :, None]
+        Uh = lr.ln1.apply_T_vec(attn.value_T(Ua.reshape(B * r, d)))  # [H, B r, d]
+        C2 = torch.cat([C[None], Ch.reshape(H, n, G, r)]).permute(1, 2, 0, 3)
+        U2 = torch.cat([U[None], Uh.reshape(H, B, r, d)]).transpose(0, 1)
+        return _Factored(C=C2.reshape(n, G, (1 + H) * r), U=U2.reshape(B, (1 + H) * r, d),
+                         gpos=self.gpos, bounds=self.bounds)
+
+
+
 class _Columns:
     """Source-column bookkeeping of one recording (see :mod:`.graph` for the order)."""
 
@@ -146,6 +227,8 @@ class Attributor:
         self.cols = _Columns(rec)
         self.batch_size = batch_size
         self.memory_bytes = memory_bytes
+        # factored rows while their rank stays at most d_model (then dense)
+        self.max_rank = rec.d_model
         # each layer's feature writes: activation · decoder row  [n_l, d]
         dev = rec.embed.device
         self.tok_col = self.cols.tok_col.to(dev)
@@ -202,32 +285,33 @@ class Attributor:
         return out
 
     def _run(self, site, pos, vec, nodes) -> tuple[torch.Tensor, torch.Tensor]:
-        rec, cols = self.rec, self.cols
+        """Edge rows of one batch (rows sorted by position)."""
+        rec = self.rec
         dev, dt = rec.embed.device, rec.embed.dtype
         B = pos.shape[0]
         n = int(pos.max()) + 1
-        m = int(cols.prefix_end[n - 1])
+        m = int(self.cols.prefix_end[n - 1])
         out = torch.zeros(B, m, dtype=dt, device=dev)
-        g = torch.zeros(n, B, rec.d_model, dtype=dt, device=dev)  # positions first
-        g[pos.to(dev), torch.arange(B)] = vec
-        rows_at = pos.to(dev)
+        st = _Factored.start(pos.to(dev), vec, n)
         kind, j = site
         if kind == "R":
-            self._consume(out, g, j, n)
-            layer = j - 1
-            at_post = True
+            self._consume(out, st.dense(), j, n)
+            layer, at_post = j - 1, True
         else:
-            layer = j
-            at_post = False
+            layer, at_post = j, False
         while layer >= 0:
             lr = rec.layers[layer]
-            if at_post and lr.mlp is not None:
+            if at_post and lr.mlp is not None:  # per-position maps: rows go dense
+                g = st.dense()
                 h = g if lr.ln2_post is None else lr.ln2_post.truncate(n).apply_T(g)
-                g = g + lr.ln2.truncate(n).apply_T(lr.mlp.apply_T(h))
-            ga = g if lr.ln1_post is None else lr.ln1_post.truncate(n).apply_T(g)
-            g = g + lr.ln1.truncate(n).apply_T(lr.attn.apply_T(ga, rows_at))
-            rows_at = None
-            self._consume(out, g, layer, n)
+                st = _Factored.of_dense(g + lr.ln2.truncate(n).apply_T(lr.mlp.apply_T(h)))
+            if st.factored and st.r * (1 + lr.attn.n_heads) <= self.max_rank:
+                st = st.attention_T(lr)
+            else:
+                g = st.dense()
+                ga = g if lr.ln1_post is None else lr.ln1_post.truncate(n).apply_T(g)
+                st = _Factored.of_dense(g + lr.ln1.truncate(n).apply_T(lr.attn.apply_T(ga)))
+            self._consume(out, st.dense(), layer, n)
             layer -= 1
             at_post = True
         return nodes, out

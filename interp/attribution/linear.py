@@ -64,6 +64,19 @@ class FrozenNorm:
             g = g - g.mean(-1, keepdim=True)
         return g
 
+    def inv_scale(self, n: int) -> torch.Tensor:
+        """``1 / s`` of the first ``n`` positions: the transpose's per-position part."""
+        return 1.0 / self.s[:n]
+
+    def apply_T_vec(self, u: torch.Tensor) -> torch.Tensor:
+        """The transpose's per-vector part (gain, then centring) on ``u [..., d]``:
+        ``apply_T(g)[p] == inv_scale[p] * apply_T_vec(g[p])``."""
+        if self.w is not None:
+            u = u * self.w
+        if self.center:
+            u = u - u.mean(-1, keepdim=True)
+        return u
+
     def without_gain(self) -> FrozenNorm:
         return FrozenNorm(self.s, None, self.center)
 
@@ -160,15 +173,11 @@ class LinearAttention:
         self.n_heads = self.W_V.shape[0]
         self.dtype = dtype
 
-    def pattern(self, i0: int, i1: int) -> torch.Tensor:
-        """Rows ``i0:i1`` of the pattern over keys ``0:i1``: ``[H, i1 - i0, i1]``."""
+    def _softmax(self, scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Pattern ``[H, rows, keys]`` from scores ``[1, H, rows, keys]`` and a causal
+        ``mask [rows, keys]`` (None: nothing masked)."""
         attn = self.attn
-        q = self.q[i0:i1].unsqueeze(0)
-        k = self.k[:i1].unsqueeze(0)
-        scores = attn.calculate_attention_scores(q, k)  # [1, H, rows, keys]
-        if (attn._attention_dir_override or attn.cfg.attention_dir) == "causal":
-            mask = attn._make_causal_mask(query_ctx_length=i1 - i0, key_ctx_length=i1,
-                                          past_kv_pos_offset=i0, device=scores.device)
+        if mask is not None:
             scores = torch.where(mask, scores, attn.IGNORE.to(scores.device))
         scores = scores.to(self.dtype)
         if attn.cfg.use_attention_sinks:
@@ -179,6 +188,59 @@ class LinearAttention:
         else:
             pat = torch.softmax(scores, -1)
         return torch.nan_to_num(pat[0], nan=0.0)
+
+    def _causal(self) -> bool:
+        return (self.attn._attention_dir_override or self.attn.cfg.attention_dir) == "causal"
+
+    def pattern(self, i0: int, i1: int) -> torch.Tensor:
+        """Rows ``i0:i1`` of the pattern over keys ``0:i1``: ``[H, i1 - i0, i1]``."""
+        attn = self.attn
+        q = self.q[i0:i1].unsqueeze(0)
+        k = self.k[:i1].unsqueeze(0)
+        scores = attn.calculate_attention_scores(q, k)  # [1, H, rows, keys]
+        mask = None
+        if self._causal():
+            mask = attn._make_causal_mask(query_ctx_length=i1 - i0, key_ctx_length=i1,
+                                          past_kv_pos_offset=i0, device=scores.device)
+        return self._softmax(scores, mask)
+
+    def pattern_rows(self, pos: torch.Tensor) -> torch.Tensor:
+        """The pattern rows of positions ``pos [G]`` over keys ``0 : max(pos) + 1``:
+        ``[H, G, max(pos) + 1]``."""
+        n = int(pos.max()) + 1
+        pos = pos.to(self.q.device)
+        scores = self.attn.calculate_attention_scores(self.q[pos].unsqueeze(0),
+                                                      self.k[:n].unsqueeze(0))
+        mask = None
+        if self._causal():
+            mask = torch.arange(n, device=pos.device)[None, :] <= pos[:, None]
+        return self._softmax(scores, mask)
+
+    def value_T(self, u: torch.Tensor) -> torch.Tensor:
+        """Per-head transpose of the value path on vectors: ``u [m, d] -> [H, m, d]``,
+        ``u W_O[h]^T W_V[h]^T`` (no pattern)."""
+        H, dh, d = self.W_O.shape
+        z = (u @ self.W_O.reshape(H * dh, d).T).reshape(-1, H, dh).transpose(0, 1)
+        return torch.bmm(z, self.W_V.transpose(1, 2))
+
+    def pattern_T(self, c: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """``A_h^T c`` for every head: ``c [n, R]`` (columns of position coefficients)
+        -> ``[H, n, R]``. ``last [R]`` (ascending): column ``r`` is zero after position
+        ``last[r]``, so a block of pattern rows ``i0:i1`` meets only the columns with
+        ``last >= i0``."""
+        n, R = c.shape
+        H = self.n_heads
+        out = torch.zeros(H, n, R, dtype=c.dtype, device=c.device)
+        blk = min(self._block_rows(n), max(64, n // 4))
+        for i1 in range(n, 0, -blk):
+            i0 = max(0, i1 - blk)
+            c0 = int(torch.searchsorted(last, torch.tensor(i0, device=last.device)))
+            if c0 >= R:
+                continue
+            a = self.pattern(i0, i1)  # [H, rows, i1]
+            x = c[i0:i1, c0:]
+            out[:, :i1, c0:].baddbmm_(a.transpose(1, 2), x.unsqueeze(0).expand(H, -1, -1))
+        return out
 
     def _block_rows(self, n: int) -> int:
         return max(1, min(n, PATTERN_BLOCK_BYTES // max(1, 4 * self.n_heads * n)))
@@ -198,23 +260,12 @@ class LinearAttention:
             out = out + z @ self.W_O[h]
         return out
 
-    def apply_T(self, g: torch.Tensor, rows_at: torch.Tensor | None = None) -> torch.Tensor:
+    def apply_T(self, g: torch.Tensor) -> torch.Tensor:
         """Transpose: gradient at the attention output ``g [n, B, d]`` (positions first)
-        -> gradient at the value input ``[n, B, d]``.
-
-        ``rows_at [B]``: when every row's gradient sits at one position (``g[:, b]`` is
-        zero elsewhere, as right above a target), only those pattern rows are used.
-        Otherwise each head costs three matrix products and no copies: ``g W_O[h]^T``,
-        ``A_h^T ·`` (in causal blocks of query rows) and ``· W_V[h]^T``.
-        """
+        -> gradient at the value input ``[n, B, d]``. Each head costs three matrix
+        products and no copies: ``g W_O[h]^T``, ``A_h^T ·`` (in causal blocks of query
+        rows) and ``· W_V[h]^T``."""
         n, B, d = g.shape
-        if rows_at is not None:
-            g1 = g[rows_at, torch.arange(B, device=g.device)]  # [B, d]
-            # u[b, h] = (g1[b] W_O[h]^T) W_V[h]^T   [B, H, d]
-            u = torch.einsum("bd,hed,hfe->bhf", g1, self.W_O, self.W_V)
-            lo = int(rows_at.min())
-            a = self.pattern(lo, n)[:, rows_at - lo]  # [H, B, n] (one row per target)
-            return torch.einsum("hbk,bhd->kbd", a, u)
         H, dh = self.n_heads, self.W_O.shape[1]
         g2 = g.reshape(n * B, d)
         gz = [(g2 @ self.W_O[h].T).reshape(n, B * dh) for h in range(H)]
@@ -224,11 +275,10 @@ class LinearAttention:
             i0 = max(0, i1 - blk)
             a = self.pattern(i0, i1)  # [H, rows, i1]
             for h in range(H):
-                part = a[h].T @ gz[h][i0:i1]  # [i1, B dh]
-                if gv[h] is None:
-                    gv[h] = part
+                if gv[h] is None:  # the first block (i1 = n) covers every key
+                    gv[h] = a[h].T @ gz[h][i0:i1]  # [n, B dh]
                 else:
-                    gv[h][:i1] += part
+                    gv[h][:i1].addmm_(a[h].T, gz[h][i0:i1])
         del gz
         out = gv[0].reshape(n * B, dh) @ self.W_V[0].T
         for h in range(1, H):
