@@ -288,10 +288,10 @@ def graph_edges_as_dense(graph: Any) -> dict[str, torch.Tensor]:
     row_of[fid] = torch.arange(F)
     row_of[tgt] = F + torch.arange(T)
     rows = torch.zeros(F + T, nodes.n_sources, dtype=torch.float32)
-    for r, v in graph.edges:
+    for r, c, v in graph.edges:
         k = row_of[r]
         sel = k >= 0
-        rows[k[sel], : v.shape[1]] = v[sel].float()
+        rows[k[sel][:, None], c[None, :]] = v[sel].float()
     f_rows, t_rows = rows[:F], rows[F:]
     return {
         "feature_keys": keys,

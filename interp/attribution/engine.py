@@ -231,9 +231,22 @@ class Attributor:
         self.max_rank = rec.d_model
         # each layer's feature writes: activation · decoder row  [n_l, d]
         dev = rec.embed.device
-        self.tok_col = self.cols.tok_col.to(dev)
-        self.err_col = self.cols.err_col.to(dev)
-        self.feat_cols = [c.to(dev) for c in self.cols.feat_cols]
+        # the sources a row injected at R_j or M_j can reach: tokens and the features and
+        # errors of layers < j. Per reach j: their column ids (sorted), how many sit at
+        # positions <= p, and each source kind's local index into that list.
+        cols, P, L = self.cols, rec.n_pos, rec.n_layers
+        self.reach_cols, self.reach_end, self.tok_loc, self.err_loc, self.feat_loc = \
+            [], [], [], [], []
+        for j in range(L + 1):
+            ids = (cols.layer < j).nonzero().flatten()
+            local = torch.full((cols.n,), -1, dtype=torch.long)
+            local[ids] = torch.arange(ids.numel())
+            self.reach_cols.append(ids)
+            self.reach_end.append(torch.searchsorted(cols.pos[ids], torch.arange(P),
+                                                     right=True).tolist())
+            self.tok_loc.append(local[cols.tok_col].to(dev))
+            self.err_loc.append([local[cols.err_col[li]].to(dev) for li in range(j)])
+            self.feat_loc.append([local[cols.feat_cols[li]].to(dev) for li in range(j)])
         # each layer's feature writes (activation · decoder row), padded per position:
         # writes[l] [P, k_max, d]; slot[l] [n_l] = flat index (pos * k_max + j) of each
         self.writes, self.slot = [], []
@@ -290,12 +303,12 @@ class Attributor:
         dev, dt = rec.embed.device, rec.embed.dtype
         B = pos.shape[0]
         n = int(pos.max()) + 1
-        m = int(self.cols.prefix_end[n - 1])
+        kind, j = site
+        m = self.reach_end[j][n - 1]
         out = torch.zeros(B, m, dtype=dt, device=dev)
         st = _Factored.start(pos.to(dev), vec, n)
-        kind, j = site
         if kind == "R":
-            self._consume(out, st.dense(), j, n)
+            self._consume(out, st.dense(), j, n, j)
             layer, at_post = j - 1, True
         else:
             layer, at_post = j, False
@@ -311,21 +324,23 @@ class Attributor:
                 g = st.dense()
                 ga = g if lr.ln1_post is None else lr.ln1_post.truncate(n).apply_T(g)
                 st = _Factored.of_dense(g + lr.ln1.truncate(n).apply_T(lr.attn.apply_T(ga)))
-            self._consume(out, st.dense(), layer, n)
+            self._consume(out, st.dense(), layer, n, j)
             layer -= 1
             at_post = True
-        return nodes, out
+        return nodes, self.reach_cols[j][:m], out
 
-    def _consume(self, out: torch.Tensor, g: torch.Tensor, j: int, n: int) -> None:
+    def _consume(self, out: torch.Tensor, g: torch.Tensor, j: int, n: int, reach: int
+                 ) -> None:
         """Edges from the sources that write at ``R_j`` (features and errors of layer
-        ``j - 1``; tokens when ``j == 0``)."""
+        ``j - 1``; tokens when ``j == 0``) into ``out``, whose columns are the sources of
+        ``reach``."""
         rec = self.rec
         if j == 0:
-            out[:, self.tok_col[:n]] = torch.einsum("nbd,nd->bn", g, rec.embed[:n])
+            out[:, self.tok_loc[reach][:n]] = torch.einsum("nbd,nd->bn", g, rec.embed[:n])
             return
         li = j - 1
         lr = rec.layers[li]
-        out[:, self.err_col[li, :n]] = torch.einsum("nbd,nd->bn", g, lr.error[:n])
+        out[:, self.err_loc[reach][li][:n]] = torch.einsum("nbd,nd->bn", g, lr.error[:n])
         k = int(torch.searchsorted(lr.feat_pos, torch.tensor(n, device=lr.feat_pos.device)))
         if k == 0:
             return
@@ -333,7 +348,7 @@ class Attributor:
         W = self.writes[li][:n]
         e = torch.bmm(g, W.transpose(1, 2))  # [n, B, k_max]
         e = e.transpose(0, 1).reshape(g.shape[1], -1)  # [B, n * k_max]
-        out[:, self.feat_cols[li][:k]] = e[:, self.slot[li][:k]]
+        out[:, self.feat_loc[reach][li][:k]] = e[:, self.slot[li][:k]]
 
 
 def attribute(rec: Recording, targets: Sequence[Target] | None = None, *,
@@ -416,15 +431,11 @@ def attribute(rec: Recording, targets: Sequence[Target] | None = None, *,
     elif cap > 0:
         rounds = max(1, min(8, math.ceil(cap / max(1, batch_size))))
         per_round = math.ceil(cap / rounds)
+        level = torch.cat([cols.layer, torch.full((T,), rec.n_layers)])
         while int(computed[feat_node].sum()) < cap:
             x = torch.zeros(n_nodes)
-            x[tgt_ids] = w
-            infl = torch.zeros(n_nodes)
-            for _ in range(rec.n_layers + 3):
-                x = edges.propagate(x)
-                if not bool((x != 0).any()):
-                    break
-                infl += x
+            x[tgt_ids] = w.float()
+            infl = edges.sweep(x, level)
             cand = feat_node[~computed[feat_node]]
             score = infl[cand]
             take = min(per_round, cap - int(computed[feat_node].sum()))
@@ -432,7 +443,6 @@ def attribute(rec: Recording, targets: Sequence[Target] | None = None, *,
             run_features(torch.sort(chosen).values)
     in_graph = torch.ones(n_nodes, dtype=torch.bool)
     in_graph[feat_node] = computed[feat_node]
-    edges.mask_columns(in_graph[: cols.n])
     acts = torch.cat([cols.act, torch.tensor(values, dtype=torch.float32)])
     nodes = Nodes(kind=torch.cat([cols.kind, torch.full((T,), TARGET, dtype=torch.int8)]),
                   layer=torch.cat([cols.layer, torch.full((T,), rec.n_layers)]),
@@ -458,16 +468,15 @@ def attribute(rec: Recording, targets: Sequence[Target] | None = None, *,
 
 
 def _drop_nodes(g: Graph, keep: torch.Tensor) -> Graph:
-    """The graph without the nodes where ``keep`` is False (unattributed features)."""
+    """The graph without the nodes where ``keep`` is False (unattributed features);
+    the edge blocks are cut in place, one at a time."""
     ids = keep.nonzero().flatten()
     new_id = torch.full((len(g.nodes),), -1, dtype=torch.long)
     new_id[ids] = torch.arange(ids.numel())
     nodes = g.nodes.subset(ids)
-    src_keep = keep[: g.nodes.n_sources]
-    edges = EdgeRows(n_cols=nodes.n_sources)
-    for r, v in g.edges:
-        m = v.shape[1]
-        edges.add(new_id[r], v[:, src_keep[:m]])
+    edges = g.edges
+    edges.select_columns(keep[: g.nodes.n_sources], new_id, nodes.n_sources)
+    edges.blocks = [(new_id[r], c, v) for r, c, v in edges.blocks]
     return Graph(nodes=nodes, edges=edges, tokens=g.tokens, targets=g.targets,
                  n_layers=g.n_layers, target_weights=g.target_weights, info=g.info,
                  token_strs=g.token_strs)
