@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 from ..errors import ConfigError
 from .graph import ERROR, FEATURE, TARGET, TOKEN, EdgeRows, Graph, Nodes
+from .linear import PATTERN_CACHE_BYTES
 from .record import Recording
 from .targets import DirectionTarget, LogitTarget, Target, describe
 
@@ -83,18 +84,23 @@ class _Factored:
     def of_dense(cls, g: torch.Tensor) -> _Factored:
         return cls(g=g)
 
+    def groups(self) -> Iterator[tuple[int, int, int, torch.Tensor]]:
+        """Per group: ``(rows b0:b1, p1, g [p1, b1 - b0, d])``, its rows' gradients at
+        positions ``0 .. p1 - 1`` (zero beyond: ``p1`` is one past the group's position)."""
+        C, U = self.C, self.U
+        r, d = C.shape[2], U.shape[2]
+        for k in range(C.shape[1]):
+            p1 = int(self.gpos[k]) + 1
+            b0, b1 = self.bounds[k], self.bounds[k + 1]
+            u = U[b0:b1].transpose(0, 1).reshape(r, (b1 - b0) * d)
+            yield b0, b1, p1, (C[:p1, k] @ u).view(p1, b1 - b0, d)
+
     def dense(self) -> torch.Tensor:
         if self.g is None:
-            C, U = self.C, self.U
-            n, G, r = C.shape
-            B, _, d = U.shape
-            g = torch.empty(n, B, d, dtype=U.dtype, device=U.device)
-            for k in range(G):
-                p1 = int(self.gpos[k]) + 1
-                b0, b1 = self.bounds[k], self.bounds[k + 1]
-                u = U[b0:b1].transpose(0, 1).reshape(r, (b1 - b0) * d)
-                g[:p1, b0:b1] = (C[:p1, k] @ u).view(p1, b1 - b0, d)
-                g[p1:, b0:b1] = 0.0
+            n, B, d = self.C.shape[0], self.U.shape[0], self.U.shape[2]
+            g = torch.zeros(n, B, d, dtype=self.U.dtype, device=self.U.device)
+            for b0, b1, p1, gk in self.groups():
+                g[:p1, b0:b1] = gk
             self.g = g
         return self.g
 
@@ -130,48 +136,43 @@ class _Columns:
 
     def __init__(self, rec: Recording):
         P, L = rec.n_pos, rec.n_layers
-        kind, layer, pos, feat, act = [], [], [], [], []
-        per_pos: list[list[tuple[int, int, int, float]]] = [[] for _ in range(P)]
-        for li, lr in enumerate(rec.layers):
-            for p, f, a in zip(lr.feat_pos.tolist(), lr.feat_idx.tolist(),
-                               lr.feat_act.tolist()):
-                per_pos[p].append((FEATURE, li, f, a))
-        self.feat_cols: list[torch.Tensor] = [torch.zeros(0, dtype=torch.long)] * L
-        fcols: list[list[int]] = [[] for _ in range(L)]
-        self.err_col = torch.zeros(L, P, dtype=torch.long)
-        self.tok_col = torch.zeros(P, dtype=torch.long)
-        prefix = []
-        for p in range(P):
-            self.tok_col[p] = len(kind)
-            kind.append(TOKEN)
-            layer.append(-1)
-            pos.append(p)
-            feat.append(-1)
-            act.append(0.0)
-            for (k, li, f, a) in per_pos[p]:
-                fcols[li].append(len(kind))
-                kind.append(k)
-                layer.append(li)
-                pos.append(p)
-                feat.append(f)
-                act.append(a)
-            for li in range(L):
-                self.err_col[li, p] = len(kind)
-                kind.append(ERROR)
-                layer.append(li)
-                pos.append(p)
-                feat.append(-1)
-                act.append(float(rec.layers[li].error[p].norm()))
-            prefix.append(len(kind))
-        # features of a layer were appended in (pos, idx) order = the record's order
-        self.feat_cols = [torch.tensor(c, dtype=torch.long) for c in fcols]
-        self.n = len(kind)
-        self.prefix_end = torch.tensor(prefix, dtype=torch.long)
-        self.kind = torch.tensor(kind, dtype=torch.int8)
-        self.layer = torch.tensor(layer, dtype=torch.long)
-        self.pos = torch.tensor(pos, dtype=torch.long)
-        self.feat = torch.tensor(feat, dtype=torch.long)
-        self.act = torch.tensor(act, dtype=torch.float32)
+        fpos = torch.cat([lr.feat_pos.cpu() for lr in rec.layers])
+        flay = torch.cat([torch.full((lr.feat_pos.numel(),), li, dtype=torch.long)
+                          for li, lr in enumerate(rec.layers)])
+        fidx = torch.cat([lr.feat_idx.cpu() for lr in rec.layers])
+        fact = torch.cat([lr.feat_act.cpu().float() for lr in rec.layers])
+        F = fpos.numel()
+        width = int(fidx.max()) + 1 if F else 1
+        order = torch.argsort((fpos * L + flay) * width + fidx, stable=True)
+        nf = torch.bincount(fpos, minlength=P)
+        per_pos = 1 + nf + L                     # token, features, errors
+        self.prefix_end = torch.cumsum(per_pos, 0)
+        start = self.prefix_end - per_pos
+        self.n = n = int(self.prefix_end[-1]) if P else 0
+        self.tok_col = start.clone()
+        sp = fpos[order]
+        first = torch.cumsum(nf, 0) - nf         # first sorted index of each position
+        col_sorted = start[sp] + 1 + (torch.arange(F) - first[sp])
+        fcol = torch.empty(F, dtype=torch.long)
+        fcol[order] = col_sorted                 # column of each feature, record order
+        self.err_col = (start + 1 + nf)[None, :] + torch.arange(L)[:, None]  # [L, P]
+        self.kind = torch.full((n,), TOKEN, dtype=torch.int8)
+        self.layer = torch.full((n,), -1, dtype=torch.long)
+        self.pos = torch.repeat_interleave(torch.arange(P), per_pos)
+        self.feat = torch.full((n,), -1, dtype=torch.long)
+        self.act = torch.zeros(n, dtype=torch.float32)
+        self.kind[fcol] = FEATURE
+        self.layer[fcol] = flay
+        self.feat[fcol] = fidx
+        self.act[fcol] = fact
+        ecol = self.err_col.flatten()
+        self.kind[ecol] = ERROR
+        self.layer[ecol] = torch.arange(L).repeat_interleave(P)
+        self.act[ecol] = torch.stack([lr.error.norm(dim=-1).cpu().float()
+                                      for lr in rec.layers]).flatten()
+        bounds = [0] + torch.cumsum(torch.tensor([lr.feat_pos.numel() for lr in rec.layers]),
+                                    0).tolist()
+        self.feat_cols = [fcol[bounds[li]: bounds[li + 1]] for li in range(L)]
 
 
 def top_logit_targets(rec: Recording, pos: int = -1, k: int = 10, cum_prob: float = 0.95
@@ -221,6 +222,8 @@ def _target_injection(rec: Recording, t: Target) -> tuple[tuple[str, int], int, 
 class Attributor:
     """Computes rows of one recording's adjacency (used by :func:`attribute`)."""
 
+    factored = True  # False: plain dense passes only (the tests' second implementation)
+
     def __init__(self, rec: Recording, batch_size: int = 256,
                  memory_bytes: int = 3 << 30):
         self.rec = rec
@@ -229,14 +232,36 @@ class Attributor:
         self.memory_bytes = memory_bytes
         # factored rows while their rank stays at most d_model (then dense)
         self.max_rank = rec.d_model
-        # each layer's feature writes: activation · decoder row  [n_l, d]
-        dev = rec.embed.device
+        # what each layer writes at each position, padded: writes[l] [P, k_max + 1, d] =
+        # the active features' activation x decoder row, then the error vector. The
+        # sources of layer l in (pos, slot) order: src_q/src_j index that tensor and
+        # src_col is their column; src_upto[l][p]: how many sit at positions <= p.
+        self.writes, self.src_q, self.src_j, src_col, self.src_upto = [], [], [], [], []
+        dev, P, d = rec.embed.device, rec.n_pos, rec.d_model
+        for li, lr in enumerate(rec.layers):
+            W_dec = rec.replacement.layers[li].W_dec.to(dev, rec.embed.dtype)
+            counts = torch.bincount(lr.feat_pos, minlength=P)
+            kmax = int(counts.max()) if lr.feat_pos.numel() else 0
+            start = torch.cumsum(counts, 0) - counts
+            j = torch.arange(lr.feat_pos.numel(), device=dev) - start[lr.feat_pos]
+            pad = torch.zeros(P, kmax + 1, d, dtype=rec.embed.dtype, device=dev)
+            pad[lr.feat_pos, j] = lr.feat_act[:, None] * W_dec[lr.feat_idx]
+            pad[:, kmax] = lr.error
+            self.writes.append(pad)
+            q = torch.cat([lr.feat_pos, torch.arange(P, device=dev)])
+            jj = torch.cat([j, torch.full((P,), kmax, device=dev)])
+            order = torch.argsort(q * (kmax + 1) + jj)
+            self.src_q.append(q[order])
+            self.src_j.append(jj[order])
+            src_col.append(torch.cat([self.cols.feat_cols[li], self.cols.err_col[li]])[
+                order.cpu()])
+            self.src_upto.append((torch.cumsum(torch.bincount(q.cpu(), minlength=P), 0)
+                                  ).tolist())
         # the sources a row injected at R_j or M_j can reach: tokens and the features and
         # errors of layers < j. Per reach j: their column ids (sorted), how many sit at
         # positions <= p, and each source kind's local index into that list.
-        cols, P, L = self.cols, rec.n_pos, rec.n_layers
-        self.reach_cols, self.reach_end, self.tok_loc, self.err_loc, self.feat_loc = \
-            [], [], [], [], []
+        cols, L = self.cols, rec.n_layers
+        self.reach_cols, self.reach_end, self.tok_loc, self.src_loc = [], [], [], []
         for j in range(L + 1):
             ids = (cols.layer < j).nonzero().flatten()
             local = torch.full((cols.n,), -1, dtype=torch.long)
@@ -245,24 +270,7 @@ class Attributor:
             self.reach_end.append(torch.searchsorted(cols.pos[ids], torch.arange(P),
                                                      right=True).tolist())
             self.tok_loc.append(local[cols.tok_col].to(dev))
-            self.err_loc.append([local[cols.err_col[li]].to(dev) for li in range(j)])
-            self.feat_loc.append([local[cols.feat_cols[li]].to(dev) for li in range(j)])
-        # each layer's feature writes (activation · decoder row), padded per position:
-        # writes[l] [P, k_max, d]; slot[l] [n_l] = flat index (pos * k_max + j) of each
-        self.writes, self.slot = [], []
-        P = rec.n_pos
-        for li, lr in enumerate(rec.layers):
-            W_dec = rec.replacement.layers[li].W_dec.to(dev, rec.embed.dtype)
-            w = lr.feat_act[:, None] * W_dec[lr.feat_idx]
-            counts = torch.bincount(lr.feat_pos, minlength=P)
-            kmax = max(1, int(counts.max())) if counts.numel() else 1
-            start = torch.cumsum(counts, 0) - counts
-            j = torch.arange(lr.feat_pos.numel(), device=dev) - start[lr.feat_pos]
-            slot = lr.feat_pos * kmax + j
-            pad = torch.zeros(P * kmax, rec.d_model, dtype=rec.embed.dtype, device=dev)
-            pad[slot] = w
-            self.writes.append(pad.reshape(P, kmax, rec.d_model))
-            self.slot.append(slot)
+            self.src_loc.append([local[src_col[li]].to(dev) for li in range(j)])
 
     # ------------------------------------------------------------------ injections
     def feature_injections(self, layer: int, local: torch.Tensor, nodes: torch.Tensor
@@ -308,7 +316,7 @@ class Attributor:
         out = torch.zeros(B, m, dtype=dt, device=dev)
         st = _Factored.start(pos.to(dev), vec, n)
         if kind == "R":
-            self._consume(out, st.dense(), j, n, j)
+            self._consume(out, st, j, j)
             layer, at_post = j - 1, True
         else:
             layer, at_post = j, False
@@ -318,38 +326,41 @@ class Attributor:
                 g = st.dense()
                 h = g if lr.ln2_post is None else lr.ln2_post.truncate(n).apply_T(g)
                 st = _Factored.of_dense(g + lr.ln2.truncate(n).apply_T(lr.mlp.apply_T(h)))
-            if st.factored and st.r * (1 + lr.attn.n_heads) <= self.max_rank:
+            if self.factored and st.factored and \
+                    st.r * (1 + lr.attn.n_heads) <= self.max_rank:
                 st = st.attention_T(lr)
             else:
                 g = st.dense()
                 ga = g if lr.ln1_post is None else lr.ln1_post.truncate(n).apply_T(g)
                 st = _Factored.of_dense(g + lr.ln1.truncate(n).apply_T(lr.attn.apply_T(ga)))
-            self._consume(out, st.dense(), layer, n, j)
+            self._consume(out, st, layer, j)
             layer -= 1
             at_post = True
         return nodes, self.reach_cols[j][:m], out
 
-    def _consume(self, out: torch.Tensor, g: torch.Tensor, j: int, n: int, reach: int
-                 ) -> None:
+    def _consume(self, out: torch.Tensor, st: _Factored, j: int, reach: int) -> None:
         """Edges from the sources that write at ``R_j`` (features and errors of layer
         ``j - 1``; tokens when ``j == 0``) into ``out``, whose columns are the sources of
-        ``reach``."""
+        ``reach``. Factored rows are expanded one group at a time (never the whole
+        batch)."""
+        if st.factored:
+            for b0, b1, p1, gk in st.groups():
+                self._consume_g(out[b0:b1], gk, j, p1, reach)
+        else:
+            self._consume_g(out, st.g, j, st.g.shape[0], reach)
+
+    def _consume_g(self, out: torch.Tensor, g: torch.Tensor, j: int, n: int, reach: int
+                   ) -> None:
+        """:meth:`_consume` for gradients ``g [n, B, d]`` at positions ``0 .. n - 1``."""
         rec = self.rec
         if j == 0:
             out[:, self.tok_loc[reach][:n]] = torch.einsum("nbd,nd->bn", g, rec.embed[:n])
             return
         li = j - 1
-        lr = rec.layers[li]
-        out[:, self.err_loc[reach][li][:n]] = torch.einsum("nbd,nd->bn", g, lr.error[:n])
-        k = int(torch.searchsorted(lr.feat_pos, torch.tensor(n, device=lr.feat_pos.device)))
-        if k == 0:
-            return
-        # one product per position: [n, B, d] x [n, d, k_max] -> [n, B, k_max]
-        W = self.writes[li][:n]
-        e = torch.bmm(g, W.transpose(1, 2))  # [n, B, k_max]
-        e = e.transpose(0, 1).reshape(g.shape[1], -1)  # [B, n * k_max]
-        out[:, self.feat_loc[reach][li][:k]] = e[:, self.slot[li][:k]]
-
+        c = self.src_upto[li][n - 1]
+        # one product per position: [n, B, d] x [n, d, k_max + 1] -> [n, B, k_max + 1]
+        e = torch.bmm(g, self.writes[li][:n].transpose(1, 2))
+        out[:, self.src_loc[reach][li][:c]] = e[self.src_q[li][:c], :, self.src_j[li][:c]].T
 
 def attribute(rec: Recording, targets: Sequence[Target] | None = None, *,
               max_feature_nodes: int | None = None, batch_size: int = 256,
@@ -362,8 +373,23 @@ def attribute(rec: Recording, targets: Sequence[Target] | None = None, *,
     ``weights``: how much each target counts in influence (default: the targets'
     probabilities for plain logit targets, normalised; equal weights otherwise).
     ``max_feature_nodes``: rows are computed for at most this many features (the most
-    influential ones); None: all active features.
+    influential ones); None: all active features. Attention patterns are recomputed once
+    per layer and kept during the call when all of them fit in ``PATTERN_CACHE_BYTES``.
     """
+    attns = [lr.attn for lr in rec.layers]
+    keep_patterns = sum(a.grid_bytes() for a in attns) <= PATTERN_CACHE_BYTES
+    for a in attns:
+        a.cache = {} if keep_patterns else None
+    try:
+        return _attribute(rec, targets, max_feature_nodes, batch_size, weights, tokenizer,
+                          progress, memory_bytes)
+    finally:
+        for a in attns:
+            a.cache = None
+
+
+def _attribute(rec, targets, max_feature_nodes, batch_size, weights, tokenizer, progress,
+               memory_bytes) -> Graph:
     targets = list(targets) if targets else top_logit_targets(rec)
     at = Attributor(rec, batch_size=batch_size, memory_bytes=memory_bytes)
     cols = at.cols

@@ -25,13 +25,14 @@ Shapes: one prompt of ``P`` positions; batches ``B`` of target rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from ..errors import ConfigError
 
 PATTERN_BLOCK_BYTES = 32 << 20  # query rows recomputed per block of at most this size
+PATTERN_CACHE_BYTES = 1 << 30   # all layers' patterns are kept when they fit in this
 
 
 # ---------------------------------------------------------------------- norms
@@ -172,6 +173,32 @@ class LinearAttention:
         self.W_O = attn.W_O.detach().to(dtype)  # [H, dh, d]
         self.n_heads = self.W_V.shape[0]
         self.dtype = dtype
+        P = q.shape[0]
+        # a fixed grid of query-row blocks (causal: block i0:i1 reaches keys 0:i1 only)
+        self.block = max(16, min(P, max(32, P // 8),
+                                 PATTERN_BLOCK_BYTES // max(1, 4 * self.n_heads * P)))
+        self.cache: dict[int, torch.Tensor] | None = None  # block start -> pattern block
+
+    def grid_bytes(self) -> int:
+        """Bytes of this layer's whole pattern stored as the grid's blocks."""
+        P, b = self.q.shape[0], self.block
+        es = torch.finfo(self.dtype).bits // 8
+        return sum(self.n_heads * (min(P, i0 + b) - i0) * min(P, i0 + b) * es
+                   for i0 in range(0, P, b))
+
+    def blocks(self, n: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """The pattern's rows ``0 .. n - 1`` as ``(i0, i1, A[:, i0:i1, :i1])`` on the
+        grid, last block first; kept for reuse when ``cache`` is a dict."""
+        P, b = self.q.shape[0], self.block
+        for i0 in reversed(range(0, n, b)):
+            i1 = min(n, i0 + b)
+            if self.cache is None:
+                yield i0, i1, self.pattern(i0, i1)
+                continue
+            a = self.cache.get(i0)
+            if a is None:
+                a = self.cache[i0] = self.pattern(i0, min(P, i0 + b))
+            yield i0, i1, a[:, : i1 - i0, :i1]
 
     def _softmax(self, scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Pattern ``[H, rows, keys]`` from scores ``[1, H, rows, keys]`` and a causal
@@ -231,13 +258,10 @@ class LinearAttention:
         n, R = c.shape
         H = self.n_heads
         out = torch.zeros(H, n, R, dtype=c.dtype, device=c.device)
-        blk = min(self._block_rows(n), max(64, n // 4))
-        for i1 in range(n, 0, -blk):
-            i0 = max(0, i1 - blk)
+        for i0, i1, a in self.blocks(n):
             c0 = int(torch.searchsorted(last, torch.tensor(i0, device=last.device)))
             if c0 >= R:
                 continue
-            a = self.pattern(i0, i1)  # [H, rows, i1]
             x = c[i0:i1, c0:]
             out[:, :i1, c0:].baddbmm_(a.transpose(1, 2), x.unsqueeze(0).expand(H, -1, -1))
         return out
@@ -270,10 +294,7 @@ class LinearAttention:
         g2 = g.reshape(n * B, d)
         gz = [(g2 @ self.W_O[h].T).reshape(n, B * dh) for h in range(H)]
         gv = [None] * H
-        blk = min(self._block_rows(n), max(64, n // 4))
-        for i1 in range(n, 0, -blk):  # causal: rows i0:i1 reach keys 0:i1 only
-            i0 = max(0, i1 - blk)
-            a = self.pattern(i0, i1)  # [H, rows, i1]
+        for i0, i1, a in self.blocks(n):  # a: [H, rows, i1]
             for h in range(H):
                 if gv[h] is None:  # the first block (i1 = n) covers every key
                     gv[h] = a[h].T @ gz[h][i0:i1]  # [n, B dh]
