@@ -316,8 +316,8 @@ class Attributor:
         out = torch.zeros(B, m, dtype=dt, device=dev)
         st = _Factored.start(pos.to(dev), vec, n)
         if kind == "R":
-            self._consume(out, st, j, j)
             layer, at_post = j - 1, True
+            self._consume(out, self._ready(st, layer, at_post), j, j)
         else:
             layer, at_post = j, False
         while layer >= 0:
@@ -326,24 +326,36 @@ class Attributor:
                 g = st.dense()
                 h = g if lr.ln2_post is None else lr.ln2_post.truncate(n).apply_T(g)
                 st = _Factored.of_dense(g + lr.ln2.truncate(n).apply_T(lr.mlp.apply_T(h)))
-            if self.factored and st.factored and \
-                    st.r * (1 + lr.attn.n_heads) <= self.max_rank:
+            if self._stays_factored(st, lr):
                 st = st.attention_T(lr)
             else:
                 g = st.dense()
                 ga = g if lr.ln1_post is None else lr.ln1_post.truncate(n).apply_T(g)
                 st = _Factored.of_dense(g + lr.ln1.truncate(n).apply_T(lr.attn.apply_T(ga)))
-            self._consume(out, st, layer, j)
             layer -= 1
             at_post = True
+            self._consume(out, self._ready(st, layer, at_post), layer + 1, j)
         return nodes, self.reach_cols[j][:m], out
+
+    def _stays_factored(self, st: _Factored, lr) -> bool:
+        """Whether the attention transpose of layer ``lr`` keeps ``st`` factored."""
+        return self.factored and st.factored and st.r * (1 + lr.attn.n_heads) <= self.max_rank
+
+    def _ready(self, st: _Factored, layer: int, at_post: bool) -> _Factored:
+        """``st``, expanded now when the next layer's step needs it dense anyway (so it is
+        expanded once, for both the edges here and that step)."""
+        if st.factored and layer >= 0:
+            lr = self.rec.layers[layer]
+            if (at_post and lr.mlp is not None) or not self._stays_factored(st, lr):
+                st.dense()
+        return st
 
     def _consume(self, out: torch.Tensor, st: _Factored, j: int, reach: int) -> None:
         """Edges from the sources that write at ``R_j`` (features and errors of layer
         ``j - 1``; tokens when ``j == 0``) into ``out``, whose columns are the sources of
         ``reach``. Factored rows are expanded one group at a time (never the whole
         batch)."""
-        if st.factored:
+        if st.g is None:
             for b0, b1, p1, gk in st.groups():
                 self._consume_g(out[b0:b1], gk, j, p1, reach)
         else:
