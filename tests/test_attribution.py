@@ -558,7 +558,7 @@ def _tl_model(**over):
               gated_mlp=True, normalization_type="RMS", positional_embedding_type="rotary",
               rotary_dim=8, d_vocab=40, n_ctx=32, seed=5, dtype=torch.float64)
     kw.update(over)
-    model = HookedTransformer(HookedTransformerConfig(**kw)).eval()
+    model = HookedTransformer(HookedTransformerConfig(**kw)).eval().requires_grad_(False)
     g = torch.Generator().manual_seed(6)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -577,7 +577,7 @@ def test_four_layer_edges_equal_perturbations(norm):
     over = {} if norm == "RMS" else dict(normalization_type="LN", gated_mlp=False,
                                          act_fn="gelu", positional_embedding_type="standard")
     h = _tl_model(**over)
-    rep = Replacement(random_transcoders(h.cfg, n=16, seed=7, bias=-0.5), keep_mlp=False)
+    rep = Replacement(random_transcoders(h.cfg, n=10, seed=7, bias=-0.5), keep_mlp=False)
     toks = torch.tensor([1] + torch.randint(2, 40, (7,), generator=torch.Generator()
                                             .manual_seed(8)).tolist())
     rec = record(h, toks, rep, dtype=DT)
@@ -596,7 +596,7 @@ def test_factored_rows_equal_dense_rows(monkeypatch):
 
     kw = bench_config_kwargs(n_ctx=64)
     kw["dtype"] = "float64"
-    h = model_from_config(kw)
+    h = model_from_config(kw).requires_grad_(False)
     rep = Replacement(random_transcoders(h.cfg, n=64, seed=9, bias=-1.5), keep_mlp=False)
     rec = record(h, torch.arange(20) % 97 + 1, rep, dtype=DT)
     tg = [LogitTarget(5, -1), LogitTarget(9, -1), DirectionTarget(
