@@ -377,6 +377,27 @@ def test_feature_cap_keeps_most_influential(tiny64):
             assert float(crow[s]) == pytest.approx(float(frow[fs]), abs=1e-9)
 
 
+def test_feature_cap_first_round_takes_top_direct_influence(tiny64):
+    """One round (cap below the batch size): the features chosen are those with the
+    largest influence through the target rows alone, ``sum_t w_t |A[t, f]| / sum_s
+    |A[t, s]|``, computed here from the uncapped graph's target rows."""
+    h = tiny64.hooked
+    rep = Replacement(random_transcoders(h.cfg), keep_mlp=False)
+    rec = record(tiny64, prompt(), rep, dtype=DT)
+    tg = [LogitTarget(7, -1), LogitTarget(9, -2)]
+    full = attribute(rec, tg, weights=[0.3, 0.7])
+    score = torch.zeros(full.nodes.n_sources, dtype=DT)
+    for t, wt in zip(full.target_ids().tolist(), [0.3, 0.7]):
+        row = full.edges.row(t).abs()
+        score += wt * row / row.sum()
+    feats = (full.nodes.kind[: full.nodes.n_sources] == FEATURE).nonzero().flatten()
+    top = feats[torch.argsort(score[feats], descending=True)[:12]]
+    want = {full.node_key(int(i)) for i in top}
+    capped = attribute(rec, tg, weights=[0.3, 0.7], max_feature_nodes=12, batch_size=64)
+    got = {capped.node_key(int(i)) for i in capped.nodes.ids_of(FEATURE)}
+    assert got == want
+
+
 def test_batching_does_not_change_edges(tiny64):
     h = tiny64.hooked
     rep = Replacement(random_transcoders(h.cfg), keep_mlp=False)
@@ -581,6 +602,8 @@ def test_four_layer_edges_equal_perturbations(norm):
     toks = torch.tensor([1] + torch.randint(2, 40, (7,), generator=torch.Generator()
                                             .manual_seed(8)).tolist())
     rec = record(h, toks, rep, dtype=DT)
+    for lr in rec.layers:  # pattern blocks of 3 query rows: the causal block edges matter
+        lr.attn.block = 3
     graph = attribute(rec, [LogitTarget(7, -1), LogitTarget(3, -2)])
     assert int((graph.nodes.kind == FEATURE).sum()) > 30
     ref, _ = reference_edges(graph, rep, h, toks)
@@ -588,9 +611,10 @@ def test_four_layer_edges_equal_perturbations(norm):
 
 
 def test_factored_rows_equal_dense_rows(monkeypatch):
-    """The factored rows (position coefficients x per-row vectors) and the plain dense
-    transposed passes give the same edges, on the benchmark's shape (d_model 128: ranks
-    1, 5, 25, 125 stay factored)."""
+    """The factored rows (position coefficients x per-row vectors, patterns kept on one
+    block) and the plain dense transposed passes (patterns recomputed in blocks of 5
+    rows) give the same edges, on the benchmark's shape (d_model 128: ranks 1, 5, 25,
+    125 stay factored)."""
     from interp.attribution import engine
     from interp.attribution.benchmodel import bench_config_kwargs, model_from_config
 
@@ -603,7 +627,11 @@ def test_factored_rows_equal_dense_rows(monkeypatch):
         torch.randn(128, dtype=DT, generator=torch.Generator().manual_seed(1)), layer=1,
         site="resid_mid", pos=13)]
     a = attribute(rec, tg, batch_size=7)
+    # the other way: dense passes, patterns recomputed per block (none kept), 5-row blocks
     monkeypatch.setattr(engine.Attributor, "factored", False)
+    monkeypatch.setattr(engine, "PATTERN_CACHE_BYTES", 0)
+    for lr in rec.layers:
+        lr.attn.block = 5
     b = attribute(rec, tg, batch_size=7)
     assert int((a.nodes.kind == FEATURE).sum()) > 100
     da, db = a.edges.dense(len(a.nodes)), b.edges.dense(len(b.nodes))
