@@ -12,11 +12,31 @@ and, at each residual point ``R_{l+1}`` (after layer ``l``), reads off the edges
 every source that writes there: ``edge = a_s · W_dec[s] · g[b, pos_s]`` for features,
 ``err_l[pos] · g[b, pos]`` for error nodes, ``embed[pos] · g[b, pos]`` for tokens.
 
-Cost controls: each batch is truncated to its last target position (causality), the
-first attention layer under an injection uses only the target's own pattern row, and
-patterns are recomputed in blocks. With more active features than
-``max_feature_nodes``, rows are computed for the features with the most influence on
-the targets, in rounds (influence re-estimated from the rows computed so far).
+Cost controls:
+
+* **factored rows** (:class:`_Factored`): a row injected at position ``p`` starts as
+  ``e_p ⊗ v``; an attention transpose maps it to ``e_p ⊗ v + sum_h (A_h^T e_p) ⊗
+  (v W_O[h]^T W_V[h]^T)`` and the norms split into a per-position scale and a per-vector
+  gain, so after ``k`` attention layers a row is ``C_p @ U_b`` with position
+  coefficients ``C_p [n, (1 + H)^k]`` that depend only on the injection position (shared
+  by every row injected there: ~9 features per position and layer, and all targets at
+  one position) and small per-row vectors ``U_b``. The ``n x n`` work (``A_h^T`` on the
+  coefficient columns) is then done once per position instead of once per row and per
+  ``d_head``; rows stay factored while the rank is at most ``d_model`` (ranks 1, 5, 25,
+  125 for 4 heads and d_model 128), then continue as plain dense passes. A kept MLP (a
+  different map per position) makes rows dense at once;
+* edges are read off factored rows one injection position at a time (the rows are never
+  expanded batch-wide unless the next step is dense), features and errors of a layer in
+  one product per position; each batch is truncated to its last row position
+  (causality); a row only stores the columns it can reach (tokens, and the features and
+  errors of lower layers, at positions up to its own);
+* patterns are recomputed from the recorded queries and keys in causal blocks of query
+  rows on a fixed grid, and kept for the duration of :func:`attribute` when every
+  layer's fits in ``PATTERN_CACHE_BYTES``.
+
+With more active features than ``max_feature_nodes``, rows are computed for the
+features with the most influence on the targets, in rounds (influence re-estimated
+from the rows computed so far, in one sweep over them).
 """
 
 from __future__ import annotations

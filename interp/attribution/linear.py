@@ -6,8 +6,10 @@ Around one forward pass of one prompt, every piece of a block becomes linear:
   its recorded value, so ``n(x) = c(x) / s · w (+ b)`` with ``c`` the centring
   (LayerNorm) or the identity (RMSNorm) is affine in ``x``; post-norms likewise;
 * **attention**: the pattern ``A_h`` is frozen (recomputed from the recorded queries and
-  keys, one block of query rows at a time, so no layer's whole pattern is ever kept);
-  the value path ``out_i = sum_h sum_j A_h[i, j] · n1(x_j) W_V[h] W_O[h]`` is linear;
+  keys, in causal blocks of query rows on a fixed grid; the blocks are kept only while
+  ``cache`` is a dict, which :func:`~interp.attribution.engine.attribute` sets when all
+  layers' patterns fit in ``PATTERN_CACHE_BYTES``); the value path ``out_i = sum_h sum_j
+  A_h[i, j] · n1(x_j) W_V[h] W_O[h]`` is linear;
 * **kept MLPs** (adapters' base MLPs), the *RelP rule*: the activation is
   ``x · stopgrad(act(x) / x)`` (for SiLU: ``x · stopgrad(sigmoid(x))``) and a gated
   product ``act(gate) · up`` passes half of its gradient through each factor. For a
@@ -19,7 +21,12 @@ Around one forward pass of one prompt, every piece of a block becomes linear:
 
 Each piece has ``apply`` (the linear map, used by the tests' independent model and by
 error nodes) and ``apply_T`` (its transpose, the backward pass that makes the edges).
-Shapes: one prompt of ``P`` positions; batches ``B`` of target rows.
+For rows held factored (position coefficients times per-row vectors, see
+:mod:`interp.attribution.engine`) the transposes also come split: a norm's
+``inv_scale`` (per position) and ``apply_T_vec`` (per vector); attention's
+``pattern_rows`` / ``pattern_T`` (``A_h^T`` on position coefficients) and ``value_T``
+(``W_O[h]^T W_V[h]^T`` on vectors). Shapes: one prompt of ``P`` positions; batches ``B``
+of target rows.
 """
 
 from __future__ import annotations
