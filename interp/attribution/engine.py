@@ -124,11 +124,12 @@ class _Factored:
             self.g = g
         return self.g
 
-    def attention_T(self, lr) -> _Factored:
-        """``g + ln1^T attn^T ln1_post^T g`` (one layer's attention transpose)."""
+    def heads_T(self, lr) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attention transpose of layer ``lr`` up to the value vectors: position
+        coefficients ``ln1^T``-scaled ``A_h^T C`` ``[H, n, G, r]`` and the per-row vectors
+        after the post-norm ``[B, r, d]`` (to be mapped by ``W_O[h]^T W_V[h]^T``)."""
         C, U = self.C, self.U
         n, G, r = C.shape
-        B, _, d = U.shape
         attn = lr.attn
         H = attn.n_heads
         Ca, Ua = C, U
@@ -143,12 +144,19 @@ class _Factored:
             last = self.gpos.repeat_interleave(r)
             Ch = attn.pattern_T(Ca.reshape(n, G * r), last)  # [H, n, G r]
         Ch = Ch * lr.ln1.inv_scale(n)[None, :, None]
-        Uh = lr.ln1.apply_T_vec(attn.value_T(Ua.reshape(B * r, d)))  # [H, B r, d]
-        C2 = torch.cat([C[None], Ch.reshape(H, n, G, r)]).permute(1, 2, 0, 3)
-        U2 = torch.cat([U[None], Uh.reshape(H, B, r, d)]).transpose(0, 1)
+        return Ch.reshape(H, n, G, r), Ua
+
+    def attention_T(self, lr) -> _Factored:
+        """``g + ln1^T attn^T ln1_post^T g`` (one layer's attention transpose)."""
+        n, G, r = self.C.shape
+        B, _, d = self.U.shape
+        H = lr.attn.n_heads
+        Ch, Ua = self.heads_T(lr)
+        Uh = lr.ln1.apply_T_vec(lr.attn.value_T(Ua.reshape(B * r, d)))  # [H, B r, d]
+        C2 = torch.cat([self.C[None], Ch]).permute(1, 2, 0, 3)
+        U2 = torch.cat([self.U[None], Uh.reshape(H, B, r, d)]).transpose(0, 1)
         return _Factored(C=C2.reshape(n, G, (1 + H) * r), U=U2.reshape(B, (1 + H) * r, d),
                          gpos=self.gpos, bounds=self.bounds)
-
 
 
 class _Columns:
@@ -277,6 +285,9 @@ class Attributor:
                 order.cpu()])
             self.src_upto.append((torch.cumsum(torch.bincount(q.cpu(), minlength=P), 0)
                                   ).tolist())
+        # the tokens' value vectors at layer 0 [H, P, dh] (see _tokens_last)
+        lr0 = rec.layers[0]
+        self.tok_values = lr0.attn.values(lr0.ln1.apply_vec(rec.embed))
         # the sources a row injected at R_j or M_j can reach: tokens and the features and
         # errors of layers < j. Per reach j: their column ids (sorted), how many sit at
         # positions <= p, and each source kind's local index into that list.
@@ -346,6 +357,9 @@ class Attributor:
                 g = st.dense()
                 h = g if lr.ln2_post is None else lr.ln2_post.truncate(n).apply_T(g)
                 st = _Factored.of_dense(g + lr.ln2.truncate(n).apply_T(lr.mlp.apply_T(h)))
+            if layer == 0 and self.factored:  # only token edges remain
+                self._tokens_last(out, st, lr, j)
+                break
             if self._stays_factored(st, lr):
                 st = st.attention_T(lr)
             else:
@@ -356,6 +370,37 @@ class Attributor:
             at_post = True
             self._consume(out, self._ready(st, layer, at_post), layer + 1, j)
         return nodes, self.reach_cols[j][:m], out
+
+    def _tokens_last(self, out: torch.Tensor, st: _Factored, lr, reach: int) -> None:
+        """The token edges at ``R_0`` through layer 0's attention, without mapping the
+        rows back through ``W_V``: ``embed[q] · g[q] + (1 / s_q) sum_h tv_h[q] · gv_h[q]``
+        with ``gv_h = A_h^T (ln1_post^T g) W_O[h]^T`` and the tokens' value vectors
+        ``tv_h = apply_vec(embed) W_V[h]`` (``apply_vec``: the adjoint of ln1's
+        per-vector transpose)."""
+        rec, attn = self.rec, lr.attn
+        embed, tv = rec.embed, self.tok_values
+        loc = self.tok_loc[reach]
+        if st.g is not None:
+            g = st.g
+            n, B, _ = g.shape
+            ga = g if lr.ln1_post is None else lr.ln1_post.truncate(n).apply_T(g)
+            e = torch.einsum("nbd,nd->bn", g, embed[:n])
+            inv = lr.ln1.inv_scale(n)
+            for h, gv in enumerate(attn.apply_T_heads(ga)):
+                e += torch.einsum("nbe,ne->bn", gv.view(n, B, -1), tv[h, :n]) * inv
+            out[:, loc[:n]] = e
+            return
+        Ch, Ua = st.heads_T(lr)                      # [H, n, G, r], [B, r, d]
+        H, dh = attn.n_heads, attn.W_O.shape[1]
+        B, r, d = Ua.shape
+        z = (Ua.reshape(B * r, d) @ attn.W_O.reshape(H * dh, d).T).view(B, r, H, dh)
+        C, U = st.C, st.U
+        for k in range(C.shape[1]):
+            p1 = int(st.gpos[k]) + 1
+            b0, b1 = st.bounds[k], st.bounds[k + 1]
+            res = torch.einsum("brd,qd,qr->bq", U[b0:b1], embed[:p1], C[:p1, k])
+            head = torch.einsum("brhe,hqe,hqr->bq", z[b0:b1], tv[:, :p1], Ch[:, :p1, k])
+            out[b0:b1, loc[:p1]] = res + head
 
     def _stays_factored(self, st: _Factored, lr) -> bool:
         """Whether the attention transpose of layer ``lr`` keeps ``st`` factored."""

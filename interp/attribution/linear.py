@@ -85,6 +85,13 @@ class FrozenNorm:
             u = u - u.mean(-1, keepdim=True)
         return u
 
+    def apply_vec(self, e: torch.Tensor) -> torch.Tensor:
+        """The forward map's per-vector part (centring, then gain) on ``e [..., d]``,
+        the adjoint of :meth:`apply_T_vec`: ``<apply_T_vec(u), e> == <u, apply_vec(e)>``."""
+        if self.center:
+            e = e - e.mean(-1, keepdim=True)
+        return e * self.w if self.w is not None else e
+
     def without_gain(self) -> FrozenNorm:
         return FrozenNorm(self.s, None, self.center)
 
@@ -291,11 +298,26 @@ class LinearAttention:
             out = out + z @ self.W_O[h]
         return out
 
+    def values(self, x: torch.Tensor) -> torch.Tensor:
+        """The value vectors of value inputs ``x [n, d]``: ``[H, n, dh]``."""
+        return torch.einsum("nd,hde->hne", x, self.W_V)
+
     def apply_T(self, g: torch.Tensor) -> torch.Tensor:
         """Transpose: gradient at the attention output ``g [n, B, d]`` (positions first)
         -> gradient at the value input ``[n, B, d]``. Each head costs three matrix
         products and no copies: ``g W_O[h]^T``, ``A_h^T ·`` (in causal blocks of query
         rows) and ``· W_V[h]^T``."""
+        n, B, d = g.shape
+        dh = self.W_O.shape[1]
+        gv = self.apply_T_heads(g)
+        out = gv[0].reshape(n * B, dh) @ self.W_V[0].T
+        for h in range(1, self.n_heads):
+            out.addmm_(gv[h].reshape(n * B, dh), self.W_V[h].T)
+        return out.reshape(n, B, d)
+
+    def apply_T_heads(self, g: torch.Tensor) -> list[torch.Tensor]:
+        """The gradient at each head's value vectors: ``A_h^T (g W_O[h]^T)`` for ``g [n,
+        B, d]``, per head ``[n, B * dh]``."""
         n, B, d = g.shape
         H, dh = self.n_heads, self.W_O.shape[1]
         g2 = g.reshape(n * B, d)
@@ -307,8 +329,4 @@ class LinearAttention:
                     gv[h] = a[h].T @ gz[h][i0:i1]  # [n, B dh]
                 else:
                     gv[h][:i1].addmm_(a[h].T, gz[h][i0:i1])
-        del gz
-        out = gv[0].reshape(n * B, dh) @ self.W_V[0].T
-        for h in range(1, H):
-            out.addmm_(gv[h].reshape(n * B, dh), self.W_V[h].T)
-        return out.reshape(n, B, d)
+        return gv
