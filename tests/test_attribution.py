@@ -223,7 +223,7 @@ def assert_edges_match(graph, ref):
     scale = float(ref.abs().max())
     err = float((mine - ref).abs().max())
     assert scale > 1e-3
-    assert err <= 1e-4 * scale, f"max edge error {err:.3g} vs edge scale {scale:.3g}"
+    assert err <= 1e-9 * scale, f"max edge error {err:.3g} vs edge scale {scale:.3g}"
 
 
 # ---------------------------------------------------------------------- tests
