@@ -19,6 +19,8 @@ BENCHES: dict[str, str] = {
     "app-latency": "interp.bench_app:bench_app_latency",
     "adapters-step": "interp.adapters.bench:bench_adapters_step",
     "attribution-scaling": "interp.attribution.bench:bench_attribution_scaling",
+    "attribution-vs-circuit-tracer":
+        "interp.attribution.bench:bench_attribution_vs_circuit_tracer",
     "length-sweep": "interp.length.bench:bench_length_sweep",
     "vectors-sweep": "interp.vectors.bench:bench_vectors_sweep",
     "features-collect": "interp.features.bench:bench_features_collect",

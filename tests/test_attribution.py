@@ -223,7 +223,7 @@ def assert_edges_match(graph, ref):
     scale = float(ref.abs().max())
     err = float((mine - ref).abs().max())
     assert scale > 1e-3
-    assert err <= 1e-4 * scale, f"max edge error {err:.3g} vs edge scale {scale:.3g}"
+    assert err <= 1e-9 * scale, f"max edge error {err:.3g} vs edge scale {scale:.3g}"
 
 
 # ---------------------------------------------------------------------- tests
@@ -375,6 +375,27 @@ def test_feature_cap_keeps_most_influential(tiny64):
         for s in range(capped.nodes.n_sources):
             fs = full.find(*capped.node_key(s))
             assert float(crow[s]) == pytest.approx(float(frow[fs]), abs=1e-9)
+
+
+def test_feature_cap_first_round_takes_top_direct_influence(tiny64):
+    """One round (cap below the batch size): the features chosen are those with the
+    largest influence through the target rows alone, ``sum_t w_t |A[t, f]| / sum_s
+    |A[t, s]|``, computed here from the uncapped graph's target rows."""
+    h = tiny64.hooked
+    rep = Replacement(random_transcoders(h.cfg), keep_mlp=False)
+    rec = record(tiny64, prompt(), rep, dtype=DT)
+    tg = [LogitTarget(7, -1), LogitTarget(9, -2)]
+    full = attribute(rec, tg, weights=[0.3, 0.7])
+    score = torch.zeros(full.nodes.n_sources, dtype=DT)
+    for t, wt in zip(full.target_ids().tolist(), [0.3, 0.7]):
+        row = full.edges.row(t).abs()
+        score += wt * row / row.sum()
+    feats = (full.nodes.kind[: full.nodes.n_sources] == FEATURE).nonzero().flatten()
+    top = feats[torch.argsort(score[feats], descending=True)[:12]]
+    want = {full.node_key(int(i)) for i in top}
+    capped = attribute(rec, tg, weights=[0.3, 0.7], max_feature_nodes=12, batch_size=64)
+    got = {capped.node_key(int(i)) for i in capped.nodes.ids_of(FEATURE)}
+    assert got == want
 
 
 def test_batching_does_not_change_edges(tiny64):
@@ -546,3 +567,91 @@ def test_total_effect_equals_removal_with_live_features(tiny64):
     row = g.edges.row(t)
     l0 = [s for s in feats if g.node_key(s)[1] == 0 and abs(float(eff[s])) > 1e-3]
     assert any(abs(float(eff[s]) - float(row[s])) > 1e-4 for s in l0)
+
+
+# ---------------------------------------------------------------------- deeper models
+def _tl_model(**over):
+    """A small random HookedTransformer in float64 (TransformerLens init), with random
+    norm gains (and biases for LayerNorm) so that every piece of the norms matters."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    kw = dict(n_layers=4, d_model=32, n_heads=4, d_head=8, d_mlp=64, act_fn="silu",
+              gated_mlp=True, normalization_type="RMS", positional_embedding_type="rotary",
+              rotary_dim=8, d_vocab=40, n_ctx=32, seed=5, dtype=torch.float64)
+    kw.update(over)
+    model = HookedTransformer(HookedTransformerConfig(**kw)).eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith((".w", "ln_final.w")) and "ln" in name:
+                p.copy_(0.5 + torch.rand(p.shape, generator=g, dtype=p.dtype))
+            elif name.endswith(".b") and "ln" in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return model
+
+
+@pytest.mark.parametrize("norm", ["RMS", "LN"])
+def test_four_layer_edges_equal_perturbations(norm):
+    """Four layers: rows stay factored over up to three attention layers (ranks 1, 5,
+    25, 125 > d_model 32 goes dense), and LayerNorm's centring splits into the
+    per-vector part; every edge still equals zeroing its source."""
+    over = {} if norm == "RMS" else dict(normalization_type="LN", gated_mlp=False,
+                                         act_fn="gelu", positional_embedding_type="standard")
+    h = _tl_model(**over)
+    rep = Replacement(random_transcoders(h.cfg, n=10, seed=7, bias=-0.5), keep_mlp=False)
+    toks = torch.tensor([1] + torch.randint(2, 40, (7,), generator=torch.Generator()
+                                            .manual_seed(8)).tolist())
+    rec = record(h, toks, rep, dtype=DT)
+    for lr in rec.layers:  # pattern blocks of 3 query rows: the causal block edges matter
+        lr.attn.block = 3
+    graph = attribute(rec, [LogitTarget(7, -1), LogitTarget(3, -2)])
+    assert int((graph.nodes.kind == FEATURE).sum()) > 30
+    ref, _ = reference_edges(graph, rep, h, toks)
+    assert_edges_match(graph, ref)
+
+
+def test_factored_rows_equal_dense_rows(monkeypatch):
+    """The factored rows (position coefficients x per-row vectors, patterns kept on one
+    block) and the plain dense transposed passes (patterns recomputed in blocks of 5
+    rows) give the same edges, on the benchmark's shape (d_model 128: ranks 1, 5, 25,
+    125 stay factored)."""
+    from interp.attribution import engine
+    from interp.attribution.benchmodel import bench_config_kwargs, model_from_config
+
+    kw = bench_config_kwargs(n_ctx=64)
+    kw["dtype"] = "float64"
+    h = model_from_config(kw).requires_grad_(False)
+    rep = Replacement(random_transcoders(h.cfg, n=64, seed=9, bias=-1.5), keep_mlp=False)
+    rec = record(h, torch.arange(20) % 97 + 1, rep, dtype=DT)
+    tg = [LogitTarget(5, -1), LogitTarget(9, -1), DirectionTarget(
+        torch.randn(128, dtype=DT, generator=torch.Generator().manual_seed(1)), layer=1,
+        site="resid_mid", pos=13)]
+    a = attribute(rec, tg, batch_size=7)
+    # the other way: dense passes, patterns recomputed per block (none kept), 5-row blocks
+    monkeypatch.setattr(engine.Attributor, "factored", False)
+    monkeypatch.setattr(engine, "PATTERN_CACHE_BYTES", 0)
+    for lr in rec.layers:
+        lr.attn.block = 5
+    b = attribute(rec, tg, batch_size=7)
+    assert int((a.nodes.kind == FEATURE).sum()) > 100
+    da, db = a.edges.dense(len(a.nodes)), b.edges.dense(len(b.nodes))
+    assert float(da.abs().max()) > 0.1
+    assert torch.allclose(da, db, atol=1e-10, rtol=0)
+
+
+def test_norm_transpose_splits_into_position_and_vector_parts():
+    from interp.attribution.linear import FrozenNorm
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, 8, generator=g, dtype=DT)
+    for w in (None, torch.rand(8, generator=g, dtype=DT) + 0.5):
+        for center in (False, True):
+            nm = FrozenNorm(torch.rand(5, generator=g, dtype=DT) + 0.5, w, center)
+            want = nm.apply_T(x)
+            got = nm.inv_scale(5)[:, None, None] * nm.apply_T_vec(x)
+            assert torch.allclose(want, got, atol=1e-12)
+            # the transpose: <apply(a), b> == <a, apply_T(b)>
+            a = torch.randn(5, 8, generator=g, dtype=DT)
+            b = torch.randn(5, 8, generator=g, dtype=DT)
+            assert float((nm.apply(a) * b).sum()) == pytest.approx(
+                float((a * nm.apply_T(b)).sum()), rel=1e-10)

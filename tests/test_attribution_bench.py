@@ -303,3 +303,74 @@ def test_circuit_tracer_graph_matches_frozen_interventions(setup_dir):
         want = float(dl[g.logit_token_ids[k]] - dl.mean())
         assert abs(float(d["feature_to_logit"][k, si]) - want) < 1e-4
     assert float(d["error_to_logit"][:, :, 0].abs().max()) == 0.0  # BOS error is zero
+
+
+# -- the benchmarks (our side in subprocesses) -------------------------------------------
+def test_graph_edges_as_dense_matches_graph(setup_dir):
+    """Our graph cut into circuit-tracer's blocks: every block entry is the graph's edge
+    between the same two nodes."""
+    from interp.attribution.bench import bench_replacement
+    from interp.attribution.engine import attribute
+    from interp.attribution.graph import ERROR, FEATURE, TOKEN
+    from interp.attribution.record import record
+
+    s = bm.load_bench_setup(setup_dir)
+    g = attribute(record(s.model, s.input_ids[:12], bench_replacement(s)))
+    d = cc.graph_edges_as_dense(g)
+    keys = d["feature_keys"].tolist()
+    assert keys == sorted(keys) and len(keys) == int((g.nodes.kind == FEATURE).sum())
+    tids = g.target_ids().tolist()
+    gen = torch.Generator().manual_seed(0)
+    for i in torch.randint(0, len(keys), (5,), generator=gen).tolist():
+        t = g.find(FEATURE, *keys[i])
+        for j in torch.randint(0, len(keys), (5,), generator=gen).tolist():
+            assert float(d["feature_to_feature"][i, j]) == g.edge(t, g.find(FEATURE, *keys[j]))
+        assert float(d["error_to_feature"][i, 1, 5]) == g.edge(t, g.find(ERROR, 1, 5))
+        assert float(d["token_to_feature"][i, 3]) == g.edge(t, g.find(TOKEN, -1, 3))
+    for k, t in enumerate(tids):
+        assert float(d["feature_to_logit"][k, 2]) == g.edge(t, g.find(FEATURE, *keys[2]))
+        assert float(d["error_to_logit"][k, 3, 11]) == g.edge(t, g.find(ERROR, 3, 11))
+        assert float(d["token_to_logit"][k, 7]) == g.edge(t, g.find(TOKEN, -1, 7))
+    assert d["logit_token_ids"].tolist() == [t["token"] for t in g.targets]
+
+
+def test_scaling_bench_figures(setup_dir):
+    """The scaling bench on tiny lengths: its keys, and figures that agree with an
+    in-process attribution of the same prompt (features, rows under a cap, nodes)."""
+    from interp.attribution.bench import bench_replacement, scaling
+    from interp.attribution.engine import attribute
+    from interp.attribution.record import record
+
+    res = scaling(lengths=[10, 16], reps=1, cap=25, uncapped_up_to=10, prune_max_nodes=30)
+    assert res["lengths"] == [10, 16] and res["reps"] == 1 and res["threads"] == 1
+    s = bm.load_bench_setup(setup_dir)
+    for n, cap in ((10, None), (16, 25)):
+        r = res["per_length"][str(n)]
+        for k in ("seconds", "peak_bytes", "cpu_seconds", "features", "rows", "feature_cap",
+                  "nodes", "prune_seconds", "seconds_spread", "load_average"):
+            assert k in r, k
+        assert r["seconds"] > 0 and r["peak_bytes"] >= r["rss_before_bytes"] > 0
+        assert r["feature_cap"] == cap
+        g = attribute(record(s.model, s.input_ids[:n], bench_replacement(s)),
+                      max_feature_nodes=cap)
+        assert r["features"] == g.info["n_active_features"]
+        assert r["rows"] == g.info["n_feature_rows"] == (r["features"] if cap is None else cap)
+        assert r["nodes"] == len(g.nodes)
+        assert r["prune_max_nodes"] == (None if cap is None else 30)
+
+
+def test_vs_circuit_tracer_bench(setup_dir):
+    try:
+        cc.ct_python()
+    except ConfigError:
+        pytest.skip("circuit-tracer's venv (.venv-ct) is not installed")
+    from interp.attribution.bench import vs_circuit_tracer
+
+    res = vs_circuit_tracer(n_tokens=16, reps=1, ct_reps=1)
+    for k in ("ours_seconds", "ct_seconds", "time_ratio", "memory_ratio", "max_edge_diff"):
+        assert isinstance(res[k], float), k
+    assert res["time_ratio"] == pytest.approx(res["ours_seconds"] / res["ct_seconds"])
+    assert res["max_edge_diff"] < 1e-4
+    assert res["edges"]["n_feature_nodes"] > 20
+    assert set(res["edges"]["edge_diff_by_block"]) == set(cc.EDGE_BLOCKS)
+    assert res["target_ids"] == res["edges"]["logit_token_ids"]

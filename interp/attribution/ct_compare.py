@@ -258,3 +258,49 @@ def max_abs_diff_by_block(ours: dict[str, torch.Tensor], theirs: dict[str, torch
         raise ConfigError("no edge block in common")
     out["max"] = max(out.values())
     return out
+
+
+def graph_edges_as_dense(graph: Any) -> dict[str, torch.Tensor]:
+    """One of our graphs (:class:`interp.attribution.graph.Graph`, logit targets only) cut
+    into :func:`ct_edges_as_dense`'s blocks, features in circuit-tracer's order
+    (lexicographic in (layer, pos, feature)); logits in the graph's target order."""
+    from .graph import ERROR, FEATURE, TARGET, TOKEN
+
+    nodes = graph.nodes
+    if any(t.get("kind") != "logit" for t in graph.targets):
+        raise ConfigError("only graphs of plain logit targets compare with circuit-tracer's")
+    kind = nodes.kind
+    L, P = graph.n_layers, graph.n_pos
+    fid = (kind == FEATURE).nonzero().flatten()
+    keys = torch.stack([nodes.layer[fid], nodes.pos[fid], nodes.feature[fid]], 1)
+    order = torch.tensor(sorted(range(len(fid)), key=lambda i: tuple(keys[i].tolist())),
+                         dtype=torch.long)
+    fid, keys = fid[order], keys[order]
+    eid = (kind == ERROR).nonzero().flatten()
+    err_grid = torch.full((L, P), -1, dtype=torch.long)
+    err_grid[nodes.layer[eid], nodes.pos[eid]] = eid
+    tid = (kind == TOKEN).nonzero().flatten()
+    tok_line = torch.full((P,), -1, dtype=torch.long)
+    tok_line[nodes.pos[tid]] = tid
+    tgt = (kind == TARGET).nonzero().flatten()
+    F, T = len(fid), len(tgt)
+    row_of = torch.full((len(nodes),), -1, dtype=torch.long)
+    row_of[fid] = torch.arange(F)
+    row_of[tgt] = F + torch.arange(T)
+    rows = torch.zeros(F + T, nodes.n_sources, dtype=torch.float32)
+    for r, c, v in graph.edges:
+        k = row_of[r]
+        sel = k >= 0
+        rows[k[sel][:, None], c[None, :]] = v[sel].float()
+    f_rows, t_rows = rows[:F], rows[F:]
+    return {
+        "feature_keys": keys,
+        "feature_activations": nodes.activation[fid].float(),
+        "feature_to_feature": f_rows[:, fid],
+        "error_to_feature": f_rows[:, err_grid.flatten()].reshape(F, L, P),
+        "token_to_feature": f_rows[:, tok_line],
+        "feature_to_logit": t_rows[:, fid],
+        "error_to_logit": t_rows[:, err_grid.flatten()].reshape(T, L, P),
+        "token_to_logit": t_rows[:, tok_line],
+        "logit_token_ids": torch.tensor([int(t["token"]) for t in graph.targets]),
+    }

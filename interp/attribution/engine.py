@@ -12,23 +12,44 @@ and, at each residual point ``R_{l+1}`` (after layer ``l``), reads off the edges
 every source that writes there: ``edge = a_s · W_dec[s] · g[b, pos_s]`` for features,
 ``err_l[pos] · g[b, pos]`` for error nodes, ``embed[pos] · g[b, pos]`` for tokens.
 
-Cost controls: each batch is truncated to its last target position (causality), the
-first attention layer under an injection uses only the target's own pattern row, and
-patterns are recomputed in blocks. With more active features than
-``max_feature_nodes``, rows are computed for the features with the most influence on
-the targets, in rounds (influence re-estimated from the rows computed so far).
+Cost controls:
+
+* **factored rows** (:class:`_Factored`): a row injected at position ``p`` starts as
+  ``e_p ⊗ v``; an attention transpose maps it to ``e_p ⊗ v + sum_h (A_h^T e_p) ⊗
+  (v W_O[h]^T W_V[h]^T)`` and the norms split into a per-position scale and a per-vector
+  gain, so after ``k`` attention layers a row is ``C_p @ U_b`` with position
+  coefficients ``C_p [n, (1 + H)^k]`` that depend only on the injection position (shared
+  by every row injected there: ~9 features per position and layer, and all targets at
+  one position) and small per-row vectors ``U_b``. The ``n x n`` work (``A_h^T`` on the
+  coefficient columns) is then done once per position instead of once per row and per
+  ``d_head``; rows stay factored while the rank is at most ``d_model`` (ranks 1, 5, 25,
+  125 for 4 heads and d_model 128), then continue as plain dense passes. A kept MLP (a
+  different map per position) makes rows dense at once;
+* edges are read off factored rows one injection position at a time (the rows are never
+  expanded batch-wide unless the next step is dense), features and errors of a layer in
+  one product per position; each batch is truncated to its last row position
+  (causality); a row only stores the columns it can reach (tokens, and the features and
+  errors of lower layers, at positions up to its own);
+* patterns are recomputed from the recorded queries and keys in causal blocks of query
+  rows on a fixed grid, and kept for the duration of :func:`attribute` when every
+  layer's fits in ``PATTERN_CACHE_BYTES``.
+
+With more active features than ``max_feature_nodes``, rows are computed for the
+features with the most influence on the targets, in rounds (influence re-estimated
+from the rows computed so far, in one sweep over them).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 from ..errors import ConfigError
 from .graph import ERROR, FEATURE, TARGET, TOKEN, EdgeRows, Graph, Nodes
+from .linear import PATTERN_CACHE_BYTES
 from .record import Recording
 from .targets import DirectionTarget, LogitDiffTarget, LogitTarget, Target, describe
 
@@ -44,53 +65,142 @@ class _Inject:
     nodes: torch.Tensor      # [B] node ids of the rows
 
 
+class _Factored:
+    """The gradients of a batch of rows, ``g_b [n, d]``, held as position coefficients
+    shared by every row injected at the same position times per-row vectors:
+
+        ``g_b = C[:, grp[b]] @ U[b]``   (``C [n, G, r]``, ``U [B, r, d]``)
+
+    with ``G`` groups (distinct injection positions ``gpos``, ascending; the rows of a
+    group are contiguous). A row starts as ``e_p ⊗ v`` (``r = 1``); an attention layer's
+    transpose maps position coefficients by ``A_h^T`` (shared by the group) and vectors
+    by ``W_O[h]^T W_V[h]^T`` (per row), and the norms split the same way (a
+    per-position scale and a per-vector gain), so ``r`` grows to ``r (1 + H)``. The
+    ``n x n`` work is then done once per group instead of once per row and per
+    ``d_head``. ``dense()`` materialises ``g [n, B, d]`` (positions first); a state
+    built from a dense ``g`` has ``factored == False``."""
+
+    def __init__(self, C=None, U=None, gpos=None, bounds=None, g=None):
+        self.C, self.U, self.gpos, self.bounds, self.g = C, U, gpos, bounds, g
+
+    @property
+    def factored(self) -> bool:
+        return self.C is not None
+
+    @property
+    def r(self) -> int:
+        return int(self.C.shape[2])
+
+    @classmethod
+    def start(cls, pos: torch.Tensor, vec: torch.Tensor, n: int) -> _Factored:
+        gpos, counts = torch.unique_consecutive(pos, return_counts=True)
+        G = gpos.numel()
+        C = torch.zeros(n, G, 1, dtype=vec.dtype, device=vec.device)
+        C[gpos, torch.arange(G, device=vec.device), 0] = 1.0
+        bounds = [0] + torch.cumsum(counts, 0).tolist()
+        return cls(C=C, U=vec[:, None, :], gpos=gpos, bounds=bounds)
+
+    @classmethod
+    def of_dense(cls, g: torch.Tensor) -> _Factored:
+        return cls(g=g)
+
+    def groups(self) -> Iterator[tuple[int, int, int, torch.Tensor]]:
+        """Per group: ``(rows b0:b1, p1, g [p1, b1 - b0, d])``, its rows' gradients at
+        positions ``0 .. p1 - 1`` (zero beyond: ``p1`` is one past the group's position)."""
+        C, U = self.C, self.U
+        r, d = C.shape[2], U.shape[2]
+        for k in range(C.shape[1]):
+            p1 = int(self.gpos[k]) + 1
+            b0, b1 = self.bounds[k], self.bounds[k + 1]
+            u = U[b0:b1].transpose(0, 1).reshape(r, (b1 - b0) * d)
+            yield b0, b1, p1, (C[:p1, k] @ u).view(p1, b1 - b0, d)
+
+    def dense(self) -> torch.Tensor:
+        if self.g is None:
+            n, B, d = self.C.shape[0], self.U.shape[0], self.U.shape[2]
+            g = torch.zeros(n, B, d, dtype=self.U.dtype, device=self.U.device)
+            for b0, b1, p1, gk in self.groups():
+                g[:p1, b0:b1] = gk
+            self.g = g
+        return self.g
+
+    def heads_T(self, lr) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attention transpose of layer ``lr`` up to the value vectors: position
+        coefficients ``ln1^T``-scaled ``A_h^T C`` ``[H, n, G, r]`` and the per-row vectors
+        after the post-norm ``[B, r, d]`` (to be mapped by ``W_O[h]^T W_V[h]^T``)."""
+        C, U = self.C, self.U
+        n, G, r = C.shape
+        attn = lr.attn
+        H = attn.n_heads
+        Ca, Ua = C, U
+        if lr.ln1_post is not None:
+            Ca = C * lr.ln1_post.inv_scale(n)[:, None, None]
+            Ua = lr.ln1_post.apply_T_vec(U)
+        if r == 1:  # one-hot columns: A_h^T e_p is row p of the pattern
+            rows = attn.pattern_rows(self.gpos)  # [H, G, n]
+            scale = Ca[self.gpos, torch.arange(G, device=C.device), 0]  # [G]
+            Ch = (rows * scale[None, :, None]).transpose(1, 2)  # [H, n, G]
+        else:
+            last = self.gpos.repeat_interleave(r)
+            Ch = attn.pattern_T(Ca.reshape(n, G * r), last)  # [H, n, G r]
+        Ch = Ch * lr.ln1.inv_scale(n)[None, :, None]
+        return Ch.reshape(H, n, G, r), Ua
+
+    def attention_T(self, lr) -> _Factored:
+        """``g + ln1^T attn^T ln1_post^T g`` (one layer's attention transpose)."""
+        n, G, r = self.C.shape
+        B, _, d = self.U.shape
+        H = lr.attn.n_heads
+        Ch, Ua = self.heads_T(lr)
+        Uh = lr.ln1.apply_T_vec(lr.attn.value_T(Ua.reshape(B * r, d)))  # [H, B r, d]
+        C2 = torch.cat([self.C[None], Ch]).permute(1, 2, 0, 3)
+        U2 = torch.cat([self.U[None], Uh.reshape(H, B, r, d)]).transpose(0, 1)
+        return _Factored(C=C2.reshape(n, G, (1 + H) * r), U=U2.reshape(B, (1 + H) * r, d),
+                         gpos=self.gpos, bounds=self.bounds)
+
+
 class _Columns:
     """Source-column bookkeeping of one recording (see :mod:`.graph` for the order)."""
 
     def __init__(self, rec: Recording):
         P, L = rec.n_pos, rec.n_layers
-        kind, layer, pos, feat, act = [], [], [], [], []
-        per_pos: list[list[tuple[int, int, int, float]]] = [[] for _ in range(P)]
-        for li, lr in enumerate(rec.layers):
-            for p, f, a in zip(lr.feat_pos.tolist(), lr.feat_idx.tolist(),
-                               lr.feat_act.tolist()):
-                per_pos[p].append((FEATURE, li, f, a))
-        self.feat_cols: list[torch.Tensor] = [torch.zeros(0, dtype=torch.long)] * L
-        fcols: list[list[int]] = [[] for _ in range(L)]
-        self.err_col = torch.zeros(L, P, dtype=torch.long)
-        self.tok_col = torch.zeros(P, dtype=torch.long)
-        prefix = []
-        for p in range(P):
-            self.tok_col[p] = len(kind)
-            kind.append(TOKEN)
-            layer.append(-1)
-            pos.append(p)
-            feat.append(-1)
-            act.append(0.0)
-            for (k, li, f, a) in per_pos[p]:
-                fcols[li].append(len(kind))
-                kind.append(k)
-                layer.append(li)
-                pos.append(p)
-                feat.append(f)
-                act.append(a)
-            for li in range(L):
-                self.err_col[li, p] = len(kind)
-                kind.append(ERROR)
-                layer.append(li)
-                pos.append(p)
-                feat.append(-1)
-                act.append(float(rec.layers[li].error[p].norm()))
-            prefix.append(len(kind))
-        # features of a layer were appended in (pos, idx) order = the record's order
-        self.feat_cols = [torch.tensor(c, dtype=torch.long) for c in fcols]
-        self.n = len(kind)
-        self.prefix_end = torch.tensor(prefix, dtype=torch.long)
-        self.kind = torch.tensor(kind, dtype=torch.int8)
-        self.layer = torch.tensor(layer, dtype=torch.long)
-        self.pos = torch.tensor(pos, dtype=torch.long)
-        self.feat = torch.tensor(feat, dtype=torch.long)
-        self.act = torch.tensor(act, dtype=torch.float32)
+        fpos = torch.cat([lr.feat_pos.cpu() for lr in rec.layers])
+        flay = torch.cat([torch.full((lr.feat_pos.numel(),), li, dtype=torch.long)
+                          for li, lr in enumerate(rec.layers)])
+        fidx = torch.cat([lr.feat_idx.cpu() for lr in rec.layers])
+        fact = torch.cat([lr.feat_act.cpu().float() for lr in rec.layers])
+        F = fpos.numel()
+        width = int(fidx.max()) + 1 if F else 1
+        order = torch.argsort((fpos * L + flay) * width + fidx, stable=True)
+        nf = torch.bincount(fpos, minlength=P)
+        per_pos = 1 + nf + L                     # token, features, errors
+        self.prefix_end = torch.cumsum(per_pos, 0)
+        start = self.prefix_end - per_pos
+        self.n = n = int(self.prefix_end[-1]) if P else 0
+        self.tok_col = start.clone()
+        sp = fpos[order]
+        first = torch.cumsum(nf, 0) - nf         # first sorted index of each position
+        col_sorted = start[sp] + 1 + (torch.arange(F) - first[sp])
+        fcol = torch.empty(F, dtype=torch.long)
+        fcol[order] = col_sorted                 # column of each feature, record order
+        self.err_col = (start + 1 + nf)[None, :] + torch.arange(L)[:, None]  # [L, P]
+        self.kind = torch.full((n,), TOKEN, dtype=torch.int8)
+        self.layer = torch.full((n,), -1, dtype=torch.long)
+        self.pos = torch.repeat_interleave(torch.arange(P), per_pos)
+        self.feat = torch.full((n,), -1, dtype=torch.long)
+        self.act = torch.zeros(n, dtype=torch.float32)
+        self.kind[fcol] = FEATURE
+        self.layer[fcol] = flay
+        self.feat[fcol] = fidx
+        self.act[fcol] = fact
+        ecol = self.err_col.flatten()
+        self.kind[ecol] = ERROR
+        self.layer[ecol] = torch.arange(L).repeat_interleave(P)
+        self.act[ecol] = torch.stack([lr.error.norm(dim=-1).cpu().float()
+                                      for lr in rec.layers]).flatten()
+        bounds = [0] + torch.cumsum(torch.tensor([lr.feat_pos.numel() for lr in rec.layers]),
+                                    0).tolist()
+        self.feat_cols = [fcol[bounds[li]: bounds[li + 1]] for li in range(L)]
 
 
 def top_logit_targets(rec: Recording, pos: int = -1, k: int = 10, cum_prob: float = 0.95
@@ -140,33 +250,58 @@ def _target_injection(rec: Recording, t: Target) -> tuple[tuple[str, int], int, 
 class Attributor:
     """Computes rows of one recording's adjacency (used by :func:`attribute`)."""
 
+    factored = True  # False: plain dense passes only (the tests' second implementation)
+
     def __init__(self, rec: Recording, batch_size: int = 256,
                  memory_bytes: int = 3 << 30):
         self.rec = rec
         self.cols = _Columns(rec)
         self.batch_size = batch_size
         self.memory_bytes = memory_bytes
-        # each layer's feature writes: activation · decoder row  [n_l, d]
-        dev = rec.embed.device
-        self.tok_col = self.cols.tok_col.to(dev)
-        self.err_col = self.cols.err_col.to(dev)
-        self.feat_cols = [c.to(dev) for c in self.cols.feat_cols]
-        # each layer's feature writes (activation · decoder row), padded per position:
-        # writes[l] [P, k_max, d]; slot[l] [n_l] = flat index (pos * k_max + j) of each
-        self.writes, self.slot = [], []
-        P = rec.n_pos
+        # factored rows while their rank stays at most d_model (then dense)
+        self.max_rank = rec.d_model
+        # what each layer writes at each position, padded: writes[l] [P, k_max + 1, d] =
+        # the active features' activation x decoder row, then the error vector. The
+        # sources of layer l in (pos, slot) order: src_q/src_j index that tensor and
+        # src_col is their column; src_upto[l][p]: how many sit at positions <= p.
+        self.writes, self.src_q, self.src_j, src_col, self.src_upto = [], [], [], [], []
+        dev, P, d = rec.embed.device, rec.n_pos, rec.d_model
         for li, lr in enumerate(rec.layers):
             W_dec = rec.replacement.layers[li].W_dec.to(dev, rec.embed.dtype)
-            w = lr.feat_act[:, None] * W_dec[lr.feat_idx]
             counts = torch.bincount(lr.feat_pos, minlength=P)
-            kmax = max(1, int(counts.max())) if counts.numel() else 1
+            kmax = int(counts.max()) if lr.feat_pos.numel() else 0
             start = torch.cumsum(counts, 0) - counts
             j = torch.arange(lr.feat_pos.numel(), device=dev) - start[lr.feat_pos]
-            slot = lr.feat_pos * kmax + j
-            pad = torch.zeros(P * kmax, rec.d_model, dtype=rec.embed.dtype, device=dev)
-            pad[slot] = w
-            self.writes.append(pad.reshape(P, kmax, rec.d_model))
-            self.slot.append(slot)
+            pad = torch.zeros(P, kmax + 1, d, dtype=rec.embed.dtype, device=dev)
+            pad[lr.feat_pos, j] = lr.feat_act[:, None] * W_dec[lr.feat_idx]
+            pad[:, kmax] = lr.error
+            self.writes.append(pad)
+            q = torch.cat([lr.feat_pos, torch.arange(P, device=dev)])
+            jj = torch.cat([j, torch.full((P,), kmax, device=dev)])
+            order = torch.argsort(q * (kmax + 1) + jj)
+            self.src_q.append(q[order])
+            self.src_j.append(jj[order])
+            src_col.append(torch.cat([self.cols.feat_cols[li], self.cols.err_col[li]])[
+                order.cpu()])
+            self.src_upto.append((torch.cumsum(torch.bincount(q.cpu(), minlength=P), 0)
+                                  ).tolist())
+        # the tokens' value vectors at layer 0 [H, P, dh] (see _tokens_last)
+        lr0 = rec.layers[0]
+        self.tok_values = lr0.attn.values(lr0.ln1.apply_vec(rec.embed))
+        # the sources a row injected at R_j or M_j can reach: tokens and the features and
+        # errors of layers < j. Per reach j: their column ids (sorted), how many sit at
+        # positions <= p, and each source kind's local index into that list.
+        cols, L = self.cols, rec.n_layers
+        self.reach_cols, self.reach_end, self.tok_loc, self.src_loc = [], [], [], []
+        for j in range(L + 1):
+            ids = (cols.layer < j).nonzero().flatten()
+            local = torch.full((cols.n,), -1, dtype=torch.long)
+            local[ids] = torch.arange(ids.numel())
+            self.reach_cols.append(ids)
+            self.reach_end.append(torch.searchsorted(cols.pos[ids], torch.arange(P),
+                                                     right=True).tolist())
+            self.tok_loc.append(local[cols.tok_col].to(dev))
+            self.src_loc.append([local[src_col[li]].to(dev) for li in range(j)])
 
     # ------------------------------------------------------------------ injections
     def feature_injections(self, layer: int, local: torch.Tensor, nodes: torch.Tensor
@@ -202,55 +337,107 @@ class Attributor:
         return out
 
     def _run(self, site, pos, vec, nodes) -> tuple[torch.Tensor, torch.Tensor]:
-        rec, cols = self.rec, self.cols
+        """Edge rows of one batch (rows sorted by position)."""
+        rec = self.rec
         dev, dt = rec.embed.device, rec.embed.dtype
         B = pos.shape[0]
         n = int(pos.max()) + 1
-        m = int(cols.prefix_end[n - 1])
-        out = torch.zeros(B, m, dtype=dt, device=dev)
-        g = torch.zeros(n, B, rec.d_model, dtype=dt, device=dev)  # positions first
-        g[pos.to(dev), torch.arange(B)] = vec
-        rows_at = pos.to(dev)
         kind, j = site
+        m = self.reach_end[j][n - 1]
+        out = torch.zeros(B, m, dtype=dt, device=dev)
+        st = _Factored.start(pos.to(dev), vec, n)
         if kind == "R":
-            self._consume(out, g, j, n)
-            layer = j - 1
-            at_post = True
+            layer, at_post = j - 1, True
+            self._consume(out, self._ready(st, layer, at_post), j, j)
         else:
-            layer = j
-            at_post = False
+            layer, at_post = j, False
         while layer >= 0:
             lr = rec.layers[layer]
-            if at_post and lr.mlp is not None:
+            if at_post and lr.mlp is not None:  # per-position maps: rows go dense
+                g = st.dense()
                 h = g if lr.ln2_post is None else lr.ln2_post.truncate(n).apply_T(g)
-                g = g + lr.ln2.truncate(n).apply_T(lr.mlp.apply_T(h))
-            ga = g if lr.ln1_post is None else lr.ln1_post.truncate(n).apply_T(g)
-            g = g + lr.ln1.truncate(n).apply_T(lr.attn.apply_T(ga, rows_at))
-            rows_at = None
-            self._consume(out, g, layer, n)
+                st = _Factored.of_dense(g + lr.ln2.truncate(n).apply_T(lr.mlp.apply_T(h)))
+            if layer == 0 and self.factored:  # only token edges remain
+                self._tokens_last(out, st, lr, j)
+                break
+            if self._stays_factored(st, lr):
+                st = st.attention_T(lr)
+            else:
+                g = st.dense()
+                ga = g if lr.ln1_post is None else lr.ln1_post.truncate(n).apply_T(g)
+                st = _Factored.of_dense(g + lr.ln1.truncate(n).apply_T(lr.attn.apply_T(ga)))
             layer -= 1
             at_post = True
-        return nodes, out
+            self._consume(out, self._ready(st, layer, at_post), layer + 1, j)
+        return nodes, self.reach_cols[j][:m], out
 
-    def _consume(self, out: torch.Tensor, g: torch.Tensor, j: int, n: int) -> None:
+    def _tokens_last(self, out: torch.Tensor, st: _Factored, lr, reach: int) -> None:
+        """The token edges at ``R_0`` through layer 0's attention, without mapping the
+        rows back through ``W_V``: ``embed[q] · g[q] + (1 / s_q) sum_h tv_h[q] · gv_h[q]``
+        with ``gv_h = A_h^T (ln1_post^T g) W_O[h]^T`` and the tokens' value vectors
+        ``tv_h = apply_vec(embed) W_V[h]`` (``apply_vec``: the adjoint of ln1's
+        per-vector transpose)."""
+        rec, attn = self.rec, lr.attn
+        embed, tv = rec.embed, self.tok_values
+        loc = self.tok_loc[reach]
+        if st.g is not None:
+            g = st.g
+            n, B, _ = g.shape
+            ga = g if lr.ln1_post is None else lr.ln1_post.truncate(n).apply_T(g)
+            e = torch.einsum("nbd,nd->bn", g, embed[:n])
+            inv = lr.ln1.inv_scale(n)
+            for h, gv in enumerate(attn.apply_T_heads(ga)):
+                e += torch.einsum("nbe,ne->bn", gv.view(n, B, -1), tv[h, :n]) * inv
+            out[:, loc[:n]] = e
+            return
+        Ch, Ua = st.heads_T(lr)                      # [H, n, G, r], [B, r, d]
+        H, dh = attn.n_heads, attn.W_O.shape[1]
+        B, r, d = Ua.shape
+        z = (Ua.reshape(B * r, d) @ attn.W_O.reshape(H * dh, d).T).view(B, r, H, dh)
+        C, U = st.C, st.U
+        for k in range(C.shape[1]):
+            p1 = int(st.gpos[k]) + 1
+            b0, b1 = st.bounds[k], st.bounds[k + 1]
+            res = torch.einsum("brd,qd,qr->bq", U[b0:b1], embed[:p1], C[:p1, k])
+            head = torch.einsum("brhe,hqe,hqr->bq", z[b0:b1], tv[:, :p1], Ch[:, :p1, k])
+            out[b0:b1, loc[:p1]] = res + head
+
+    def _stays_factored(self, st: _Factored, lr) -> bool:
+        """Whether the attention transpose of layer ``lr`` keeps ``st`` factored."""
+        return self.factored and st.factored and st.r * (1 + lr.attn.n_heads) <= self.max_rank
+
+    def _ready(self, st: _Factored, layer: int, at_post: bool) -> _Factored:
+        """``st``, expanded now when the next layer's step needs it dense anyway (so it is
+        expanded once, for both the edges here and that step)."""
+        if st.factored and layer >= 0:
+            lr = self.rec.layers[layer]
+            if (at_post and lr.mlp is not None) or not self._stays_factored(st, lr):
+                st.dense()
+        return st
+
+    def _consume(self, out: torch.Tensor, st: _Factored, j: int, reach: int) -> None:
         """Edges from the sources that write at ``R_j`` (features and errors of layer
-        ``j - 1``; tokens when ``j == 0``)."""
+        ``j - 1``; tokens when ``j == 0``) into ``out``, whose columns are the sources of
+        ``reach``. Factored rows are expanded one group at a time (never the whole
+        batch)."""
+        if st.g is None:
+            for b0, b1, p1, gk in st.groups():
+                self._consume_g(out[b0:b1], gk, j, p1, reach)
+        else:
+            self._consume_g(out, st.g, j, st.g.shape[0], reach)
+
+    def _consume_g(self, out: torch.Tensor, g: torch.Tensor, j: int, n: int, reach: int
+                   ) -> None:
+        """:meth:`_consume` for gradients ``g [n, B, d]`` at positions ``0 .. n - 1``."""
         rec = self.rec
         if j == 0:
-            out[:, self.tok_col[:n]] = torch.einsum("nbd,nd->bn", g, rec.embed[:n])
+            out[:, self.tok_loc[reach][:n]] = torch.einsum("nbd,nd->bn", g, rec.embed[:n])
             return
         li = j - 1
-        lr = rec.layers[li]
-        out[:, self.err_col[li, :n]] = torch.einsum("nbd,nd->bn", g, lr.error[:n])
-        k = int(torch.searchsorted(lr.feat_pos, torch.tensor(n, device=lr.feat_pos.device)))
-        if k == 0:
-            return
-        # one product per position: [n, B, d] x [n, d, k_max] -> [n, B, k_max]
-        W = self.writes[li][:n]
-        e = torch.bmm(g, W.transpose(1, 2))  # [n, B, k_max]
-        e = e.transpose(0, 1).reshape(g.shape[1], -1)  # [B, n * k_max]
-        out[:, self.feat_cols[li][:k]] = e[:, self.slot[li][:k]]
-
+        c = self.src_upto[li][n - 1]
+        # one product per position: [n, B, d] x [n, d, k_max + 1] -> [n, B, k_max + 1]
+        e = torch.bmm(g, self.writes[li][:n].transpose(1, 2))
+        out[:, self.src_loc[reach][li][:c]] = e[self.src_q[li][:c], :, self.src_j[li][:c]].T
 
 def attribute(rec: Recording, targets: Sequence[Target] | None = None, *,
               max_feature_nodes: int | None = None, batch_size: int = 256,
@@ -263,8 +450,23 @@ def attribute(rec: Recording, targets: Sequence[Target] | None = None, *,
     ``weights``: how much each target counts in influence (default: the targets'
     probabilities for plain logit targets, normalised; equal weights otherwise).
     ``max_feature_nodes``: rows are computed for at most this many features (the most
-    influential ones); None: all active features.
+    influential ones); None: all active features. Attention patterns are recomputed once
+    per layer and kept during the call when all of them fit in ``PATTERN_CACHE_BYTES``.
     """
+    attns = [lr.attn for lr in rec.layers]
+    keep_patterns = sum(a.grid_bytes() for a in attns) <= PATTERN_CACHE_BYTES
+    for a in attns:
+        a.cache = {} if keep_patterns else None
+    try:
+        return _attribute(rec, targets, max_feature_nodes, batch_size, weights, tokenizer,
+                          progress, memory_bytes)
+    finally:
+        for a in attns:
+            a.cache = None
+
+
+def _attribute(rec, targets, max_feature_nodes, batch_size, weights, tokenizer, progress,
+               memory_bytes) -> Graph:
     targets = list(targets) if targets else top_logit_targets(rec)
     at = Attributor(rec, batch_size=batch_size, memory_bytes=memory_bytes)
     cols = at.cols
@@ -332,15 +534,11 @@ def attribute(rec: Recording, targets: Sequence[Target] | None = None, *,
     elif cap > 0:
         rounds = max(1, min(8, math.ceil(cap / max(1, batch_size))))
         per_round = math.ceil(cap / rounds)
+        level = torch.cat([cols.layer, torch.full((T,), rec.n_layers)])
         while int(computed[feat_node].sum()) < cap:
             x = torch.zeros(n_nodes)
-            x[tgt_ids] = w
-            infl = torch.zeros(n_nodes)
-            for _ in range(rec.n_layers + 3):
-                x = edges.propagate(x)
-                if not bool((x != 0).any()):
-                    break
-                infl += x
+            x[tgt_ids] = w.float()
+            infl = edges.sweep(x, level)
             cand = feat_node[~computed[feat_node]]
             score = infl[cand]
             take = min(per_round, cap - int(computed[feat_node].sum()))
@@ -348,7 +546,6 @@ def attribute(rec: Recording, targets: Sequence[Target] | None = None, *,
             run_features(torch.sort(chosen).values)
     in_graph = torch.ones(n_nodes, dtype=torch.bool)
     in_graph[feat_node] = computed[feat_node]
-    edges.mask_columns(in_graph[: cols.n])
     acts = torch.cat([cols.act, torch.tensor(values, dtype=torch.float32)])
     nodes = Nodes(kind=torch.cat([cols.kind, torch.full((T,), TARGET, dtype=torch.int8)]),
                   layer=torch.cat([cols.layer, torch.full((T,), rec.n_layers)]),
@@ -378,16 +575,15 @@ def attribute(rec: Recording, targets: Sequence[Target] | None = None, *,
 
 
 def _drop_nodes(g: Graph, keep: torch.Tensor) -> Graph:
-    """The graph without the nodes where ``keep`` is False (unattributed features)."""
+    """The graph without the nodes where ``keep`` is False (unattributed features);
+    the edge blocks are cut in place, one at a time."""
     ids = keep.nonzero().flatten()
     new_id = torch.full((len(g.nodes),), -1, dtype=torch.long)
     new_id[ids] = torch.arange(ids.numel())
     nodes = g.nodes.subset(ids)
-    src_keep = keep[: g.nodes.n_sources]
-    edges = EdgeRows(n_cols=nodes.n_sources)
-    for r, v in g.edges:
-        m = v.shape[1]
-        edges.add(new_id[r], v[:, src_keep[:m]])
+    edges = g.edges
+    edges.select_columns(keep[: g.nodes.n_sources], new_id, nodes.n_sources)
+    edges.blocks = [(new_id[r], c, v) for r, c, v in edges.blocks]
     return Graph(nodes=nodes, edges=edges, tokens=g.tokens, targets=g.targets,
                  n_layers=g.n_layers, target_weights=g.target_weights, info=g.info,
                  token_strs=g.token_strs)

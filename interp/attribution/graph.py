@@ -15,10 +15,14 @@ that writes the node (-1 for tokens; ``n_layers`` for targets), ``pos`` its posi
 
 Edges (:class:`EdgeRows`): the adjacency ``A[target node, source node]`` stored by
 rows, only for nodes that have incoming edges (features that were attributed and the
-targets). Because sources are position-major, a row whose node sits at position ``p``
-can only have edges from the first ``prefix_end[p]`` columns, so rows are stored in
-blocks of dense prefixes (about half a dense matrix, exact, no index arrays). Nothing
-of size ``N x N`` is ever built: influence is a sequence of products with these blocks.
+targets). A row of a node at position ``p`` written by layer ``l`` (targets: ``l =
+n_layers``) can only have edges from sources at positions ``<= p`` written below ``l``
+(tokens, and features and errors of layers ``< l``): rows are stored in blocks of
+dense values over exactly those columns (one sorted column list per block, shared by
+the blocks of one layer), about a quarter of a dense matrix, exact. Nothing of size
+``N x N`` is ever built: influence and total effects are one sweep over the blocks,
+highest layer first (edges only go from lower to higher layers, so every row's input
+is complete when its block is read).
 """
 
 from __future__ import annotations
@@ -59,72 +63,107 @@ class Nodes:
                      self.activation[keep], n_src, pe)
 
 
+SWEEP_CHUNK_ELEMENTS = 1 << 24  # values read per product in a sweep (bounds temporaries)
+
+
 @dataclass
 class EdgeRows:
-    """Rows of the adjacency in blocks: ``(node ids [b], values [b, m])``, where the
-    row's edges come from source columns ``0 .. m-1`` (module docstring)."""
+    """Rows of the adjacency in blocks ``(node ids [b], source columns [k], values [b,
+    k])``: the edge into node ``rows[i]`` from source ``cols[j]`` is ``vals[i, j]``; all
+    other entries of those rows are zero (module docstring)."""
 
     n_cols: int
-    blocks: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    blocks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(
+        default_factory=list)
 
-    def add(self, rows: torch.Tensor, vals: torch.Tensor) -> None:
-        self.blocks.append((rows.cpu(), vals.cpu()))
+    def add(self, rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor) -> None:
+        self.blocks.append((rows.cpu(), cols.cpu(), vals.cpu()))
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         return iter(self.blocks)
 
     def row_ids(self) -> torch.Tensor:
         if not self.blocks:
             return torch.zeros(0, dtype=torch.long)
-        return torch.cat([r for r, _ in self.blocks])
+        return torch.cat([r for r, _, _ in self.blocks])
 
     def nbytes(self) -> int:
-        return sum(v.numel() * v.element_size() for _, v in self.blocks)
+        """Bytes of the stored values (column lists are shared and not counted)."""
+        return sum(v.numel() * v.element_size() for _, _, v in self.blocks)
 
     def n_edges(self) -> int:
-        return sum(int((v != 0).sum()) for _, v in self.blocks)
+        return sum(int((v != 0).sum()) for _, _, v in self.blocks)
+
+    def _dtype(self) -> torch.dtype:
+        return self.blocks[0][2].dtype if self.blocks else torch.float32
 
     def row(self, node: int) -> torch.Tensor:
         """One node's incoming edges over all source columns ``[n_cols]`` (zeros if the
         node has no row)."""
-        dt = self.blocks[0][1].dtype if self.blocks else torch.float32
-        out = torch.zeros(self.n_cols, dtype=dt)
-        for r, v in self.blocks:
+        out = torch.zeros(self.n_cols, dtype=self._dtype())
+        for r, c, v in self.blocks:
             hit = (r == node).nonzero()
             if hit.numel():
-                out[: v.shape[1]] = v[int(hit[0, 0])]
+                out[c] = v[int(hit[0, 0])]
                 return out
         return out
 
     def dense(self, n_nodes: int) -> torch.Tensor:
         """``[n_nodes, n_nodes]`` dense adjacency: for tests and small graphs only."""
-        dt = self.blocks[0][1].dtype if self.blocks else torch.float32
-        a = torch.zeros(n_nodes, n_nodes, dtype=dt)
-        for r, v in self.blocks:
-            a[r, : v.shape[1]] = v
+        a = torch.zeros(n_nodes, n_nodes, dtype=self._dtype())
+        for r, c, v in self.blocks:
+            a[r[:, None], c[None, :]] = v
         return a
 
-    def mask_columns(self, keep: torch.Tensor) -> None:
-        """Zero the edges from columns where ``keep [n_cols]`` is False (in place)."""
-        for _, v in self.blocks:
-            v[:, ~keep[: v.shape[1]]] = 0.0
+    def select_columns(self, keep: torch.Tensor, new_id: torch.Tensor, n_cols: int) -> None:
+        """Keep only the edges from columns where ``keep [n_cols]`` is True and renumber
+        those columns by ``new_id`` (in place, one block at a time)."""
+        for i, (r, c, v) in enumerate(self.blocks):
+            k = keep[c]
+            if bool(k.all()):
+                self.blocks[i] = (r, new_id[c], v)
+            else:
+                self.blocks[i] = (r, new_id[c[k]], v[:, k].contiguous())
+            del v
+        self.n_cols = n_cols
 
-    def propagate(self, x: torch.Tensor, normalise: bool = True, signed: bool = False
-                  ) -> torch.Tensor:
-        """``y[c] = sum_r x[r] · Â[r, c]`` with ``Â = |A|`` (row-normalised when
-        ``normalise``; ``signed``: ``A`` itself): one step flowing from targets back to
-        sources. ``x`` is ``[N]`` or a stack ``[k, N]``."""
-        y = torch.zeros_like(x)
-        for r, v in self.blocks:
-            xr = x[..., r]
-            if not bool((xr != 0).any()):
+    def sweep(self, x0: torch.Tensor, level: torch.Tensor, normalise: bool = True,
+              signed: bool = False, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """Everything that flows from ``x0`` back to the sources, over paths of any
+        length: ``z[c] = sum_r m[r] · Â[r, c]`` with ``m = x0 + z`` (``x0 + z · scale``
+        with ``scale [N]``), ``Â = |A|`` (``signed``: ``A``), row-normalised when
+        ``normalise``. ``x0`` is ``[N]`` or a stack ``[k, N]``; ``level [N]``: a level
+        per node such that every edge goes from a lower to a higher level (the layer).
+
+        Rows are read highest level first, so each row's ``z`` is complete when it is
+        used: one pass over the blocks instead of one per path length."""
+        z = torch.zeros_like(x0)
+        items = []
+        for bi, (r, _, _) in enumerate(self.blocks):
+            lv = level[r]
+            for val in torch.unique(lv).tolist():
+                sel = lv == val
+                items.append((val, bi, None if bool(sel.all()) else sel.nonzero().flatten()))
+        items.sort(key=lambda t: (-t[0], t[1]))
+        for _, bi, sel in items:
+            r, c, v = self.blocks[bi]
+            if sel is not None:
+                r, v = r[sel], v[sel]
+            m = x0[..., r] + (z[..., r] if scale is None else z[..., r] * scale[r])
+            nz = (m != 0) if m.dim() == 1 else (m != 0).any(0)
+            if not bool(nz.any()):
                 continue
-            a = v.to(x.dtype) if signed else v.abs().to(x.dtype)
-            if normalise:
-                s = a.sum(1)
-                xr = torch.where(s > 0, xr / s.clamp_min(1e-30), torch.zeros_like(xr))
-            y[..., : v.shape[1]] += xr @ a
-        return y
+            step = max(1, SWEEP_CHUNK_ELEMENTS // max(1, v.shape[1]))
+            for i in range(0, v.shape[0], step):
+                a = v[i: i + step].to(x0.dtype)
+                if not signed:
+                    a = a.abs()
+                mi = m[..., i: i + step]
+                if normalise:
+                    s = a.sum(1)
+                    mi = torch.where(s > 0, mi / s.clamp_min(1e-30), torch.zeros_like(mi))
+                z.index_add_(z.dim() - 1, c, mi @ a)
+        return z
 
 
 @dataclass
@@ -177,26 +216,13 @@ class Graph:
         is_feat = n.kind == FEATURE
         scale = torch.where(is_feat & (act != 0), 1.0 / act.where(act != 0, torch.ones_like(act)),
                             torch.zeros_like(act))
-        total = torch.zeros_like(x)
-        for _ in range(self.n_layers + 3):
-            y = self.edges.propagate(x, normalise=False, signed=True)
-            if not bool((y != 0).any()):
-                break
-            total += y
-            x = y * scale
+        total = self.edges.sweep(x, n.layer, normalise=False, signed=True, scale=scale)
         return total if many else total[0]
 
-    def influence(self, max_steps: int | None = None) -> torch.Tensor:
+    def influence(self) -> torch.Tensor:
         """Each node's influence on the targets: ``I = sum_{k>=1} w Â^k`` with ``w`` the
-        target weights and ``Â`` the row-normalised ``|A|`` (circuit-tracer's measure);
-        the graph is acyclic, so the sum ends after at most ``n_layers + 2`` steps."""
+        target weights and ``Â`` the row-normalised ``|A|`` (circuit-tracer's measure),
+        in one sweep (:meth:`EdgeRows.sweep`)."""
         x = torch.zeros(len(self.nodes))
-        x[self.target_ids()] = self.target_weights
-        total = torch.zeros_like(x)
-        steps = max_steps or (self.n_layers + 3)
-        for _ in range(steps):
-            x = self.edges.propagate(x)
-            if not bool((x != 0).any()):
-                break
-            total += x
-        return total
+        x[self.target_ids()] = self.target_weights.float()
+        return self.edges.sweep(x, self.nodes.layer)

@@ -6,8 +6,10 @@ Around one forward pass of one prompt, every piece of a block becomes linear:
   its recorded value, so ``n(x) = c(x) / s · w (+ b)`` with ``c`` the centring
   (LayerNorm) or the identity (RMSNorm) is affine in ``x``; post-norms likewise;
 * **attention**: the pattern ``A_h`` is frozen (recomputed from the recorded queries and
-  keys, one block of query rows at a time, so no layer's whole pattern is ever kept);
-  the value path ``out_i = sum_h sum_j A_h[i, j] · n1(x_j) W_V[h] W_O[h]`` is linear;
+  keys, in causal blocks of query rows on a fixed grid; the blocks are kept only while
+  ``cache`` is a dict, which :func:`~interp.attribution.engine.attribute` sets when all
+  layers' patterns fit in ``PATTERN_CACHE_BYTES``); the value path ``out_i = sum_h sum_j
+  A_h[i, j] · n1(x_j) W_V[h] W_O[h]`` is linear;
 * **kept MLPs** (adapters' base MLPs), the *RelP rule*: the activation is
   ``x · stopgrad(act(x) / x)`` (for SiLU: ``x · stopgrad(sigmoid(x))``) and a gated
   product ``act(gate) · up`` passes half of its gradient through each factor. For a
@@ -19,19 +21,25 @@ Around one forward pass of one prompt, every piece of a block becomes linear:
 
 Each piece has ``apply`` (the linear map, used by the tests' independent model and by
 error nodes) and ``apply_T`` (its transpose, the backward pass that makes the edges).
-Shapes: one prompt of ``P`` positions; batches ``B`` of target rows.
+For rows held factored (position coefficients times per-row vectors, see
+:mod:`interp.attribution.engine`) the transposes also come split: a norm's
+``inv_scale`` (per position) and ``apply_T_vec`` (per vector); attention's
+``pattern_rows`` / ``pattern_T`` (``A_h^T`` on position coefficients) and ``value_T``
+(``W_O[h]^T W_V[h]^T`` on vectors). Shapes: one prompt of ``P`` positions; batches ``B``
+of target rows.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from ..errors import ConfigError
 
 PATTERN_BLOCK_BYTES = 32 << 20  # query rows recomputed per block of at most this size
+PATTERN_CACHE_BYTES = 1 << 30   # all layers' patterns are kept when they fit in this
 
 
 # ---------------------------------------------------------------------- norms
@@ -63,6 +71,26 @@ class FrozenNorm:
         if self.center:
             g = g - g.mean(-1, keepdim=True)
         return g
+
+    def inv_scale(self, n: int) -> torch.Tensor:
+        """``1 / s`` of the first ``n`` positions: the transpose's per-position part."""
+        return 1.0 / self.s[:n]
+
+    def apply_T_vec(self, u: torch.Tensor) -> torch.Tensor:
+        """The transpose's per-vector part (gain, then centring) on ``u [..., d]``:
+        ``apply_T(g)[p] == inv_scale[p] * apply_T_vec(g[p])``."""
+        if self.w is not None:
+            u = u * self.w
+        if self.center:
+            u = u - u.mean(-1, keepdim=True)
+        return u
+
+    def apply_vec(self, e: torch.Tensor) -> torch.Tensor:
+        """The forward map's per-vector part (centring, then gain) on ``e [..., d]``,
+        the adjoint of :meth:`apply_T_vec`: ``<apply_T_vec(u), e> == <u, apply_vec(e)>``."""
+        if self.center:
+            e = e - e.mean(-1, keepdim=True)
+        return e * self.w if self.w is not None else e
 
     def without_gain(self) -> FrozenNorm:
         return FrozenNorm(self.s, None, self.center)
@@ -159,16 +187,38 @@ class LinearAttention:
         self.W_O = attn.W_O.detach().to(dtype)  # [H, dh, d]
         self.n_heads = self.W_V.shape[0]
         self.dtype = dtype
+        P = q.shape[0]
+        # a fixed grid of query-row blocks (causal: block i0:i1 reaches keys 0:i1 only)
+        self.block = max(16, min(P, max(32, P // 8),
+                                 PATTERN_BLOCK_BYTES // max(1, 4 * self.n_heads * P)))
+        self.cache: dict[int, torch.Tensor] | None = None  # block start -> pattern block
 
-    def pattern(self, i0: int, i1: int) -> torch.Tensor:
-        """Rows ``i0:i1`` of the pattern over keys ``0:i1``: ``[H, i1 - i0, i1]``."""
+    def grid_bytes(self) -> int:
+        """Bytes of this layer's whole pattern stored as the grid's blocks."""
+        P, b = self.q.shape[0], self.block
+        es = torch.finfo(self.dtype).bits // 8
+        return sum(self.n_heads * (min(P, i0 + b) - i0) * min(P, i0 + b) * es
+                   for i0 in range(0, P, b))
+
+    def blocks(self, n: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """The pattern's rows ``0 .. n - 1`` as ``(i0, i1, A[:, i0:i1, :i1])`` on the
+        grid, last block first; kept for reuse when ``cache`` is a dict."""
+        P, b = self.q.shape[0], self.block
+        for i0 in reversed(range(0, n, b)):
+            i1 = min(n, i0 + b)
+            if self.cache is None:
+                yield i0, i1, self.pattern(i0, i1)
+                continue
+            a = self.cache.get(i0)
+            if a is None:
+                a = self.cache[i0] = self.pattern(i0, min(P, i0 + b))
+            yield i0, i1, a[:, : i1 - i0, :i1]
+
+    def _softmax(self, scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Pattern ``[H, rows, keys]`` from scores ``[1, H, rows, keys]`` and a causal
+        ``mask [rows, keys]`` (None: nothing masked)."""
         attn = self.attn
-        q = self.q[i0:i1].unsqueeze(0)
-        k = self.k[:i1].unsqueeze(0)
-        scores = attn.calculate_attention_scores(q, k)  # [1, H, rows, keys]
-        if (attn._attention_dir_override or attn.cfg.attention_dir) == "causal":
-            mask = attn._make_causal_mask(query_ctx_length=i1 - i0, key_ctx_length=i1,
-                                          past_kv_pos_offset=i0, device=scores.device)
+        if mask is not None:
             scores = torch.where(mask, scores, attn.IGNORE.to(scores.device))
         scores = scores.to(self.dtype)
         if attn.cfg.use_attention_sinks:
@@ -179,6 +229,56 @@ class LinearAttention:
         else:
             pat = torch.softmax(scores, -1)
         return torch.nan_to_num(pat[0], nan=0.0)
+
+    def _causal(self) -> bool:
+        return (self.attn._attention_dir_override or self.attn.cfg.attention_dir) == "causal"
+
+    def pattern(self, i0: int, i1: int) -> torch.Tensor:
+        """Rows ``i0:i1`` of the pattern over keys ``0:i1``: ``[H, i1 - i0, i1]``."""
+        attn = self.attn
+        q = self.q[i0:i1].unsqueeze(0)
+        k = self.k[:i1].unsqueeze(0)
+        scores = attn.calculate_attention_scores(q, k)  # [1, H, rows, keys]
+        mask = None
+        if self._causal():
+            mask = attn._make_causal_mask(query_ctx_length=i1 - i0, key_ctx_length=i1,
+                                          past_kv_pos_offset=i0, device=scores.device)
+        return self._softmax(scores, mask)
+
+    def pattern_rows(self, pos: torch.Tensor) -> torch.Tensor:
+        """The pattern rows of positions ``pos [G]`` over keys ``0 : max(pos) + 1``:
+        ``[H, G, max(pos) + 1]``."""
+        n = int(pos.max()) + 1
+        pos = pos.to(self.q.device)
+        scores = self.attn.calculate_attention_scores(self.q[pos].unsqueeze(0),
+                                                      self.k[:n].unsqueeze(0))
+        mask = None
+        if self._causal():
+            mask = torch.arange(n, device=pos.device)[None, :] <= pos[:, None]
+        return self._softmax(scores, mask)
+
+    def value_T(self, u: torch.Tensor) -> torch.Tensor:
+        """Per-head transpose of the value path on vectors: ``u [m, d] -> [H, m, d]``,
+        ``u W_O[h]^T W_V[h]^T`` (no pattern)."""
+        H, dh, d = self.W_O.shape
+        z = (u @ self.W_O.reshape(H * dh, d).T).reshape(-1, H, dh).transpose(0, 1)
+        return torch.bmm(z, self.W_V.transpose(1, 2))
+
+    def pattern_T(self, c: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """``A_h^T c`` for every head: ``c [n, R]`` (columns of position coefficients)
+        -> ``[H, n, R]``. ``last [R]`` (ascending): column ``r`` is zero after position
+        ``last[r]``, so a block of pattern rows ``i0:i1`` meets only the columns with
+        ``last >= i0``."""
+        n, R = c.shape
+        H = self.n_heads
+        out = torch.zeros(H, n, R, dtype=c.dtype, device=c.device)
+        for i0, i1, a in self.blocks(n):
+            c0 = int(torch.searchsorted(last, torch.tensor(i0, device=last.device)))
+            if c0 >= R:
+                continue
+            x = c[i0:i1, c0:]
+            out[:, :i1, c0:].baddbmm_(a.transpose(1, 2), x.unsqueeze(0).expand(H, -1, -1))
+        return out
 
     def _block_rows(self, n: int) -> int:
         return max(1, min(n, PATTERN_BLOCK_BYTES // max(1, 4 * self.n_heads * n)))
@@ -198,39 +298,35 @@ class LinearAttention:
             out = out + z @ self.W_O[h]
         return out
 
-    def apply_T(self, g: torch.Tensor, rows_at: torch.Tensor | None = None) -> torch.Tensor:
-        """Transpose: gradient at the attention output ``g [n, B, d]`` (positions first)
-        -> gradient at the value input ``[n, B, d]``.
+    def values(self, x: torch.Tensor) -> torch.Tensor:
+        """The value vectors of value inputs ``x [n, d]``: ``[H, n, dh]``."""
+        return torch.einsum("nd,hde->hne", x, self.W_V)
 
-        ``rows_at [B]``: when every row's gradient sits at one position (``g[:, b]`` is
-        zero elsewhere, as right above a target), only those pattern rows are used.
-        Otherwise each head costs three matrix products and no copies: ``g W_O[h]^T``,
-        ``A_h^T ·`` (in causal blocks of query rows) and ``· W_V[h]^T``.
-        """
+    def apply_T(self, g: torch.Tensor) -> torch.Tensor:
+        """Transpose: gradient at the attention output ``g [n, B, d]`` (positions first)
+        -> gradient at the value input ``[n, B, d]``. Each head costs three matrix
+        products and no copies: ``g W_O[h]^T``, ``A_h^T ·`` (in causal blocks of query
+        rows) and ``· W_V[h]^T``."""
         n, B, d = g.shape
-        if rows_at is not None:
-            g1 = g[rows_at, torch.arange(B, device=g.device)]  # [B, d]
-            # u[b, h] = (g1[b] W_O[h]^T) W_V[h]^T   [B, H, d]
-            u = torch.einsum("bd,hed,hfe->bhf", g1, self.W_O, self.W_V)
-            lo = int(rows_at.min())
-            a = self.pattern(lo, n)[:, rows_at - lo]  # [H, B, n] (one row per target)
-            return torch.einsum("hbk,bhd->kbd", a, u)
+        dh = self.W_O.shape[1]
+        gv = self.apply_T_heads(g)
+        out = gv[0].reshape(n * B, dh) @ self.W_V[0].T
+        for h in range(1, self.n_heads):
+            out.addmm_(gv[h].reshape(n * B, dh), self.W_V[h].T)
+        return out.reshape(n, B, d)
+
+    def apply_T_heads(self, g: torch.Tensor) -> list[torch.Tensor]:
+        """The gradient at each head's value vectors: ``A_h^T (g W_O[h]^T)`` for ``g [n,
+        B, d]``, per head ``[n, B * dh]``."""
+        n, B, d = g.shape
         H, dh = self.n_heads, self.W_O.shape[1]
         g2 = g.reshape(n * B, d)
         gz = [(g2 @ self.W_O[h].T).reshape(n, B * dh) for h in range(H)]
         gv = [None] * H
-        blk = min(self._block_rows(n), max(64, n // 4))
-        for i1 in range(n, 0, -blk):  # causal: rows i0:i1 reach keys 0:i1 only
-            i0 = max(0, i1 - blk)
-            a = self.pattern(i0, i1)  # [H, rows, i1]
+        for i0, i1, a in self.blocks(n):  # a: [H, rows, i1]
             for h in range(H):
-                part = a[h].T @ gz[h][i0:i1]  # [i1, B dh]
-                if gv[h] is None:
-                    gv[h] = part
+                if gv[h] is None:  # the first block (i1 = n) covers every key
+                    gv[h] = a[h].T @ gz[h][i0:i1]  # [n, B dh]
                 else:
-                    gv[h][:i1] += part
-        del gz
-        out = gv[0].reshape(n * B, dh) @ self.W_V[0].T
-        for h in range(1, H):
-            out.addmm_(gv[h].reshape(n * B, dh), self.W_V[h].T)
-        return out.reshape(n, B, d)
+                    gv[h][:i1].addmm_(a[h].T, gz[h][i0:i1])
+        return gv

@@ -16,8 +16,10 @@ Definitions (circuit-tracer's, so figures compare):
   tokens (``I_tokens / (I_tokens + I_errors)``); **completeness score**: influence-weighted
   mean over nodes of the share of their normalised inputs that is not from errors.
 
-The node-pruned graph is small by construction, so only it is ever held as a dense
-matrix (rows and columns of kept nodes); the full graph stays in its blocks.
+Only the node-pruned graph is ever held as a dense matrix, and only its rows that have
+edges (kept features and targets) by all kept nodes; the full graph stays in its
+blocks. ``max_nodes`` keeps that matrix small on long prompts (a ConfigError says so
+when it would pass ``DENSE_ELEMENT_LIMIT``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from .graph import ERROR, FEATURE, TARGET, TOKEN, Graph
 
 DEFAULT_NODE_THRESHOLD = 0.8
 DEFAULT_EDGE_THRESHOLD = 0.98
-DENSE_NODE_LIMIT = 20_000
+DENSE_ELEMENT_LIMIT = 50_000_000  # rows x columns of the node-pruned matrix
 
 
 def find_threshold(scores: torch.Tensor, fraction: float) -> float:
@@ -62,10 +64,13 @@ def _normalise(a: torch.Tensor) -> torch.Tensor:
     return a / a.sum(1, keepdim=True).clamp_min(1e-30)
 
 
-def _dense_influence(norm: torch.Tensor, w: torch.Tensor, steps: int) -> torch.Tensor:
+def _dense_influence(norm: torch.Tensor, row_k: torch.Tensor, w: torch.Tensor, steps: int
+                     ) -> torch.Tensor:
+    """``sum_{k>=1} w Â^k`` for ``Â`` given by its rows ``norm [R, K]`` (the rows of nodes
+    ``row_k [R]``; other rows are zero)."""
     x, total = w, torch.zeros_like(w)
     for _ in range(steps):
-        x = x @ norm
+        x = x[row_k] @ norm
         if not bool((x != 0).any()):
             break
         total = total + x
@@ -103,10 +108,10 @@ def graph_scores(graph: Graph, influence: torch.Tensor | None = None) -> dict[st
     out_infl = infl + w
     den = float(out_infl.sum())
     non_err = torch.ones(len(nodes))
-    for r, v in graph.edges:
+    for r, c, v in graph.edges:
         a = v.abs().float()
         s = a.sum(1)
-        e = a[:, is_err[: v.shape[1]]].sum(1)
+        e = a[:, is_err[c]].sum(1)
         non_err[r] = torch.where(s > 0, 1 - e / s.clamp_min(1e-30), torch.ones_like(s))
     num = float((non_err * out_infl).sum())
     return {"replacement": tok / (tok + err) if tok + err > 0 else float("nan"),
@@ -136,57 +141,73 @@ def prune(graph: Graph, node_threshold: float = DEFAULT_NODE_THRESHOLD,
     keep |= always
     ids = keep.nonzero().flatten()
     K = ids.numel()
-    if K > DENSE_NODE_LIMIT:
-        raise ConfigError(
-            f"{K} nodes survive a node threshold of {node_threshold}; lower it or set "
-            f"max_nodes (at most {DENSE_NODE_LIMIT} are pruned at once)")
     local = torch.full((N,), -1, dtype=torch.long)
     local[ids] = torch.arange(K)
-    sub = torch.zeros(K, K)
-    for r, v in graph.edges:
-        rk = local[r]
+    # the node-pruned matrix, by rows: only kept nodes with edge rows have any
+    has_row = torch.zeros(N, dtype=torch.bool)
+    rows_all = graph.edges.row_ids()
+    has_row[rows_all] = True
+    row_ids = ids[has_row[ids]]
+    R = row_ids.numel()
+    if R * K > DENSE_ELEMENT_LIMIT:
+        raise ConfigError(
+            f"{K} nodes ({R} with edge rows) survive a node threshold of {node_threshold}; "
+            f"lower it or set max_nodes (at most {DENSE_ELEMENT_LIMIT:,} rows x nodes are "
+            "pruned at once)")
+    row_k = local[row_ids]              # [R] node-pruned index of each row
+    row_of = torch.full((N,), -1, dtype=torch.long)
+    row_of[row_ids] = torch.arange(R)
+    sub = torch.zeros(R, K)
+    for r, c, v in graph.edges:
+        rk = row_of[r]
         sel = rk >= 0
         if not bool(sel.any()):
             continue
-        cols = ids[ids < v.shape[1]]
-        sub[rk[sel][:, None], local[cols][None, :]] = v[sel][:, cols].float()
+        ck = local[c]
+        csel = ck >= 0
+        sub[rk[sel][:, None], ck[csel][None, :]] = v[sel][:, csel].float()
     w = torch.zeros(K)
     tloc = local[graph.target_ids()]
     w[tloc] = graph.target_weights.float()
     steps = graph.n_layers + 3
     norm = _normalise(sub)
-    infl_p = _dense_influence(norm, w, steps)
-    scores = norm * (infl_p + w)[:, None]
+    infl_p = _dense_influence(norm, row_k, w, steps)
+    scores = norm * (infl_p + w)[row_k][:, None]
     emask = (scores >= find_threshold(scores, edge_threshold)) & (sub != 0)
+    del scores
     kind = nodes.kind[ids]
     is_feat = kind == FEATURE
     is_src_prunable = (kind == FEATURE) | (kind == ERROR)
     nmask = torch.ones(K, dtype=torch.bool)
     while True:
         old = nmask.clone()
-        emask &= nmask[:, None] & nmask[None, :]
+        emask &= nmask[row_k][:, None] & nmask[None, :]
+        has_in = torch.zeros(K, dtype=torch.bool)
+        has_in[row_k] = emask.any(1)
         nmask &= ~is_src_prunable | emask.any(0)
-        nmask &= ~is_feat | emask.any(1)
+        nmask &= ~is_feat | has_in
         if bool((nmask == old).all()):
             break
-    emask &= nmask[:, None] & nmask[None, :]
+    emask &= nmask[row_k][:, None] & nmask[None, :]
     t, s = emask.nonzero(as_tuple=True)
     # pruned-graph scores, on the kept nodes
-    kept_norm = _normalise(sub * emask)
-    infl_k = _dense_influence(kept_norm, w, steps)
+    kept = sub * emask
+    kept_norm = _normalise(kept)
+    infl_k = _dense_influence(kept_norm, row_k, w, steps)
     is_err = kind == ERROR
     tok = float(infl_k[kind == TOKEN].sum())
     err = float(infl_k[is_err].sum())
     out_k = infl_k + w
-    non_err = 1 - kept_norm[:, is_err].sum(1)
-    has_in = (sub * emask).abs().sum(1) > 0
-    non_err = torch.where(has_in, non_err, torch.ones_like(non_err))
+    non_err = torch.ones(K)
+    has_in = kept.abs().sum(1) > 0
+    non_err[row_k] = torch.where(has_in, 1 - kept_norm[:, is_err].sum(1),
+                                 torch.ones(R))
     full = graph_scores(graph, infl)
     sc: dict[str, Any] = {"replacement": full["replacement"],
                           "completeness": full["completeness"],
                           "replacement_pruned": tok / (tok + err) if tok + err > 0 else
                           float("nan"),
                           "completeness_pruned": float((non_err * out_k).sum() / out_k.sum())}
-    return Pruned(nodes=ids[nmask], edge_targets=ids[t], edge_sources=ids[s],
+    return Pruned(nodes=ids[nmask], edge_targets=row_ids[t], edge_sources=ids[s],
                   edge_weights=sub[t, s], influence=infl, cumulative=cumulative_scores(infl),
                   node_threshold=node_threshold, edge_threshold=edge_threshold, scores=sc)
