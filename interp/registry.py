@@ -32,4 +32,5 @@ COMMAND_MODULES: list[str] = [
     "interp.vectors.cli",
     "interp.jobs",
     "interp.store_cli",
+    "interp.distributed",
 ]

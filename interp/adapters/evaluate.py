@@ -30,26 +30,38 @@ from .module import AdapterSet, FeatureMask
 MECHANISMS = ("error", "verify")
 
 
+SUM_KEYS = ("kl_a", "kl_h", "ce_r", "ce_h", "ce_a", "n_tok", "n_ce", "n_seq")
+SITE_KEYS = ("num_a", "num_h", "den", "br_a2r", "br_r2a")
+
+
 @torch.no_grad()
 def faithfulness(model: AdapterModel, tokenizer: Any, n: int = 256, source: str = "traces",
                  seed: int = 1234, batch_size: int = 64, max_len: int = 256,
                  mask: FeatureMask | None = None, progress=None) -> dict[str, Any]:
     """Faithfulness and sparsity figures (see the module docstring); lists are per layer
     (``[L]``) or per residual site / cutoff (``[L+1]``)."""
+    batches = faith_batches(model, tokenizer, n, source, seed, batch_size, max_len)
+    return faithfulness_from_sums(faithfulness_sums(model, batches, mask, progress))
+
+
+def faith_batches(model: AdapterModel, tokenizer: Any, n: int, source: str = "traces",
+                  seed: int = 1234, batch_size: int = 64, max_len: int = 256
+                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The held-out batches :func:`faithfulness` evaluates on."""
+    return eval_batches(tokenizer, n, batch_size, seed, source,
+                        min(max_len, model.hybrid.cfg.n_ctx), vocab_size=model.hybrid.cfg.d_vocab)
+
+
+@torch.no_grad()
+def faithfulness_sums(model: AdapterModel, batches: list[tuple[torch.Tensor, torch.Tensor]],
+                      mask: FeatureMask | None = None, progress=None) -> dict[str, torch.Tensor]:
+    """Each batch's sums behind :func:`faithfulness` (the activation statistics a split
+    evaluation collects per rank): ``SUM_KEYS`` ``[n_batches]`` (float64), ``SITE_KEYS``
+    ``[n_batches, L+1]`` (float64), ``l0`` ``[n_batches, L]`` (active features summed over
+    tokens), ``fired`` ``[n_batches, L, d_sae]`` (bool)."""
     L, d_sae = model.n_layers, model.adapters.d_sae
     dev = model.device
-    max_len = min(max_len, model.hybrid.cfg.n_ctx)
-    batches = eval_batches(tokenizer, n, batch_size, seed, source, max_len,
-                           vocab_size=model.hybrid.cfg.d_vocab)
-    acc = {k: 0.0 for k in ("kl_a", "kl_h", "ce_r", "ce_h", "ce_a", "n_tok", "n_ce")}
-    num_a = torch.zeros(L + 1)
-    num_h = torch.zeros(L + 1)
-    den = torch.zeros(L + 1)
-    l0 = torch.zeros(L)
-    fired = torch.zeros(L, d_sae, dtype=torch.bool)
-    br_a2r = torch.zeros(L + 1)
-    br_r2a = torch.zeros(L + 1)
-    n_seq = 0
+    rows: list[dict[str, Any]] = []
     for bi, (tokens, valid) in enumerate(batches):
         tokens, valid = tokens.to(dev), valid.to(dev)
         v = valid.float()
@@ -57,32 +69,67 @@ def faithfulness(model: AdapterModel, tokenizer: Any, n: int = 256, source: str 
         hyb = model(tokens, "base")
         ad = model(tokens, "adapt", mask=mask)
         logp_r = torch.log_softmax(ref.logits.float(), -1)
-        acc["kl_a"] += float((token_kl(logp_r, ad.logits) * v).sum())
-        acc["kl_h"] += float((token_kl(logp_r, hyb.logits) * v).sum())
-        acc["n_tok"] += float(v.sum())
+        r: dict[str, Any] = {"kl_a": float((token_kl(logp_r, ad.logits) * v).sum()),
+                             "kl_h": float((token_kl(logp_r, hyb.logits) * v).sum()),
+                             "n_tok": float(v.sum())}
         tgt = tokens[:, 1:]
         vce = (valid[:, 1:] & valid[:, :-1]).float()
         for key, lg in (("ce_r", ref.logits), ("ce_h", hyb.logits), ("ce_a", ad.logits)):
             lp = torch.log_softmax(lg[:, :-1].float(), -1).gather(-1, tgt[..., None])[..., 0]
-            acc[key] += float((-lp * vce).sum())
-        acc["n_ce"] += float(vce.sum())
+            r[key] = float((-lp * vce).sum())
+        r["n_ce"] = float(vce.sum())
         vv = v.unsqueeze(-1)
-        for s in range(L + 1):
-            hr = ref.resid[s].float()
-            num_a[s] += float(((ad.resid[s].float() - hr).pow(2) * vv).sum())
-            num_h[s] += float(((hyb.resid[s].float() - hr).pow(2) * vv).sum())
-            den[s] += float((hr.pow(2) * vv).sum())
+        for k in SITE_KEYS:
+            r[k] = [0.0] * (L + 1)
+        for site in range(L + 1):
+            hr = ref.resid[site].float()
+            r["num_a"][site] = float(((ad.resid[site].float() - hr).pow(2) * vv).sum())
+            r["num_h"][site] = float(((hyb.resid[site].float() - hr).pow(2) * vv).sum())
+            r["den"][site] = float((hr.pow(2) * vv).sum())
+        r["l0"] = [0.0] * L
+        fired = torch.zeros(L, d_sae, dtype=torch.bool)
         for layer, f in enumerate(ad.acts):
             act = (f > 0) & valid.unsqueeze(-1)
-            l0[layer] += float(act.float().sum())
-            fired[layer] |= act.flatten(0, 1).any(0).cpu()
+            r["l0"][layer] = float(act.float().sum())
+            fired[layer] = act.flatten(0, 1).any(0).cpu()
+        r["fired"] = fired
         for k in range(L + 1):
             la, lr = model.bridged_logits(ad.resid[k], ref.resid[k], k)
-            br_a2r[k] += float((token_kl(logp_r, la) * v).sum())
-            br_r2a[k] += float((token_kl(logp_r, lr) * v).sum())
-        n_seq += tokens.shape[0]
+            r["br_a2r"][k] = float((token_kl(logp_r, la) * v).sum())
+            r["br_r2a"][k] = float((token_kl(logp_r, lr) * v).sum())
+        r["n_seq"] = float(tokens.shape[0])
+        rows.append(r)
         if progress is not None:
             progress(bi + 1, len(batches))
+    out = {k: torch.tensor([r[k] for r in rows], dtype=torch.float64).reshape(len(rows))
+           for k in SUM_KEYS}
+    for k in SITE_KEYS:
+        out[k] = torch.tensor([r[k] for r in rows], dtype=torch.float64).reshape(len(rows), L + 1)
+    out["l0"] = torch.tensor([r["l0"] for r in rows], dtype=torch.float64).reshape(len(rows), L)
+    out["fired"] = torch.stack([r["fired"] for r in rows]) if rows else \
+        torch.zeros(0, L, d_sae, dtype=torch.bool)
+    return out
+
+
+def faithfulness_from_sums(sums: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The :func:`faithfulness` figures from per-batch sums (of all batches, in order;
+    e.g. concatenated from several ranks): accumulated batch by batch exactly as one
+    pass over the batches would."""
+    nb, L, d_sae = sums["fired"].shape
+    acc = {k: 0.0 for k in SUM_KEYS}
+    site = {k: torch.zeros(L + 1) for k in SITE_KEYS}
+    l0 = torch.zeros(L)
+    fired = torch.zeros(L, d_sae, dtype=torch.bool)
+    for b in range(nb):
+        for k in SUM_KEYS:
+            acc[k] += float(sums[k][b])
+        for k in SITE_KEYS:
+            for s in range(L + 1):
+                site[k][s] += float(sums[k][b, s])
+        for layer in range(L):
+            l0[layer] += float(sums["l0"][b, layer])
+        fired |= sums["fired"][b]
+    num_a, num_h, den = site["num_a"], site["num_h"], site["den"]
     nt = max(acc["n_tok"], 1.0)
     kl_a, kl_h = acc["kl_a"] / nt, acc["kl_h"] / nt
     l0_layers = (l0 / nt).tolist()
@@ -96,8 +143,9 @@ def faithfulness(model: AdapterModel, tokenizer: Any, n: int = 256, source: str 
         "nmse_hybrid": (num_h / den.clamp_min(1e-12)).tolist(),
         "l0_layers": l0_layers, "mean_l0": sum(l0_layers) / L,
         "dead_layers": dead_layers, "dead_fraction": sum(dead_layers) / L,
-        "bridged_a2r": (br_a2r / nt).tolist(), "bridged_r2a": (br_r2a / nt).tolist(),
-        "n_tokens": int(acc["n_tok"]), "n_sequences": n_seq, "d_sae": d_sae,
+        "bridged_a2r": (site["br_a2r"] / nt).tolist(),
+        "bridged_r2a": (site["br_r2a"] / nt).tolist(),
+        "n_tokens": int(acc["n_tok"]), "n_sequences": int(acc["n_seq"]), "d_sae": d_sae,
     }
 
 
@@ -107,11 +155,17 @@ def _words(tok: Any, ids: list[int]) -> str:
     return " ".join(tok.convert_ids_to_tokens(list(ids)))
 
 
-def _score(gens, problems, fmt: str, tok: Any) -> dict[str, Any]:
+def problem_scores(gens, problems, fmt: str, tok: Any) -> list[dict[str, Any]]:
+    """Each generation scored by :func:`interp.organisms.task.score_completion`."""
     from ..organisms.task import score_completion
 
-    scores = [score_completion(p, _words(tok, g.output_ids), fmt)
-              for p, g in zip(problems, gens)]
+    return [score_completion(p, _words(tok, g.output_ids), fmt)
+            for p, g in zip(problems, gens)]
+
+
+def aggregate_scores(scores: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy, thinking length, short fraction and hesitation rates of scored
+    generations."""
     n = max(len(scores), 1)
     out = {
         "accuracy": sum(s["correct"] for s in scores) / n,
@@ -131,10 +185,23 @@ def behaviour(hybrid: Any, adapters: AdapterSet, base: Any = None, reasoner: Any
               mask: FeatureMask | None = None, progress=None) -> dict[str, Any]:
     """Greedy generations on ``n`` held-out problems, per model (see module docstring),
     plus ``accuracy_recovered`` and ``hesitation_rate_rel_error`` of the adapter model."""
+    scores = behaviour_scores(hybrid, adapters, base, reasoner, n, seed, max_new_tokens,
+                              batch_size, mask, progress)
+    return behaviour_from_scores(scores)
+
+
+@torch.no_grad()
+def behaviour_scores(hybrid: Any, adapters: AdapterSet, base: Any = None, reasoner: Any = None,
+                     n: int = 256, seed: int = 4321, max_new_tokens: int = 96,
+                     batch_size: int = 128, mask: FeatureMask | None = None, progress=None,
+                     lo: int = 0, hi: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Per model, the scores of the generations on held-out problems ``lo..hi-1`` of the
+    ``n`` :func:`behaviour` uses (a shard cut at a multiple of ``batch_size`` generates
+    exactly what the whole run does for those problems)."""
     from ..generation import generate
     from ..organisms.task import prompt_text, sample_problems
 
-    problems = sample_problems(n, seed=seed, split="eval")
+    problems = sample_problems(n, seed=seed, split="eval")[lo:hi]
     think = [prompt_text(p, "think") for p in problems]
     runs: list[tuple[str, Any, str, list]] = []
     if base is not None:
@@ -143,15 +210,22 @@ def behaviour(hybrid: Any, adapters: AdapterSet, base: Any = None, reasoner: Any
     runs.append(("adapter", hybrid, "think", adapter_hooks(adapters, mask=mask)))
     if reasoner is not None:
         runs.append(("reasoner", reasoner, "think", []))
-    out: dict[str, Any] = {}
+    out: dict[str, list[dict[str, Any]]] = {}
     for i, (name, m, fmt, hooks) in enumerate(runs):
         prompts = think if fmt == "think" else [prompt_text(p, fmt) for p in problems]
         gens = generate(m, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
-                        seed=seed, batch_size=batch_size, fwd_hooks=hooks)
+                        seed=seed, batch_size=batch_size, fwd_hooks=hooks,
+                        first_row=lo) if prompts else []
         tok = getattr(m, "tokenizer", None) or getattr(m, "hooked", m).tokenizer
-        out[name] = _score(gens, problems, fmt, tok)
+        out[name] = problem_scores(gens, problems, fmt, tok)
         if progress is not None:
             progress(i + 1, len(runs))
+    return out
+
+
+def behaviour_from_scores(scores: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """:func:`behaviour`'s figures from per-problem scores (all problems, in order)."""
+    out: dict[str, Any] = {name: aggregate_scores(s) for name, s in scores.items()}
     out["derived"] = derived_behaviour(out)
     return out
 
@@ -206,26 +280,58 @@ def load_adapter_model(art: Artifact, device: str | torch.device = "auto",
     return model, base, reasoner
 
 
+def eval_config(art: Artifact, n_faith: int, n_behaviour: int, source: str | None = None
+                ) -> dict[str, Any]:
+    """The config (key input) of the ``adapters_eval`` artifact of ``art``."""
+    return {"adapters_key": art.key, "n_faith": n_faith, "n_behaviour": n_behaviour,
+            "source": source or art.config.get("data", "traces")}
+
+
 def evaluate_artifact(art: Artifact, store: Store | None = None, n_faith: int = 512,
                       n_behaviour: int = 256, device: str = "auto", source: str | None = None,
-                      progress=None, model_bundle=None) -> Artifact:
+                      progress=None, model_bundle=None, ranks: Any = None,
+                      behaviour_batch: int = 128) -> Artifact | None:
     """Run :func:`faithfulness` and :func:`behaviour` for an adapters artifact and save
-    an ``adapters_eval`` artifact (config: adapters key + eval sizes)."""
+    an ``adapters_eval`` artifact (config: adapters key + eval sizes).
+
+    Under torchrun (``ranks``, default this process's) each rank evaluates its block of
+    the held-out batches and of the generation batches and lands it as a part; the rank
+    whose part completes the set saves the merged artifact (the single-process figures,
+    accumulated in the same order) and returns it; the others return None
+    (:func:`interp.distributed.collect`). ``behaviour_batch``: prompts per generation
+    batch (and the split's granularity)."""
+    from .. import distributed as D
+
     store = store or Store()
     model, base, reasoner = model_bundle or load_adapter_model(art, device)
     src = source or art.config.get("data", "traces")
     tok = reasoner.tokenizer
-    fa = faithfulness(model, tok, n=n_faith, source=src,
-                      max_len=int(art.config.get("max_len", 256)))
-    if progress:
-        progress(1, 2)
-    be = behaviour(model.hybrid, model.adapters, base, reasoner, n=n_behaviour) \
-        if src == "traces" else {}
-    if progress:
-        progress(2, 2)
-    config = {"adapters_key": art.key, "n_faith": n_faith, "n_behaviour": n_behaviour,
-              "source": src}
-    return store.save("adapters_eval", config, provenance=provenance(
-        models={"base": base.describe(), "reasoner": reasoner.describe()}),
-        meta={"faithfulness": fa, "behaviour": be, "adapters_key": art.key,
-              "l1": art.config.get("l1")})
+    batches = faith_batches(model, tok, n_faith, src, max_len=int(art.config.get("max_len", 256)))
+    n_beh = n_behaviour if src == "traces" else 0
+    beh_batch = behaviour_batch
+
+    def work(bounds: D.Bounds) -> D.Part:
+        (f_lo, f_hi), (b_lo, b_hi) = bounds
+        sums = faithfulness_sums(model, batches[f_lo:f_hi])
+        if progress:
+            progress(1, 2)
+        scores = behaviour_scores(model.hybrid, model.adapters, base, reasoner, n=n_behaviour,
+                                  batch_size=beh_batch, lo=b_lo, hi=b_hi) if n_beh else {}
+        if progress:
+            progress(2, 2)
+        return D.Part(sums, {"scores": scores})
+
+    def merge(parts: list[D.Part]) -> D.Part:
+        sums = D.concat_parts(parts).tensors
+        scores: dict[str, list] = {}
+        for p in parts:
+            for name, sc in p.meta["scores"].items():
+                scores.setdefault(name, []).extend(sc)
+        return D.Part(meta={"faithfulness": faithfulness_from_sums(sums),
+                            "behaviour": behaviour_from_scores(scores) if n_beh else {},
+                            "adapters_key": art.key, "l1": art.config.get("l1")})
+
+    config = eval_config(art, n_faith, n_behaviour, src)
+    return D.collect("adapters_eval", config, (len(batches), n_beh), work, merge, store=store,
+                     ranks=ranks, align=(1, beh_batch), provenance=provenance(
+                         models={"base": base.describe(), "reasoner": reasoner.describe()}))
