@@ -46,6 +46,24 @@ def test_shard_bounds_tile_balance_and_align():
         D.shard_bounds(5, 3, 3)
 
 
+def test_generation_shards_at_batch_boundaries_sample_like_one_call(tiny_qwen_dir):
+    from interp.generation import generate
+    from interp.models import load_model
+
+    m = load_model(str(tiny_qwen_dir), device="cpu", dtype="float32")
+    prompts = ["1 + 2 =", "hello world", "a b c", "3 - 1 =", "the answer is"]
+    kw = dict(max_new_tokens=6, temperature=1.0, seed=3, batch_size=2, stop_at_eos=False)
+    whole = generate(m, prompts, **kw)
+    split = []
+    for r in range(2):
+        lo, hi = D.shard_bounds(len(prompts), r, 2, align=2)
+        split += generate(m, prompts[lo:hi], first_row=lo, **kw)
+    assert [g.output_ids for g in split] == [g.output_ids for g in whole]
+    assert [g.row for g in split] == list(range(5))
+    # sampled: a shard that restarted the chunk seeds would differ
+    assert generate(m, prompts[4:], **kw)[0].output_ids != whole[4].output_ids
+
+
 # ------------------------------------------------------------------ parts
 def _work_fn(calls):
     def work(bounds):
