@@ -242,7 +242,7 @@ def test_estimate_cli(capsys):
 
 # ------------------------------------------------------------------ torchrun, 2 ranks
 BASE_SPEC = {"base": str(ORGANISMS / "base"), "reasoner": str(ORGANISMS / "reasoner"),
-             "steps": 8, "batch_size": 8, "max_len": 64, "ckpt_every": 4, "threads": 1,
+             "steps": 6, "batch_size": 8, "max_len": 64, "ckpt_every": 3, "threads": 1,
              "device": "cpu"}
 
 
@@ -276,18 +276,18 @@ def launch(tmp_path_factory):
         "fsdp": {**BASE_SPEC, "store_root": str(root / "s_fsdp"), "shard": "fsdp"},
         "fwd": {**BASE_SPEC, "store_root": str(root / "s_fwd")},
         "nan": {**BASE_SPEC, "store_root": str(root / "s_nan"), "shard": "fsdp",
-                "nan_at_step": 6},
+                "nan_at_step": 4},
     }
 
     def killer(st):
-        if st.step == 5:    # after the step-4 checkpoint
+        if st.step == 4:    # after the step-3 checkpoint
             raise _Kill()
 
     with pytest.raises(_Kill):   # a single-process run interrupted at step 5 ...
         jobs.run_inline("adapters.train", specs["fwd"], root=cache / "jobs", on_progress=killer)
     cmds = [_train_argv(specs[name]) for name in ("dp", "fsdp", "fwd", "nan")]
-    cmds.append(["adapters", "eval", "--store", specs["dp"]["store_root"], "--n-faith", "160",
-                 "--n-behaviour", "16", "--behaviour-batch", "8", "--device", "cpu"])
+    cmds.append(["adapters", "eval", "--store", specs["dp"]["store_root"], "--n-faith", "96",
+                 "--n-behaviour", "8", "--behaviour-batch", "4", "--device", "cpu"])
     (root / "cmds.json").write_text(json.dumps(cmds))
     env = {**os.environ, "INTERP_CACHE": str(cache), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(PROJECT_ROOT)}
@@ -296,6 +296,7 @@ def launch(tmp_path_factory):
          "-m", "tests._dist_runner", str(root / "cmds.json"),
          str(root / "codes")],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    (root / "launch.log").write_text(proc.stderr)
     assert proc.returncode == 0, proc.stderr[-4000:]
     codes = [json.loads((root / f"codes.{r}.json").read_text()) for r in (0, 1)]
     return {"root": root, "cache": cache, "specs": specs, "codes": codes,
@@ -331,7 +332,7 @@ def test_two_ranks_follow_the_single_process_loss_curve(launch, reference):
     assert launch["codes"][0][:3] == [0, 0, 0] and launch["codes"][1][:3] == [0, 0, 0]
     for name in ("dp", "fsdp"):
         jid, recs = _records(launch, name)
-        assert all(r["ranks"] == 2 for r in recs) and len(recs) == 8
+        assert all(r["ranks"] == 2 for r in recs) and len(recs) == 6
         _close(_curve(recs), want)
     # the same adapter set (to float tolerance), saved once, by rank 0, under the same key
     from interp.adapters.io import load_adapter_tensors
@@ -352,11 +353,11 @@ def test_distributed_run_shows_in_the_job_view(launch):
     jid, _ = _records(launch, "dp")
     listed = {st.id: st for st in jobs.list_jobs("adapters.train", launch["cache"] / "jobs")}
     st = listed[jid]
-    assert st.state == "done" and st.result["key"] and st.step == st.total == 8
+    assert st.state == "done" and st.result["key"] and st.step == st.total == 6
     assert st.metrics["ranks"] == 2
     latest = json.loads((launch["cache"] / "jobs" / jid / "work" / "latest.json").read_text())
     assert latest["ranks"] == 2 and latest["data_cursor"] == {
-        "step": 8, "sequences": 64, "global_batch": 8}
+        "step": 6, "sequences": 48, "global_batch": 8}
     # rank 0 alone printed the result line
     results = [line for line in launch["stdout"].splitlines() if line.startswith('{"id"')]
     assert len(results) == 4
@@ -368,9 +369,9 @@ def test_single_process_checkpoint_resumes_on_two_ranks(launch, reference):
     from interp import jobs
 
     st = jobs.status(jid, launch["cache"] / "jobs")
-    assert st.state == "done" and st.result["resumed_from"] == 4
-    assert [r.get("ranks") for r in recs if r["step"] <= 4] == [None] * 4
-    assert all(r["ranks"] == 2 for r in recs if r["step"] > 5)
+    assert st.state == "done" and st.result["resumed_from"] == 3
+    assert [r.get("ranks") for r in recs if r["step"] <= 3] == [None] * 3
+    assert all(r["ranks"] == 2 for r in recs if r["step"] > 4)
     _close(_curve(recs), want)
 
 
@@ -384,14 +385,14 @@ def test_fsdp_checkpoint_resumes_in_one_process(launch, reference):
     jid, recs = _records(launch, "nan")
     work = launch["cache"] / "jobs" / jid / "work"
     latest = json.loads((work / "latest.json").read_text())
-    assert latest["step"] == 4 and latest["shard"] == "fsdp" and latest["ranks"] == 2
+    assert latest["step"] == 3 and latest["shard"] == "fsdp" and latest["ranks"] == 2
     copy = launch["root"] / "nan_work"
     shutil.copytree(work, copy)
     spec = {k: v for k, v in launch["specs"]["nan"].items() if k != "nan_at_step"}
     cfg = dataclasses.replace(TrainConfig.from_dict(spec), save=False)
     res = train(cfg, setup_models(cfg), copy)
-    assert res.resumed_from == 4
-    _close(_curve([r for r in recs if r["step"] <= 4]) + _curve(res.history), want)
+    assert res.resumed_from == 3
+    _close(_curve([r for r in recs if r["step"] <= 3]) + _curve(res.history), want)
 
 
 def test_split_evaluation_merges_into_the_single_process_artifact(launch):
@@ -404,16 +405,16 @@ def test_split_evaluation_merges_into_the_single_process_artifact(launch):
     one = Store(launch["root"] / "eval_one")
     shutil.copytree(split_store.root / "adapters", one.root / "adapters")
     art = one.list("adapters")[0]
-    want = evaluate_artifact(art, one, n_faith=160, n_behaviour=16, device="cpu",
-                             behaviour_batch=8)
+    want = evaluate_artifact(art, one, n_faith=96, n_behaviour=8, device="cpu",
+                             behaviour_batch=4)
     assert got.key == want.key and got.config == want.config
     fa, fb = got.meta["faithfulness"], want.meta["faithfulness"]
     assert fa.keys() == fb.keys()
-    assert fa["n_sequences"] == fb["n_sequences"] == 192    # 3 batches of 64
+    assert fa["n_sequences"] == fb["n_sequences"] == 128    # 2 batches of 64
     assert fa["n_tokens"] == fb["n_tokens"] and fa["dead_layers"] == fb["dead_layers"]
     for k, v in fb.items():
         torch.testing.assert_close(torch.tensor(fa[k], dtype=torch.float64),
                                    torch.tensor(v, dtype=torch.float64), rtol=1e-5, atol=1e-7)
     assert json.dumps(got.meta["behaviour"], sort_keys=True) == json.dumps(
         want.meta["behaviour"], sort_keys=True)
-    assert got.meta["behaviour"]["reasoner"]["n"] == 16
+    assert got.meta["behaviour"]["reasoner"]["n"] == 8
