@@ -193,11 +193,15 @@ def generate(
     max_prompt_tokens: int | None = None,
     use_kv_cache: bool = True,
     progress: ProgressFn | None = None,
+    first_row: int = 0,
 ) -> list[Generation]:
     """Generate continuations for many prompts in batches (see the module docstring).
 
     Sampling is seeded per chunk from ``seed``, so a run is reproducible for a given
-    batch size. ``progress(done_prompts, total_prompts)`` is called after each chunk.
+    batch size. ``first_row``: the index of ``prompts[0]`` in a larger prompt list this
+    call is one shard of (chunk seeds, ``GenState.rows`` and ``Generation.row`` count from
+    it), so shards cut at multiples of ``batch_size`` generate exactly what one call on
+    the whole list does. ``progress(done_prompts, total_prompts)`` is called after each chunk.
     Raises PromptError when a prompt plus ``max_new_tokens`` does not fit the model's
     context (the last new token is never fed back, so ``len(prompt) + max_new_tokens - 1``
     positions are needed), ConfigError for impossible sampling settings.
@@ -223,11 +227,11 @@ def generate(
     for start in range(0, total, batch_size):
         chunk = ids[start:start + batch_size]
         b = len(chunk)
-        rows = torch.arange(start, start + b, device=device)
+        rows = torch.arange(first_row + start, first_row + start + b, device=device)
         toks, mask = left_pad(chunk, pad_id, device)
         state = GenState(rows=rows)
         hooks = list(fwd_hooks(state) if callable(fwd_hooks) else fwd_hooks)
-        gen = torch.Generator(device=device).manual_seed(seed * 100003 + start)
+        gen = torch.Generator(device=device).manual_seed(seed * 100003 + first_row + start)
         out = torch.full((b, max_new_tokens), pad_id, dtype=torch.long, device=device)
         n_out = torch.zeros(b, dtype=torch.long, device=device)
         act = torch.arange(b, device=device)  # chunk rows still generating
@@ -280,7 +284,7 @@ def generate(
             body = o[:-1] if fin else o
             text = tok.decode(body, skip_special_tokens=False) if tok is not None else ""
             results.append(Generation(prompt_ids=list(chunk[i]), output_ids=o, text=text,
-                                      finished=fin, row=start + i))
+                                      finished=fin, row=first_row + start + i))
         if progress is not None:
             progress(min(start + b, total), total)
     return results

@@ -38,4 +38,5 @@ COMMAND_MODULES: list[str] = [
     "interp.transcoders",
     "interp.jobs",
     "interp.store_cli",
+    "interp.distributed",
 ]

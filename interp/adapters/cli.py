@@ -12,6 +12,11 @@
 the foreground with a progress bar on stderr (``--background`` submits it to a worker
 and prints the job id). Re-running the same config resumes from the job's checkpoint.
 The last stdout line is the result as JSON.
+
+Under ``torchrun`` (``torchrun --nproc_per_node N -m interp adapters train ...``)
+``train`` runs data-parallel on the N ranks (``--set shard=fsdp`` also shards the pair
+and the adapters) and ``eval`` splits its batches across them; rank 0 alone prints,
+records the job and saves (:mod:`interp.adapters.parallel`, :mod:`interp.distributed`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..validate import parse_json_object, parse_sets
+from ..validate import number, parse_json_object, parse_sets
 
 
 def build_spec(args) -> dict[str, Any]:
@@ -86,8 +91,11 @@ def _run_job(kind: str, spec: dict[str, Any], background: bool, after=None) -> i
     """Run a job in the foreground with a progress bar (or submit it with
     ``background``); ``after(result)`` sees the result before it is printed."""
     from .. import jobs
+    from ..distributed import launched
 
     jobs.validate_spec(kind, spec)  # fail fast on typos and bad values, before a worker
+    if launched():
+        return _run_ranks(kind, spec, background)
     if background:
         print(jobs.submit(kind, spec))
         return 0
@@ -105,6 +113,34 @@ def _run_job(kind: str, spec: dict[str, Any], background: bool, after=None) -> i
     return 0 if st.state == "done" else 1
 
 
+def _run_ranks(kind: str, spec: dict[str, Any], background: bool) -> int:
+    """``_run_job`` on one rank of a torchrun launch: every rank trains, rank 0 reports."""
+    from .. import distributed as D
+    from .parallel import run_job
+
+    if background:
+        raise ConfigError("--background starts a detached worker; under torchrun every rank "
+                          "runs in the foreground (follow it with `python -m interp jobs "
+                          "list`)")
+    if kind != "adapters.train":
+        raise ConfigError("sweeps run in one process; under torchrun train one L1 value at a "
+                          "time with `adapters train --set l1=...`")
+    main = D.env_ranks().is_main
+    bar, on = _tqdm() if main else (None, None)
+    try:
+        st = run_job(kind, spec, on_progress=on)
+    finally:
+        if bar is not None:
+            bar.close()
+    if st is None:
+        return 0
+    if st.state != "done":
+        print(f"error: job {st.id} {st.state}: {st.error}", file=sys.stderr)
+    print(json.dumps({"id": st.id, "state": st.state, "error": st.error, "result": st.result},
+                     default=str))
+    return 0 if st.state == "done" else 1
+
+
 def _cmd_train(args) -> int:
     return _run_job("adapters.train", build_spec(args), args.background)
 
@@ -114,14 +150,24 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_eval(args) -> int:
+    from .. import distributed as D
     from ..store import Store
-    from .evaluate import evaluate_artifact
+    from .evaluate import eval_config, evaluate_artifact
     from .io import find_adapters
 
     store = Store(args.store) if args.store else Store()
     art = find_adapters(store, args.key)
+    ranks = D.init(args.device or "auto")
     ev = evaluate_artifact(art, store, n_faith=args.n_faith, n_behaviour=args.n_behaviour,
-                           device=args.device or "auto")
+                           device=args.device or "auto", ranks=ranks,
+                           behaviour_batch=number(args.behaviour_batch, "--behaviour-batch",
+                                                  lo=1, integer=True))
+    if ranks.world > 1:
+        D.barrier()      # every part has landed and been merged: rank 0 prints the result
+        if not ranks.is_main:
+            return 0
+        ev = store.load("adapters_eval", D.final_key("adapters_eval", eval_config(
+            art, args.n_faith, args.n_behaviour)))
     fa = ev.meta["faithfulness"]
     summary = {"eval_key": ev.key, "adapters_key": art.key,
                **{k: fa[k] for k in ("kl_adapter", "kl_hybrid", "kl_gap_closed", "mean_l0",
@@ -196,6 +242,8 @@ def add_commands(sub) -> None:
     e.add_argument("key", nargs="?", help="adapters artifact key (default: newest)")
     e.add_argument("--n-faith", type=int, default=512)
     e.add_argument("--n-behaviour", type=int, default=256)
+    e.add_argument("--behaviour-batch", type=int, default=128,
+                   help="prompts per generation batch (and per split block under torchrun)")
     e.add_argument("--device")
     e.add_argument("--store", help="artifact store root")
     e.set_defaults(func=_cmd_eval)

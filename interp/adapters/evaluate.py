@@ -26,6 +26,7 @@ whether the reasoner's thinking was short or long.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -40,6 +41,10 @@ from .module import AdapterSet, FeatureMask
 MECHANISMS = ("error", "verify")
 
 
+SUM_KEYS = ("kl_a", "kl_h", "ce_r", "ce_h", "ce_a", "n_tok", "n_ce", "n_seq")
+SITE_KEYS = ("num_a", "num_h", "den", "br_a2r", "br_r2a")
+
+
 @torch.no_grad()
 def faithfulness(model: AdapterModel, tokenizer: Any, n: int = 256, source: str = "traces",
                  seed: int = 1234, batch_size: int = 64, max_len: int = 256,
@@ -50,21 +55,30 @@ def faithfulness(model: AdapterModel, tokenizer: Any, n: int = 256, source: str 
     (``[L]``) or per residual site / cutoff (``[L+1]``). ``batches`` (``(tokens,
     valid)`` pairs) replaces the generated ``split`` batches when given; every valid
     token counts."""
+    if batches is None:
+        batches = faith_batches(model, tokenizer, n, source, seed, batch_size, max_len, split)
+    return faithfulness_from_sums(faithfulness_sums(model, batches, mask, progress))
+
+
+def faith_batches(model: AdapterModel, tokenizer: Any, n: int, source: str = "traces",
+                  seed: int = 1234, batch_size: int = 64, max_len: int = 256,
+                  split: str = "eval") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The held-out ``split`` batches :func:`faithfulness` evaluates on."""
+    return eval_batches(tokenizer, n, batch_size, seed, source,
+                        min(max_len, model.hybrid.cfg.n_ctx),
+                        vocab_size=model.hybrid.cfg.d_vocab, split=split)
+
+
+@torch.no_grad()
+def faithfulness_sums(model: AdapterModel, batches: list[tuple[torch.Tensor, torch.Tensor]],
+                      mask: FeatureMask | None = None, progress=None) -> dict[str, torch.Tensor]:
+    """Each batch's sums behind :func:`faithfulness` (the activation statistics a split
+    evaluation collects per rank): ``SUM_KEYS`` ``[n_batches]`` (float64), ``SITE_KEYS``
+    ``[n_batches, L+1]`` (float64), ``l0`` ``[n_batches, L]`` (active features summed over
+    tokens), ``fired`` ``[n_batches, L, d_sae]`` (bool)."""
     L, d_sae = model.n_layers, model.adapters.d_sae
     dev = model.device
-    max_len = min(max_len, model.hybrid.cfg.n_ctx)
-    if batches is None:
-        batches = eval_batches(tokenizer, n, batch_size, seed, source, max_len,
-                               vocab_size=model.hybrid.cfg.d_vocab, split=split)
-    acc = {k: 0.0 for k in ("kl_a", "kl_h", "ce_r", "ce_h", "ce_a", "n_tok", "n_ce")}
-    num_a = torch.zeros(L + 1)
-    num_h = torch.zeros(L + 1)
-    den = torch.zeros(L + 1)
-    l0 = torch.zeros(L)
-    fired = torch.zeros(L, d_sae, dtype=torch.bool)
-    br_a2r = torch.zeros(L + 1)
-    br_r2a = torch.zeros(L + 1)
-    n_seq = 0
+    rows: list[dict[str, Any]] = []
     for bi, (tokens, valid) in enumerate(batches):
         tokens, valid = tokens.to(dev), valid.to(dev)
         v = valid.float()
@@ -72,32 +86,67 @@ def faithfulness(model: AdapterModel, tokenizer: Any, n: int = 256, source: str 
         hyb = model(tokens, "base")
         ad = model(tokens, "adapt", mask=mask)
         logp_r = torch.log_softmax(ref.logits.float(), -1)
-        acc["kl_a"] += float((token_kl(logp_r, ad.logits) * v).sum())
-        acc["kl_h"] += float((token_kl(logp_r, hyb.logits) * v).sum())
-        acc["n_tok"] += float(v.sum())
+        r: dict[str, Any] = {"kl_a": float((token_kl(logp_r, ad.logits) * v).sum()),
+                             "kl_h": float((token_kl(logp_r, hyb.logits) * v).sum()),
+                             "n_tok": float(v.sum())}
         tgt = tokens[:, 1:]
         vce = (valid[:, 1:] & valid[:, :-1]).float()
         for key, lg in (("ce_r", ref.logits), ("ce_h", hyb.logits), ("ce_a", ad.logits)):
             lp = torch.log_softmax(lg[:, :-1].float(), -1).gather(-1, tgt[..., None])[..., 0]
-            acc[key] += float((-lp * vce).sum())
-        acc["n_ce"] += float(vce.sum())
+            r[key] = float((-lp * vce).sum())
+        r["n_ce"] = float(vce.sum())
         vv = v.unsqueeze(-1)
-        for s in range(L + 1):
-            hr = ref.resid[s].float()
-            num_a[s] += float(((ad.resid[s].float() - hr).pow(2) * vv).sum())
-            num_h[s] += float(((hyb.resid[s].float() - hr).pow(2) * vv).sum())
-            den[s] += float((hr.pow(2) * vv).sum())
+        for k in SITE_KEYS:
+            r[k] = [0.0] * (L + 1)
+        for site in range(L + 1):
+            hr = ref.resid[site].float()
+            r["num_a"][site] = float(((ad.resid[site].float() - hr).pow(2) * vv).sum())
+            r["num_h"][site] = float(((hyb.resid[site].float() - hr).pow(2) * vv).sum())
+            r["den"][site] = float((hr.pow(2) * vv).sum())
+        r["l0"] = [0.0] * L
+        fired = torch.zeros(L, d_sae, dtype=torch.bool)
         for layer, f in enumerate(ad.acts):
             act = (f > 0) & valid.unsqueeze(-1)
-            l0[layer] += float(act.float().sum())
-            fired[layer] |= act.flatten(0, 1).any(0).cpu()
+            r["l0"][layer] = float(act.float().sum())
+            fired[layer] = act.flatten(0, 1).any(0).cpu()
+        r["fired"] = fired
         for k in range(L + 1):
             la, lr = model.bridged_logits(ad.resid[k], ref.resid[k], k)
-            br_a2r[k] += float((token_kl(logp_r, la) * v).sum())
-            br_r2a[k] += float((token_kl(logp_r, lr) * v).sum())
-        n_seq += tokens.shape[0]
+            r["br_a2r"][k] = float((token_kl(logp_r, la) * v).sum())
+            r["br_r2a"][k] = float((token_kl(logp_r, lr) * v).sum())
+        r["n_seq"] = float(tokens.shape[0])
+        rows.append(r)
         if progress is not None:
             progress(bi + 1, len(batches))
+    out = {k: torch.tensor([r[k] for r in rows], dtype=torch.float64).reshape(len(rows))
+           for k in SUM_KEYS}
+    for k in SITE_KEYS:
+        out[k] = torch.tensor([r[k] for r in rows], dtype=torch.float64).reshape(len(rows), L + 1)
+    out["l0"] = torch.tensor([r["l0"] for r in rows], dtype=torch.float64).reshape(len(rows), L)
+    out["fired"] = torch.stack([r["fired"] for r in rows]) if rows else \
+        torch.zeros(0, L, d_sae, dtype=torch.bool)
+    return out
+
+
+def faithfulness_from_sums(sums: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The :func:`faithfulness` figures from per-batch sums (of all batches, in order;
+    e.g. concatenated from several ranks): accumulated batch by batch exactly as one
+    pass over the batches would."""
+    nb, L, d_sae = sums["fired"].shape
+    acc = {k: 0.0 for k in SUM_KEYS}
+    site = {k: torch.zeros(L + 1) for k in SITE_KEYS}
+    l0 = torch.zeros(L)
+    fired = torch.zeros(L, d_sae, dtype=torch.bool)
+    for b in range(nb):
+        for k in SUM_KEYS:
+            acc[k] += float(sums[k][b])
+        for k in SITE_KEYS:
+            for s in range(L + 1):
+                site[k][s] += float(sums[k][b, s])
+        for layer in range(L):
+            l0[layer] += float(sums["l0"][b, layer])
+        fired |= sums["fired"][b]
+    num_a, num_h, den = site["num_a"], site["num_h"], site["den"]
     nt = max(acc["n_tok"], 1.0)
     kl_a, kl_h = acc["kl_a"] / nt, acc["kl_h"] / nt
     l0_layers = (l0 / nt).tolist()
@@ -111,8 +160,9 @@ def faithfulness(model: AdapterModel, tokenizer: Any, n: int = 256, source: str 
         "nmse_hybrid": (num_h / den.clamp_min(1e-12)).tolist(),
         "l0_layers": l0_layers, "mean_l0": sum(l0_layers) / L,
         "dead_layers": dead_layers, "dead_fraction": sum(dead_layers) / L,
-        "bridged_a2r": (br_a2r / nt).tolist(), "bridged_r2a": (br_r2a / nt).tolist(),
-        "n_tokens": int(acc["n_tok"]), "n_sequences": n_seq, "d_sae": d_sae,
+        "bridged_a2r": (site["br_a2r"] / nt).tolist(),
+        "bridged_r2a": (site["br_r2a"] / nt).tolist(),
+        "n_tokens": int(acc["n_tok"]), "n_sequences": int(acc["n_seq"]), "d_sae": d_sae,
     }
 
 
@@ -122,14 +172,26 @@ def _words(tok: Any, ids: list[int]) -> str:
     return " ".join(tok.convert_ids_to_tokens(list(ids)))
 
 
-def _scores(gens, problems, fmt: str, tok: Any) -> list[dict[str, Any]]:
+def problem_scores(gens, problems, fmt: str, tok: Any, ids: bool = False
+                   ) -> list[dict[str, Any]]:
+    """Each generation scored by :func:`interp.organisms.task.score_completion`; with
+    ``ids`` each score also keeps the generation's ``prompt_ids`` and ``output_ids`` (for
+    the per-example comparison and the faithfulness on the reasoner's own generations)."""
     from ..organisms.task import score_completion
 
-    return [score_completion(p, _words(tok, g.output_ids), fmt)
-            for p, g in zip(problems, gens)]
+    out = []
+    for p, g in zip(problems, gens):
+        sc = score_completion(p, _words(tok, g.output_ids), fmt)
+        if ids:
+            sc = {**sc, "prompt_ids": list(map(int, g.prompt_ids)),
+                  "output_ids": list(map(int, g.output_ids))}
+        out.append(sc)
+    return out
 
 
-def _score(scores: list[dict[str, Any]]) -> dict[str, Any]:
+def aggregate_scores(scores: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy, thinking length, short fraction and hesitation rates of scored
+    generations."""
     n = max(len(scores), 1)
     out = {
         "accuracy": sum(s["correct"] for s in scores) / n,
@@ -143,17 +205,17 @@ def _score(scores: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def compare_with_reasoner(scores: list[dict[str, Any]], gens: list[Any],
-                          ref_scores: list[dict[str, Any]], ref_gens: list[Any],
+def compare_with_reasoner(scores: list[dict[str, Any]], ref_scores: list[dict[str, Any]],
                           close_id: int | None) -> dict[str, Any]:
     """Per-example agreement of a model's think generations with the reasoner's
-    (:func:`interp.behaviour.compare`), split by the reasoner's short / long thinking."""
+    (:func:`interp.behaviour.compare`; scores with ``output_ids``), split by the
+    reasoner's short / long thinking."""
     from ..behaviour import answer_start, compare
 
-    ref_ids = [list(g.output_ids) for g in ref_gens]
+    ref_ids = [s["output_ids"] for s in ref_scores]
     short = [bool(s["short"]) for s in ref_scores]
     return compare([s["answer"] for s in ref_scores], [s["answer"] for s in scores],
-                   ref_ids, [list(g.output_ids) for g in gens],
+                   ref_ids, [s["output_ids"] for s in scores],
                    [answer_start(x, close_id) for x in ref_ids],
                    groups={"reasoner_short": short, "reasoner_long": [not x for x in short]})
 
@@ -166,12 +228,41 @@ def behaviour(hybrid: Any, adapters: AdapterSet, base: Any = None, reasoner: Any
     """Greedy generations on ``n`` held-out ``split`` problems, per model (see module
     docstring), plus ``accuracy_recovered`` and ``hesitation_rate_rel_error`` of the adapter
     model and the per-example comparison with the reasoner (``per_example``).
-    ``keep_generations`` adds the reasoner's generations under ``"_reasoner_gens"``
-    (not JSON: pop it before saving)."""
+    ``keep_generations`` adds the reasoner's generations (``prompt_ids``, ``output_ids``)
+    under ``"_reasoner_gens"`` (not JSON: pop it before saving)."""
+    scores = behaviour_scores(hybrid, adapters, base, reasoner, n, seed, max_new_tokens,
+                              batch_size, mask, progress, split=split)
+    out = behaviour_from_scores(scores, close_id(reasoner), split, seed)
+    if keep_generations and "reasoner" in scores:
+        out["_reasoner_gens"] = reasoner_generations(scores)
+    return out
+
+
+def close_id(reasoner: Any) -> int | None:
+    """The reasoner's ``</think>`` token id (None without a reasoner or the token)."""
+    return None if reasoner is None else reasoner.tokenizer.get_vocab().get("</think>")
+
+
+def reasoner_generations(scores: dict[str, list[dict[str, Any]]]) -> list[SimpleNamespace]:
+    """The reasoner's generations (``prompt_ids``, ``output_ids``) kept in its scores."""
+    return [SimpleNamespace(prompt_ids=s["prompt_ids"], output_ids=s["output_ids"])
+            for s in scores["reasoner"]]
+
+
+@torch.no_grad()
+def behaviour_scores(hybrid: Any, adapters: AdapterSet, base: Any = None, reasoner: Any = None,
+                     n: int = 256, seed: int = 4321, max_new_tokens: int = 96,
+                     batch_size: int = 128, mask: FeatureMask | None = None, progress=None,
+                     lo: int = 0, hi: int | None = None, split: str = "evaluation"
+                     ) -> dict[str, list[dict[str, Any]]]:
+    """Per model, the scores of the generations on held-out ``split`` problems
+    ``lo..hi-1`` of the ``n`` :func:`behaviour` uses (a shard cut at a multiple of
+    ``batch_size`` generates exactly what the whole run does for those problems); the
+    think-format runs keep their token ids (:func:`problem_scores`)."""
     from ..generation import generate
     from ..organisms.task import prompt_text, sample_problems
 
-    problems = sample_problems(n, seed=seed, split=split)
+    problems = sample_problems(n, seed=seed, split=split)[lo:hi]
     think = [prompt_text(p, "think") for p in problems]
     runs: list[tuple[str, Any, str, list]] = []
     if base is not None:
@@ -180,29 +271,30 @@ def behaviour(hybrid: Any, adapters: AdapterSet, base: Any = None, reasoner: Any
     runs.append(("adapter", hybrid, "think", adapter_hooks(adapters, mask=mask)))
     if reasoner is not None:
         runs.append(("reasoner", reasoner, "think", []))
-    out: dict[str, Any] = {"split": split, "seed": seed}
-    kept: dict[str, tuple[list[dict[str, Any]], list[Any]]] = {}
+    out: dict[str, list[dict[str, Any]]] = {}
     for i, (name, m, fmt, hooks) in enumerate(runs):
         prompts = think if fmt == "think" else [prompt_text(p, fmt) for p in problems]
         gens = generate(m, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
-                        seed=seed, batch_size=batch_size, fwd_hooks=hooks)
+                        seed=seed, batch_size=batch_size, fwd_hooks=hooks,
+                        first_row=lo) if prompts else []
         tok = getattr(m, "tokenizer", None) or getattr(m, "hooked", m).tokenizer
-        scores = _scores(gens, problems, fmt, tok)
-        out[name] = _score(scores)
-        if fmt == "think":
-            kept[name] = (scores, gens)
+        out[name] = problem_scores(gens, problems, fmt, tok, ids=fmt == "think")
         if progress is not None:
             progress(i + 1, len(runs))
+    return out
+
+
+def behaviour_from_scores(scores: dict[str, list[dict[str, Any]]], close: int | None = None,
+                          split: str = "evaluation", seed: int = 4321) -> dict[str, Any]:
+    """:func:`behaviour`'s figures from per-problem scores (all problems, in order);
+    ``close``: the reasoner's ``</think>`` id (:func:`close_id`)."""
+    out: dict[str, Any] = {"split": split, "seed": seed}
+    out.update({name: aggregate_scores(s) for name, s in scores.items()})
     out["derived"] = derived_behaviour(out)
-    if "reasoner" in kept:
-        rs, rg = kept["reasoner"]
-        vocab = reasoner.tokenizer.get_vocab()
-        close_id = vocab.get("</think>")
+    if "reasoner" in scores:
         out["per_example"] = {
-            f"{name}_vs_reasoner": compare_with_reasoner(*kept[name], rs, rg, close_id)
-            for name in ("adapter", "hybrid") if name in kept}
-        if keep_generations:
-            out["_reasoner_gens"] = rg
+            f"{name}_vs_reasoner": compare_with_reasoner(scores[name], scores["reasoner"], close)
+            for name in ("adapter", "hybrid") if name in scores}
     return out
 
 
@@ -270,39 +362,71 @@ def generation_batches(gens: list[Any], pad_id: int, batch_size: int = 64,
 SPLIT_EVALUATION = "evaluation"   # headline figures; settings are chosen on "validation"
 
 
+def eval_config(art: Artifact, n_faith: int, n_behaviour: int, source: str | None = None,
+                split: str = SPLIT_EVALUATION) -> dict[str, Any]:
+    """The config (key input) of the ``adapters_eval`` artifact of ``art``."""
+    return {"adapters_key": art.key, "n_faith": n_faith, "n_behaviour": n_behaviour,
+            "source": source or art.config.get("data", "traces"), "split": split}
+
+
 def evaluate_artifact(art: Artifact, store: Store | None = None, n_faith: int = 512,
                       n_behaviour: int = 256, device: str = "auto", source: str | None = None,
-                      progress=None, model_bundle=None,
-                      split: str = SPLIT_EVALUATION) -> Artifact:
+                      progress=None, model_bundle=None, ranks: Any = None,
+                      behaviour_batch: int = 128, split: str = SPLIT_EVALUATION
+                      ) -> Artifact | None:
     """Run :func:`faithfulness` and :func:`behaviour` for an adapters artifact on the
     ``split`` problems and save an ``adapters_eval`` artifact (config: adapters key, eval
     sizes, split). For organism traces, faithfulness is also measured on the reasoner's
     own greedy generations of the behaviour problems (``faithfulness_own_generations``:
-    prompt and generated tokens, teacher forced)."""
+    prompt and generated tokens, teacher forced).
+
+    Under torchrun (``ranks``, default this process's) each rank evaluates its block of
+    the held-out batches and of the generation batches and lands it as a part; the rank
+    whose part completes the set saves the merged artifact (the single-process figures,
+    accumulated in the same order) and returns it; the others return None
+    (:func:`interp.distributed.collect`). ``behaviour_batch``: prompts per generation
+    batch (and the split's granularity)."""
+    from .. import distributed as D
+
     store = store or Store()
     model, base, reasoner = model_bundle or load_adapter_model(art, device)
     src = source or art.config.get("data", "traces")
     tok = reasoner.tokenizer
     max_len = int(art.config.get("max_len", 256))
-    fa = faithfulness(model, tok, n=n_faith, source=src, max_len=max_len, split=split)
-    if progress:
-        progress(1, 3)
-    be: dict[str, Any] = {}
-    fa_own = None
-    if src == "traces":
-        be = behaviour(model.hybrid, model.adapters, base, reasoner, n=n_behaviour,
-                       split=split, keep_generations=True)
+    batches = faith_batches(model, tok, n_faith, src, max_len=max_len, split=split)
+    n_beh = n_behaviour if src == "traces" else 0
+    beh_batch = behaviour_batch
+
+    def work(bounds: D.Bounds) -> D.Part:
+        (f_lo, f_hi), (b_lo, b_hi) = bounds
+        sums = faithfulness_sums(model, batches[f_lo:f_hi])
         if progress:
-            progress(2, 3)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        fa_own = faithfulness(model, tok, max_len=max_len, batches=generation_batches(
-            be.pop("_reasoner_gens"), int(pad), max_len=max_len))
-    if progress:
-        progress(3, 3)
-    config = {"adapters_key": art.key, "n_faith": n_faith, "n_behaviour": n_behaviour,
-              "source": src, "split": split}
-    return store.save("adapters_eval", config, provenance=provenance(
-        models={"base": base.describe(), "reasoner": reasoner.describe()}),
-        meta={"faithfulness": fa, "behaviour": be, "adapters_key": art.key,
-              "l1": art.config.get("l1"), "split": split,
-              "faithfulness_own_generations": fa_own})
+            progress(1, 2)
+        scores = behaviour_scores(model.hybrid, model.adapters, base, reasoner, n=n_behaviour,
+                                  batch_size=beh_batch, lo=b_lo, hi=b_hi,
+                                  split=split) if n_beh else {}
+        if progress:
+            progress(2, 2)
+        return D.Part(sums, {"scores": scores})
+
+    def merge(parts: list[D.Part]) -> D.Part:
+        sums = D.concat_parts(parts).tensors
+        scores: dict[str, list] = {}
+        for p in parts:
+            for name, sc in p.meta["scores"].items():
+                scores.setdefault(name, []).extend(sc)
+        fa_own = None
+        if n_beh:   # the reasoner's own greedy generations, teacher forced
+            pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+            fa_own = faithfulness(model, tok, max_len=max_len, batches=generation_batches(
+                reasoner_generations(scores), int(pad), max_len=max_len))
+        return D.Part(meta={"faithfulness": faithfulness_from_sums(sums),
+                            "behaviour": behaviour_from_scores(
+                                scores, close_id(reasoner), split) if n_beh else {},
+                            "adapters_key": art.key, "l1": art.config.get("l1"),
+                            "split": split, "faithfulness_own_generations": fa_own})
+
+    config = eval_config(art, n_faith, n_behaviour, src, split)
+    return D.collect("adapters_eval", config, (len(batches), n_beh), work, merge, store=store,
+                     ranks=ranks, align=(1, beh_batch), provenance=provenance(
+                         models={"base": base.describe(), "reasoner": reasoner.describe()}))

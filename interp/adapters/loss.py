@@ -16,11 +16,18 @@ fraction of the cost; the bridged rows ride along in the adapter model's own pas
 layer ``k`` on (:meth:`AdapterModel.forward_bridged`), reusing its residuals and kernel
 launches. At ``k = 0`` and ``k = L`` one bridged run is the adapter model and the other
 the reference, so the term is ``KL_main / 2`` with no extra work.
+
+Data-parallel training (``reduce``, a sum over the ranks): each rank passes only its own
+sequences and every denominator above (valid tokens, bridged tokens, each site's
+``Σ ||h_ref||²``) is first summed over the ranks, so a rank's loss and parts are its
+*share* of the global batch's values: summed over the ranks they are the single-process
+values, and so are the summed gradients.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -41,32 +48,52 @@ def token_kl(logp_ref: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return (logp_ref.exp() * (logp_ref - logp)).sum(-1)
 
 
-def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+def masked_mean(x: torch.Tensor, valid: torch.Tensor, denom: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """``Σ x · valid / Σ valid``; ``denom`` replaces the denominator (e.g. the count over
+    all ranks)."""
     v = valid.to(x.dtype)
-    return (x * v).sum() / v.sum().clamp_min(1.0)
+    return (x * v).sum() / (v.sum().clamp_min(1.0) if denom is None else denom)
 
 
-def kl_loss(logp_ref: torch.Tensor, logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def global_count(valid: torch.Tensor, reduce: Reduce | None) -> torch.Tensor | None:
+    """The number of valid positions summed over the ranks (clamped at 1), or None
+    without ``reduce`` (each mean then uses its own count)."""
+    if reduce is None:
+        return None
+    return reduce(valid.sum().double()).clamp_min(1.0).float()
+
+
+def kl_loss(logp_ref: torch.Tensor, logits: torch.Tensor, valid: torch.Tensor,
+            denom: torch.Tensor | None = None) -> torch.Tensor:
     """Mean next-token KL over valid positions (a scalar)."""
-    return masked_mean(token_kl(logp_ref, logits), valid)
+    return masked_mean(token_kl(logp_ref, logits), valid, denom)
 
 
-def l1_penalty(model: AdapterModel, acts: list[torch.Tensor | None], valid: torch.Tensor
-               ) -> torch.Tensor:
+def l1_penalty(model: AdapterModel, acts: list[torch.Tensor | None], valid: torch.Tensor,
+               denom: torch.Tensor | None = None) -> torch.Tensor:
     """``Σ_layers mean_tokens Σ_i f_i ||W_dec[i]||``: decoder-norm-weighted L1."""
     total = torch.zeros((), device=valid.device)
     for layer, f in enumerate(acts):
         if f is None:
             continue
         norms = model.adapters[layer].decoder_norms().to(f.dtype)
-        total = total + masked_mean((f * norms).sum(-1).float(), valid)
+        total = total + masked_mean((f * norms).sum(-1).float(), valid, denom)
     return total
 
 
 def nmse_per_site(resid_a: list[torch.Tensor], resid_r: list[torch.Tensor],
-                  valid: torch.Tensor) -> torch.Tensor:
-    """``[L+1]``: NMSE of the adapter model's residuals against the reference's."""
+                  valid: torch.Tensor, reduce: Reduce | None = None) -> torch.Tensor:
+    """``[L+1]``: NMSE of the adapter model's residuals against the reference's (with
+    ``reduce``, each site's denominator is summed over the ranks first)."""
     v = valid.unsqueeze(-1).float()
+    if reduce is not None:
+        nums = [((ha.float() - hr.float()).pow(2) * v).sum() for ha, hr in zip(resid_a, resid_r)]
+        dens = reduce(torch.stack([(hr.float().pow(2) * v).sum().detach() for hr in resid_r]))
+        return torch.stack(nums) / dens.clamp_min(1e-12)
     out = []
     for ha, hr in zip(resid_a, resid_r):
         num = ((ha.float() - hr.float()).pow(2) * v).sum()
@@ -75,9 +102,11 @@ def nmse_per_site(resid_a: list[torch.Tensor], resid_r: list[torch.Tensor],
     return torch.stack(out)
 
 
-def l0_per_layer(acts: list[torch.Tensor | None], valid: torch.Tensor) -> torch.Tensor:
+def l0_per_layer(acts: list[torch.Tensor | None], valid: torch.Tensor,
+                 denom: torch.Tensor | None = None) -> torch.Tensor:
     """``[L]``: mean number of active features per valid token, per layer."""
-    return torch.stack([masked_mean((f > 0).float().sum(-1), valid) for f in acts if f is not None])
+    return torch.stack([masked_mean((f > 0).float().sum(-1), valid, denom)
+                        for f in acts if f is not None])
 
 
 @torch.no_grad()
@@ -89,7 +118,8 @@ def reference_pass(model: AdapterModel, tokens: torch.Tensor) -> tuple[ForwardTr
 
 def adapter_loss(model: AdapterModel, tokens: torch.Tensor, valid: torch.Tensor,
                  w: LossWeights, k: int, bridge_rows: torch.Tensor | None = None,
-                 ref: tuple[ForwardTrace, torch.Tensor] | None = None
+                 ref: tuple[ForwardTrace, torch.Tensor] | None = None,
+                 reduce: Reduce | None = None
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total loss and its (detached) parts for one batch.
 
@@ -97,6 +127,8 @@ def adapter_loss(model: AdapterModel, tokens: torch.Tensor, valid: torch.Tensor,
     the bridged term (None: all). ``ref`` may pass a precomputed :func:`reference_pass`.
     Parts: ``loss kl l1 nmse bridge l0`` (scalars), ``nmse_layers`` ``[L+1]``,
     ``l0_layers`` ``[L]``, ``fired`` ``[L, d_sae]`` (bool, any activation this batch).
+    With ``reduce`` (data-parallel, see the module docstring) the loss and every part but
+    ``fired`` are this rank's shares (:func:`reduce_parts` sums them).
     """
     L = model.n_layers
     ref_trace, logp_ref = ref if ref is not None else reference_pass(model, tokens)
@@ -107,9 +139,10 @@ def adapter_loss(model: AdapterModel, tokens: torch.Tensor, valid: torch.Tensor,
         ad, la, lr = model.forward_bridged(tokens, k, rows, ref_trace.resid[k][rows])
     else:
         ad = model(tokens, "adapt")
-    kl = kl_loss(logp_ref, ad.logits, valid)
-    l1 = l1_penalty(model, ad.acts, valid) if w.l1 else torch.zeros((), device=kl.device)
-    nmse_l = nmse_per_site(ad.resid, ref_trace.resid, valid)
+    n_tok = global_count(valid, reduce)
+    kl = kl_loss(logp_ref, ad.logits, valid, n_tok)
+    l1 = l1_penalty(model, ad.acts, valid, n_tok) if w.l1 else torch.zeros((), device=kl.device)
+    nmse_l = nmse_per_site(ad.resid, ref_trace.resid, valid, reduce)
     nmse = nmse_l.mean()
     loss = w.lambda_adapt * kl + w.l1 * l1 + w.lambda_nmse * nmse
     bridge = torch.zeros((), device=kl.device)
@@ -118,13 +151,30 @@ def adapter_loss(model: AdapterModel, tokens: torch.Tensor, valid: torch.Tensor,
             bridge = 0.5 * kl
         else:
             vr, pr = valid[rows], logp_ref[rows]
-            bridge = 0.5 * (kl_loss(pr, la, vr) + kl_loss(pr, lr, vr))
+            n_br = global_count(vr, reduce)
+            bridge = 0.5 * (kl_loss(pr, la, vr, n_br) + kl_loss(pr, lr, vr, n_br))
         loss = loss + w.lambda_bridge * bridge
     with torch.no_grad():
-        l0_l = l0_per_layer(ad.acts, valid)
+        l0_l = l0_per_layer(ad.acts, valid, n_tok)
         vb = valid.unsqueeze(-1)
         fired = torch.stack([((f > 0) & vb).flatten(0, 1).any(0) for f in ad.acts])
     parts = {"loss": loss.detach(), "kl": kl.detach(), "l1": l1.detach(),
              "nmse": nmse.detach(), "bridge": bridge.detach(), "l0": l0_l.mean(),
              "nmse_layers": nmse_l.detach(), "l0_layers": l0_l, "fired": fired}
     return loss, parts
+
+
+def reduce_parts(parts: dict[str, torch.Tensor], reduce: Reduce) -> dict[str, torch.Tensor]:
+    """The global batch's parts from every rank's shares (one reduction, in float64):
+    shares are summed, ``fired`` is or-ed."""
+    names = [k for k in parts if k != "fired"]
+    flat = torch.cat([parts[k].detach().double().reshape(-1) for k in names]
+                     + [parts["fired"].double().reshape(-1)])
+    flat = reduce(flat)
+    out, i = {}, 0
+    for k in names + ["fired"]:
+        n = parts[k].numel()
+        v = flat[i:i + n].view(parts[k].shape)
+        out[k] = v > 0 if k == "fired" else v.to(parts[k].dtype)
+        i += n
+    return out

@@ -26,6 +26,11 @@ that grows :data:`DIVERGENCE_FACTOR` times above the run's first loss stops it w
 :class:`DivergedError` (the run is not saved as a result), and the adapter weights must be
 finite before any checkpoint or artifact is written. Re-running a finished config does not
 train or save again: the artifact already saved is the result.
+
+Under ``torchrun`` the same job trains data-parallel across the ranks (``shard="fsdp"``
+also shards the frozen pair and the adapters); rank 0 alone writes progress, checkpoints
+and the artifact, and a checkpoint resumes on any number of ranks
+(:mod:`interp.adapters.parallel`).
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ class TrainConfig:
     store_root: str | None = None   # artifact store root (None: the default cache)
     save: bool = True               # save the adapters artifact at the end
     nan_at_step: int | None = None  # testing aid: make the loss NaN at this step
+    shard: str = "none"             # none | fsdp (under torchrun: shard pair and adapters)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -112,6 +118,7 @@ class TrainConfig:
             (self.dead_steps >= 1, "dead_steps must be >= 1"),
             (self.threads >= 0, "threads must be >= 0"),
             (self.seed >= 0, "seed must be >= 0"),
+            (self.shard in ("none", "fsdp"), "shard must be 'none' or 'fsdp'"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -126,7 +133,8 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The fields that define the result (not where/how it runs)."""
         d = self.to_dict()
-        for k in ("device", "threads", "store_root", "save", "ckpt_every", "nan_at_step"):
+        for k in ("device", "threads", "store_root", "save", "ckpt_every", "nan_at_step",
+                  "shard"):
             d.pop(k)
         return d
 
@@ -226,10 +234,12 @@ def _sync(device: torch.device) -> None:
 def save_checkpoint(work: Path, step: int, model: AdapterModel, opt: torch.optim.Optimizer,
                     silent: torch.Tensor, history: list[dict[str, Any]],
                     models: dict[str, Any] | None = None,
-                    first_loss: float | None = None) -> Path:
+                    first_loss: float | None = None,
+                    extra: dict[str, Any] | None = None) -> Path:
     """Write ``ckpt-<step>`` (safetensors + JSON), point ``latest.json`` at it, drop older.
     ``models`` (role -> weight hash) records which pair the checkpoint was trained on;
-    ``first_loss`` the run's first loss (the divergence reference, kept across resumes).
+    ``first_loss`` the run's first loss (the divergence reference, kept across resumes);
+    ``extra`` more ``latest.json`` fields (a multi-rank run's ranks and data cursor).
     Refuses (NonFiniteError) adapter weights holding NaN or infinity."""
     from safetensors import SafetensorError
 
@@ -252,7 +262,7 @@ def save_checkpoint(work: Path, step: int, model: AdapterModel, opt: torch.optim
     write_json_atomic(work / f"{name}.json", {"step": step, "history_tail": history[-5:]})
     write_json_atomic(work / "latest.json", {"name": name, "step": step,
                                             "models": models or {},
-                                            "first_loss": first_loss})
+                                            "first_loss": first_loss, **(extra or {})})
     for old in work.glob("ckpt-*"):
         if not old.name.startswith(name):
             old.unlink(missing_ok=True)
@@ -309,23 +319,33 @@ ProgressFn = Callable[..., None]
 
 def train_step(model: AdapterModel, opt: torch.optim.Optimizer, params: list[torch.Tensor],
                tokens: torch.Tensor, valid: torch.Tensor, w: LossWeights, k: int,
-               rows: torch.Tensor, cfg: TrainConfig, poison: bool = False
+               rows: torch.Tensor, cfg: TrainConfig, poison: bool = False, par: Any = None
                ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor], torch.Tensor | None]:
     """One optimisation step: loss (bf16 autocast on CUDA), backward, clip, AdamW.
 
     Returns ``(loss, parts, grad_norm)``; when the loss is not finite nothing is updated
     and ``(None, parts, None)`` is returned (``parts["loss"]`` holds the bad value).
+    ``par`` (a :class:`~interp.adapters.parallel.RankTraining`): this rank's share of a
+    multi-rank step; the parts returned are then the global batch's.
     """
     with _autocast(model.device, cfg.autocast):
-        loss, parts = adapter_loss(model, tokens, valid, w, k, rows)
+        loss, parts = adapter_loss(model, tokens, valid, w, k, rows,
+                                   reduce=par.reduce if par is not None else None)
     if poison:
         loss = loss * float("nan")
         parts["loss"] = loss.detach()
-    if not torch.isfinite(loss):
+    if par is not None:
+        parts = par.global_parts(parts)
+    if not torch.isfinite(parts["loss"] if par is not None else loss):
         return None, parts, None
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    if par is not None:
+        par.backward(loss)
+    else:
+        loss.backward()
     gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    if hasattr(gnorm, "full_tensor"):   # FSDP: a replicated DTensor
+        gnorm = gnorm.full_tensor()
     opt.step()
     return loss, parts, gnorm
 
@@ -344,14 +364,20 @@ def _float_parts(parts: dict[str, torch.Tensor]) -> dict[str, float]:
     return {k: float(v) for k, v in parts.items() if v.ndim == 0}
 
 
-def train(cfg: TrainConfig, setup: Setup, work: Path, progress: ProgressFn | None = None
-          ) -> TrainResult:
+def train(cfg: TrainConfig, setup: Setup, work: Path | None, progress: ProgressFn | None = None,
+          ranks: Any = None) -> TrainResult:
     """Train ``setup.model.adapters`` in place, checkpointing into ``work``.
 
     ``progress(step, total, **metrics)`` is called after every step (the job's
     ``ctx.progress``; it may raise to cancel). Metrics: loss, kl, l1, nmse, bridge, l0,
-    dead (fraction silent for ``dead_steps``), lr, k, tokens_per_s.
+    dead (fraction silent for ``dead_steps``), lr, k, tokens_per_s (and ranks, on
+    several). ``ranks`` (:class:`interp.distributed.Ranks`, default: this process's):
+    on several ranks each trains on its share of every global batch; ``work`` is then
+    only rank 0's (None elsewhere).
     """
+    from .. import distributed as D
+
+    ranks = ranks or D.current()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model, dev = setup.model, setup.device
@@ -359,8 +385,15 @@ def train(cfg: TrainConfig, setup: Setup, work: Path, progress: ProgressFn | Non
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ident = {"base": getattr(setup.base, "weight_hash", None),
              "reasoner": getattr(setup.reasoner, "weight_hash", None)}
-    start, silent = load_checkpoint(work, model, opt, ident)
-    first_loss = (checkpoint_info(work) or {}).get("first_loss") if start else None
+    par = None
+    if ranks.world > 1:
+        from .parallel import RankTraining
+
+        par = RankTraining(ranks, cfg.shard, model, params)
+        start, silent, first_loss = par.load(work, opt, ident)
+    else:
+        start, silent = load_checkpoint(work, model, opt, ident)
+        first_loss = (checkpoint_info(work) or {}).get("first_loss") if start else None
     L, d_sae = model.n_layers, model.adapters.d_sae
     if silent is None:
         silent = torch.zeros(L, d_sae, dtype=torch.long, device=dev)
@@ -380,14 +413,17 @@ def train(cfg: TrainConfig, setup: Setup, work: Path, progress: ProgressFn | Non
         if tokens.shape[1] < 2 or int(valid[:, 1:].sum()) == 0:
             raise TrainingError(f"batch {step} has no next-token targets (max_len "
                                 f"{cfg.max_len}, {tokens.shape[1]} positions): nothing to train on")
-        tokens, valid = tokens.to(dev), valid.to(dev)
         k, rows = draw_bridge(cfg, step, L, tokens.shape[0])
+        n_batch = int(valid.sum())
+        if par is not None:
+            tokens, valid, rows = par.local(tokens, valid, rows)
+        tokens, valid = tokens.to(dev), valid.to(dev)
         poison = cfg.nan_at_step is not None and step == cfg.nan_at_step
         loss, parts, gnorm = train_step(model, opt, params, tokens, valid, w, k, rows.to(dev),
-                                        cfg, poison=poison)
+                                        cfg, poison=poison, par=par)
         if loss is None:
             last = json.loads((work / "latest.json").read_text())["step"] \
-                if (work / "latest.json").exists() else None
+                if work is not None and (work / "latest.json").exists() else None
             kept = (f"the last good checkpoint (step {last}) is kept" if last is not None
                     else "no checkpoint had been written yet")
             raise NaNLossError(
@@ -395,11 +431,11 @@ def train(cfg: TrainConfig, setup: Setup, work: Path, progress: ProgressFn | Non
                 f"(kl={float(parts['kl']):.4g}, l1={float(parts['l1']):.4g}, "
                 f"nmse={float(parts['nmse']):.4g}, bridge={float(parts['bridge']):.4g}); "
                 f"{kept}. Lower lr or l1, or resume from the checkpoint.")
-        loss_f = float(loss.detach())
+        loss_f = float(parts["loss"] if par is not None else loss.detach())
         if first_loss is None:
             first_loss = loss_f
         if loss_f > DIVERGENCE_FACTOR * max(first_loss, DIVERGENCE_FLOOR):
-            last = (checkpoint_info(work) or {}).get("step")
+            last = (checkpoint_info(work) or {}).get("step") if work is not None else None
             raise DivergedError(
                 f"adapter training diverged: the loss reached {loss_f:.4g} at step {step}, "
                 f"more than {DIVERGENCE_FACTOR:g}x its first value {first_loss:.4g} "
@@ -407,7 +443,7 @@ def train(cfg: TrainConfig, setup: Setup, work: Path, progress: ProgressFn | Non
                 + (f" (the checkpoint of step {last} is kept)" if last else "")
                 + ". Lower lr.")
         silent = torch.where(parts["fired"], torch.zeros_like(silent), silent + 1)
-        n_tok += int(valid.sum())
+        n_tok += n_batch
         if dev.type != "cpu":
             _sync(dev)
         el = time.perf_counter() - t0
@@ -415,9 +451,17 @@ def train(cfg: TrainConfig, setup: Setup, work: Path, progress: ProgressFn | Non
         rec = {**parts_f, "lr": lr, "k": k, "grad_norm": float(gnorm),
                "dead": float((silent >= cfg.dead_steps).float().mean()),
                "tokens_per_s": n_tok / max(el, 1e-9)}
+        if par is not None:
+            rec["ranks"] = ranks.world
         history.append({"step": step + 1, **rec})
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(work, step + 1, model, opt, silent, history, ident, first_loss)
+            if par is None:
+                save_checkpoint(work, step + 1, model, opt, silent, history, ident, first_loss)
+            else:
+                par.save(work, step + 1, opt, silent, history, ident, first_loss, extra={
+                    "ranks": ranks.world, "shard": cfg.shard, "data_cursor": {
+                        "step": step + 1, "sequences": (step + 1) * cfg.batch_size,
+                        "global_batch": cfg.batch_size}})
         if progress is not None:
             progress(step + 1, cfg.steps, **rec)
     el = time.perf_counter() - t0
@@ -427,19 +471,29 @@ def train(cfg: TrainConfig, setup: Setup, work: Path, progress: ProgressFn | Non
 
 
 # ---------------------------------------------------------------------- jobs
-def run_training(cfg: TrainConfig, work: Path, progress: ProgressFn | None = None,
+def run_training(cfg: TrainConfig, work: Path | None, progress: ProgressFn | None = None,
                  setup: Setup | None = None) -> dict[str, Any]:
     """Load, train, save the artifact (when ``cfg.save``); returns the job result.
 
     A run that finds its work folder already at the last step trains nothing: the
     artifact saved for this config and pair is the result (never overwritten with an
     empty summary); if it is missing it is saved from the checkpoint and the job's
-    recorded curve."""
+    recorded curve. On several ranks only rank 0 saves (the others return a summary)."""
+    from .. import distributed as D
     from ..store import Store
     from .io import KIND, adapters_config, save_adapters
 
+    ranks = D.current()
+    if ranks.world > 1:
+        from . import parallel
+
+        setup = parallel.prepare(cfg, setup, ranks)
     setup = setup or setup_models(cfg)
-    res = train(cfg, setup, work, progress)
+    res = train(cfg, setup, work, progress, ranks)
+    if ranks.world > 1:
+        setup = parallel.gathered(setup, ranks)
+        if setup is None:
+            return {"steps": res.steps, "resumed_from": res.resumed_from, "rank": ranks.rank}
     history = _full_history(work, res.history)
     final = res.final or (history[-1] if history else {})
     out: dict[str, Any] = {"steps": res.steps, "resumed_from": res.resumed_from,
@@ -482,7 +536,7 @@ def _full_history(work: Path, tail: list[dict[str, Any]]) -> list[dict[str, Any]
 def train_job(spec: dict[str, Any], ctx) -> dict[str, Any]:
     """Job entry (``adapters.train``): spec = TrainConfig fields."""
     cfg = TrainConfig.from_dict(spec)
-    return run_training(cfg, Path(ctx.dir), ctx.progress)
+    return run_training(cfg, Path(ctx.dir) if ctx.dir is not None else None, ctx.progress)
 
 
 def sweep_job(spec: dict[str, Any], ctx) -> dict[str, Any]:
