@@ -54,8 +54,9 @@ def _assert_same_graph(a, b):
         assert x.dtype == y.dtype and torch.equal(x, y), f
     assert a.nodes.n_sources == b.nodes.n_sources
     assert len(a.edges.blocks) == len(b.edges.blocks) and a.edges.n_cols == b.edges.n_cols
-    for (r1, v1), (r2, v2) in zip(a.edges, b.edges):
-        assert torch.equal(r1, r2) and v1.dtype == v2.dtype and torch.equal(v1, v2)
+    for (r1, c1, v1), (r2, c2, v2) in zip(a.edges, b.edges):
+        assert torch.equal(r1, r2) and torch.equal(c1, c2)
+        assert v1.dtype == v2.dtype and torch.equal(v1, v2)
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.target_weights, b.target_weights)
     assert a.targets == b.targets and a.info == b.info and a.token_strs == b.token_strs
     assert a.n_layers == b.n_layers
@@ -313,3 +314,22 @@ def test_compare_and_overlay_figures(traced):
     grid = explore.influence_grid(g, pr.influence)
     ov = gp.influence_overlay({"a": grid, "b": grid * 2}, g.token_strs)
     assert ov.data[2].z == pytest.approx(grid.to_numpy())
+
+
+def test_format_1_blocks_read_as_prefix_columns():
+    """A graph saved before blocks named their columns (format 1) reads back with each
+    block over the first columns."""
+    from interp.attribution.artifacts import graph_from_tensors
+    from interp.attribution.graph import Nodes
+
+    nodes = Nodes(kind=torch.tensor([0, 0, 2], dtype=torch.int8), layer=torch.tensor([0, 0, 1]),
+                  pos=torch.tensor([0, 1, 1]), feature=torch.tensor([-1, -1, -1]),
+                  activation=torch.zeros(3), prefix_end=torch.tensor([1, 2]), n_sources=2)
+    t = {f"nodes.{f}": getattr(nodes, f) for f in
+         ("kind", "layer", "pos", "feature", "activation", "prefix_end")}
+    t.update({"tokens": torch.tensor([1, 2]), "target_weights": torch.ones(1),
+              "edges.00000.rows": torch.tensor([2]),
+              "edges.00000.values": torch.tensor([[0.5, -1.0]])})
+    g = graph_from_tensors(t, {"n_sources": 2, "n_blocks": 1, "n_layers": 1,
+                               "targets": [{"kind": "logit"}]})
+    assert torch.equal(g.edges.dense(3)[2], torch.tensor([0.5, -1.0, 0.0]))

@@ -9,7 +9,8 @@ hashes, from the adapters artifact) and the code version. Files:
 * ``tensors.safetensors``: the node table (``nodes.kind`` int8, ``nodes.layer``,
   ``nodes.pos``, ``nodes.feature``, ``nodes.activation``, ``nodes.prefix_end``),
   ``tokens``, ``target_weights`` and the edge blocks (``edges.<i>.rows`` [b] node ids,
-  ``edges.<i>.values`` [b, m]: see :mod:`.graph`), exactly as computed. A graph whose edge
+  ``edges.<i>.cols`` [m] source columns, ``edges.<i>.values`` [b, m]: see :mod:`.graph`;
+  format 1 stored no columns: its blocks span the first ``m``), exactly as computed. A graph whose edge
   blocks exceed ``limit_bytes`` (64 MB) is stored as its pruned subgraph at the default
   thresholds instead (meta ``stored: "pruned"``): node ids then count within the subgraph;
 * ``graph.json``: the pruned graph at the default thresholds in circuit-tracer's schema
@@ -38,7 +39,8 @@ from .prune import DEFAULT_EDGE_THRESHOLD, DEFAULT_NODE_THRESHOLD, Pruned, prune
 from .targets import DirectionTarget, LogitDiffTarget, LogitTarget, Target
 
 KIND = "attribution_graph"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)   # 1: edge blocks over a prefix of the columns
 FULL_GRAPH_LIMIT = 64 << 20      # bytes of edge values stored in full
 JSON_FILE = "graph.json"
 _NODE_FIELDS = ("kind", "layer", "pos", "feature", "activation", "prefix_end")
@@ -83,8 +85,9 @@ def graph_tensors(graph: Graph) -> dict[str, torch.Tensor]:
     out = {f"nodes.{f}": getattr(n, f) for f in _NODE_FIELDS}
     out["tokens"] = graph.tokens
     out["target_weights"] = graph.target_weights
-    for i, (rows, vals) in enumerate(graph.edges):
+    for i, (rows, cols, vals) in enumerate(graph.edges):
         out[f"edges.{i:05d}.rows"] = rows
+        out[f"edges.{i:05d}.cols"] = cols.clone()   # blocks may share one column list
         out[f"edges.{i:05d}.values"] = vals
     return {k: v.detach().contiguous().cpu() for k, v in out.items()}
 
@@ -96,8 +99,11 @@ def graph_from_tensors(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, A
                       n_sources=int(meta["n_sources"]))
         edges = EdgeRows(n_cols=int(meta["n_sources"]))
         for i in range(int(meta["n_blocks"])):
-            edges.blocks.append((tensors[f"edges.{i:05d}.rows"],
-                                 tensors[f"edges.{i:05d}.values"]))
+            vals = tensors[f"edges.{i:05d}.values"]
+            cols = tensors.get(f"edges.{i:05d}.cols")
+            if cols is None:        # format 1: blocks over a prefix of the columns
+                cols = torch.arange(vals.shape[1])
+            edges.blocks.append((tensors[f"edges.{i:05d}.rows"], cols, vals))
         return Graph(nodes=nodes, edges=edges, tokens=tensors["tokens"],
                      targets=[dict(t) for t in meta["targets"]], n_layers=int(meta["n_layers"]),
                      target_weights=tensors["target_weights"], info=dict(meta.get("info", {})),
@@ -119,7 +125,7 @@ def pruned_subgraph(graph: Graph, pruned: Pruned) -> Graph:
     if bool((t < 0).any() | (s < 0).any()):
         raise ConfigError("the pruned edges name nodes that were pruned away")
     edges = EdgeRows(n_cols=nodes.n_sources)
-    dt = graph.edges.blocks[0][1].dtype if graph.edges.blocks else torch.float32
+    dt = graph.edges.blocks[0][2].dtype if graph.edges.blocks else torch.float32
     rows = torch.unique(t)
     if rows.numel():
         width = nodes.prefix_end[nodes.pos[rows]]
@@ -130,7 +136,7 @@ def pruned_subgraph(graph: Graph, pruned: Pruned) -> Graph:
             local[r] = torch.arange(r.numel())
             sel = local[t] >= 0
             vals[local[t[sel]], s[sel]] = pruned.edge_weights[sel].to(dt)
-            edges.add(r, vals)
+            edges.add(r, torch.arange(int(m)), vals)
     tgt = graph.target_ids()
     kept_t = torch.isin(tgt, keep)
     info = {**graph.info, "pruned_from": {"n_nodes": len(graph.nodes),
@@ -243,7 +249,7 @@ def load_graph(art: Artifact, adapters: Artifact | None = None,
     if art.kind != KIND:
         raise ArtifactError(f"{art.key} is a {art.kind} artifact, not an attribution graph")
     ver = art.meta.get("format_version")
-    if ver != FORMAT_VERSION:
+    if ver not in READABLE_VERSIONS:
         raise ArtifactError(f"graph {art.key} has format version {ver}; this code reads "
                             f"{FORMAT_VERSION}")
     check_pair(art, adapters, pair_hashes)
