@@ -12,7 +12,8 @@ hashes, from the adapters artifact) and the code version. Files:
   ``edges.<i>.cols`` [m] source columns, ``edges.<i>.values`` [b, m]: see :mod:`.graph`;
   format 1 stored no columns: its blocks span the first ``m``), exactly as computed. A
   graph whose edge blocks exceed ``limit_bytes`` (64 MB) is stored as its pruned subgraph
-  at the default thresholds instead (meta ``stored: "pruned"``): node ids then count within the subgraph;
+  at the default thresholds instead (meta ``stored: "pruned"``): node ids then count
+  within the subgraph;
 * ``graph.json``: the pruned graph at the default thresholds in circuit-tracer's schema
   (:mod:`.graph_json`), with feature labels as ``clerp`` where
   :mod:`interp.features.labels` has any.
