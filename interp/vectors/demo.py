@@ -25,7 +25,6 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from ..errors import ConfigError
@@ -166,6 +165,7 @@ def run_experiment(spec: dict[str, Any] | None = None, store: Store | None = Non
         alpha_sweep,
         control_modifier,
         organism_batch,
+        sweep_tensors,
         task_modifier,
     )
     from .task import Mask, TaskVector, TaskVectorSweeper, task_vector_stats
@@ -224,10 +224,7 @@ def run_experiment(spec: dict[str, Any] | None = None, store: Store | None = Non
             batch = organism_batch(probs, s["fmt"])
             res = alpha_sweep(model, modifier, s["alphas"], batch, unit=s["unit"],
                               progress=lambda d, t: prog(d, t, "forward sweep"))
-            tensors = {k: torch.tensor(np.asarray(res[k]), dtype=torch.float32)
-                       for k in ("kl_last", "kl_trace", "entropy_last", "entropy_trace",
-                                 "p_correct")}
-            tensors["alphas"] = torch.tensor(res["alphas"])
+            tensors = sweep_tensors(res)
             save("vectors.sweep", "sweep", tensors, meta={"unit": s["unit"],
                                                           "problem_ids": batch.ids})
         if "accuracy" in parts:

@@ -146,7 +146,7 @@ def run_task_experiment(raw: dict[str, Any], s: dict[str, Any], store: Store,
     from ..tasks import get_task
     from .control import ControlVector, build_control_vector
     from .lens import generation_lens, layer_token_kl, trace_lens
-    from .sweep import alpha_sweep, control_modifier, task_modifier
+    from .sweep import alpha_sweep, control_modifier, sweep_tensors, task_modifier
     from .task import Mask, TaskVector, TaskVectorSweeper, task_vector_stats
 
     check_task_spec(raw, s)
@@ -206,10 +206,7 @@ def run_task_experiment(raw: dict[str, Any], s: dict[str, Any], store: Store,
             batch = task_batch(model, task, items, s.get("traces"), s["max_new_tokens"])
             res = alpha_sweep(model, modifier, s["alphas"], batch, unit=s["unit"],
                               progress=lambda d, t: prog(d, t, "forward sweep"))
-            tensors = {k: torch.tensor(np.asarray(res[k]), dtype=torch.float32)
-                       for k in ("kl_last", "kl_trace", "entropy_last", "entropy_trace",
-                                 "p_correct")}
-            tensors["alphas"] = torch.tensor(res["alphas"])
+            tensors = sweep_tensors(res)
             save("vectors.sweep", "sweep", tensors, meta={"unit": s["unit"],
                                                           "problem_ids": batch.ids})
         if "accuracy" in parts and task.has_answers:

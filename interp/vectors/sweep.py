@@ -143,6 +143,16 @@ def alpha_sweep(model, modifier: Modifier, alphas: Sequence[float], batch: Sweep
     return {"alphas": alphas, "unit": unit, **res}
 
 
+
+SWEEP_FIELDS = ("kl_last", "kl_trace", "entropy_last", "entropy_trace", "p_correct")
+
+
+def sweep_tensors(res: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors a ``vectors.sweep`` artifact stores of an :func:`alpha_sweep` result."""
+    out = {k: torch.tensor(np.asarray(res[k]), dtype=torch.float32) for k in SWEEP_FIELDS}
+    out["alphas"] = torch.tensor(res["alphas"])
+    return out
+
 def alpha_sweep_naive(model, modifier: Modifier, alphas: Sequence[float], batch: SweepBatch,
                       unit: str = "nats", progress: Callable[[int, int], None] | None = None
                       ) -> dict[str, Any]:
