@@ -219,9 +219,11 @@ if evaluated:
 # ------------------------------------------------------------------ frontier
 st.subheader("Sparsity vs faithfulness")
 sweeps = [a for s in stores.values() for a in s.list("adapters_sweep")]
-points = [p for a in sweeps for p in a.meta.get("runs", [])]
+points = [{"steps": a.config.get("steps"), **p} for a in sweeps for p in a.meta.get("runs", [])]
 if points:
-    fig_f = ap.frontier_figure(points)
+    fig_f = ap.frontier_figure(points, table_steps=[
+        r["artifact"].config.get("steps") for r in runs
+        if r["eval"] is not None and r["artifact"].config.get("steps")])
     st.plotly_chart(fig_f, key="fig_frontier")
     ui.export_panel(fig_f, ap.frontier_frame(points), "adapters-frontier", key="exp_frontier")
 else:
