@@ -11,8 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from interp.plots.common import (FRACTION_RANGE, PALETTE, ROLE_COLORS, SERIES_COLORS,
-                                 log_ticks)
+from interp.plots.common import FRACTION_RANGE, PALETTE, ROLE_COLORS, SERIES_COLORS, log_ticks
 
 ROOT = Path(__file__).resolve().parents[1]
 HEX = re.compile(r"#[0-9A-Fa-f]{6}\b|#[0-9A-Fa-f]{3}\b")
