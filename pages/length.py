@@ -21,7 +21,7 @@ from interp.behaviour import agreement_table, per_alpha_agreement_table
 from interp.length import plots as lp
 from interp.length.pipeline import DEFAULTS, list_runs, load_run
 from interp.length.report import demo_store, planted_head_check
-from interp.length.seal import DEFAULT_RULES
+from interp.length.seal import DEFAULT_RULES, delta_color, headline_of
 from interp.models import current_weight_hash
 from interp.tasks import speaks_organism
 
@@ -385,16 +385,34 @@ if section == "SEAL":
     if seal is None:
         st.info("No SEAL result in this run.")
     else:
-        c = st.columns(3)
-        c[0].metric("hesitations / response", f"{seal['hesitations_after']:.3f}",
-                    f"{seal['hesitations_after'] - seal['hesitations_before']:+.3f}")
-        mb, ma = seal["before"]["mean_think_tokens"], seal["after"]["mean_think_tokens"]
-        c[1].metric("mean thinking tokens", f"{ma:.1f}", f"{ma - mb:+.1f}")
-        if "accuracy" in seal["after"]:
-            ab, aa = seal["before"]["accuracy"]["value"], seal["after"]["accuracy"]["value"]
-            c[2].metric("accuracy", f"{aa:.3f}", f"{aa - ab:+.3f}")
-        st.caption(f"Vector {seal['sign']} at `{seal['hook']}`, anchor `{seal['anchor']}`, "
-                   f"α = {seal['alpha']}; steps per class {json.dumps(seal['counts'])}.")
+        head = ui.attempt(headline_of, seal)
+        if head is not None:
+            ref, pick = head["reference"], head["chosen"]
+            c = st.columns(3)
+            for col, (measure, label, fmt) in zip(c, (
+                    ("hesitations", "hesitations / response", ".3f"),
+                    ("mean_think_tokens", "mean thinking tokens", ".1f"),
+                    ("accuracy", "accuracy", ".3f"))):
+                if measure not in pick:
+                    continue
+                val = pick[measure]["value"] if measure == "accuracy" else pick[measure]
+                old = ref[measure]["value"] if measure == "accuracy" else ref[measure]
+                col.metric(label, f"{val:{fmt}}", f"{val - old:+{fmt}} vs α = 0",
+                           delta_color=delta_color(measure),
+                           delta_arrow="auto" if val != old else "off")
+            drop = ref["mean_think_tokens"] - pick["mean_think_tokens"]
+            st.caption(
+                f"Headline α = **{head['alpha']:g}**, chosen from the sweep below by a rule: "
+                f"{head['rule']}. Rule applied to the same {ref['n']} evaluation prompts as the "
+                "figures (this run keeps no separate validation split for SEAL)."
+                + (f" The drop ({drop:.2f} tokens) is within the noise (±{head['noise']:.2f}, "
+                   "combined s.e.m.)." if 0 < drop <= head["noise"] else "")
+                + (" Left out: " + "; ".join(f"α = {a:g}: {why}" for a, why in
+                                            head["rejected"].items()) + "." if head["rejected"]
+                   else "")
+                + f" Green = better for shorter thinking with fewer hesitations. Vector "
+                  f"{seal['sign']} at `{seal['hook']}`, anchor `{seal['anchor']}`, configured "
+                  f"α = {seal['alpha']}; steps per class {json.dumps(seal['counts'])}.")
         if seal.get("sweep"):
             df = lp.sweep_frame(seal["sweep"])
             fig = lp.sweep_figure(df, "SEAL: steering strength (at separators inside the "
