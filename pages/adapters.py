@@ -140,7 +140,9 @@ for name, recs in live.items():
 df_curves = ap.curves_frame(curves)
 fig_curves = ap.loss_curves(df_curves, term or "kl", int(smooth), bool(logy))
 st.plotly_chart(fig_curves, key="fig_curves")
-ui.export_panel(fig_curves, df_curves, f"adapters-curves-{term}", key="exp_curves")
+ui.export_panel(fig_curves, df_curves, f"adapters-curves-{term}", key="exp_curves",
+                context={"run": ",".join(lab.split(" · ")[-1] for lab in curves),
+                         "setting": {"smoothing": int(smooth)}})
 
 # ------------------------------------------------------------------ faithfulness
 st.subheader("Faithfulness and sparsity")
@@ -172,6 +174,10 @@ if evaluated:
     names = list(evaluated)
     pick = ui.url_widget(st.selectbox, "Run in detail", "run", names[0], options=names)
     fa = evaluated[pick]
+    _picked = next(r for r in runs if r["label"] == pick)
+    ui.export_context(pair=(_picked["artifact"].config.get("base"),
+                            _picked["artifact"].config.get("reasoner")),
+                      run=_picked["artifact"].key)
     left, right = st.columns(2)
     with left:
         fig_l = ap.per_layer_figure(fa)
@@ -225,6 +231,7 @@ if points:
         r["artifact"].config.get("steps") for r in runs
         if r["eval"] is not None and r["artifact"].config.get("steps")])
     st.plotly_chart(fig_f, key="fig_frontier")
-    ui.export_panel(fig_f, ap.frontier_frame(points), "adapters-frontier", key="exp_frontier")
+    ui.export_panel(fig_f, ap.frontier_frame(points), "adapters-frontier", key="exp_frontier",
+                    context={"run": ",".join(a.key for a in sweeps)})
 else:
     st.caption("No L1 sweep saved yet.")

@@ -166,6 +166,7 @@ run = ui.attempt(load_run, stores[store_name], key)
 if run is None:
     st.stop()
 idx, ed, sw, dmeta = run["index"], run["edit"], run["sweep"], run["direction"]
+ui.export_context(model=idx.get("model"), run=key)
 _now = current_weight_hash(str(idx.get("model", "")))
 if run.get("weight_hash") and _now and _now != run["weight_hash"]:
     st.warning(f"This run was computed on other weights of {idx.get('model')} than those now "
@@ -234,7 +235,7 @@ if section == "Direction":
                            f"cosine of dir_l across layers ({site})")
     st.plotly_chart(fig, key="l_cos")
     ui.export_panel(fig, pd.DataFrame(run["cosine"][site or dmeta["sites"][0]]),
-                    f"length_cosine_{site}", "l_cos_x")
+                    "length_cosine", "l_cos_x", context={"setting": {"site": site}})
     st.caption(f"Held-out split: {dmeta['n_train']} train / {dmeta['n_test']} test "
                f"examples ({dmeta['n_long']} long, {dmeta['n_short']} short). Hooks "
                f"`blocks.{{l}}.hook_resid_mid` / `hook_resid_post`; sign {dmeta['sign']}.")
@@ -244,7 +245,8 @@ if section == "α sweep":
     df = lp.sweep_frame(sw["per_alpha"])
     fig = lp.sweep_figure(df, "all-layer steering: length, accuracy, short fraction vs α")
     st.plotly_chart(fig, key="l_sweep")
-    ui.export_panel(fig, df, "length_alpha_sweep", "l_sweep_x")
+    ui.export_panel(fig, df, "length_alpha_sweep", "l_sweep_x", context={"setting": {
+        "site": run["config"].get("sweep_site", "resid_mid"), "α": list(df["alpha"])}})
     st.caption(f"All layers, site {run['config'].get('sweep_site', 'resid_mid')}; α grid "
                f"{sw.get('alpha_grid_rule', '')} (units of dir_l). Spearman ρ of mean length "
                f"vs α: {sw['spearman_mean_length_vs_alpha']:.3f}. One batched generation.")
@@ -269,7 +271,8 @@ if section == "α sweep":
         df = lp.histogram_frame(series, int(bin_w), int(over))
         fig = lp.histogram_figure(df, True, "thinking-length histogram per α")
         st.plotly_chart(fig, key="l_sweep_hist")
-        ui.export_panel(fig, df, "length_alpha_histograms", "l_sweep_hist_x")
+        ui.export_panel(fig, df, "length_alpha_histograms", "l_sweep_hist_x",
+                        context={"setting": {"α": sel}})
 
 # ------------------------------------------------------------------ accuracy vs length
 if section == "Accuracy vs length":
@@ -420,7 +423,8 @@ if section == "SEAL":
                                   x_title="α (units of the SEAL vector; negative = away "
                                           "from reflection)")
             st.plotly_chart(fig, key="l_seal_sweep")
-            ui.export_panel(fig, df, "length_seal_sweep", "l_seal_sweep_x")
+            ui.export_panel(fig, df, "length_seal_sweep", "l_seal_sweep_x", context={
+                "setting": {"α": list(df["alpha"]), "layer": seal["layer"]}})
             cols = [c for c in ("alpha", "hesitations", "mean_think_tokens", "accuracy",
                                 "short_fraction") if c in df]
             st.dataframe(df[cols], hide_index=True)
