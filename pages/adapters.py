@@ -18,6 +18,7 @@ from interp.adapters import plots as ap
 from interp.adapters.io import catalog, history_of
 from interp.adapters.report import demo_store
 from interp.behaviour import agreement_table
+from interp.plots.common import table_style
 from interp.tasks import speaks_organism
 
 st.title("Transcoder adapters")
@@ -199,7 +200,7 @@ if evaluated:
     be = ev.meta.get("behaviour") or {}
     if be:
         bt = ap.behaviour_table(be)
-        st.dataframe(bt, hide_index=True)
+        st.dataframe(table_style(bt), hide_index=True)
         der = be.get("derived", {})
         m = st.columns(3)
         m[0].metric("accuracy recovered", f"{der.get('accuracy_recovered', float('nan')):.0%}")

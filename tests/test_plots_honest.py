@@ -254,3 +254,44 @@ def test_fraction_axis_frame_shows_whole_markers_at_0_and_1():
     dfc = pd.DataFrame({"series": ["a"], "threshold": [3], "n": [4], "accuracy": [1.0],
                         "fraction_of_responses": [1.0]})
     assert cumulative_figure(dfc).layout.yaxis.range[1] > 1
+
+
+# ------------------------------------------------------------------ tables
+def test_table_style_shows_missing_values_as_a_dash_and_keeps_numbers():
+    from interp.plots.common import MISSING, table_style
+
+    df = pd.DataFrame({"format": ["think", None, np.nan], "n": [512.0, np.nan, 3.0],
+                       "accuracy": [0.958984, np.nan, 0.5]}, index=["a", "b", "c"])
+    sty = table_style(df)
+    html = sty.to_html()
+    assert "None" not in html and "nan" not in html.lower()
+    assert html.count(MISSING) == 4
+    assert ">512<" in html and ">0.959<" in html
+    assert sty.data["n"].dtype.kind == "f"          # sorting stays numeric
+
+
+def test_behaviour_table_is_compact_with_the_rest_on_demand(_navigation_mode, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from interp.organisms.report import (
+        BEHAVIOUR_KEY_COLUMNS,
+        behaviour_artifact,
+        behaviour_key_table,
+        behaviour_table,
+    )
+
+    art, _ = behaviour_artifact()
+    full = behaviour_table(art)
+    key = behaviour_key_table(full)
+    assert full.shape[1] > 30 and key.shape[1] <= len(BEHAVIOUR_KEY_COLUMNS) <= 10
+    assert key.loc["reasoner", "accuracy"] == full.loc["reasoner", "accuracy"]
+    monkeypatch.setenv("INTERP_DEMO", "1")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.switch_page("pages/models.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    tables = [d.value for d in at.dataframe]
+    shown = [t for t in tables if "accuracy" in t.columns and "reasoner" in t.index]
+    assert shown and shown[0].shape[1] <= 10                 # the compact one comes first
+    assert any(t.shape[1] == full.shape[1] for t in tables)  # all measures, in an expander
+    assert any(f"All {full.shape[1]} measures" in str(e.label) for e in at.expander)

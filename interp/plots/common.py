@@ -149,6 +149,27 @@ def log_axis(fig: go.Figure, lo: float, hi: float, axis: str = "x", pad: float =
     return fig
 
 
+MISSING = "–"  # how a table shows a value that does not apply (never "None" or "nan")
+
+
+def table_style(df: pd.DataFrame, digits: int = 3) -> Any:
+    """``df`` as a pandas Styler for display: missing values as :data:`MISSING`, whole
+    numbers without decimals, other numbers to ``digits`` significant digits. The data
+    stay numbers (sorting works); exports use the DataFrame itself."""
+    fmt: dict[Any, Any] = {}
+    for c in df.columns:
+        col = df[c]
+        if pd.api.types.is_bool_dtype(col):
+            continue
+        if pd.api.types.is_numeric_dtype(col):
+            vals = col.dropna()
+            whole = len(vals) > 0 and bool((vals == vals.round()).all())
+            fmt[c] = "{:,.0f}" if whole else f"{{:.{digits}g}}"
+    return df.style.format(fmt, na_rep=MISSING).format(
+        lambda v: MISSING if v is None else v,
+        subset=[c for c in df.columns if c not in fmt], na_rep=MISSING)
+
+
 # --------------------------------------------------------------------- Models page
 METRIC_LABELS = {
     "relative": "relative change ‖Δθ‖ / ‖θ_base‖",
