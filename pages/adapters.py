@@ -218,7 +218,7 @@ if evaluated:
                        "completion count as mismatches) and where the completions first "
                        "differ; rows per the reasoner's short / long thinking.")
             at = agreement_table(be["per_example"])
-            st.dataframe(at, hide_index=True)
+            st.dataframe(table_style(at), hide_index=True)
             ui.export_panel(None, at, "adapters-agreement", key="exp_agreement")
     else:
         st.caption("This evaluation has no behaviour figures (non-organism data).")

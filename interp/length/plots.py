@@ -18,6 +18,7 @@ from ..plots.common import (
     ROLE_COLORS,
     fraction_axis,
     heatmap,
+    legend_below,
     series_color,
     style,
 )
@@ -120,7 +121,8 @@ def sweep_figure(df: pd.DataFrame, title: str | None = None,
         fig.add_vline(x=0, line_dash="dash", line_color=ROLE_COLORS["other"], row=row[name],
                       col=1)
     fraction_axis(fig, row=row["fractions"], col=1)
-    style(fig, title, height=190 * len(panels) + 120)
+    style(fig, title, height=190 * len(panels) + 150)
+    legend_below(fig, y=-0.08 if len(panels) > 2 else -0.12, bottom=110)
     fig.update_xaxes(title_text=x_title, row=len(panels), col=1)
     return fig
 
@@ -221,15 +223,15 @@ def separability_figure(df: pd.DataFrame, title: str | None = None) -> go.Figure
                             row=1, col=i + 1)
         fig.update_xaxes(tickmode="array", tickvals=list(g["layer"]), title_text="layer",
                          row=1, col=i + 1)
-    style(fig, title, y_title=None)
+    style(fig, title, y_title=None, height=460)
+    legend_below(fig, y=-0.18, bottom=120)
     fig.update_yaxes(range=[0.4, 1.04], title_text="held-out separability", row=1, col=1)
     both = df[(df["auroc"] >= 0.999) & (df["probe_accuracy"] >= 0.999)]
     if len(both):
-        fig.add_annotation(text=f"{len(both)} layer(s) at 1.0 on both measures; the probe "
-                                "points sit just right of their layer", xref="paper",
-                           yref="paper", x=0, y=-0.2, showarrow=False, xanchor="left",
-                           font=dict(size=11, color=ROLE_COLORS["other"]))
-        fig.update_layout(margin=dict(b=80))
+        fig.add_annotation(text=f"{len(both)} site-layer(s) at 1.0 on both measures; the "
+                                "probe points sit just right of their layer", xref="paper",
+                           yref="paper", x=1.0, y=-0.18, showarrow=False, xanchor="right",
+                           yanchor="top", font=dict(size=11, color=ROLE_COLORS["other"]))
     return fig
 
 

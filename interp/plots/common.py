@@ -99,6 +99,14 @@ def bar(labels: Sequence[str], values: Sequence[float], title: str | None = None
     return style(fig, title, height=height, x_title=x_title, y_title=y_title)
 
 
+def legend_below(fig: go.Figure, y: float = -0.16, bottom: int = 90) -> go.Figure:
+    """Put the legend in a row under the plot (for figures whose top holds subplot
+    titles, where :func:`style`'s legend above the plot would cover them)."""
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=y, xanchor="left", x=0.0),
+                      margin=dict(b=bottom))
+    return fig
+
+
 def series_color(i: int) -> str:
     """The ``i``-th colour for series that are neither base nor fine-tune."""
     return SERIES_COLORS[i % len(SERIES_COLORS)]
