@@ -18,7 +18,7 @@ from interp.adapters import plots as ap
 from interp.adapters.io import catalog, history_of
 from interp.adapters.report import demo_store
 from interp.behaviour import agreement_table
-from interp.plots.common import table_style
+from interp.plots.common import table_view
 from interp.tasks import speaks_organism
 
 st.title("Transcoder adapters")
@@ -200,7 +200,7 @@ if evaluated:
     be = ev.meta.get("behaviour") or {}
     if be:
         bt = ap.behaviour_table(be)
-        st.dataframe(table_style(bt), hide_index=True)
+        st.dataframe(table_view(bt), hide_index=True)
         der = be.get("derived", {})
         m = st.columns(3)
         m[0].metric("accuracy recovered", f"{der.get('accuracy_recovered', float('nan')):.0%}")
@@ -218,7 +218,7 @@ if evaluated:
                        "completion count as mismatches) and where the completions first "
                        "differ; rows per the reasoner's short / long thinking.")
             at = agreement_table(be["per_example"])
-            st.dataframe(table_style(at), hide_index=True)
+            st.dataframe(table_view(at), hide_index=True)
             ui.export_panel(None, at, "adapters-agreement", key="exp_agreement")
     else:
         st.caption("This evaluation has no behaviour figures (non-organism data).")

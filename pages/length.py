@@ -23,7 +23,7 @@ from interp.length.pipeline import DEFAULTS, list_runs, load_run
 from interp.length.report import demo_store, planted_head_check
 from interp.length.seal import DEFAULT_RULES, delta_color, headline_of
 from interp.models import current_weight_hash
-from interp.plots.common import table_style
+from interp.plots.common import table_view
 from interp.tasks import speaks_organism
 
 RULE_TEXT = {
@@ -254,7 +254,7 @@ if section == "α sweep":
     agree = per_alpha_agreement_table(sw["per_alpha"])
     if len(agree):
         st.markdown("**Per example, against the unsteered generations (α = 0)**")
-        st.dataframe(table_style(agree), hide_index=True)
+        st.dataframe(table_view(agree), hide_index=True)
         ui.export_panel(None, agree, "length_alpha_agreement", "l_sweep_agree_x")
     alphas = [p["alpha"] for p in sw["per_alpha"]]
     default_sel = ",".join(str(a) for a in (alphas[0], 0.0, alphas[-1]) if a in alphas)
@@ -346,7 +346,7 @@ if section == "Edit":
                    "share of matching aligned tokens (past the shorter completion counts "
                    "as a mismatch), where the completions first differ; rows per the "
                    "unedited model's short / long thinking.")
-        st.dataframe(table_style(agree), hide_index=True)
+        st.dataframe(table_view(agree), hide_index=True)
         ui.export_panel(None, agree, "length_edit_agreement", "l_edit_agree_x")
     if ed.get("effect_scan"):
         sel = ed.get("selection") or {}
@@ -434,7 +434,7 @@ if section == "SEAL":
             agree = per_alpha_agreement_table(seal["sweep"])
             if len(agree):
                 st.markdown("**Per example, against the unsteered generations**")
-                st.dataframe(table_style(agree), hide_index=True)
+                st.dataframe(table_view(agree), hide_index=True)
                 ui.export_panel(None, agree, "length_seal_agreement", "l_seal_agree_x")
         st.dataframe(pd.DataFrame(seal["rules"]), hide_index=True)
         ui.export_panel(None, {k: v for k, v in seal.items()}, "length_seal", "l_seal_x")

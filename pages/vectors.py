@@ -16,7 +16,7 @@ import streamlit as st
 
 import pages.common as ui
 from interp.behaviour import agreement_table, decomposition_table
-from interp.plots.common import table_style
+from interp.plots.common import table_view
 from interp.tasks import speaks_organism
 from interp.vectors import plots as vp
 from interp.vectors import views
@@ -278,11 +278,11 @@ if acc is not None:
                                       for t in ("easy", "add", "all")
                                       if k in vb["decomposition"][t]}
                                   for k in ("without_vector", "plus_vector", "minus_vector")})
-        st.dataframe(table_style(dt), hide_index=True)
+        st.dataframe(table_view(dt), hide_index=True)
         ui.export_panel(None, dt, "vectors-decomposition", key="vx_dec",
                         context={"run": acc.key, **NO_ALPHA})
         at = agreement_table(vb["per_example"])
         st.markdown("**Per example, against the target without the vector**")
-        st.dataframe(table_style(at), hide_index=True)
+        st.dataframe(table_view(at), hide_index=True)
         ui.export_panel(None, at, "vectors-agreement", key="vx_agree",
                         context={"run": acc.key, **NO_ALPHA})

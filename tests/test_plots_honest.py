@@ -257,17 +257,20 @@ def test_fraction_axis_frame_shows_whole_markers_at_0_and_1():
 
 
 # ------------------------------------------------------------------ tables
-def test_table_style_shows_missing_values_as_a_dash_and_keeps_numbers():
-    from interp.plots.common import MISSING, table_style
+def test_table_view_shows_missing_values_as_a_dash_and_keeps_full_columns_numeric():
+    from interp.plots.common import MISSING, table_view
 
     df = pd.DataFrame({"format": ["think", None, np.nan], "n": [512.0, np.nan, 3.0],
-                       "accuracy": [0.958984, np.nan, 0.5]}, index=["a", "b", "c"])
-    sty = table_style(df)
-    html = sty.to_html()
-    assert "None" not in html and "nan" not in html.lower()
-    assert html.count(MISSING) == 4
-    assert ">512<" in html and ">0.959<" in html
-    assert sty.data["n"].dtype.kind == "f"          # sorting stays numeric
+                       "accuracy": [0.958984, np.nan, 0.5], "full": [0.1, 0.2, 0.3]},
+                      index=["a", "b", "c"])
+    view = table_view(df)
+    cells = [str(v) for v in view.to_numpy().ravel()]
+    assert "None" not in cells and "nan" not in cells
+    assert cells.count(MISSING) == 4
+    assert list(view["n"]) == ["512", MISSING, "3"]
+    assert list(view["accuracy"]) == ["0.959", MISSING, "0.5"]
+    assert view["full"].dtype.kind == "f"              # no missing value: stays numeric
+    assert df["n"].isna().sum() == 1                   # the data itself is unchanged
 
 
 def test_behaviour_table_is_compact_with_the_rest_on_demand(_navigation_mode, monkeypatch):

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
-from ..plots.common import ROLE_COLORS, log_axis, series_color, style
+from ..plots.common import ROLE_COLORS, legend_below, log_axis, series_color, style
 
 MODEL_COLORS = {"base": ROLE_COLORS["base"], "reasoner": ROLE_COLORS["fine"],
                 "adapter": ROLE_COLORS["difference"], "hybrid": ROLE_COLORS["other"]}
@@ -95,8 +95,9 @@ def per_layer_figure(fa: Mapping[str, Any]) -> go.Figure:
                text=[f"L0 = {v:.1f}" for v in df["L0"]], textposition="outside")])
     fig.update_yaxes(type="log")
     fig.update_xaxes(type="category")
-    return style(fig, "Residual NMSE to the reasoner after each block", x_title="layer",
-                 y_title="NMSE (log)")
+    style(fig, "Residual NMSE to the reasoner after each block", x_title="layer",
+          y_title="NMSE (log)", height=460)
+    return legend_below(fig, y=-0.22, bottom=110)
 
 
 OFF_SCALE = 5.0  # a reference line this many times above the data is written, not drawn
@@ -131,10 +132,9 @@ def bridged_figure(fa: Mapping[str, Any]) -> go.Figure:
     fig = style(fig, f"Bridged KL(reasoner ‖ bridged model) by cutoff (y: 0–{upper:.2g} nats)",
                 x_title="cutoff k", y_title="KL, nats")
     fig.update_xaxes(tickmode="array", tickvals=k)
-    # the two long trace names would run into the title in a half-width column
-    fig.update_layout(legend=dict(orientation="v", yanchor="middle", y=0.5, xanchor="right",
-                                  x=0.99))
-    return fig
+    fig.update_layout(height=460)
+    # under the plot: the two long trace names would cover the title or the curves
+    return legend_below(fig, y=-0.22, bottom=110)
 
 
 def frontier_frame(runs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:

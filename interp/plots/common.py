@@ -160,22 +160,31 @@ def log_axis(fig: go.Figure, lo: float, hi: float, axis: str = "x", pad: float =
 MISSING = "–"  # how a table shows a value that does not apply (never "None" or "nan")
 
 
-def table_style(df: pd.DataFrame, digits: int = 3) -> Any:
-    """``df`` as a pandas Styler for display: missing values as :data:`MISSING`, whole
-    numbers without decimals, other numbers to ``digits`` significant digits. The data
-    stay numbers (sorting works); exports use the DataFrame itself."""
-    fmt: dict[Any, Any] = {}
-    for c in df.columns:
-        col = df[c]
-        if pd.api.types.is_bool_dtype(col):
+def table_view(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """``df`` for display in a table: every column with a missing value (None, NaN)
+    shows it as :data:`MISSING` (its numbers written with ``digits`` significant digits,
+    whole numbers without decimals); columns without missing values are left as they
+    are (numeric, sortable). Exports use the DataFrame itself. (Streamlit writes a
+    missing cell as "None" whatever a Styler says, so the cells themselves change.)"""
+    out = df.copy()
+    for c in out.columns:
+        col = out[c]
+        if not col.isna().any():
             continue
-        if pd.api.types.is_numeric_dtype(col):
-            vals = col.dropna()
-            whole = len(vals) > 0 and bool((vals == vals.round()).all())
-            fmt[c] = "{:,.0f}" if whole else f"{{:.{digits}g}}"
-    return df.style.format(fmt, na_rep=MISSING).format(
-        lambda v: MISSING if v is None else v,
-        subset=[c for c in df.columns if c not in fmt], na_rep=MISSING)
+        vals = col.dropna()
+        numeric = len(vals) > 0 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                        for v in vals)
+        whole = numeric and all(float(v).is_integer() for v in vals)
+
+        def show(v: Any, numeric: bool = numeric, whole: bool = whole) -> str:
+            if v is None or (isinstance(v, float) and v != v):
+                return MISSING
+            if numeric:
+                return f"{v:,.0f}" if whole else f"{v:.{digits}g}"
+            return str(v)
+
+        out[c] = [show(v) for v in col]
+    return out
 
 
 # --------------------------------------------------------------------- Models page
