@@ -170,6 +170,13 @@ def test_per_layer_chart_keeps_layer_names_apart_from_l0_sparsity():
     text = list(fig.data[1].text)
     assert text == ["L0 = 4.0", "L0 = 6.5", "L0 = 3.2"]
     assert "active features" in fig.data[1].name
+    # its log axis (and the training curves') has labelled ticks, not plotly's minor digits
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.tickmode == "array"
+    assert list(fig.layout.yaxis.ticktext) == ["0.01", "0.02", "0.05", "0.1", "0.2", "0.5"]
+    from interp.adapters.plots import curves_frame, loss_curves
+
+    curves = loss_curves(curves_frame({"r": [{"step": s, "kl": 10.0 ** -s} for s in range(4)]}))
+    assert list(curves.layout.yaxis.ticktext) == ["0.001", "0.01", "0.1", "1"]
 
 
 def test_log_ticks_are_readable_and_cover_the_range():

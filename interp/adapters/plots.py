@@ -43,14 +43,19 @@ def loss_curves(df: pd.DataFrame, term: str = "kl", smooth: int = 1, log_y: bool
                 ) -> go.Figure:
     """One line per run of ``term`` against step (moving average over ``smooth`` steps)."""
     fig = go.Figure()
+    shown: list[float] = []
     if not df.empty and term in df:
         for i, (name, g) in enumerate(df.groupby("run", sort=False)):
             y = g[term].astype(float)
             if smooth > 1:
                 y = y.rolling(smooth, min_periods=1).mean()
+            shown += [v for v in y if v > 0 and math.isfinite(v)]
             fig.add_trace(go.Scatter(x=g["step"], y=y, mode="lines", name=str(name),
                                      line=dict(color=series_color(i))))
-    fig.update_yaxes(type="log" if log_y else "linear")
+    if log_y and shown:
+        log_axis(fig, min(shown), max(shown), axis="y", pad=0.05)
+    else:
+        fig.update_yaxes(type="log" if log_y else "linear")
     return style(fig, f"{TERM_LABELS.get(term, term)} during training", x_title="step",
                  y_title=TERM_LABELS.get(term, term))
 
@@ -93,7 +98,12 @@ def per_layer_figure(fa: Mapping[str, Any]) -> go.Figure:
                name="adapter model (text: L0 = active features / token)",
                marker_color=MODEL_COLORS["adapter"],
                text=[f"L0 = {v:.1f}" for v in df["L0"]], textposition="outside")])
-    fig.update_yaxes(type="log")
+    vals = [v for v in list(df["NMSE hybrid (block output)"]) + list(
+        df["NMSE adapter (block output)"]) if v > 0 and math.isfinite(v)]
+    if vals:
+        log_axis(fig, min(vals), max(vals), axis="y", pad=0.05)
+    else:
+        fig.update_yaxes(type="log")
     fig.update_xaxes(type="category")
     style(fig, "Residual NMSE to the reasoner after each block", x_title="layer",
           y_title="NMSE (log)", height=460)

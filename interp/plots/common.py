@@ -136,7 +136,7 @@ def log_ticks(lo: float, hi: float) -> list[float]:
         raise ValueError("log ticks need positive bounds")
     lo, hi = min(lo, hi), max(lo, hi)
     d0, d1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
-    steps = (1, 2, 5) if d1 - d0 <= 3 else (1,)
+    steps = (1, 2, 5) if d1 - d0 <= 2 else (1,)
     ticks = [float(f"{m * 10.0 ** d:.12g}") for d in range(d0, d1 + 1) for m in steps]
     first = max(i for i, t in enumerate(ticks) if t <= lo * (1 + 1e-12))
     last = min(i for i, t in enumerate(ticks) if t >= hi * (1 - 1e-12))
