@@ -422,7 +422,8 @@ if section == "SEAL":
             fig = lp.sweep_figure(df, "SEAL: steering strength (at separators inside the "
                                       "thinking only)",
                                   x_title="α (units of the SEAL vector; negative = away "
-                                          "from reflection)")
+                                          "from reflection)",
+                                  highlight=head["alpha"] if head else None)
             st.plotly_chart(fig, key="l_seal_sweep")
             ui.export_panel(fig, df, "length_seal_sweep", "l_seal_sweep_x", context={
                 "setting": {"α": list(df["alpha"]), "layer": seal["layer"]}})

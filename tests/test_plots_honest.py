@@ -113,6 +113,9 @@ def test_length_sweep_fractions_use_their_own_asymmetric_intervals_unclipped():
         assert axis.range[0] < 0 and axis.range[1] > 1
     hes = fig.data[names.index("hesitations / response")]
     assert list(hes.y) == [0.1, 0.5, 2.0]
+    marked = sweep_figure(df, highlight=-1.0)
+    assert any("headline α = -1" in (a.text or "") for a in marked.layout.annotations)
+    assert len(marked.layout.shapes) == len(fig.layout.shapes) + 3   # one line per panel
     # without hesitations in the data (the all-layer sweep) there is no such panel
     fig2 = sweep_figure(df.drop(columns=["hesitations"]))
     assert "hesitations / response" not in [t.name for t in fig2.data]

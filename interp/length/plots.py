@@ -88,11 +88,13 @@ SWEEP_PANELS = (("hesitations", "hesitations / response"),
 
 
 def sweep_figure(df: pd.DataFrame, title: str | None = None,
-                 x_title: str = "α (units of dir_l; negative = towards short)") -> go.Figure:
+                 x_title: str = "α (units of dir_l; negative = towards short)",
+                 highlight: float | None = None) -> go.Figure:
     """One panel per measure against α, sharing the x axis: hesitation words per
     response (when the frame has them: SEAL's main measure), mean thinking length
     (±1 s.e.m.) and accuracy / short-thinking fraction (95% Wilson intervals, drawn
-    whole: the axis runs a little past 0 and 1)."""
+    whole: the axis runs a little past 0 and 1). ``highlight``: an α marked with a
+    dotted line labelled "headline" (the setting a page reports)."""
     from plotly.subplots import make_subplots
 
     panels = [p for p in SWEEP_PANELS if p[0] != "hesitations" or "hesitations" in df]
@@ -120,6 +122,13 @@ def sweep_figure(df: pd.DataFrame, title: str | None = None,
         fig.update_yaxes(title_text=label, row=row[name], col=1)
         fig.add_vline(x=0, line_dash="dash", line_color=ROLE_COLORS["other"], row=row[name],
                       col=1)
+    if highlight is not None and highlight != 0:
+        for name, _ in panels:
+            fig.add_vline(x=highlight, line_dash="dot", line_color=ROLE_COLORS["other"],
+                          row=row[name], col=1)
+        fig.add_annotation(x=highlight, y=1.0, xref="x", yref="paper", yanchor="bottom",
+                           text=f"headline α = {highlight:g}", showarrow=False,
+                           font=dict(size=11, color=ROLE_COLORS["other"]))
     fraction_axis(fig, row=row["fractions"], col=1)
     style(fig, title, height=190 * len(panels) + 150)
     legend_below(fig, y=-0.08 if len(panels) > 2 else -0.12, bottom=110)
