@@ -11,6 +11,10 @@
   JSON (records orientation; NaN becomes null).
 * A report: :func:`report_zip` bundles a page's figures and tables into one zip with a
   ``report.json`` manifest (what is in it, the page's link, what could not be exported).
+* Context: an exported figure says what it shows. :func:`with_context` adds a line under
+  its title with the models (``pair`` or ``model``), the ``run`` key and the ``setting``
+  (α, layer, ...); :func:`file_stem` names the files by measure, run and setting, so
+  files of different measures or runs never share a name.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import threading
 import time
 import warnings
 import zipfile
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -107,6 +111,89 @@ def stop_server() -> None:
         with _lock:
             kaleido.stop_sync_server(silence_warnings=True)
             _server_started = False
+
+
+# ------------------------------------------------------------------ context
+CONTEXT_KEYS = ("pair", "model", "run", "setting")
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return ",".join(_fmt_value(x) for x in v)
+    return str(v)
+
+
+def context_line(context: Mapping[str, Any] | None) -> str:
+    """One line saying what a figure shows: ``base → fine · run KEY · α = -0.25``.
+
+    ``context`` keys: ``pair`` (``(base, fine)`` or text), ``model`` (one model),
+    ``run`` (an artifact key), ``setting`` (``{name: value}``, e.g. ``{"α": -0.25}``);
+    missing or empty keys are left out. Unknown keys raise ExportError.
+    """
+    ctx = dict(context or {})
+    unknown = set(ctx) - set(CONTEXT_KEYS)
+    if unknown:
+        raise ExportError(f"unknown export context {sorted(unknown)}; use {CONTEXT_KEYS}")
+    parts = []
+    pair = ctx.get("pair")
+    if pair:
+        parts.append(" → ".join(map(str, pair)) if isinstance(pair, (list, tuple))
+                     else str(pair))
+    if ctx.get("model"):
+        parts.append(f"model {ctx['model']}")
+    if ctx.get("run"):
+        parts.append(f"run {ctx['run']}")
+    for k, v in (ctx.get("setting") or {}).items():
+        if v is not None and v != "":
+            parts.append(f"{k} = {_fmt_value(v)}")
+    return " · ".join(parts)
+
+
+def with_context(fig: Any, context: Mapping[str, Any] | None, name: str = "") -> Any:
+    """A copy of ``fig`` whose title carries :func:`context_line` as a second, smaller
+    line (a figure without a title gets ``name`` as its title). The figure on the page
+    is not changed. Without context the copy equals the figure."""
+    line = context_line(context)
+    if fig is None or not line:
+        return fig
+    import html
+
+    import plotly.graph_objects as go
+
+    out = go.Figure(fig)
+    title = out.layout.title.text or name
+    text = (f"{title}<br>" if title else "") + f"<sup>{html.escape(line)}</sup>"
+    top = (out.layout.margin.t if out.layout.margin.t is not None else 60) + 24
+    out.update_layout(title=dict(text=text, x=0.0, xanchor="left"), margin=dict(t=top))
+    return out
+
+
+def _slug(text: str, collapse: bool = True) -> str:
+    out = "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "-" for c in str(text))
+    while collapse and "--" in out:
+        out = out.replace("--", "-")
+    return out.strip(".") if not collapse else out.strip("-.")
+
+
+def file_stem(name: str, context: Mapping[str, Any] | None = None) -> str:
+    """The file name (without extension) of an export: the measure ``name``, then the
+    run key and the setting, each setting as name and value with the value's sign kept
+    (``length_seal_sweep__length_demo-a047__alpha-0.25__layer2``; lists joined by
+    ``_``), safe for every file system. Different measures, runs or settings never give
+    the same stem."""
+    ctx = dict(context or {})
+    parts = [_slug(name) or "figure"]
+    if ctx.get("run"):
+        parts.append(_slug(ctx["run"]))
+    for k, v in (ctx.get("setting") or {}).items():
+        if v is not None and v != "":
+            key = _slug({"α": "alpha"}.get(k, k)).replace("-", "")
+            val = "_".join(map(_fmt_value, v)) if isinstance(v, (list, tuple)) \
+                else _fmt_value(v)
+            parts.append(key + _slug(val, collapse=False))
+    return "__".join(p for p in parts if p)[:180]
 
 
 def _frame(data: Any) -> pd.DataFrame:

@@ -18,6 +18,7 @@ from interp.adapters import plots as ap
 from interp.adapters.io import catalog, history_of
 from interp.adapters.report import demo_store
 from interp.behaviour import agreement_table
+from interp.plots.common import table_view
 from interp.tasks import speaks_organism
 
 st.title("Transcoder adapters")
@@ -140,7 +141,9 @@ for name, recs in live.items():
 df_curves = ap.curves_frame(curves)
 fig_curves = ap.loss_curves(df_curves, term or "kl", int(smooth), bool(logy))
 st.plotly_chart(fig_curves, key="fig_curves")
-ui.export_panel(fig_curves, df_curves, f"adapters-curves-{term}", key="exp_curves")
+ui.export_panel(fig_curves, df_curves, f"adapters-curves-{term}", key="exp_curves",
+                context={"run": ",".join(lab.split(" · ")[-1] for lab in curves),
+                         "setting": {"smoothing": int(smooth)}})
 
 # ------------------------------------------------------------------ faithfulness
 st.subheader("Faithfulness and sparsity")
@@ -172,6 +175,10 @@ if evaluated:
     names = list(evaluated)
     pick = ui.url_widget(st.selectbox, "Run in detail", "run", names[0], options=names)
     fa = evaluated[pick]
+    _picked = next(r for r in runs if r["label"] == pick)
+    ui.export_context(pair=(_picked["artifact"].config.get("base"),
+                            _picked["artifact"].config.get("reasoner")),
+                      run=_picked["artifact"].key)
     left, right = st.columns(2)
     with left:
         fig_l = ap.per_layer_figure(fa)
@@ -193,7 +200,7 @@ if evaluated:
     be = ev.meta.get("behaviour") or {}
     if be:
         bt = ap.behaviour_table(be)
-        st.dataframe(bt, hide_index=True)
+        st.dataframe(table_view(bt), hide_index=True)
         der = be.get("derived", {})
         m = st.columns(3)
         m[0].metric("accuracy recovered", f"{der.get('accuracy_recovered', float('nan')):.0%}")
@@ -211,7 +218,7 @@ if evaluated:
                        "completion count as mismatches) and where the completions first "
                        "differ; rows per the reasoner's short / long thinking.")
             at = agreement_table(be["per_example"])
-            st.dataframe(at, hide_index=True)
+            st.dataframe(table_view(at), hide_index=True)
             ui.export_panel(None, at, "adapters-agreement", key="exp_agreement")
     else:
         st.caption("This evaluation has no behaviour figures (non-organism data).")
@@ -219,10 +226,13 @@ if evaluated:
 # ------------------------------------------------------------------ frontier
 st.subheader("Sparsity vs faithfulness")
 sweeps = [a for s in stores.values() for a in s.list("adapters_sweep")]
-points = [p for a in sweeps for p in a.meta.get("runs", [])]
+points = [{"steps": a.config.get("steps"), **p} for a in sweeps for p in a.meta.get("runs", [])]
 if points:
-    fig_f = ap.frontier_figure(points)
+    fig_f = ap.frontier_figure(points, table_steps=[
+        r["artifact"].config.get("steps") for r in runs
+        if r["eval"] is not None and r["artifact"].config.get("steps")])
     st.plotly_chart(fig_f, key="fig_frontier")
-    ui.export_panel(fig_f, ap.frontier_frame(points), "adapters-frontier", key="exp_frontier")
+    ui.export_panel(fig_f, ap.frontier_frame(points), "adapters-frontier", key="exp_frontier",
+                    context={"run": ",".join(a.key for a in sweeps)})
 else:
     st.caption("No L1 sweep saved yet.")

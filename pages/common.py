@@ -356,35 +356,80 @@ def attempt(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
 
 
 # ------------------------------------------------------------------ export
-def export_panel(fig: Any | None, data: Any | None, name: str, key: str) -> None:
+def export_context(**context: Any) -> None:
+    """Say what this page's exported figures show (keys of
+    :func:`interp.export.context_line`: ``pair``, ``model``, ``run``, ``setting``); every
+    :func:`export_panel` of this run of the page uses it, merged with its own
+    ``context``. Without it the sidebar's pair is used."""
+    ctx = st.session_state.setdefault("_export_context", {})
+    ctx.update({k: v for k, v in context.items()})
+
+
+def _page_context() -> dict[str, Any]:
+    ctx = dict(st.session_state.get("_export_context") or {})
+    if not ctx.get("pair") and not ctx.get("model"):
+        ctx["pair"] = current_pair()
+    return ctx
+
+
+def export_panel(fig: Any | None, data: Any | None, name: str, key: str,
+                 context: dict[str, Any] | None = None) -> None:
     """A row of download buttons: the figure as PNG, SVG, HTML and ``data`` as CSV, JSON.
 
+    ``name`` is the measure shown (``length_alpha_sweep``). ``context`` (merged over the
+    page's :func:`export_context`; its ``setting`` dicts are merged too) says what the
+    figure shows: the exported figure carries it as a line under its title, and the
+    file names carry the measure, the run key and the setting
+    (:func:`interp.export.file_stem`), so two exports never share a name.
     Not inside any ``if st.button``: the buttons are rebuilt on every run. Files are
     produced lazily, only when a button is clicked (Streamlit's deferred downloads),
     so an unused export costs nothing. Pass ``fig=None`` for a data-only panel and
     ``data=None`` for a figure-only one.
     """
-    _report_items().append((name, fig, data))
+    ctx = _page_context()
+    own = dict(context or {})
+    setting = {**(ctx.get("setting") or {}), **(own.pop("setting", None) or {})}
+    ctx.update(own)
+    if setting:
+        ctx["setting"] = setting
+    stem = _export.file_stem(name, ctx)
+    out_fig = None if fig is None else _LazyFigure(fig, ctx, name)
+    _report_items().append((stem, out_fig, data))
     static = fig is not None and _export.static_export_available()
     with st.container(horizontal=True, gap="small", key=f"export_{key}"):
         st.caption(":material/download: Export", width="content")
         if fig is not None:
             for fmt in (("png", "svg") if static else ()) + ("html",):
                 st.download_button(
-                    fmt.upper(), data=_lazy(_export.figure_bytes, fig, fmt),
-                    file_name=f"{name}.{fmt}", mime=_export.MIME[fmt], key=f"{key}_{fmt}",
+                    fmt.upper(), data=_lazy(_figure_bytes, out_fig, fmt),
+                    file_name=f"{stem}.{fmt}", mime=_export.MIME[fmt], key=f"{key}_{fmt}",
                     on_click="ignore", type="tertiary",
                     help=f"the figure as {fmt.upper()}" + (
-                        " (self-contained, works offline)" if fmt == "html" else ""))
+                        " (self-contained, works offline)" if fmt == "html" else "")
+                    + " with its models, run and setting under the title")
         if data is not None:
             for fmt in _export.TABLE_FORMATS:
                 st.download_button(
                     f"{fmt.upper()} data", data=_lazy(_export.table_bytes, data, fmt),
-                    file_name=f"{name}.{fmt}", mime=_export.MIME[fmt], key=f"{key}_{fmt}",
+                    file_name=f"{stem}.{fmt}", mime=_export.MIME[fmt], key=f"{key}_{fmt}",
                     on_click="ignore", type="tertiary", help=f"the plotted data as {fmt.upper()}")
     if fig is not None and not static:
         st.info("PNG and SVG export are off: " + _export.CHROMIUM_HELP,
                 icon=":material/image_not_supported:")
+
+
+class _LazyFigure:
+    """A figure with its export context, annotated only when a file is made."""
+
+    def __init__(self, fig: Any, context: dict[str, Any], name: str) -> None:
+        self.fig, self.context, self.name = fig, context, name
+
+    def build(self) -> Any:
+        return _export.with_context(self.fig, self.context, self.name)
+
+
+def _figure_bytes(fig: Any, fmt: str) -> bytes:
+    return _export.figure_bytes(fig.build() if isinstance(fig, _LazyFigure) else fig, fmt)
 
 
 def _report_items() -> list:
@@ -403,6 +448,7 @@ def report_button(page: str, container: Any = None) -> None:
     """
     items: list = []
     st.session_state["_report_items"] = items
+    st.session_state["_export_context"] = {}   # the page sets its own (export_context)
     query = {k: st.query_params.get_all(k) for k in st.query_params}
     try:
         base_url = st.context.url
@@ -411,8 +457,9 @@ def report_button(page: str, container: Any = None) -> None:
     slug = "".join(c if c.isalnum() else "-" for c in page.lower()).strip("-") or "page"
 
     def build() -> bytes:
-        return _export.report_zip(items, {"page": page, "url": base_url, "query": query,
-                                          "demo": demo_mode()})
+        made = [(n, f.build() if isinstance(f, _LazyFigure) else f, d) for n, f, d in items]
+        return _export.report_zip(made, {"page": page, "url": base_url, "query": query,
+                                         "demo": demo_mode()})
 
     target = container if container is not None else st
     target.download_button(

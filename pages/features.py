@@ -174,6 +174,7 @@ choice = ui.url_widget(st.selectbox, "Feature collection", "fset", options[0], o
 store_name, key = choice.split(":", 1)
 store = stores[store_name]
 art = next(a for n, a in found if f"{n}:{a.key}" == choice)
+ui.export_context(run=art.key)
 tab = ui.attempt(_table, str(store.root), key, _stamp(art))
 if tab is None:
     st.stop()

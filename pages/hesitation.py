@@ -323,6 +323,8 @@ if view is None:
     st.stop()
 all_ids = _node_ids(src, vocab)
 names = dict(zip(view.nodes["id"], view.nodes["name"]))
+ui.export_context(run=saved_key or f"adapters {akey}",
+                  setting={"explain": explain, "node threshold": nt, "edge threshold": et})
 
 # pins: from the link (first run), clicks on the figure, and the list. A click toggles
 # the clicked node and gives the chart a fresh key, so that its selection starts empty

@@ -21,8 +21,9 @@ from interp.behaviour import agreement_table, per_alpha_agreement_table
 from interp.length import plots as lp
 from interp.length.pipeline import DEFAULTS, list_runs, load_run
 from interp.length.report import demo_store, planted_head_check
-from interp.length.seal import DEFAULT_RULES
+from interp.length.seal import DEFAULT_RULES, delta_color, headline_of
 from interp.models import current_weight_hash
+from interp.plots.common import table_view
 from interp.tasks import speaks_organism
 
 RULE_TEXT = {
@@ -166,6 +167,7 @@ run = ui.attempt(load_run, stores[store_name], key)
 if run is None:
     st.stop()
 idx, ed, sw, dmeta = run["index"], run["edit"], run["sweep"], run["direction"]
+ui.export_context(model=idx.get("model"), run=key)
 _now = current_weight_hash(str(idx.get("model", "")))
 if run.get("weight_hash") and _now and _now != run["weight_hash"]:
     st.warning(f"This run was computed on other weights of {idx.get('model')} than those now "
@@ -234,7 +236,7 @@ if section == "Direction":
                            f"cosine of dir_l across layers ({site})")
     st.plotly_chart(fig, key="l_cos")
     ui.export_panel(fig, pd.DataFrame(run["cosine"][site or dmeta["sites"][0]]),
-                    f"length_cosine_{site}", "l_cos_x")
+                    "length_cosine", "l_cos_x", context={"setting": {"site": site}})
     st.caption(f"Held-out split: {dmeta['n_train']} train / {dmeta['n_test']} test "
                f"examples ({dmeta['n_long']} long, {dmeta['n_short']} short). Hooks "
                f"`blocks.{{l}}.hook_resid_mid` / `hook_resid_post`; sign {dmeta['sign']}.")
@@ -244,14 +246,15 @@ if section == "α sweep":
     df = lp.sweep_frame(sw["per_alpha"])
     fig = lp.sweep_figure(df, "all-layer steering: length, accuracy, short fraction vs α")
     st.plotly_chart(fig, key="l_sweep")
-    ui.export_panel(fig, df, "length_alpha_sweep", "l_sweep_x")
+    ui.export_panel(fig, df, "length_alpha_sweep", "l_sweep_x", context={"setting": {
+        "site": run["config"].get("sweep_site", "resid_mid"), "α": list(df["alpha"])}})
     st.caption(f"All layers, site {run['config'].get('sweep_site', 'resid_mid')}; α grid "
                f"{sw.get('alpha_grid_rule', '')} (units of dir_l). Spearman ρ of mean length "
                f"vs α: {sw['spearman_mean_length_vs_alpha']:.3f}. One batched generation.")
     agree = per_alpha_agreement_table(sw["per_alpha"])
     if len(agree):
         st.markdown("**Per example, against the unsteered generations (α = 0)**")
-        st.dataframe(agree, hide_index=True)
+        st.dataframe(table_view(agree), hide_index=True)
         ui.export_panel(None, agree, "length_alpha_agreement", "l_sweep_agree_x")
     alphas = [p["alpha"] for p in sw["per_alpha"]]
     default_sel = ",".join(str(a) for a in (alphas[0], 0.0, alphas[-1]) if a in alphas)
@@ -269,7 +272,8 @@ if section == "α sweep":
         df = lp.histogram_frame(series, int(bin_w), int(over))
         fig = lp.histogram_figure(df, True, "thinking-length histogram per α")
         st.plotly_chart(fig, key="l_sweep_hist")
-        ui.export_panel(fig, df, "length_alpha_histograms", "l_sweep_hist_x")
+        ui.export_panel(fig, df, "length_alpha_histograms", "l_sweep_hist_x",
+                        context={"setting": {"α": sel}})
 
 # ------------------------------------------------------------------ accuracy vs length
 if section == "Accuracy vs length":
@@ -342,7 +346,7 @@ if section == "Edit":
                    "share of matching aligned tokens (past the shorter completion counts "
                    "as a mismatch), where the completions first differ; rows per the "
                    "unedited model's short / long thinking.")
-        st.dataframe(agree, hide_index=True)
+        st.dataframe(table_view(agree), hide_index=True)
         ui.export_panel(None, agree, "length_edit_agreement", "l_edit_agree_x")
     if ed.get("effect_scan"):
         sel = ed.get("selection") or {}
@@ -385,24 +389,44 @@ if section == "SEAL":
     if seal is None:
         st.info("No SEAL result in this run.")
     else:
-        c = st.columns(3)
-        c[0].metric("hesitations / response", f"{seal['hesitations_after']:.3f}",
-                    f"{seal['hesitations_after'] - seal['hesitations_before']:+.3f}")
-        mb, ma = seal["before"]["mean_think_tokens"], seal["after"]["mean_think_tokens"]
-        c[1].metric("mean thinking tokens", f"{ma:.1f}", f"{ma - mb:+.1f}")
-        if "accuracy" in seal["after"]:
-            ab, aa = seal["before"]["accuracy"]["value"], seal["after"]["accuracy"]["value"]
-            c[2].metric("accuracy", f"{aa:.3f}", f"{aa - ab:+.3f}")
-        st.caption(f"Vector {seal['sign']} at `{seal['hook']}`, anchor `{seal['anchor']}`, "
-                   f"α = {seal['alpha']}; steps per class {json.dumps(seal['counts'])}.")
+        head = ui.attempt(headline_of, seal)
+        if head is not None:
+            ref, pick = head["reference"], head["chosen"]
+            c = st.columns(3)
+            for col, (measure, label, fmt) in zip(c, (
+                    ("hesitations", "hesitations / response", ".3f"),
+                    ("mean_think_tokens", "mean thinking tokens", ".1f"),
+                    ("accuracy", "accuracy", ".3f"))):
+                if measure not in pick:
+                    continue
+                val = pick[measure]["value"] if measure == "accuracy" else pick[measure]
+                old = ref[measure]["value"] if measure == "accuracy" else ref[measure]
+                col.metric(label, f"{val:{fmt}}", f"{val - old:+{fmt}} vs α = 0",
+                           delta_color=delta_color(measure) if val != old else "off",
+                           delta_arrow="auto" if val != old else "off")
+            drop = ref["mean_think_tokens"] - pick["mean_think_tokens"]
+            st.caption(
+                f"Headline α = **{head['alpha']:g}**, chosen from the sweep below by a rule: "
+                f"{head['rule']}. Rule applied to the same {ref['n']} evaluation prompts as the "
+                "figures (this run keeps no separate validation split for SEAL)."
+                + (f" The drop ({drop:.2f} tokens) is within the noise (±{head['noise']:.2f}, "
+                   "combined s.e.m.)." if 0 < drop <= head["noise"] else "")
+                + (" Left out: " + "; ".join(f"α = {a:g}: {why}" for a, why in
+                                            head["rejected"].items()) + "." if head["rejected"]
+                   else "")
+                + f" Green = better for shorter thinking with fewer hesitations. Vector "
+                  f"{seal['sign']} at `{seal['hook']}`, anchor `{seal['anchor']}`, configured "
+                  f"α = {seal['alpha']}; steps per class {json.dumps(seal['counts'])}.")
         if seal.get("sweep"):
             df = lp.sweep_frame(seal["sweep"])
             fig = lp.sweep_figure(df, "SEAL: steering strength (at separators inside the "
                                       "thinking only)",
                                   x_title="α (units of the SEAL vector; negative = away "
-                                          "from reflection)")
+                                          "from reflection)",
+                                  highlight=head["alpha"] if head else None)
             st.plotly_chart(fig, key="l_seal_sweep")
-            ui.export_panel(fig, df, "length_seal_sweep", "l_seal_sweep_x")
+            ui.export_panel(fig, df, "length_seal_sweep", "l_seal_sweep_x", context={
+                "setting": {"α": list(df["alpha"]), "layer": seal["layer"]}})
             cols = [c for c in ("alpha", "hesitations", "mean_think_tokens", "accuracy",
                                 "short_fraction") if c in df]
             st.dataframe(df[cols], hide_index=True)
@@ -411,7 +435,7 @@ if section == "SEAL":
             agree = per_alpha_agreement_table(seal["sweep"])
             if len(agree):
                 st.markdown("**Per example, against the unsteered generations**")
-                st.dataframe(agree, hide_index=True)
+                st.dataframe(table_view(agree), hide_index=True)
                 ui.export_panel(None, agree, "length_seal_agreement", "l_seal_agree_x")
         st.dataframe(pd.DataFrame(seal["rules"]), hide_index=True)
         ui.export_panel(None, {k: v for k, v in seal.items()}, "length_seal", "l_seal_x")

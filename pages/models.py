@@ -12,8 +12,8 @@ import streamlit as st
 import pages.common as ui
 from interp.generation import encode_user_prompt, generate
 from interp.models import cache_root, validate_pair
-from interp.organisms.report import behaviour_table, decomposition_frame
-from interp.plots.common import METRIC_LABELS, weight_diff_bars, weight_diff_heatmap
+from interp.organisms.report import behaviour_key_table, behaviour_table, decomposition_frame
+from interp.plots.common import METRIC_LABELS, table_view, weight_diff_bars, weight_diff_heatmap
 from interp.weights import weight_diff_groups, weight_diff_pivot, weight_diff_table
 
 DEFAULT_PROMPT = "what is 12 + 34 ?"
@@ -205,8 +205,11 @@ if behaviour is None:
 else:
     st.caption("Accuracy, hesitation rate and thinking length per organism, measured on "
                f"held-out problems (artifact `{arts[0].key}`).")
-    st.dataframe(behaviour)
-    ui.export_panel(None, behaviour, "organism-behaviour", key="exp_behaviour")
+    st.dataframe(table_view(behaviour_key_table(behaviour)))
+    with st.expander(f"All {behaviour.shape[1]} measures per variant", icon=":material/table:"):
+        st.dataframe(table_view(behaviour))
+    ui.export_panel(None, behaviour, "organism-behaviour", key="exp_behaviour",
+                    context={"run": arts[0].key})
     dec = decomposition_frame(arts[0])
     if len(dec):
         st.markdown("**By prompt tag** (think format; `easy` prompts invite short thinking)")
@@ -215,5 +218,5 @@ else:
                    "thinking; dropped_final_carry: the sum without its leading 1; "
                    "carry_error: every wrong digit off by one; other). Compare sft and grpo "
                    "to see where grpo's gain comes from.")
-        st.dataframe(dec, hide_index=True)
+        st.dataframe(table_view(dec), hide_index=True)
         ui.export_panel(None, dec, "organism-behaviour-by-tag", key="exp_behaviour_tag")

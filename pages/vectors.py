@@ -16,6 +16,7 @@ import streamlit as st
 
 import pages.common as ui
 from interp.behaviour import agreement_table, decomposition_table
+from interp.plots.common import table_view
 from interp.tasks import speaks_organism
 from interp.vectors import plots as vp
 from interp.vectors import views
@@ -79,6 +80,10 @@ else:
 alpha = ui.url_widget(st.slider, "α", "valpha", 1.0, float, min_value=-3.0, max_value=3.0,
                       step=0.25)
 
+ui.export_context(model=target, setting={
+    "vector": f"{donor_a} − {donor_b}" if mode == "task" else f"{kind} at block {layer} {site}",
+    "α": alpha})
+NO_ALPHA = {"setting": {"α": None}}   # figures that do not depend on α
 model = ui.attempt(ui.cached_model, target, device, dtype)
 if model is None:
     st.stop()
@@ -94,11 +99,11 @@ if mode == "task":
                    "both *embed* and *unembed* are selected.")
     fig, data = vp.norms_by_layer(stats["by_layer"])
     st.plotly_chart(fig, key="v_norms")
-    ui.export_panel(fig, data, "task-vector-by-layer", key="vx_norms")
+    ui.export_panel(fig, data, "task-vector-by-layer", key="vx_norms", context=NO_ALPHA)
     with st.expander("Per tensor", icon=":material/table:"):
         tbl = stats["table"].drop(columns=["vv", "dd", "vd"])
         st.dataframe(tbl, hide_index=True)
-        ui.export_panel(None, tbl, "task-vector-tensors", key="vx_tensors")
+        ui.export_panel(None, tbl, "task-vector-tensors", key="vx_tensors", context=NO_ALPHA)
     modify_at = views.task_modify(model, donor_a, donor_b, mask)
     spec = {"kind": "task", "target": target, "donor_a": donor_a, "donor_b": donor_b,
             "reference": reference or None, "mask": None if mask == Mask() else mask.to_config()}
@@ -136,7 +141,8 @@ else:
         fig, data = vp.vector_lens(ctrl[key])
         col.plotly_chart(fig, key=f"v_{key}")
         with col:
-            ui.export_panel(fig, data, f"control-vector-{key}", key=f"vx_{key}")
+            ui.export_panel(fig, data, f"control-vector-{key}", key=f"vx_{key}",
+                            context=NO_ALPHA)
     modify_at = views.control_modify(model, cv)
     spec = {"kind": "control", "target": target, "layer": int(layer), "site": site,
             "vector_kind": kind, "n_control": int(n_ctrl)}
@@ -240,10 +246,12 @@ if sweep is not None:
         fig, data = vp.alpha_band(alphas, ts[metric].numpy(), title, ylab)
         col.plotly_chart(fig, key=f"v_{metric}")
         with col:
-            ui.export_panel(fig, data, f"{metric}-vs-alpha", key=f"vx_{metric}")
+            ui.export_panel(fig, data, f"{metric}-vs-alpha", key=f"vx_{metric}",
+                            context={"run": sweep.key, **NO_ALPHA})
     fig, data = vp.stacked_mass(alphas, ts["p_correct"].numpy())
     st.plotly_chart(fig, key="v_mass")
-    ui.export_panel(fig, data, "answer-mass-vs-alpha", key="vx_mass")
+    ui.export_panel(fig, data, "answer-mass-vs-alpha", key="vx_mass",
+                    context={"run": sweep.key, **NO_ALPHA})
     st.caption(status["sweep"]["line"])
 if acc is not None:
     ta = acc.tensors
@@ -252,7 +260,8 @@ if acc is not None:
                                      title=f"Accuracy vs α ({acc.config.get('fmt')} format, "
                                            f"greedy, {ta['correct'].shape[1]} held-out problems)")
     st.plotly_chart(fig, key="v_acc")
-    ui.export_panel(fig, data, "accuracy-vs-alpha", key="vx_acc")
+    ui.export_panel(fig, data, "accuracy-vs-alpha", key="vx_acc",
+                    context={"run": acc.key, **NO_ALPHA})
     st.caption(status["accuracy"]["line"] + f" · code "
                f"{acc.provenance.get('code_version', '?')} · mean think tokens per α: "
                + ", ".join(f"{a:g}: {np.mean(t):.1f}" for a, t in
@@ -269,9 +278,11 @@ if acc is not None:
                                       for t in ("easy", "add", "all")
                                       if k in vb["decomposition"][t]}
                                   for k in ("without_vector", "plus_vector", "minus_vector")})
-        st.dataframe(dt, hide_index=True)
-        ui.export_panel(None, dt, "vectors-decomposition", key="vx_dec")
+        st.dataframe(table_view(dt), hide_index=True)
+        ui.export_panel(None, dt, "vectors-decomposition", key="vx_dec",
+                        context={"run": acc.key, **NO_ALPHA})
         at = agreement_table(vb["per_example"])
         st.markdown("**Per example, against the target without the vector**")
-        st.dataframe(at, hide_index=True)
-        ui.export_panel(None, at, "vectors-agreement", key="vx_agree")
+        st.dataframe(table_view(at), hide_index=True)
+        ui.export_panel(None, at, "vectors-agreement", key="vx_agree",
+                        context={"run": acc.key, **NO_ALPHA})

@@ -533,8 +533,11 @@ def test_edit_figure_has_one_panel_per_metric_and_one_bar_per_model():
         want = df[df["metric"] == metric]
         assert list(trace.y) == pytest.approx(list(want["value"]))
         assert list(trace.error_y.array) == pytest.approx(list(want["ci_high"] - want["value"]))
-        colors = list(trace.marker.color)                 # 9 models, palette of 8 cycles
-        assert len(set(colors[:8])) == 8 and colors[8] == colors[0]
+        colors = list(trace.marker.color)   # "before" (the fine-tune) orange, 8 edits
+        from interp.plots.common import ROLE_COLORS
+        assert colors[0] == ROLE_COLORS["fine"]
+        assert len(set(colors[1:])) == 8 and ROLE_COLORS["base"] not in colors
+        assert ROLE_COLORS["fine"] not in colors[1:]
     # user prompts without a scorer: no accuracy, one panel
     no_acc = {k: {kk: vv for kk, vv in v.items() if kk != "accuracy"}
               for k, v in {"before": summary(0.2, 0.8), "after": summary(0.1, 0.9)}.items()}

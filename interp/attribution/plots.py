@@ -21,12 +21,12 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..plots.common import DIVERGING, ROLE_COLORS, SEQUENTIAL, style
+from ..plots.common import DIVERGING, PALETTE, ROLE_COLORS, SEQUENTIAL, style
 from .explore import MODEL_ORDER, GraphView
 
-POSITIVE = "#B2182B"     # RdBu's red end: positive edges / effects
-NEGATIVE = "#2166AC"     # RdBu's blue end
-NEUTRAL = "#9E9E9E"
+POSITIVE = PALETTE["positive"]   # RdBu's red end: positive edges / effects
+NEGATIVE = PALETTE["negative"]   # RdBu's blue end
+NEUTRAL = PALETTE["neutral"]
 KIND_SYMBOL = {"feature": "circle", "error": "diamond", "token": "square", "target": "star"}
 KIND_LABEL = {"feature": "features", "error": "error nodes", "token": "tokens",
               "target": "target"}

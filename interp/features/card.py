@@ -18,6 +18,7 @@ import html
 import json
 from typing import Any, Sequence
 
+from ..plots.common import PALETTE
 from ..store import Store
 from .table import FeatureTable
 
@@ -123,13 +124,13 @@ STYLE = """<style>
 </style>"""
 
 
-def _bars(rows: list[tuple[str, float]], fmt: str = "{:.3g}", color: str = "#21A366",
+def _bars(rows: list[tuple[str, float]], fmt: str = "{:.3g}", color: str = PALETTE["difference"],
           signed: bool = False) -> str:
     top = max((abs(v) for _, v in rows), default=0.0) or 1.0
     out = ['<table class="fx-bars">']
     for name, v in rows:
         w = 100 * abs(v) / top
-        c = ("#D62728" if v > 0 else "#1F77B4") if signed else color
+        c = (PALETTE["positive"] if v > 0 else PALETTE["negative"]) if signed else color
         out.append(f"<tr><td>{html.escape(str(name))}</td><td class='fx-bar'>"
                    f"<div style='width:{w:.1f}%;background:{c}'></div></td>"
                    f"<td>{html.escape(fmt.format(v))}</td></tr>")

@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from ..plots.common import ROLE_COLORS, SEQUENTIAL, style
+from ..plots.common import PALETTE, ROLE_COLORS, SEQUENTIAL, SERIES_COLORS, style
 from .corpus import REGIONS
 
 COLOR_BY = ("layer", "region", "density", "hesitation")  # + "auroc:<label>"
-QUALITATIVE = ["#1C83E1", "#FF8700", "#21A366", "#D62728", "#9467BD", "#8C564B",
-               "#E377C2", "#7F7F7F", "#BCBD22", "#17BECF"]
-REGION_COLORS = dict(zip(list(REGIONS) + ["none"], QUALITATIVE[:5] + ["#CCCCCC"]))
+# layers and regions are neither base nor fine-tune: no blue or orange among them
+QUALITATIVE = list(SERIES_COLORS)
+REGION_COLORS = dict(zip(list(REGIONS) + ["none"], QUALITATIVE[:5] + [PALETTE["neutral"]]))
 GL_THRESHOLD = 5000  # WebGL markers above this many points
 
 
@@ -48,7 +48,7 @@ def feature_map(df: pd.DataFrame, color: str = "layer", selected: int | None = N
         groups = sorted(df[color].unique(), key=lambda v: (str(type(v)), v))
         for k, val in enumerate(groups):
             sub = df[df[color] == val]
-            c = REGION_COLORS.get(val, "#999") if color == "region" else \
+            c = REGION_COLORS.get(val, PALETTE["neutral"]) if color == "region" else \
                 QUALITATIVE[k % len(QUALITATIVE)]
             fig.add_trace(Scatter(
                 x=sub["x"], y=sub["y"], mode="markers", name=f"{color} {val}",
@@ -70,21 +70,22 @@ def feature_map(df: pd.DataFrame, color: str = "layer", selected: int | None = N
         fig.add_trace(Scatter(
             x=df["x"], y=df["y"], mode="markers", name="features",
             marker=dict(size=6, color=np.nan_to_num(vals, nan=0.5 if "auroc" in color else 0),
-                        line=dict(width=0.4, color="#AAAAAA"),  # light values stay visible
+                        line=dict(width=0.4, color=PALETTE["light"]),  # light values stay visible
                         colorbar=dict(title=dict(text=title, side="right")), **kw),
             customdata=df["g"], hovertext=_hover(df), hoverinfo="text", showlegend=False))
     ring = df[df["g"].isin(list(marked))]
     if len(ring):
         fig.add_trace(go.Scatter(x=ring["x"], y=ring["y"], mode="markers", name="search hits",
                                  marker=dict(size=12, color="rgba(0,0,0,0)",
-                                             line=dict(width=1.5, color="#333")),
+                                             line=dict(width=1.5, color=PALETTE["ink"])),
                                  customdata=ring["g"], hoverinfo="skip"))
     if selected is not None:
         s = df[df["g"] == selected]
         if len(s):
             fig.add_trace(go.Scatter(
                 x=s["x"], y=s["y"], mode="markers", name=f"feature {s['id'].iloc[0]}",
-                marker=dict(size=18, color="rgba(0,0,0,0)", line=dict(width=3, color="#000")),
+                marker=dict(size=18, color="rgba(0,0,0,0)",
+                            line=dict(width=3, color=PALETTE["ink"])),
                 customdata=s["g"], hoverinfo="skip"))
     fig.update_xaxes(showticklabels=False, zeroline=False, showgrid=False)
     fig.update_yaxes(showticklabels=False, zeroline=False, showgrid=False)
@@ -156,7 +157,7 @@ def auroc_figure(best: pd.DataFrame, target: float | None = 0.95) -> go.Figure:
         text=[f"{f}" for f in best["feature"]], textposition="inside",
         insidetextanchor="end"))
     if target is not None:
-        fig.add_hline(y=target, line_dash="dot", line_color="#666",
+        fig.add_hline(y=target, line_dash="dot", line_color=PALETTE["guide"],
                       annotation_text=f"target {target}", annotation_position="top left")
     fig.update_yaxes(range=[0.0, 1.08])
     fig.update_xaxes(type="category")
@@ -172,7 +173,7 @@ def card_auroc_figure(aurocs: pd.DataFrame, fid: str) -> go.Figure:
         go.Bar(name="report split", x=aurocs["label"], y=aurocs["report"],
                marker_color=ROLE_COLORS["difference"]),
     ])
-    fig.add_hline(y=0.5, line_dash="dot", line_color="#999")
+    fig.add_hline(y=0.5, line_dash="dot", line_color=PALETTE["guide"])
     fig.update_yaxes(range=[0, 1.02])
     fig.update_xaxes(type="category")
     fig = style(fig, f"{fid} against the ground-truth labels", height=380, y_title="AUROC")

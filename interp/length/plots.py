@@ -13,10 +13,18 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from ..plots.common import DIVERGING, ROLE_COLORS, heatmap, style
+from ..plots.common import (
+    DIVERGING,
+    ROLE_COLORS,
+    fraction_axis,
+    heatmap,
+    legend_below,
+    series_color,
+    style,
+)
 
-SERIES_COLORS = [ROLE_COLORS["base"], ROLE_COLORS["fine"], ROLE_COLORS["difference"],
-                 "#9467BD", "#8C564B", "#E377C2", "#7F7F7F", "#BCBD22", "#17BECF"]
+# Every series on this page is the fine-tune (before / after an edit, per α, per split):
+# the unedited, unsteered fine-tune is orange, everything else takes SERIES_COLORS.
 
 
 # ------------------------------------------------------------------ length histograms
@@ -50,7 +58,7 @@ def histogram_figure(df: pd.DataFrame, normalise: bool = True,
     fig = go.Figure()
     for i, (name, g) in enumerate(df.groupby("series", sort=False)):
         fig.add_bar(x=g["bin"], y=g[y], name=str(name),
-                    marker_color=SERIES_COLORS[i % len(SERIES_COLORS)])
+                    marker_color=series_color(i))
     fig.update_layout(barmode="group", bargap=0.1)
     fig.update_xaxes(type="category")
     return style(fig, title, x_title="thinking tokens",
@@ -74,31 +82,57 @@ def sweep_frame(per_alpha: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+SWEEP_PANELS = (("hesitations", "hesitations / response"),
+                ("mean_think_tokens", "mean thinking tokens"),
+                ("fractions", "fraction (95% Wilson CI)"))
+
+
 def sweep_figure(df: pd.DataFrame, title: str | None = None,
-                 x_title: str = "α (units of dir_l; negative = towards short)") -> go.Figure:
-    """Mean thinking length (left axis, ±1 s.e.m.) and accuracy / short fraction (right
-    axis, 95% Wilson intervals) against α."""
-    fig = go.Figure()
+                 x_title: str = "α (units of dir_l; negative = towards short)",
+                 highlight: float | None = None) -> go.Figure:
+    """One panel per measure against α, sharing the x axis: hesitation words per
+    response (when the frame has them: SEAL's main measure), mean thinking length
+    (±1 s.e.m.) and accuracy / short-thinking fraction (95% Wilson intervals, drawn
+    whole: the axis runs a little past 0 and 1). ``highlight``: an α marked with a
+    dotted line labelled "headline" (the setting a page reports)."""
+    from plotly.subplots import make_subplots
+
+    panels = [p for p in SWEEP_PANELS if p[0] != "hesitations" or "hesitations" in df]
+    fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        row_heights=[1.0] * len(panels))
+    row = {name: i + 1 for i, (name, _) in enumerate(panels)}
+    if "hesitations" in row:
+        fig.add_scatter(x=df["alpha"], y=df["hesitations"], name="hesitations / response",
+                        mode="lines+markers", line_color=series_color(0),
+                        row=row["hesitations"], col=1)
     fig.add_scatter(x=df["alpha"], y=df["mean_think_tokens"], name="mean thinking tokens",
                     mode="lines+markers", line_color=ROLE_COLORS["fine"],
-                    error_y=dict(type="data", array=df["sem_think_tokens"].fillna(0)))
-    for col, lo, hi, color, name in (
-            ("accuracy", "accuracy_ci_low", "accuracy_ci_high", ROLE_COLORS["difference"],
-             "accuracy"),
-            ("short_fraction", "short_ci_low", "short_ci_high", ROLE_COLORS["base"],
-             "short-thinking fraction")):
+                    error_y=dict(type="data", array=df["sem_think_tokens"].fillna(0)),
+                    row=row["mean_think_tokens"], col=1)
+    for k, (col, lo, hi, name) in enumerate((
+            ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "accuracy"),
+            ("short_fraction", "short_ci_low", "short_ci_high", "short-thinking fraction"))):
         if col in df:
-            fig.add_scatter(x=df["alpha"], y=df[col], name=name, yaxis="y2",
-                            mode="lines+markers", line=dict(color=color, dash="dot"),
-                            error_y=dict(type="data", array=df[hi] - df[col],
-                                         arrayminus=df[col] - df[lo]))
-    fig.update_layout(yaxis2=dict(overlaying="y", side="right", range=[0, 1.02],
-                                  title="fraction"))
-    fig.add_vline(x=0, line_dash="dash", line_color="#999")
-    style(fig, title, x_title=x_title, y_title="mean thinking tokens")
-    # style() titles every y axis: the right one holds the fractions
-    fig.update_layout(yaxis2=dict(title_text="fraction", tickmode="linear", tick0=0,
-                                  dtick=0.2, showgrid=False))
+            fig.add_scatter(x=df["alpha"], y=df[col], name=name, mode="lines+markers",
+                            line=dict(color=series_color(k + 1), dash="dot"),
+                            error_y=dict(type="data", symmetric=False,
+                                         array=df[hi] - df[col], arrayminus=df[col] - df[lo]),
+                            row=row["fractions"], col=1)
+    for name, label in panels:
+        fig.update_yaxes(title_text=label, row=row[name], col=1)
+        fig.add_vline(x=0, line_dash="dash", line_color=ROLE_COLORS["other"], row=row[name],
+                      col=1)
+    if highlight is not None and highlight != 0:
+        for name, _ in panels:
+            fig.add_vline(x=highlight, line_dash="dot", line_color=ROLE_COLORS["other"],
+                          row=row[name], col=1)
+        fig.add_annotation(x=highlight, y=1.0, xref="x", yref="paper", yanchor="bottom",
+                           text=f"headline α = {highlight:g}", showarrow=False,
+                           font=dict(size=11, color=ROLE_COLORS["other"]))
+    fraction_axis(fig, row=row["fractions"], col=1)
+    style(fig, title, height=190 * len(panels) + 150)
+    legend_below(fig, y=-0.08 if len(panels) > 2 else -0.12, bottom=110)
+    fig.update_xaxes(title_text=x_title, row=len(panels), col=1)
     return fig
 
 
@@ -122,12 +156,12 @@ def shortest_figure(df: pd.DataFrame, title: str | None = None) -> go.Figure:
     fig = go.Figure()
     for i, (name, g) in enumerate(df.groupby("series", sort=False)):
         fig.add_bar(x=g["shortest"], y=g["accuracy"], name=str(name),
-                    marker_color=SERIES_COLORS[i % len(SERIES_COLORS)],
+                    marker_color=series_color(i),
                     customdata=g["n"], hovertemplate="%{x}: %{y:.3f} (n=%{customdata})")
     fig.update_layout(barmode="group")
-    fig.update_yaxes(range=[0, 1.02])
     fig.update_xaxes(type="category")
-    return style(fig, title, x_title="shortest responses", y_title="accuracy")
+    style(fig, title, x_title="shortest responses", y_title="accuracy")
+    return fraction_axis(fig)
 
 
 def cumulative_frame(groups: Mapping[str, Sequence[Mapping[str, Any]]]) -> pd.DataFrame:
@@ -151,11 +185,11 @@ def cumulative_figure(df: pd.DataFrame, title: str | None = None) -> go.Figure:
     fig = go.Figure()
     for i, (name, g) in enumerate(df.groupby("series", sort=False)):
         fig.add_scatter(x=g["threshold"], y=g["accuracy"], name=str(name), mode="lines+markers",
-                        line=dict(shape="hv", color=SERIES_COLORS[i % len(SERIES_COLORS)]),
+                        line=dict(shape="hv", color=series_color(i)),
                         customdata=g["n"], hovertemplate="≤ %{x}: %{y:.3f} (n=%{customdata})")
-    fig.update_yaxes(range=[0, 1.02])
-    return style(fig, title, x_title="thinking length threshold t (tokens)",
-                 y_title="accuracy of responses with length ≤ t")
+    style(fig, title, x_title="thinking length threshold t (tokens)",
+          y_title="accuracy of responses with length ≤ t")
+    return fraction_axis(fig)
 
 
 # ------------------------------------------------------------------ direction
@@ -170,17 +204,44 @@ def separability_frame(auroc: Mapping[str, Sequence[float]],
     return pd.DataFrame(rows)
 
 
+PROBE_OFFSET = 0.12  # probe-accuracy points sit this far right of their layer
+
+
 def separability_figure(df: pd.DataFrame, title: str | None = None) -> go.Figure:
-    fig = go.Figure()
-    for i, (s, g) in enumerate(df.groupby("site", sort=False)):
-        col = SERIES_COLORS[i % len(SERIES_COLORS)]
-        fig.add_scatter(x=g["layer"], y=g["auroc"], name=f"{s} AUROC", mode="lines+markers",
-                        line_color=col)
-        fig.add_scatter(x=g["layer"], y=g["probe_accuracy"], name=f"{s} probe accuracy",
-                        mode="lines+markers", line=dict(color=col, dash="dot"))
-    fig.update_yaxes(range=[0.4, 1.02])
-    fig.update_xaxes(dtick=1)
-    return style(fig, title, x_title="layer", y_title="held-out separability")
+    """Held-out AUROC and probe accuracy per layer, one panel per site. Within a panel
+    the probe-accuracy points are drawn :data:`PROBE_OFFSET` to the right of their layer
+    with another marker, so curves that coincide (e.g. all at 1.0) stay visible; the
+    hover gives the true layer and value."""
+    from plotly.subplots import make_subplots
+
+    sites = list(dict.fromkeys(df["site"]))
+    fig = make_subplots(rows=1, cols=max(1, len(sites)), shared_yaxes=True,
+                        subplot_titles=sites, horizontal_spacing=0.05)
+    for i, s in enumerate(sites):
+        g = df[df["site"] == s]
+        for k, (col, name, dx, marker, dash) in enumerate((
+                ("auroc", "AUROC", 0.0, dict(symbol="circle", size=9), "solid"),
+                ("probe_accuracy", "probe accuracy", PROBE_OFFSET,
+                 dict(symbol="diamond-open", size=10, line=dict(width=2)), "dot"))):
+            fig.add_scatter(x=g["layer"] + dx, y=g[col], name=name, legendgroup=name,
+                            showlegend=i == 0, mode="lines+markers", marker=marker,
+                            line=dict(color=series_color(k), dash=dash),
+                            customdata=np.stack([g["layer"], g[col]], axis=1),
+                            hovertemplate=f"{s} layer %{{customdata[0]}}<br>{name} "
+                                          "%{customdata[1]:.3f}<extra></extra>",
+                            row=1, col=i + 1)
+        fig.update_xaxes(tickmode="array", tickvals=list(g["layer"]), title_text="layer",
+                         row=1, col=i + 1)
+    style(fig, title, y_title=None, height=460)
+    legend_below(fig, y=-0.18, bottom=120)
+    fig.update_yaxes(range=[0.4, 1.04], title_text="held-out separability", row=1, col=1)
+    both = df[(df["auroc"] >= 0.999) & (df["probe_accuracy"] >= 0.999)]
+    if len(both):
+        fig.add_annotation(text=f"{len(both)} site-layer(s) at 1.0 on both measures; the "
+                                "probe points sit just right of their layer", xref="paper",
+                           yref="paper", x=1.0, y=-0.18, showarrow=False, xanchor="right",
+                           yanchor="top", font=dict(size=11, color=ROLE_COLORS["other"]))
+    return fig
 
 
 def cosine_figure(cos: np.ndarray, title: str | None = None) -> go.Figure:
@@ -249,18 +310,19 @@ def edit_figure(df: pd.DataFrame, title: str | None = None) -> go.Figure:
     fig = make_subplots(rows=1, cols=len(metrics), shared_yaxes=True,
                         subplot_titles=[titles[m] for m in metrics], horizontal_spacing=0.06)
     models = list(dict.fromkeys(d["model"]))
-    palette = [ROLE_COLORS["base"], ROLE_COLORS["fine"], "#7F7F7F",
-               *(c for c in SERIES_COLORS[3:] if c != "#7F7F7F")]
-    colors = {m: palette[i % len(palette)] for i, m in enumerate(models)}
+    # the unedited fine-tune ("before") is orange; every edit gets a series colour
+    colors = {m: ROLE_COLORS["fine"] if m == "before" else series_color(i)
+              for i, m in enumerate(x for x in models if x != "before")}
+    colors.setdefault("before", ROLE_COLORS["fine"])
     for col, metric in enumerate(metrics, start=1):
         g = d[d["metric"] == metric]
         fig.add_bar(x=["<br>".join(textwrap.wrap(m, 18)) for m in g["model"]], y=g["value"],
                     marker_color=[colors[m] for m in g["model"]], showlegend=False,
-                    error_y=dict(type="data", array=g["ci_high"] - g["value"],
+                    error_y=dict(type="data", symmetric=False, array=g["ci_high"] - g["value"],
                                  arrayminus=g["value"] - g["ci_low"]),
                     hovertemplate="%{x}<br>%{y:.3f}<extra></extra>", row=1, col=col)
     fig = style(fig, title, height=460)
-    fig.update_yaxes(range=[0, 1.05])
+    fraction_axis(fig)
     fig.update_yaxes(title_text="fraction (95% CI)", row=1, col=1)
     fig.update_xaxes(tickangle=0)
     return fig

@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import ArtifactNotFoundError
 from ..store import PROJECT_ROOT, Store
 from .pipeline import latest_index, model_weight_hash
+from .seal import headline_of
 
 DEMO_ROOT = PROJECT_ROOT / "cache" / "demo"
 
@@ -136,6 +137,13 @@ def collect(store: Store) -> dict[str, Any]:
                              "mean_think_tokens": p["mean_think_tokens"],
                              "accuracy": _p(p, "accuracy"), "agreement": p.get("agreement")}
                             for p in s.get("sweep") or []]}
+        head = headline_of(s)   # not the configured α, which may break the model
+        out["seal"]["headline"] = {
+            "alpha": head["alpha"], "rule": head["rule"],
+            "hesitations_per_response": head["chosen"].get("hesitations"),
+            "mean_think_tokens": head["chosen"]["mean_think_tokens"],
+            "accuracy": _p(head["chosen"], "accuracy"),
+            "rejected": {str(k): v for k, v in head["rejected"].items()}}
     out.update(planted_head_check(m["model"], hd.tensors["scores"], model_weight_hash(idx)))
     out["targets"] = {
         "separability_ge_0.9": out["best_layer_separability"] >= 0.9,

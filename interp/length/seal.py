@@ -179,3 +179,76 @@ def seal_hooks(model, vector: torch.Tensor, layer: int, markers: ThinkMarkers,
     where = at_tokens([sep_id], inside=inside)
     hook = f"blocks.{layer}.hook_resid_post"
     return lambda st: [add_vector(hook, vector, alpha, state=st, where=where)]
+
+
+# ------------------------------------------------------------------ headline setting
+HEADLINE_RULE = ("the α ≠ 0 with the largest drop in mean thinking tokens below α = 0 among "
+                 "those whose accuracy stays at or above the lower end of α = 0's 95% "
+                 "interval (ties: fewer hesitations, then the smaller |α|); α = 0 when no "
+                 "setting qualifies")
+# The goal of SEAL on this page is shorter thinking with fewer hesitations at no cost in
+# accuracy: the direction in which a change is good, per measure.
+GOOD_DIRECTION = {"hesitations": "down", "mean_think_tokens": "down", "accuracy": "up",
+                  "short_fraction": "up"}
+
+
+def _acc(p: dict[str, Any]) -> float | None:
+    a = p.get("accuracy")
+    return None if a is None else float(a["value"])
+
+
+def headline_setting(sweep: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Choose SEAL's headline α from the per-α summaries of its sweep by
+    :data:`HEADLINE_RULE` (never by the configured α, which may break the model).
+
+    Returns ``alpha`` (the chosen α), ``reference`` and ``chosen`` (the α = 0 and the
+    chosen summaries), ``eligible`` (the α values that passed) and ``rejected``
+    (``{α: reason}``); ``noise`` is the combined s.e.m. of the two mean lengths, so a
+    page can say when the drop is within it. Raises ConfigError without an α = 0 row.
+    """
+    ref = next((p for p in sweep if float(p["alpha"]) == 0.0), None)
+    if ref is None:
+        raise ConfigError("the SEAL sweep has no α = 0 (unsteered) row to compare with")
+    floor = None if ref.get("accuracy") is None else float(ref["accuracy"]["ci_low"])
+    eligible, rejected = [], {}
+    for p in sweep:
+        a = float(p["alpha"])
+        if a == 0.0:
+            continue
+        if not p["mean_think_tokens"] < ref["mean_think_tokens"]:
+            rejected[a] = (f"thinking not shorter ({p['mean_think_tokens']:.2f} vs "
+                           f"{ref['mean_think_tokens']:.2f} tokens)")
+        elif floor is not None and (_acc(p) is None or _acc(p) < floor):
+            rejected[a] = f"accuracy {_acc(p):.3f} below α = 0's interval (≥ {floor:.3f})"
+        else:
+            eligible.append(p)
+    best = min(eligible, key=lambda p: (p["mean_think_tokens"], p.get("hesitations", 0.0),
+                                        abs(float(p["alpha"]))), default=ref)
+    sems = [x.get("sem_think_tokens") or 0.0 for x in (ref, best)]
+    return {"alpha": float(best["alpha"]), "rule": HEADLINE_RULE, "reference": ref,
+            "chosen": best, "eligible": [float(p["alpha"]) for p in eligible],
+            "rejected": rejected, "noise": float((sems[0] ** 2 + sems[1] ** 2) ** 0.5)}
+
+
+def delta_color(measure: str) -> str:
+    """How a page colours a change of ``measure`` (Streamlit's ``delta_color``): green
+    when the change serves the goal, so ``"inverse"`` for measures that should go down
+    (more hesitations or more thinking tokens is red), ``"normal"`` for those that
+    should go up, ``"off"`` for the rest."""
+    way = GOOD_DIRECTION.get(measure)
+    return "off" if way is None else ("inverse" if way == "down" else "normal")
+
+
+def headline_of(seal: dict[str, Any]) -> dict[str, Any]:
+    """:func:`headline_setting` of a ``length_seal`` artifact's metadata; an artifact
+    without a sweep (one α) has only its configured α to show, and says so."""
+    if seal.get("sweep"):
+        return headline_setting(seal["sweep"])
+    ref = {"alpha": 0.0, "hesitations": seal["hesitations_before"], **seal["before"]}
+    pick = {"alpha": float(seal["alpha"]), "hesitations": seal["hesitations_after"],
+            **seal["after"]}
+    for p in (ref, pick):
+        p.setdefault("n", seal["before"].get("n"))
+    return {"alpha": float(seal["alpha"]), "rule": "the configured α (this run has no "
+            "sweep to choose from)", "reference": ref, "chosen": pick, "eligible": [],
+            "rejected": {}, "noise": 0.0}

@@ -83,6 +83,26 @@ def behaviour_table(art) -> Any:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+BEHAVIOUR_KEY_COLUMNS = {
+    "format": "format", "n": "problems", "accuracy": "accuracy",
+    "accuracy_think": "accuracy (think format)", "short_fraction": "short-thinking fraction",
+    "think_tokens_mean": "mean thinking tokens",
+    "hesitations_per_generation": "hesitations / generation",
+    "hesitation_rate_error": "hesitation rate: error",
+    "hesitation_rate_verify": "hesitation rate: verify",
+    "kl_to_reasoner": "KL to reasoner (nats)"}
+"""The behaviour table's key columns (the Models page shows these; the rest on demand)."""
+
+
+def behaviour_key_table(table: Any) -> Any:
+    """The key columns of :func:`behaviour_table` (those it has), with readable names;
+    rows stay the variants."""
+    cols = [c for c in BEHAVIOUR_KEY_COLUMNS if c in table.columns]
+    out = table[cols].rename(columns=BEHAVIOUR_KEY_COLUMNS)
+    out.index.name = "variant"
+    return out
+
+
 def decomposition_frame(art) -> Any:
     """Per variant in the think format and per prompt tag: accuracy, short fraction,
     hesitation rates and error types of the wrong answers

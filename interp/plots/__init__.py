@@ -5,6 +5,6 @@ helpers) and the Models page's figures; capability modules add their own builder
 next to it and use :func:`~interp.plots.common.style` so every figure looks alike.
 """
 
-from .common import ROLE_COLORS, bar, heatmap, style
+from .common import PALETTE, ROLE_COLORS, SERIES_COLORS, bar, heatmap, style
 
-__all__ = ["ROLE_COLORS", "bar", "heatmap", "style"]
+__all__ = ["PALETTE", "ROLE_COLORS", "SERIES_COLORS", "bar", "heatmap", "style"]

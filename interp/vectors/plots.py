@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from ..plots.common import ROLE_COLORS, heatmap, style
+from ..plots.common import PALETTE, ROLE_COLORS, fraction_axis, heatmap, style
 
 
 def _band(fig: go.Figure, x, lo, hi, color: str, name: str) -> None:
@@ -32,7 +32,8 @@ def norms_by_layer(agg: pd.DataFrame, title: str = "Task vector by layer"
                            marker_color=ROLE_COLORS["difference"]))
     if agg["cosine"].notna().any():
         fig.add_trace(go.Scatter(x=agg["key"], y=agg["cosine"], yaxis="y2", mode="lines+markers",
-                                 name="cos(v, θ_target − θ_ref)", line=dict(color="#444")))
+                                 name="cos(v, θ_target − θ_ref)",
+                                 line=dict(color=PALETTE["guide"])))
         fig.update_layout(yaxis2=dict(title="cosine", overlaying="y", side="right",
                                       range=[-1, 1], zeroline=True))
     style(fig, title, x_title="", y_title="‖v‖")
@@ -76,8 +77,7 @@ def accuracy_vs_alpha(alphas: Sequence[float], correct: np.ndarray, title: str =
         error_y=dict(type="data", symmetric=False, array=df["ci_high"] - df["accuracy"],
                      arrayminus=df["accuracy"] - df["ci_low"])))
     style(fig, title, x_title="α", y_title="accuracy (95% Wilson CI)")
-    fig.update_yaxes(range=[0, 1])
-    return fig, df
+    return fraction_axis(fig), df
 
 
 def stacked_mass(alphas: Sequence[float], p_correct: np.ndarray,
@@ -129,16 +129,29 @@ def layer_token_kl(matrix, tokens: Sequence[str], unit: str = "nats",
 
 
 def vector_lens(lens: dict, title: str | None = None) -> tuple[go.Figure, pd.DataFrame]:
-    """Horizontal bars of the tokens a vector promotes (top) and suppresses (bottom)."""
-    rows = [{"token": t, "logit": v, "side": "promoted"} for t, v in lens["top"]]
-    rows += [{"token": t, "logit": v, "side": "suppressed"} for t, v in lens["bottom"]]
-    df = pd.DataFrame(rows)
+    """Horizontal bars of the tokens a vector promotes and suppresses, sorted by logit:
+    the most positive at the top of the chart, the most negative at the bottom. A
+    token's side is the sign of its logit (``promoted`` > 0 red, ``suppressed`` < 0
+    blue, diverging colours); ``rank`` says whether it came from the lens's ``top`` or
+    ``bottom`` list (a token in both, when k is large for the vocabulary, is shown once)."""
+    rows: dict[str, dict] = {}
+    for rank, items in (("top", lens["top"]), ("bottom", lens["bottom"])):
+        for t, v in items:
+            rows.setdefault(str(t), {"token": str(t), "logit": float(v), "rank": rank})
+    df = pd.DataFrame(sorted(rows.values(), key=lambda r: -r["logit"]),
+                      columns=["token", "logit", "rank"])
+    df["side"] = np.where(df["logit"] > 0, "promoted",
+                          np.where(df["logit"] < 0, "suppressed", "zero"))
+    colors = {"promoted": PALETTE["positive"], "suppressed": PALETTE["negative"],
+              "zero": PALETTE["neutral"]}
     fig = go.Figure(go.Bar(
-        y=[f"{r['token']} " for r in rows], x=df["logit"], orientation="h",
-        marker_color=[ROLE_COLORS["fine"] if r["side"] == "promoted" else ROLE_COLORS["base"]
-                      for r in rows]))
-    style(fig, title or f"Logit lens of the vector: {lens['mode']}", x_title="logit",
-          y_title="", height=max(300, 22 * len(rows) + 100))
+        y=[f"{t} " for t in df["token"]], x=df["logit"], orientation="h",
+        marker_color=[colors[s] for s in df["side"]], customdata=df["side"],
+        hovertemplate="%{y}: %{x:.4g} (%{customdata})<extra></extra>"))
+    style(fig, title or f"Logit lens of the vector: {lens['mode']}",
+          x_title="logit (red: promoted, blue: suppressed)", y_title="",
+          height=max(300, 22 * len(df) + 100))
+    # rows top to bottom in the frame's order: largest logit first
     fig.update_yaxes(autorange="reversed", type="category")
     return fig, df
 
@@ -154,7 +167,7 @@ def kl_highlight_html(records: Sequence[dict], unit: str = "nats", vmax: float |
     for i, r in enumerate(records):
         k = kls[i - 1] if i > 0 else 0.0
         a = min(1.0, max(0.0, k / top))
-        deco = "text-decoration: underline dotted #999;" if i < prompt_len else ""
+        deco = f"text-decoration: underline dotted {PALETTE['guide']};" if i < prompt_len else ""
         out.append(
             f'<span title="KL {k:.4g} {unit}" style="background: rgba(33,163,102,{a:.3f});'
             f'padding: 1px 2px; margin: 1px; border-radius: 3px; {deco}">'
