@@ -259,9 +259,9 @@ def organism_marks(words: Sequence[str], tokenizer=None) -> tuple[list[int | Non
     after ``wait check`` (role ``check``): the true sum, zero-padded; and the two digits
     after each column step's ``x + y + c =`` (role ``column``) and after a ``wait`` that
     rewrites that result (role ``correction``): the column sum of the digits *as written*
-    (``x + y + c``), so a slip written ``0 0`` before ``wait`` is wrong. Every other token: ``None`` / ``""``. Expected tokens are ids of ``tokenizer``
-    (the organisms' ids when None). A sequence whose question does not parse gets no
-    marks at all."""
+    (``x + y + c``), so a slip written ``0 0`` before ``wait`` is wrong. Every other
+    token: ``None`` / ``""``. Expected tokens are ids of ``tokenizer`` (the organisms'
+    ids when None). A sequence whose question does not parse gets no marks at all."""
     from .organisms.task import ANSWER_WIDTH, TAGS, TOKEN_ID, WIDTH
 
     n = len(words)

@@ -92,7 +92,7 @@ def test_bad_input_raises_typed_errors(pair, tiny_qwen_dir, tmp_path):
         token_diff(base, fine, [2])
     with pytest.raises(PromptError, match="context"):
         token_diff(base, fine, [5] * 200)   # the tiny models hold 128 positions
-    from tests.conftest import make_tiny_checkpoint, make_tiny_tokenizer, TINY_VOCAB
+    from tests.conftest import TINY_VOCAB, make_tiny_checkpoint, make_tiny_tokenizer
 
     other = make_tiny_checkpoint(tmp_path / "other", "qwen2", 3,
                                  tokenizer=make_tiny_tokenizer(TINY_VOCAB[::-1]))
