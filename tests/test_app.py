@@ -82,7 +82,7 @@ def test_models_page_with_tiny_pair(pair_app):
     assert at.text_input(key="base_other").value == str(base)
     assert at.text_input(key="fine_other").value == str(fine)
     figs = _figures(at)
-    assert len(figs) == 2
+    assert len(figs) == 3   # by module, by block, by head
     heat = next(f for f in figs if f["data"][0]["type"] == "heatmap")
     # the heatmap shows the relative change computed directly from the weights
     sa = AutoModelForCausalLM.from_pretrained(str(base)).state_dict()
