@@ -75,3 +75,20 @@ def test_bad_grid_and_empty_prompt(params):
     at.button(key="sample").click().run()
     assert not at.exception
     assert "empty" in " ".join(str(e.value) for e in at.error)
+
+
+ORGANISMS = PROJECT_ROOT / "cache" / "organisms"
+
+
+@pytest.mark.skipif(not (ORGANISMS / "reasoner" / "config.json").exists(),
+                    reason="the committed organisms are missing")
+def test_demo_caps_samples_alphas_and_tokens(tmp_cache, monkeypatch):
+    (tmp_cache / "organisms").symlink_to(ORGANISMS, target_is_directory=True)
+    monkeypatch.setenv("INTERP_DEMO", "1")
+    at = _app({"an": "50", "anew": "500", "agrid": "0, 1, 2, 3, 4"})
+    assert not at.exception, at.exception
+    captions = " ".join(str(c.value) for c in at.main.get("caption"))
+    assert "Hosted demo" in captions and "up to 8 samples" in captions
+    assert at.number_input(key="an").max == 8 and at.number_input(key="an").value == 8
+    assert at.number_input(key="anew").max == 64
+    assert "at most 4" in " ".join(str(e.value) for e in at.error)
