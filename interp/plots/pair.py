@@ -53,7 +53,7 @@ def token_strip(frame: pd.DataFrame, measure: str = "kl_fine_base", width: int =
     kw = dict(colorscale=DIVERGING, zmid=0.0) if signed else dict(
         colorscale=SEQUENTIAL, zmin=0.0, zmax=float(max(vals.max(), 1e-9)))
     fig = go.Figure(go.Heatmap(
-        z=z, text=text, customdata=hover, texttemplate="%{text}",
+        z=z, text=text, customdata=hover, texttemplate="%{text}", textfont=dict(size=13),
         hovertemplate="%{customdata}<extra></extra>", xgap=2, ygap=2,
         colorbar=dict(title=dict(text=TOKEN_MEASURES[measure], side="right")), **kw))
     fig.update_xaxes(visible=False)
@@ -106,5 +106,6 @@ def amplify_curve(summary: pd.DataFrame, words: Sequence[str] = ("wait",),
                       "<br>%{customdata[2]} samples<extra></extra>"))
     style(fig, title, height=340, x_title="α (0: the fine-tune's own sampling)",
           y_title=f"{' / '.join(words)} tokens per sample")
+    fig.update_yaxes(rangemode="tozero")
     fig.add_vline(x=0.0, line=dict(color=ROLE_COLORS["other"], dash="dot"))
     return fig
