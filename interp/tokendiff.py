@@ -241,13 +241,14 @@ def token_diff(base, fine, sequence: str | Sequence[int], k: int = 5,
                        None if prompt_len is None else [prompt_len])[0]
 
 
-def continuation(model, prompt_ids: Sequence[int], max_new_tokens: int = 48,
+def continuation(model, prompt: str | Sequence[int], max_new_tokens: int = 48,
                  temperature: float = 0.0, seed: int = 0) -> list[int]:
-    """``prompt_ids`` plus ``model``'s continuation (greedy by default): a generated trace
-    to compare the pair on."""
-    g = generate(model, [list(prompt_ids)], max_new_tokens=max_new_tokens,
-                 temperature=temperature, seed=seed, batch_size=1)[0]
-    return list(prompt_ids) + list(g.output_ids)
+    """The prompt's token ids (text encoded with special tokens) plus ``model``'s
+    continuation (greedy by default): a generated trace to compare the pair on."""
+    ids = encode_prompts(model, [prompt])[0]
+    g = generate(model, [ids], max_new_tokens=max_new_tokens, temperature=temperature,
+                 seed=seed, batch_size=1)[0]
+    return list(ids) + list(g.output_ids)
 
 
 # ------------------------------------------------------------------ answer marks
