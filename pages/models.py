@@ -77,6 +77,19 @@ def _generate(spec: str, device: str, dtype: str, stamp: str, prompt: str, chat:
             "text": g.text, "new_tokens": len(g.output_ids), "finished": g.finished}
 
 
+def results_shown(state_key: str, url_key: str, clicked: bool, inputs: tuple) -> bool:
+    """Whether a section shows its results: after its button was pressed for exactly
+    these inputs, or when the page was opened from a link with ``url_key=1``; the flag
+    is kept in the URL."""
+    if clicked:
+        st.session_state[state_key] = inputs
+    elif state_key not in st.session_state and ui.url_param(url_key, False, ui.as_bool):
+        st.session_state[state_key] = inputs  # opened from a link with results
+    show = st.session_state.get(state_key) == inputs
+    ui.set_url_param(url_key, show, False)
+    return show
+
+
 # ------------------------------------------------------------------ page
 st.title("Models")
 base_spec, fine_spec = ui.current_pair()
@@ -201,13 +214,7 @@ with st.container(border=True):
                             icon=":material/play_arrow:")
 chat = bool(chat and has_template)
 inputs = (base_spec, fine_spec, prompt, chat, int(max_new))
-if clicked:
-    st.session_state["generated_for"] = inputs
-elif "generated_for" not in st.session_state and ui.url_param("gen", False, ui.as_bool):
-    st.session_state["generated_for"] = inputs  # opened from a link with results
-show = st.session_state.get("generated_for") == inputs
-ui.set_url_param("gen", show, False)
-if show:
+if results_shown("generated_for", "gen", clicked, inputs):
     outs = {}
     for role, spec, stamp in (("base", base_spec, stamps[0]), ("fine", fine_spec, stamps[1])):
         with st.spinner(f"Generating with {spec}…"):
@@ -268,13 +275,7 @@ with st.container(border=True):
         compare = st.button("Compare", key="compare", type="primary",
                             icon=":material/compare_arrows:")
 tinputs = (base_spec, fine_spec, ttext, tsrc, int(tnew), int(tk))
-if compare:
-    st.session_state["compared_for"] = tinputs
-elif "compared_for" not in st.session_state and ui.url_param("tok", False, ui.as_bool):
-    st.session_state["compared_for"] = tinputs   # opened from a link with results
-tshow = st.session_state.get("compared_for") == tinputs
-ui.set_url_param("tok", tshow, False)
-if tshow:
+if results_shown("compared_for", "tok", compare, tinputs):
     with st.spinner("Comparing token by token…"):
         res = ui.attempt(_token_diff, base_spec, fine_spec, device, dtype, stamps, ttext,
                          tsrc, int(tnew), int(tk), ui.max_prompt_chars())
