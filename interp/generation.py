@@ -212,8 +212,8 @@ def generate(
 
     ``partner`` (a second model with the same vocabulary, e.g. the base of a fine-tune)
     is stepped on the same tokens with its own KV cache, without ``fwd_hooks``, and the
-    next token is drawn from ``combine(logits, partner_logits)`` (both ``[b, vocab]``,
-    at the last position) instead of ``logits``: logit-diff amplification is
+    next token is drawn from ``combine(logits, partner_logits)`` (both ``[b, vocab]``
+    float32, at the last position) instead of ``logits``: logit-diff amplification is
     ``combine = lambda f, b: f + α (f − b)`` (:mod:`interp.amplify`). Rows, seeds and
     stopping are as without a partner, so a ``combine`` that returns ``logits`` unchanged
     generates exactly what the model alone does.
@@ -277,7 +277,7 @@ def generate(
             for step in range(max_new_tokens):
                 last = logits[:, -1, :]
                 if other is not None:
-                    last = combine(last, plogits[:, -1, :].to(last.device))
+                    last = combine(last.float(), plogits[:, -1, :].to(last.device).float())
                 nxt = sample_next(last, temperature, top_p, gen)
                 live = act[~done]
                 out[live, step] = nxt[~done]

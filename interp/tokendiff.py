@@ -206,8 +206,9 @@ def token_diffs(base, fine, sequences: Sequence[str | Sequence[int]], k: int = 5
         raise PromptError(f"{len(prompt_lens)} prompt lengths for {len(seqs)} sequences")
     tok = _tokenizer(base)
     out: list[TokenDiff] = []
-    for start in range(0, len(seqs), batch_size):
-        chunk = seqs[start:start + batch_size]
+    vocab = int(_hooked(base).cfg.d_vocab)
+    for start, stop in _batches([len(s) for s in seqs], batch_size, vocab):
+        chunk = seqs[start:stop]
         lb, lf = _batch_logits(base, chunk), _batch_logits(fine, chunk)
         for r, s in enumerate(chunk):
             n = len(s)
@@ -230,7 +231,27 @@ def token_diffs(base, fine, sequences: Sequence[str | Sequence[int]], k: int = 5
                 d.expected, d.role = [None] * (n - 1), [""] * (n - 1)
             out.append(d)
         if progress is not None:
-            progress(min(start + batch_size, len(seqs)), len(seqs))
+            progress(stop, len(seqs))
+    return out
+
+
+MAX_LOGITS = 1 << 27  # logits of one batch, per model (512 MB in float32)
+
+
+def _batches(lengths: Sequence[int], batch_size: int, vocab: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive batches of at most ``batch_size`` sequences whose
+    padded logits ``[b, max_len, vocab]`` stay under :data:`MAX_LOGITS` (one sequence
+    per batch at least)."""
+    out, start = [], 0
+    while start < len(lengths):
+        stop, longest = start + 1, lengths[start]
+        while stop < len(lengths) and stop - start < batch_size:
+            longest2 = max(longest, lengths[stop])
+            if (stop - start + 1) * longest2 * vocab > MAX_LOGITS:
+                break
+            stop, longest = stop + 1, longest2
+        out.append((start, stop))
+        start = stop
     return out
 
 

@@ -147,3 +147,13 @@ def test_marks_reach_the_frame_on_the_organisms():
     for row in ans.itertuples():
         i = row.pos - 1
         assert row.fine_top1_correct == (int(d.top_fine_ids[i, 0]) == TOKEN_ID[row.expected])
+
+
+def test_batches_respect_the_size_and_memory_caps(monkeypatch):
+    import interp.tokendiff as td
+
+    assert td._batches([3, 5, 4, 2, 6], 2, 10) == [(0, 2), (2, 4), (4, 5)]
+    monkeypatch.setattr(td, "MAX_LOGITS", 100)
+    # 2 × 5 × 10 = 100 fits, a third sequence would not; 6 × 10 alone is kept whole
+    assert td._batches([3, 5, 4, 2, 6], 8, 10) == [(0, 2), (2, 4), (4, 5)]
+    assert td._batches([20, 1], 8, 10) == [(0, 1), (1, 2)]
