@@ -43,10 +43,11 @@ def amplified_logits(logits_fine: torch.Tensor, logits_base: torch.Tensor,
 
 @dataclass
 class AmplifyResult:
-    """Samples per α. ``samples``: one row per (α, sample): ``alpha``, ``sample``,
-    ``text``, ``new_tokens``, ``hesitations``, ``finished``; ``summary``: one row per α:
-    ``alpha``, ``mean_hesitations``, ``sem_hesitations`` (standard error of the mean),
-    ``share_with_hesitation``, ``mean_new_tokens``, ``n``."""
+    """Samples per α. ``samples``: one row per (α, prompt, sample): ``alpha``,
+    ``prompt`` (index), ``sample``, ``text``, ``new_tokens``, ``hesitations``,
+    ``finished``; ``summary``: one row per α: ``alpha``, ``mean_hesitations``,
+    ``sem_hesitations`` (standard error of the mean), ``share_with_hesitation``,
+    ``mean_new_tokens``, ``n``. ``prompt``: the (first) prompt's text."""
 
     prompt: str
     alphas: list[float]
@@ -63,13 +64,26 @@ def amplify(base, fine, prompt: str | Sequence[int], alphas: Sequence[float] = (
     docstring). Raises PromptError for an unusable prompt, PairMismatchError when the
     models' tokenizers differ, ConfigError for impossible settings (α must be finite;
     temperature 0 is greedy, so every sample of one α is the same)."""
+    return amplify_many(base, fine, [prompt], alphas, n_samples, max_new_tokens,
+                        temperature, top_p, seed, words, batch_size, progress)
+
+
+def amplify_many(base, fine, prompts: Sequence[str | Sequence[int]],
+                 alphas: Sequence[float] = (0.0, 1.0), n_samples: int = 8,
+                 max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
+                 seed: int = 0, words: Sequence[str] = DEFAULT_HESITATIONS,
+                 batch_size: int = 64, progress: ProgressFn | None = None) -> AmplifyResult:
+    """:func:`amplify` of several prompts, ``n_samples`` each, in one batch per α (the
+    rows of ``samples`` carry a ``prompt`` index; ``sample`` counts within the prompt)."""
     alphas = finite_values(list(alphas), "α")
     if not alphas:
         raise ConfigError("no α values given")
     n_samples = number(n_samples, "samples", lo=1, integer=True)
     temperature = number(temperature, "temperature", lo=0)
     check_same_tokenizer(base, fine)
-    ids = encode_prompts(fine, [prompt])[0]
+    all_ids = encode_prompts(fine, list(prompts))
+    batch = [ids for ids in all_ids for _ in range(n_samples)]
+    total = len(alphas) * len(batch)
     tok = getattr(fine, "tokenizer", None)
     hes = hesitation_id_set(tok, words) if tok is not None else set()
     rows = []
@@ -79,21 +93,24 @@ def amplify(base, fine, prompt: str | Sequence[int], alphas: Sequence[float] = (
         def combine(f: torch.Tensor, b: torch.Tensor, a: float = a) -> torch.Tensor:
             return amplified_logits(f, b, a)
 
-        def step(done: int, total: int, ai: int = ai, a: float = a) -> None:
+        def step(done: int, _total: int, ai: int = ai, a: float = a) -> None:
             if progress is not None:
-                progress(ai * n_samples + done, len(alphas) * n_samples, alpha=a)
+                progress(ai * len(batch) + done, total, alpha=a)
 
-        gens = generate(fine, [ids] * n_samples, max_new_tokens=max_new_tokens,
+        gens = generate(fine, batch, max_new_tokens=max_new_tokens,
                         temperature=temperature, top_p=top_p, seed=seed,
                         batch_size=batch_size, partner=base, combine=combine, progress=step)
         for g in gens:
-            rows.append({"alpha": a, "sample": g.row, "text": g.text,
+            rows.append({"alpha": a, "prompt": g.row // n_samples,
+                         "sample": g.row % n_samples, "text": g.text,
                          "new_tokens": len(g.output_ids),
                          "hesitations": sum(1 for t in g.output_ids if int(t) in hes),
                          "finished": g.finished})
-    samples = pd.DataFrame(rows, columns=["alpha", "sample", "text", "new_tokens",
+    samples = pd.DataFrame(rows, columns=["alpha", "prompt", "sample", "text", "new_tokens",
                                           "hesitations", "finished"])
-    text = prompt if isinstance(prompt, str) else (tok.decode(ids) if tok else str(ids))
+    first = prompts[0]
+    text = first if isinstance(first, str) else (tok.decode(all_ids[0]) if tok
+                                                 else str(all_ids[0]))
     return AmplifyResult(prompt=text, alphas=alphas, samples=samples,
                          summary=summarise(samples),
                          settings={"n_samples": n_samples, "max_new_tokens": max_new_tokens,

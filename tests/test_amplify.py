@@ -133,3 +133,17 @@ def test_bad_settings(pair):
         amplify(base, fine, "  ")
     with pytest.raises(ConfigError, match="together"):
         generate(fine, [PROMPT], partner=base)
+
+
+def test_several_prompts_in_one_batch(pair):
+    from interp.amplify import amplify_many
+
+    base, fine = pair
+    prompts = [PROMPT, "<bos> 3 + 4 ="]
+    r = amplify_many(base, fine, prompts, alphas=[0.0], n_samples=2, max_new_tokens=6,
+                     temperature=1.0, seed=2)
+    plain = generate(fine, [p for p in prompts for _ in range(2)], max_new_tokens=6,
+                     temperature=1.0, seed=2)
+    assert list(r.samples["text"]) == [g.text for g in plain]
+    assert list(r.samples["prompt"]) == [0, 0, 1, 1]
+    assert list(r.samples["sample"]) == [0, 1, 0, 1]
