@@ -157,3 +157,19 @@ def test_batches_respect_the_size_and_memory_caps(monkeypatch):
     # 2 × 5 × 10 = 100 fits, a third sequence would not; 6 × 10 alone is kept whole
     assert td._batches([3, 5, 4, 2, 6], 8, 10) == [(0, 2), (2, 4), (4, 5)]
     assert td._batches([20, 1], 8, 10) == [(0, 1), (1, 2)]
+
+
+def test_report_token_figures_on_the_organisms():
+    from interp.models import organisms_dir
+    from interp.pair_report import token_figures
+
+    if not (organisms_dir() / "grpo" / "model.safetensors").exists():
+        pytest.skip("organisms not built")
+    base, fine = (load_model(f"organism:{v}", device="cpu") for v in ("sft", "grpo"))
+    out = token_figures(base, fine, n=4)
+    assert out["by_role"]["answer"]["n"] == 4 * 5
+    assert len(out["answer_digit_top1_right"]["fine"]) == 5
+    n = sum(r["n"] for r in out["by_role"].values())
+    assert n == out["n_tokens"]
+    mean = sum(r["n"] * r["mean_kl_fine_base"] for r in out["by_role"].values()) / n
+    assert mean == pytest.approx(out["mean_kl_fine_base"])
