@@ -25,6 +25,11 @@ MAX_ALPHAS = 8
 DEMO_SAMPLES, DEMO_ALPHAS = 8, 4
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def _validate(base: str, fine: str, stamp_base: str, stamp_fine: str) -> None:
+    validate_pair(base, fine)
+
+
 def parse_alphas(text: str, chosen: float) -> list[float]:
     """The comma-separated α grid, with 0 and the chosen α, sorted and unique."""
     items = [x for x in text.replace(";", ",").split(",") if x.strip()]
@@ -46,7 +51,8 @@ st.markdown(f":blue[**base**] `{ui.short_name(base_spec)}` vs :orange[**fine-tun
 if ui.unbuilt_organisms(base_spec, fine_spec):
     st.info(ui.NOT_BUILT_HELP, icon=":material/info:")
     st.stop()
-if ui.attempt(validate_pair, base_spec, fine_spec) is None:
+stamps = (ui.checkpoint_stamp(base_spec), ui.checkpoint_stamp(fine_spec))
+if not ui.attempt(lambda: _validate(base_spec, fine_spec, *stamps) or True):
     st.stop()
 base = ui.attempt(ui.cached_model, base_spec, device, dtype)
 fine = ui.attempt(ui.cached_model, fine_spec, device, dtype) if base is not None else None
