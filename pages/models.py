@@ -260,7 +260,7 @@ with st.container(border=True):
                           help="with a continuation, the prompt the model continues "
                                "(greedy); with the text as typed, any sequence, e.g. a "
                                "whole organism trace")
-    c1, c2, c3, c4 = st.columns([5, 2, 1, 1], vertical_alignment="bottom")
+    c1, c2, c3, c4 = st.columns([5, 2, 1, 1.4], vertical_alignment="bottom")
     with c1:
         tsrc = ui.url_widget(st.segmented_control, "Compare on", "tsrc", "fine",
                              options=list(SOURCES), format_func=SOURCES.get) or "fine"
