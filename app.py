@@ -41,6 +41,8 @@ DEMO_ALLOWS = {  # page title -> what the hosted demo allows there (one line)
                 "clamp a feature in a short generation ({limits}); labels are not saved.",
     "Hesitation graph": "attribution graphs of short organism prompts ({limits}); graphs "
                         "are computed, never saved.",
+    "Amplify": "logit-diff amplified sampling of the organisms, up to 8 samples and 4 α "
+               "values at a time ({limits}).",
 }
 DEMO_DEFAULT = ("the committed results and light computation on the organisms ({limits}); "
                 "no training, no other models.")
@@ -50,6 +52,7 @@ OPTIONAL_PAGES = (  # pages other capabilities add; shown once their file exists
     ("pages/vectors.py", "Reasoning vectors", ":material/trending_flat:"),
     ("pages/features.py", "Features", ":material/scatter_plot:"),
     ("pages/hesitation.py", "Hesitation graph", ":material/account_tree:"),
+    ("pages/amplify.py", "Amplify", ":material/volume_up:"),
 )
 
 st.set_page_config(page_title="Reasoning-model diffing workbench", layout="wide",

@@ -25,9 +25,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .errors import PromptError
+from .errors import ConfigError, PromptError
 
 Hook = tuple[str, Callable[..., Any]]
+# (logits of the model, logits of the partner model) -> logits to sample from, [b, vocab]
+Combine = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # finished rows leave the batch once they are this share of it (their outputs are
 # ignored until then)
 COMPACT_SHARE = 0.25
@@ -194,6 +196,8 @@ def generate(
     use_kv_cache: bool = True,
     progress: ProgressFn | None = None,
     first_row: int = 0,
+    partner: Any = None,
+    combine: Combine | None = None,
 ) -> list[Generation]:
     """Generate continuations for many prompts in batches (see the module docstring).
 
@@ -205,17 +209,33 @@ def generate(
     Raises PromptError when a prompt plus ``max_new_tokens`` does not fit the model's
     context (the last new token is never fed back, so ``len(prompt) + max_new_tokens - 1``
     positions are needed), ConfigError for impossible sampling settings.
+
+    ``partner`` (a second model with the same vocabulary, e.g. the base of a fine-tune)
+    is stepped on the same tokens with its own KV cache, without ``fwd_hooks``, and the
+    next token is drawn from ``combine(logits, partner_logits)`` (both ``[b, vocab]``
+    float32, at the last position) instead of ``logits``: logit-diff amplification is
+    ``combine = lambda f, b: f + α (f − b)`` (:mod:`interp.amplify`). Rows, seeds and
+    stopping are as without a partner, so a ``combine`` that returns ``logits`` unchanged
+    generates exactly what the model alone does.
     """
     from .validate import number
 
+    if (partner is None) != (combine is None):
+        raise ConfigError("partner and combine go together: give both or neither")
     max_new_tokens = number(max_new_tokens, "max_new_tokens", lo=1, integer=True)
     temperature = number(temperature, "temperature", lo=0)
     top_p = number(top_p, "top_p", lo=0, hi=1, lo_open=True)
     batch_size = number(batch_size, "batch_size", lo=1, integer=True)
     hooked = _hooked(model)
+    other = _hooked(partner) if partner is not None else None
     tok = _tokenizer(model)
     ids = encode_prompts(model, prompts, max_prompt_tokens)
     check_tokens(model, ids, max_new_tokens - 1)
+    if other is not None:
+        check_tokens(partner, ids, max_new_tokens - 1)
+        if other.cfg.d_vocab != hooked.cfg.d_vocab:
+            raise ConfigError(f"the partner model's vocabulary ({other.cfg.d_vocab}) is not "
+                              f"the model's ({hooked.cfg.d_vocab})")
     device = next(hooked.parameters()).device
     pad_id = tok.pad_token_id if tok is not None and tok.pad_token_id is not None else 0
     stops = set(stop_token_ids or [])
@@ -236,17 +256,29 @@ def generate(
         n_out = torch.zeros(b, dtype=torch.long, device=device)
         act = torch.arange(b, device=device)  # chunk rows still generating
         pos0 = (mask.cumsum(-1) - 1).clamp(min=0)
-        with hooked.hooks(fwd_hooks=hooks), contextlib.ExitStack() as stack:
+        with _pair_locks(hooked, other), hooked.hooks(fwd_hooks=hooks), \
+                contextlib.ExitStack() as stack:
             cache = (init_kv_cache(hooked, b, toks.shape[1] + max_new_tokens, device)
                      if use_kv_cache else None)
             state.tokens, state.positions, state.step, state.history = toks, pos0, -1, toks
             stack.enter_context(fast_rotary(hooked, cache))
             logits = hooked(toks, attention_mask=mask, past_kv_cache=cache)
+            pcache = None
+            if other is not None:
+                pdev = next(other.parameters()).device
+                pcache = (init_kv_cache(other, b, toks.shape[1] + max_new_tokens, pdev)
+                          if use_kv_cache else None)
+                stack.enter_context(fast_rotary(other, pcache))
+                plogits = other(toks.to(pdev), attention_mask=mask.to(pdev),
+                                past_kv_cache=pcache)
             seq, seq_mask = toks, mask
             next_pos = mask.sum(-1)
             done = torch.zeros(b, dtype=torch.bool, device=device)  # finished, still batched
             for step in range(max_new_tokens):
-                nxt = sample_next(logits[:, -1, :], temperature, top_p, gen)
+                last = logits[:, -1, :]
+                if other is not None:
+                    last = combine(last.float(), plogits[:, -1, :].to(last.device).float())
+                nxt = sample_next(last, temperature, top_p, gen)
                 live = act[~done]
                 out[live, step] = nxt[~done]
                 n_out[live] += 1
@@ -266,6 +298,8 @@ def generate(
                         next_pos, state.rows, done = next_pos[keep], state.rows[keep], done[keep]
                         if cache is not None:
                             _keep_cache_rows(cache, keep)
+                        if pcache is not None:
+                            _keep_cache_rows(pcache, keep)
                 seq = torch.cat([seq, nxt[:, None]], dim=1)
                 seq_mask = torch.cat([seq_mask, torch.ones_like(nxt)[:, None]], dim=1)
                 state.step, state.history = step, seq
@@ -273,10 +307,16 @@ def generate(
                     state.tokens, state.positions = nxt[:, None], next_pos[:, None]
                     logits = hooked(nxt[:, None], attention_mask=torch.ones_like(nxt)[:, None],
                                     past_kv_cache=cache)
+                    if other is not None:
+                        plogits = other(nxt[:, None].to(pdev),
+                                        attention_mask=torch.ones_like(nxt)[:, None].to(pdev),
+                                        past_kv_cache=pcache)
                 else:
                     state.tokens = seq
                     state.positions = (seq_mask.cumsum(-1) - 1).clamp(min=0)
                     logits = hooked(seq, attention_mask=seq_mask)
+                    if other is not None:
+                        plogits = other(seq.to(pdev), attention_mask=seq_mask.to(pdev))
                 next_pos = next_pos + 1
         for i in range(b):
             o = out[i, : int(n_out[i])].tolist()
@@ -288,6 +328,22 @@ def generate(
         if progress is not None:
             progress(min(start + b, total), total)
     return results
+
+
+@contextlib.contextmanager
+def _pair_locks(hooked, other):
+    """With a partner model: hold both models' locks (:func:`interp.serving.model_lock`)
+    for the chunk, always in the same order, so two sessions stepping the same two
+    shared models in opposite roles cannot wait on each other."""
+    if other is None:
+        yield
+        return
+    from .serving import model_lock
+
+    with contextlib.ExitStack() as stack:
+        for m in sorted((hooked, other), key=id):
+            stack.enter_context(model_lock(m))
+        yield
 
 
 class PreallocatedKVEntry:

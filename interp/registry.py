@@ -13,6 +13,7 @@ REPORTS: dict[str, str] = {
     "length": "interp.length.report:report_length",
     "vectors": "interp.vectors.report:report_vectors",
     "features": "interp.features.report:report_features",
+    "pair": "interp.pair_report:report_pair",
 }
 
 BENCHES: dict[str, str] = {

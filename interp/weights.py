@@ -266,3 +266,93 @@ def weight_diff_groups(table: pd.DataFrame) -> pd.DataFrame:
     add("unembed", outside[outside["module"] == "unembed"])
     add("other", outside[outside["module"] == "other"])
     return pd.DataFrame(out, columns=["group", "relative", "delta_norm", "norm_a", "numel"])
+
+
+# ------------------------------------------------------------------ per attention head
+HEAD_MATRICES = {"attn_q": "Q", "attn_k": "K", "attn_v": "V", "attn_o": "O"}
+
+
+def _head_dim(path: Path) -> int | None:
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        return None
+    cfg = json.loads(cfg_file.read_text())
+    if isinstance(cfg.get("text_config"), dict):
+        cfg = {**cfg, **cfg["text_config"]}
+    if cfg.get("head_dim"):
+        return int(cfg["head_dim"])
+    heads, d = cfg.get("num_attention_heads"), cfg.get("hidden_size")
+    return int(d) // int(heads) if heads and d else None
+
+
+def head_diff_table(path_a: str | os.PathLike, path_b: str | os.PathLike) -> pd.DataFrame:
+    """One row per attention head and projection of checkpoint ``a`` (base) vs ``b``.
+
+    Heads are slices of the separate projection weights in HF layout: ``q_proj``,
+    ``k_proj``, ``v_proj`` are ``[n_heads · d_head, d_model]`` and head ``h`` owns rows
+    ``h·d_head … (h+1)·d_head − 1``; ``o_proj`` is ``[d_model, n_heads · d_head]`` and head
+    ``h`` owns those *columns*. K and V count key-value heads (fewer than query heads
+    under grouped-query attention). Biases are left out. Columns: ``layer``, ``matrix``
+    (``Q``, ``K``, ``V``, ``O``), ``head``, ``delta_norm`` = ‖ΔW_h‖, ``norm_a`` = ‖W_h,a‖,
+    ``relative`` = delta_norm / norm_a (Frobenius norms, float64). Empty when the model
+    has no separate q/k/v/o projections (a fused ``qkv``). Raises PairMismatchError when
+    the checkpoints do not hold the same tensors.
+    """
+    pa, pb = Path(path_a), Path(path_b)
+    ia, ib = _tensor_index(pa), _tensor_index(pb)
+    d_head = _head_dim(pa)
+    picked = []
+    for name in sorted(ia):
+        layer, module = classify_parameter(name)
+        if module in HEAD_MATRICES and layer is not None and name.endswith("weight"):
+            picked.append((layer, module, name))
+    columns = ["layer", "matrix", "head", "delta_norm", "norm_a", "relative"]
+    if not picked or not d_head:
+        return pd.DataFrame(columns=columns)
+    diffs = tensor_differences({n: ia[n] for _, _, n in picked if n in ia},
+                               {n: ib[n] for _, _, n in picked if n in ib})
+    missing = [n for _, _, n in picked if n not in ib]
+    if diffs or missing:
+        raise PairMismatchError(
+            f"{pa.name} and {pb.name} do not hold the same attention weights:",
+            diffs or [f"only in the first checkpoint: {missing[:5]}"])
+    rows = []
+    with TensorFiles() as handle:
+        for layer, module, name in picked:
+            a = handle(ia[name]).get_tensor(name).to(torch.float64)
+            b = handle(ib[name]).get_tensor(name).to(torch.float64)
+            if module == "attn_o":
+                a, b = a.T, b.T   # heads own the input columns of o_proj
+            if a.dim() != 2 or a.shape[0] % d_head:
+                raise ModelLoadError(f"{name}: shape {tuple(a.shape)} does not split into "
+                                     f"heads of {d_head}")
+            a = a.reshape(a.shape[0] // d_head, -1)
+            b = b.reshape(a.shape)
+            dn = torch.linalg.vector_norm(b - a, dim=1)
+            na = torch.linalg.vector_norm(a, dim=1)
+            for h in range(a.shape[0]):
+                rows.append({"layer": layer, "matrix": HEAD_MATRICES[module], "head": h,
+                             "delta_norm": float(dn[h]), "norm_a": float(na[h]),
+                             "relative": float(dn[h] / na[h]) if na[h] > 0 else float("nan")})
+    order = {m: i for i, m in enumerate(HEAD_MATRICES.values())}
+    rows.sort(key=lambda r: (r["layer"], order[r["matrix"]], r["head"]))
+    return pd.DataFrame(rows, columns=columns)
+
+
+def head_diff_pivot(table: pd.DataFrame, value: str = "relative") -> pd.DataFrame:
+    """Layer x head matrix of :func:`head_diff_table`: columns ``Q h0 … Q h{H−1}``, then
+    ``K``, ``V`` (key-value heads) and ``O``; ``value`` is ``relative`` or ``delta_norm``."""
+    if value not in ("relative", "delta_norm"):
+        raise ValueError(f"unknown value {value!r}: use 'relative' or 'delta_norm'")
+    if table.empty:
+        return pd.DataFrame()
+    t = table.assign(column=table["matrix"] + " h" + table["head"].astype(str))
+    pivot = t.pivot(index="layer", columns="column", values=value)
+    cols = t.drop_duplicates("column").sort_values(
+        ["matrix", "head"], key=lambda s: s.map({m: i for i, m in enumerate("QKVO")})
+        if s.name == "matrix" else s)["column"]
+    pivot = pivot[list(cols)]
+    pivot.index = pivot.index.astype(int)
+    pivot.index.name = "layer"
+    pivot.columns.name = None
+    return pivot

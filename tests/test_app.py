@@ -82,7 +82,7 @@ def test_models_page_with_tiny_pair(pair_app):
     assert at.text_input(key="base_other").value == str(base)
     assert at.text_input(key="fine_other").value == str(fine)
     figs = _figures(at)
-    assert len(figs) == 2
+    assert len(figs) == 3   # by module, by block, by head
     heat = next(f for f in figs if f["data"][0]["type"] == "heatmap")
     # the heatmap shows the relative change computed directly from the weights
     sa = AutoModelForCausalLM.from_pretrained(str(base)).state_dict()
@@ -168,7 +168,8 @@ def test_optional_pages_appear_when_their_file_exists(tmp_cache, tmp_path):
     shutil.copy(PROJECT_ROOT / "app.py", tmp_path / "app.py")
     shutil.copytree(PROJECT_ROOT / "pages", tmp_path / "pages",
                     ignore=shutil.ignore_patterns("adapters.py", "length.py", "vectors.py",
-                                                  "features.py", "hesitation.py"))
+                                                  "features.py", "hesitation.py",
+                                                  "amplify.py"))
     at = AppTest.from_file(str(tmp_path / "app.py"), default_timeout=60).run()
     assert not at.exception
     titles = lambda: {i["page_name"] for i in at._registered_pages.values()}  # noqa: E731

@@ -77,7 +77,7 @@ def test_models_page_from_a_deep_link(server, page, tiny_pair_dirs):
     assert gens.count() == 2
     assert page.get_by_text("new tokens ·").count() == 2
     assert_clean(page)
-    assert page.locator(CHART).count() == 2
+    assert page.locator(CHART).count() == 3   # by module, by block, by head
     assert page.locator("[data-testid='stSidebar']").is_visible()  # app.py ran: sidebar
     assert page.locator("[data-testid='stDownloadButton']").count() >= 10
     screenshot(page, "models-tiny-pair")
