@@ -72,6 +72,14 @@ def bench_scale_out(args) -> dict[str, Any]:
     device = getattr(args, "device", "auto") or "auto"
     device = "cpu" if device == "auto" else device
     steps = QUICK_STEPS if getattr(args, "quick", False) else STEPS
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.device_count() < 2:
+            from ..errors import ConfigError
+
+            raise ConfigError("bench scale-out on cuda needs 2 GPUs (one per rank); "
+                              f"this machine has {torch.cuda.device_count()}")
     base, reasoner, tmp = _pair()
     conf = {"base": base, "reasoner": reasoner, "steps": steps, "reps": REPS,
             "batch_size": BATCH, "max_len": MAX_LEN, "device": device}
