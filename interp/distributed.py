@@ -24,6 +24,9 @@ Launch any command with ``torchrun`` (it sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_
   app can follow the landing parts (:func:`parts_status`,
   ``python -m interp distributed parts``). Across nodes the store must be one shared
   folder (``INTERP_CACHE`` on NFS/Lustre), as it is for the app that reads it.
+  Split this way: adapter evaluation, trace generation, feature collection and batch
+  attribution (:data:`SPLIT_JOBS` lists the jobs the torchrun CLI splits); a command that
+  prints a result calls :func:`merged` on every rank, which hands rank 0 the artifact.
 * :func:`estimate_memory`: bytes per rank of adapter training for a model config, a
   number of ranks and a sharding mode (``python -m interp distributed estimate``).
 """
