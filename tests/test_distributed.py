@@ -227,6 +227,17 @@ def test_batch_attribution_shares_merge_to_the_single_process_effects(tmp_path, 
     assert e.total.shape == (len(e.mechanism), tracer.n_features) and e.total.abs().sum() > 0
 
 
+def test_split_commands_refuse_bad_input(tmp_cache, capsys):
+    from interp.cli import main
+
+    assert main(["features", "collect", "--config", '{"nope": 1}', "--map", "none"]) == 1
+    assert main(["features", "collect", "--corpus", "{bad"]) == 1
+    assert main(["attribution", "effects", "--n", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown collection setting(s): nope" in err and err.count("error:") == 3
+    assert not (tmp_cache / "jobs").exists()        # refused before a job was made
+
+
 # ------------------------------------------------------------------ loss shares
 @pytest.fixture(scope="module")
 def pair(tiny_pair_dirs):

@@ -421,6 +421,18 @@ def _store_of(name: str) -> Store:
     return stores[name]
 
 
+def validate_spec(spec: dict[str, Any]) -> None:
+    """The ``features.collect`` spec's fields and settings, before a worker starts."""
+    known = {"source", "corpus", "config", "ablation", "ablation_top", "map", "device",
+             "store"}
+    unknown = set(spec) - known
+    if unknown:
+        raise ConfigError(f"unknown features.collect field(s): {', '.join(sorted(unknown))}")
+    CollectConfig.from_dict(spec.get("config"))
+    if spec.get("ablation", "top") not in ABLATION_MODES:
+        raise ConfigError(f"ablation must be one of {', '.join(ABLATION_MODES)}")
+
+
 def collect_job(spec: dict[str, Any], ctx: Any) -> dict[str, Any]:
     """Job ``features.collect``. Spec: ``source`` (see
     :func:`interp.features.source.load_source`), ``corpus`` (see
@@ -430,11 +442,7 @@ def collect_job(spec: dict[str, Any], ctx: Any) -> dict[str, Any]:
     ``"pca"`` or false), ``device``,
     ``store`` (``main`` | ``demo``: where the result goes). Checkpoints live in the
     job's folder; submitting the same spec again resumes."""
-    known = {"source", "corpus", "config", "ablation", "ablation_top", "map", "device",
-             "store"}
-    unknown = set(spec) - known
-    if unknown:
-        raise ConfigError(f"unknown features.collect field(s): {', '.join(sorted(unknown))}")
+    validate_spec(spec)
     store = _store_of(spec.get("store", "main"))
     source, corpus, cfg = collect_corpus_source(spec, spec.get("device", "auto"))
     total = [len(corpus)]
