@@ -135,12 +135,20 @@ EFFECTS_N = 6          # validation traces 0, 4 and 5 have triggers
 
 
 @pytest.fixture(scope="module")
-def traces_one(tmp_path_factory):
+def trace_model():
+    from interp.models import load_model
+
+    return load_model(TRACE_SPEC["model"], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def traces_one(tmp_path_factory, trace_model):
     """The single-process trace set of TRACE_SPEC: (its store, the summary)."""
     from interp.tasks.traces import run_generation
 
     store = Store(tmp_path_factory.mktemp("traces_one"))
-    return store, run_generation({**TRACE_SPEC, "store_root": str(store.root)})
+    return store, run_generation({**TRACE_SPEC, "store_root": str(store.root)},
+                                 model=trace_model)
 
 
 @pytest.fixture(scope="module")
@@ -161,12 +169,12 @@ def effects_one(tmp_path_factory, tracer):
                          Store(tmp_path_factory.mktemp("effects_one")))
 
 
-def test_trace_generation_shares_merge_to_the_single_process_trace_set(tmp_path, traces_one):
-    from interp.models import load_model
+def test_trace_generation_shares_merge_to_the_single_process_trace_set(tmp_path, traces_one,
+                                                                      trace_model):
     from interp.tasks.traces import load_traceset, run_generation
 
     one_store, one = traces_one
-    m = load_model(TRACE_SPEC["model"], device="cpu")
+    m = trace_model
     store = Store(tmp_path / "split")
     out = _by_hand(lambda r: run_generation({**TRACE_SPEC, "store_root": str(store.root)},
                                             model=m, ranks=r), 3, [2, 0, 1])
