@@ -129,8 +129,9 @@ def _by_hand(fn, world, order):
     return outs[-1]
 
 
+# hot sampling: the organism is so sure of itself at 1.0 that the seeds would not show
 TRACE_SPEC = {"model": str(ORGANISMS / "reasoner"), "task": "organism", "n": 5, "chunk": 2,
-              "batch_size": 2, "max_new_tokens": 12, "temperature": 1.0, "device": "cpu"}
+              "batch_size": 2, "max_new_tokens": 12, "temperature": 3.0, "device": "cpu"}
 EFFECTS_N = 6          # validation traces 0, 4 and 5 have triggers
 
 
@@ -181,8 +182,14 @@ def test_trace_generation_shares_merge_to_the_single_process_trace_set(tmp_path,
     assert out == one                                       # same key, same summary
     a, b = load_traceset(one["key"], one_store), load_traceset(one["key"], store)
     assert a.config == b.config and a.records == b.records  # sampled: the seeds agree
-    assert len({tuple(r["output_ids"]) for r in b.records}) > 1
     assert store.list(D.PART_KIND) == []
+    # the records depend on the chunk seeds: chunks of 4 seed prompts 2 and 3 otherwise
+    from interp.tasks import get_task
+    from interp.tasks.traces import generate_traces
+
+    kw = {k: TRACE_SPEC[k] for k in ("n", "batch_size", "max_new_tokens", "temperature")}
+    other = generate_traces(m, get_task("organism"), chunk=4, lo=0, hi=4, **kw)
+    assert [r["output_ids"] for r in other[2:4]] != [r["output_ids"] for r in b.records[2:4]]
 
 
 def test_feature_collection_shares_merge_to_one_pass():
