@@ -24,6 +24,9 @@ Launch any command with ``torchrun`` (it sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_
   app can follow the landing parts (:func:`parts_status`,
   ``python -m interp distributed parts``). Across nodes the store must be one shared
   folder (``INTERP_CACHE`` on NFS/Lustre), as it is for the app that reads it.
+  Split this way: adapter evaluation, trace generation, feature collection and batch
+  attribution (:data:`SPLIT_JOBS` lists the jobs the torchrun CLI splits); a command that
+  prints a result calls :func:`merged` on every rank, which hands rank 0 the artifact.
 * :func:`estimate_memory`: bytes per rank of adapter training for a model config, a
   number of ranks and a sharding mode (``python -m interp distributed estimate``).
 """
@@ -50,6 +53,9 @@ T = TypeVar("T")
 
 BACKENDS = ("gloo", "nccl")
 PART_KIND = "part"
+# jobs whose work is split across the ranks of a torchrun launch (the others run in one
+# process): adapter training (data-parallel / FSDP) and the collections merged in the store
+SPLIT_JOBS = ("adapters.train", "traces.generate", "features.collect", "attribution.study")
 
 
 @dataclass(frozen=True)
@@ -237,11 +243,14 @@ Bounds = tuple[tuple[int, int], ...]
 @dataclass
 class Part:
     """One rank's result of a collection: tensors and JSON ``meta`` for its ``bounds``
-    (one ``(lo, hi)`` item range per axis of the collection)."""
+    (one ``(lo, hi)`` item range per axis of the collection). ``files`` (name ->
+    text or bytes) are written into the merged artifact only (a part's own data goes in
+    its tensors and meta)."""
 
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     bounds: Bounds = ()
+    files: dict[str, str | bytes] = field(default_factory=dict)
 
     @property
     def lo(self) -> int:
@@ -323,8 +332,7 @@ def merge_parts(store: Store, kind: str, config: Mapping[str, Any], n_parts: int
         if any(p is None for p in parts):
             return None
         out = merge(parts)  # type: ignore[arg-type]
-        art = store.save(kind, config, out.tensors or None, provenance=provenance,
-                         meta=out.meta)
+        art = _save(store, kind, config, out, provenance)
         for i in range(n_parts):
             store.delete(PART_KIND, part_key(key, i, n_parts))
     return art
@@ -368,13 +376,32 @@ def collect(kind: str, config: Mapping[str, Any], sizes: int | Sequence[int],
         raise ConfigError("collect: one align per axis of sizes")
     bounds = tuple(shard_bounds(n, ranks.rank, ranks.world, a) for n, a in zip(sizes_t, aligns))
     if ranks.world == 1:
-        out = merge([_work(work, bounds)])
-        return store.save(kind, config, out.tensors or None, provenance=provenance,
-                          meta=out.meta)
+        return _save(store, kind, config, merge([_work(work, bounds)]), provenance)
     have = load_part(store, kind, config, ranks.rank, ranks.world)
     if have is None or have.bounds != bounds:
         save_part(store, kind, config, ranks.rank, ranks.world, _work(work, bounds))
     return merge_parts(store, kind, config, ranks.world, merge, provenance)
+
+
+def _save(store: Store, kind: str, config: Mapping[str, Any], out: Part,
+          provenance: Mapping[str, Any] | None) -> Artifact:
+    return store.save(kind, config, out.tensors or None, provenance=provenance, meta=out.meta,
+                      files=out.files or None)
+
+
+def merged(store: Store, kind: str, config: Mapping[str, Any], art: Artifact | None,
+           ranks: Ranks | None = None) -> Artifact | None:
+    """After :func:`collect` on every rank of a process group: the merged artifact on
+    rank 0 (loaded from the store when another rank merged it), None on the others.
+    Every rank must call it (a barrier waits for the merge). Without a process group
+    (one process, or ranks launched by hand) ``art`` as it is."""
+    ranks = ranks or current()
+    if not ranks.grouped:
+        return art
+    barrier()
+    if not ranks.is_main:
+        return None
+    return art if art is not None else store.load(kind, final_key(kind, config))
 
 
 def _work(work: Callable[[Bounds], Part], bounds: Bounds) -> Part:

@@ -14,6 +14,12 @@ prints, for the pair's shape (read from ``config.json``; no weights are loaded):
   step reads every weight once) or throughput, whichever is slower, plus a fixed cost
   per layer and step (kernel launches).
 
+``--ranks N`` (and ``--shard fsdp``) plans a torchrun launch of N ranks
+(:mod:`interp.distributed`): memory is per rank (each holds its share of the global batch;
+with FSDP a 1/N share of the frozen models and the adapters), time per step is one rank's
+share of the compute; the gradient all-reduce and FSDP's weight gathers are not counted
+(they overlap the compute on NVLink, less so across nodes).
+
 These are estimates from counting tensors and FLOPs (2 per parameter per token forward,
 4 backward to inputs; frozen weights get no weight gradients), not measurements: allow
 about ±30 % for allocator overhead and kernels' workspaces. ``--tflops`` and
@@ -103,14 +109,29 @@ def _bytes(dtype: str) -> int:
 
 def adapter_training(s: Shape, d_sae: int, seq_len: int, batch: int, *, steps: int = 1000,
                      device: str = "cuda", bridge_fraction: float = 0.25,
-                     tflops: float | None = None) -> dict[str, Any]:
-    """Memory (GiB) and time of adapter training (module docstring)."""
+                     tflops: float | None = None, ranks: int = 1, shard: str = "none"
+                     ) -> dict[str, Any]:
+    """Memory (GiB) per rank and time of adapter training (module docstring).
+
+    ``ranks``: data-parallel ranks (torchrun) sharing the global ``batch``: each holds
+    ``ceil(batch / ranks)`` sequences' activations and computes that share of the step.
+    ``shard="fsdp"``: the reasoner and the hybrid are sharded over the ranks and the
+    base released once the hybrid is built (``2 / ranks`` of the weights, plus two of
+    the largest unit gathered at a time), and so are the adapters with their gradients
+    and AdamW moments; without sharding every rank holds all three models."""
+    if shard not in ("none", "fsdp"):
+        raise ConfigError("shard must be 'none' or 'fsdp'")
+    if ranks < 1:
+        raise ConfigError("ranks must be >= 1")
     act_b = 2 if device == "cuda" else 4           # bf16 autocast on CUDA, fp32 elsewhere
-    L, d, T, B = s.n_layers, s.d_model, seq_len, batch
+    L, d, T, B = s.n_layers, s.d_model, seq_len, -(-batch // ranks)
     tok = B * T
-    weights = 3 * s.n_params * 4                   # base, reasoner, hybrid in float32
+    fsdp = shard == "fsdp"
+    largest = max(s.block_params, s.vocab * s.d_model)
+    weights = (2 * s.n_params * 4 / ranks + 2 * largest * 4 if fsdp
+               else 3 * s.n_params * 4)            # base, reasoner, hybrid in float32
     adapter_params = L * (2 * d * d_sae + d_sae + d)
-    optim = adapter_params * 4 * 4                 # weights, grads, AdamW m and v
+    optim = adapter_params * 4 * 4 / (ranks if fsdp else 1)  # weights, grads, AdamW m, v
     per_layer = (10 * d + 2 * s.n_kv_heads * s.d_head + s.n_heads * s.d_head
                  + 3 * s.d_mlp + 2 * d_sae)        # per token, saved for backward
     attn = 2 * s.n_heads * T                       # scores and probabilities per token
@@ -122,20 +143,24 @@ def adapter_training(s: Shape, d_sae: int, seq_len: int, batch: int, *, steps: i
     flops_tok = 2 * n + (2 * n + 4 * n) * (1 + bridge_fraction) + 6 * 2 * L * d * d_sae
     tf = tflops or DEVICE_DEFAULTS.get(device, DEVICE_DEFAULTS["cuda"])["tflops"]
     step_s = flops_tok * tok / (tf * 1e12)
-    return {"weights_gib": weights / GiB, "adapters_and_adamw_gib": optim / GiB,
+    return {"ranks": ranks, "shard": shard, "sequences_per_rank": B,
+            "weights_gib": weights / GiB, "adapters_and_adamw_gib": optim / GiB,
             "activations_gib": (grad_pass + ref + logits) / GiB,
             "logits_gib": logits / GiB, "total_gib": total / GiB,
-            "adapter_params": adapter_params, "tokens_per_step": tok,
+            "adapter_params": adapter_params, "tokens_per_step": batch * T,
             "flops_per_token": flops_tok, "assumed_tflops": tf,
-            "seconds_per_step": step_s, "tokens_per_s": tok / step_s,
+            "seconds_per_step": step_s, "tokens_per_s": batch * T / step_s,
             "run_minutes": step_s * steps / 60, "steps": steps}
 
 
 def trace_generation(s: Shape, n_prompts: int, prompt_len: int, new_tokens: int, batch: int,
                      *, dtype: str = "bfloat16", device: str = "cuda",
-                     tflops: float | None = None, bandwidth: float | None = None
-                     ) -> dict[str, Any]:
-    """Memory (GiB) and time of generating traces (module docstring)."""
+                     tflops: float | None = None, bandwidth: float | None = None,
+                     ranks: int = 1) -> dict[str, Any]:
+    """Memory (GiB) per rank and time of generating traces (module docstring); with
+    ``ranks`` each rank holds the whole model and generates ``ceil(n_prompts / ranks)``
+    of the prompts."""
+    n_prompts = -(-n_prompts // max(1, ranks))
     b = _bytes(dtype)
     dd = DEVICE_DEFAULTS.get(device, DEVICE_DEFAULTS["cuda"])
     tf, bw = tflops or dd["tflops"], bandwidth or dd["bandwidth"]
@@ -158,7 +183,8 @@ def trace_generation(s: Shape, n_prompts: int, prompt_len: int, new_tokens: int,
 def estimate(base: str, reasoner: str, d_sae: int, seq_len: int, batch: int, *,
              steps: int = 1000, device: str = "cuda", n_traces: int = 1000,
              prompt_len: int = 128, gen_batch: int = 64, tflops: float | None = None,
-             bandwidth: float | None = None) -> dict[str, Any]:
+             bandwidth: float | None = None, ranks: int = 1, shard: str = "none"
+             ) -> dict[str, Any]:
     """The whole report for a pair (shapes must agree, as for the pair check)."""
     sb, sr = shape_of(base), shape_of(reasoner)
     if sb != sr:
@@ -168,13 +194,14 @@ def estimate(base: str, reasoner: str, d_sae: int, seq_len: int, batch: int, *,
         raise ConfigError("sizes must be >= 1")
     return {"shape": {**asdict(sr), "n_params": sr.n_params},
             "settings": {"d_sae": d_sae, "seq_len": seq_len, "batch": batch, "steps": steps,
-                         "device": device},
+                         "device": device, "ranks": ranks, "shard": shard},
             "adapter_training": adapter_training(sr, d_sae, seq_len, batch, steps=steps,
-                                                 device=device, tflops=tflops),
+                                                 device=device, tflops=tflops, ranks=ranks,
+                                                 shard=shard),
             "trace_generation": trace_generation(
                 sr, n_traces, prompt_len, seq_len, gen_batch, device=device,
                 dtype="bfloat16" if device == "cuda" else "float32", tflops=tflops,
-                bandwidth=bandwidth)}
+                bandwidth=bandwidth, ranks=ranks)}
 
 
 def _cmd(args) -> int:
@@ -183,13 +210,14 @@ def _cmd(args) -> int:
     r = estimate(args.base, args.reasoner, args.d_sae, args.seq_len, args.batch,
                  steps=args.steps, device=args.for_device, n_traces=args.n_traces,
                  prompt_len=args.prompt_len, gen_batch=args.gen_batch, tflops=args.tflops,
-                 bandwidth=args.bandwidth)
+                 bandwidth=args.bandwidth, ranks=args.ranks, shard=args.shard)
     a, g, s = r["adapter_training"], r["trace_generation"], r["shape"]
     print(f"pair: {s['n_layers']} layers, d_model {s['d_model']}, d_mlp {s['d_mlp']}, "
           f"vocab {s['vocab']}, {s['n_params'] / 1e9:.2f}B parameters (hook wrapper)",
           file=sys.stderr)
+    per = f" per rank of {args.ranks} (shard {args.shard})" if args.ranks > 1 else ""
     print(f"adapter training ({args.for_device}, d_sae {args.d_sae}, {args.batch} x "
-          f"{args.seq_len} tokens): {a['total_gib']:.1f} GiB = weights "
+          f"{args.seq_len} tokens): {a['total_gib']:.1f} GiB{per} = weights "
           f"{a['weights_gib']:.1f} + adapters/AdamW {a['adapters_and_adamw_gib']:.1f} + "
           f"activations {a['activations_gib']:.1f}; {a['seconds_per_step']:.2f} s/step at "
           f"{a['assumed_tflops']:g} TFLOP/s, {a['run_minutes']:.0f} min for {args.steps} "
@@ -217,4 +245,8 @@ def add_commands(sub) -> None:
     p.add_argument("--gen-batch", type=int, default=64)
     p.add_argument("--tflops", type=float, help="effective TFLOP/s (default by device)")
     p.add_argument("--bandwidth", type=float, help="memory GB/s (default by device)")
+    p.add_argument("--ranks", type=int, default=1,
+                   help="torchrun ranks (GPUs) sharing the batch (default 1)")
+    p.add_argument("--shard", default="none", choices=["none", "fsdp"],
+                   help="fsdp: shard the frozen models and the adapters over the ranks")
     p.set_defaults(func=_cmd)

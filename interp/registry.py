@@ -25,6 +25,7 @@ BENCHES: dict[str, str] = {
     "length-sweep": "interp.length.bench:bench_length_sweep",
     "vectors-sweep": "interp.vectors.bench:bench_vectors_sweep",
     "features-collect": "interp.features.bench:bench_features_collect",
+    "scale-out": "interp.adapters.scale:bench_scale_out",
 }
 
 COMMAND_MODULES: list[str] = [
@@ -34,6 +35,7 @@ COMMAND_MODULES: list[str] = [
     "interp.length.cli",
     "interp.vectors.cli",
     "interp.attribution.cli",
+    "interp.features.cli",
     "interp.tasks.cli",
     "interp.estimate",
     "interp.transcoders",

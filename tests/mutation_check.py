@@ -27,6 +27,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 T = "tests/"
+DT = "tests/test_distributed.py::test_"    # one test of the file (the fast, in-process ones)
+SPLIT_TRACES = DT + "trace_generation_shares_merge_to_the_single_process_trace_set"
+SPLIT_FEATURES = DT + "feature_collection_shares_merge_to_one_pass"
+SPLIT_EFFECTS = DT + "batch_attribution_shares_merge_to_the_single_process_effects"
+RANK_ESTIMATE = DT + "pair_estimate_per_rank_and_sharded"
 
 # (file, exact text, replacement, tests, what the bug is)
 MUTANTS: list[tuple[str, str, str, list[str], str]] = [
@@ -165,6 +170,34 @@ MUTANTS: list[tuple[str, str, str, list[str], str]] = [
     ("interp/adapters/evaluate.py", "        sums = faithfulness_sums(model, batches[f_lo:f_hi])",
      "        sums = faithfulness_sums(model, batches[f_lo:f_hi + 1])",
      [T + "test_distributed.py"], "a rank evaluates one batch too many"),
+    ("interp/tasks/traces.py", "progress=progress, lo=lo, hi=hi)",
+     "progress=progress, lo=lo, hi=hi + 1)", [SPLIT_TRACES],
+     "a rank's trace share ends one prompt late"),
+    ("interp/tasks/traces.py", "top_p=top_p, seed=seed + start,",
+     "top_p=top_p, seed=seed + start - lo,", [SPLIT_TRACES],
+     "a trace-generation share restarts the chunk seeds"),
+    ("interp/features/collect.py", "                    first_batch=lo // cfg.batch_size)",
+     "                    first_batch=0)", [SPLIT_FEATURES],
+     "a collection share's reservoir seeds restart at batch 0"),
+    ("interp/features/pipeline.py", "    for st, ids in states:",
+     "    for st, ids in states[::-1]:", [SPLIT_FEATURES],
+     "collector states merged in reverse rank order"),
+    ("interp/features/collect.py",
+     "            self.lab_idx[name] += [idx + torch.tensor([base, 0]) for idx in",
+     "            self.lab_idx[name] += [idx + torch.tensor([0, 0]) for idx in",
+     [SPLIT_FEATURES], "a later share's labelled rows not renumbered"),
+    ("interp/attribution/batch.py", '"trace": lo + i}', '"trace": i}',
+     [SPLIT_EFFECTS], "a share's trigger trace indices not offset"),
+    ("interp/distributed.py",
+     "    tensors = {n: torch.cat([p.tensors[n] for p in parts], dim=0) for n in names}",
+     "    tensors = {n: torch.cat([p.tensors[n] for p in parts[::-1]], dim=0) for n in names}",
+     [SPLIT_EFFECTS], "merged tensors in reverse rank order"),
+    ("interp/estimate.py", "    L, d, T, B = s.n_layers, s.d_model, seq_len, -(-batch // ranks)",
+     "    L, d, T, B = s.n_layers, s.d_model, seq_len, batch", [RANK_ESTIMATE],
+     "per-rank estimate holds the whole batch's activations"),
+    ("interp/estimate.py", "    optim = adapter_params * 4 * 4 / (ranks if fsdp else 1)",
+     "    optim = adapter_params * 4 * 4", [RANK_ESTIMATE],
+     "FSDP estimate does not shard the adapters and AdamW"),
 ]
 
 

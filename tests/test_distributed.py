@@ -120,6 +120,139 @@ def test_parts_cli_reports_landed_parts(tmp_path, capsys):
     assert out["landed"] == [1] and out["parts"] == 2 and out["bounds"] == [[[2, 4]]]
 
 
+# ------------------------------------------------------------------ split collections
+def _by_hand(fn, world, order):
+    """``fn(ranks)`` for each rank of ``world`` in ``order`` (ranks launched by hand, no
+    process group: the store is the channel); the merging rank's result."""
+    outs = [fn(D.Ranks(r, world)) for r in order]
+    assert [o is not None for o in outs] == [False] * (world - 1) + [True]
+    return outs[-1]
+
+
+# hot sampling: the organism is so sure of itself at 1.0 that the seeds would not show
+TRACE_SPEC = {"model": str(ORGANISMS / "reasoner"), "task": "organism", "n": 5, "chunk": 2,
+              "batch_size": 2, "max_new_tokens": 12, "temperature": 3.0, "device": "cpu"}
+EFFECTS_N = 6          # validation traces 0, 4 and 5 have triggers
+
+
+@pytest.fixture(scope="module")
+def trace_model():
+    from interp.models import load_model
+
+    return load_model(TRACE_SPEC["model"], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def traces_one(tmp_path_factory, trace_model):
+    """The single-process trace set of TRACE_SPEC: (its store, the summary)."""
+    from interp.tasks.traces import run_generation
+
+    store = Store(tmp_path_factory.mktemp("traces_one"))
+    return store, run_generation({**TRACE_SPEC, "store_root": str(store.root)},
+                                 model=trace_model)
+
+
+@pytest.fixture(scope="module")
+def tracer():
+    from interp.adapters.io import find_adapters
+    from interp.attribution import hesitation as H
+
+    return H.Tracer.from_artifact(find_adapters(Store(PROJECT_ROOT / "cache" / "demo",
+                                                      read_only=True)), "cpu")
+
+
+@pytest.fixture(scope="module")
+def effects_one(tmp_path_factory, tracer):
+    """The single-process batch attribution (validation traces, ``logit_diff``)."""
+    from interp.attribution.batch import batch_effects
+
+    return batch_effects(tracer, "validation", EFFECTS_N, "logit_diff",
+                         Store(tmp_path_factory.mktemp("effects_one")))
+
+
+def test_trace_generation_shares_merge_to_the_single_process_trace_set(tmp_path, traces_one,
+                                                                      trace_model):
+    from interp.tasks.traces import load_traceset, run_generation
+
+    one_store, one = traces_one
+    m = trace_model
+    store = Store(tmp_path / "split")
+    out = _by_hand(lambda r: run_generation({**TRACE_SPEC, "store_root": str(store.root)},
+                                            model=m, ranks=r), 3, [2, 0, 1])
+    assert out == one                                       # same key, same summary
+    a, b = load_traceset(one["key"], one_store), load_traceset(one["key"], store)
+    assert a.config == b.config and a.records == b.records  # sampled: the seeds agree
+    assert store.list(D.PART_KIND) == []
+    # the records depend on the chunk seeds: chunks of 4 seed prompts 2 and 3 otherwise
+    from interp.tasks import get_task
+    from interp.tasks.traces import generate_traces
+
+    kw = {k: TRACE_SPEC[k] for k in ("n", "batch_size", "max_new_tokens", "temperature")}
+    other = generate_traces(m, get_task("organism"), chunk=4, lo=0, hi=4, **kw)
+    assert [r["output_ids"] for r in other[2:4]] != [r["output_ids"] for r in b.records[2:4]]
+
+
+def test_feature_collection_shares_merge_to_one_pass():
+    from interp.features.collect import CollectConfig, run_collection
+    from interp.features.pipeline import merge_states
+    from tests.test_features import TokenSource, _corpus, make_tiny_tokenizer
+
+    tok = make_tiny_tokenizer()
+    src, corpus = TokenSource(tok), _corpus(tok)
+    for bs, world in ((2, 2), (2, 3), (1, 4), (3, 2)):
+        cfg = CollectConfig(top_k=3, n_reservoir=4, batch_size=bs)
+        full, _ = run_collection(src, corpus, cfg)
+        states = []
+        for r in range(world):
+            lo, hi = D.shard_bounds(len(corpus), r, world, bs)
+            col, timing = run_collection(src, corpus, cfg, lo=lo, hi=hi)
+            assert int(col.t["n_seqs"][0]) == hi - lo
+            states.append((col.state_tensors(), col.seq_ids()))
+        merged = merge_states(src, corpus, cfg, states)
+        a, b = full.state_tensors(), merged.state_tensors()
+        assert set(a) == set(b)
+        for k in a:
+            if a[k].dtype == torch.float64:                 # sums added in another order
+                torch.testing.assert_close(b[k], a[k], rtol=1e-12, atol=1e-12)
+            else:
+                assert torch.equal(a[k], b[k]), (bs, world, k)
+        assert full.seq_ids() == merged.seq_ids()
+    with pytest.raises(D.ConfigError):
+        run_collection(src, corpus, CollectConfig(batch_size=2), lo=1, hi=4)
+
+
+def test_batch_attribution_shares_merge_to_the_single_process_effects(tmp_path, tracer,
+                                                                      effects_one):
+    from interp.attribution import hesitation as H
+    from interp.attribution.batch import KIND, batch_effects, effects_of
+
+    traces = H.trigger_traces("validation", EFFECTS_N)
+    store = Store(tmp_path / "split")
+    # 3 ranks: the middle one's traces have no trigger (an empty part)
+    got = _by_hand(lambda r: batch_effects(tracer, "validation", EFFECTS_N, "logit_diff",
+                                           store, r), 3, [1, 2, 0])
+    one = effects_one
+    assert got.key == one.key and got.config == one.config and got.meta == one.meta
+    for k in ("total", "direct", "active"):
+        assert torch.equal(got.tensors[k], one.tensors[k]), k
+    e = effects_of(store.load(KIND, got.key))
+    assert e.mechanism == [m for t in traces for _, m, _ in t.triggers]
+    assert e.trace_index == [i for i, t in enumerate(traces) for _ in t.triggers]
+    assert len(set(e.trace_index)) >= 2
+    assert e.total.shape == (len(e.mechanism), tracer.n_features) and e.total.abs().sum() > 0
+
+
+def test_split_commands_refuse_bad_input(tmp_cache, capsys):
+    from interp.cli import main
+
+    assert main(["features", "collect", "--config", '{"nope": 1}', "--map", "none"]) == 1
+    assert main(["features", "collect", "--corpus", "{bad"]) == 1
+    assert main(["attribution", "effects", "--n", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown collection setting(s): nope" in err and err.count("error:") == 3
+    assert not (tmp_cache / "jobs").exists()        # refused before a job was made
+
+
 # ------------------------------------------------------------------ loss shares
 @pytest.fixture(scope="module")
 def pair(tiny_pair_dirs):
@@ -240,6 +373,32 @@ def test_estimate_cli(capsys):
     assert "error:" in capsys.readouterr().err
 
 
+def test_pair_estimate_per_rank_and_sharded():
+    """``python -m interp estimate --ranks N --shard fsdp``: each rank's share of the
+    batch, 1/N of the sharded models and adapters, 1/N of the step's compute."""
+    from interp.estimate import GiB, adapter_training, shape_from_config, trace_generation
+
+    s = shape_from_config(D.PRESETS["qwen2.5-7b"])
+    one = adapter_training(s, 4096, 256, 8)
+    assert adapter_training(s, 4096, 256, 8, ranks=1, shard="none") == one
+    dp = adapter_training(s, 4096, 256, 8, ranks=2)
+    assert dp["weights_gib"] == one["weights_gib"] == 3 * 4 * s.n_params / GiB
+    assert dp["sequences_per_rank"] == 4
+    assert dp["activations_gib"] == adapter_training(s, 4096, 256, 4)["activations_gib"]
+    assert dp["seconds_per_step"] == pytest.approx(one["seconds_per_step"] / 2)
+    assert dp["tokens_per_s"] == pytest.approx(2 * one["tokens_per_s"])
+    for r in (2, 3, 8):
+        fs = adapter_training(s, 4096, 256, 8, ranks=r, shard="fsdp")
+        largest = max(s.block_params, s.vocab * s.d_model)
+        assert fs["weights_gib"] * GiB == pytest.approx(2 * 4 * s.n_params / r + 8 * largest)
+        assert fs["adapters_and_adamw_gib"] == pytest.approx(one["adapters_and_adamw_gib"] / r)
+        assert fs["sequences_per_rank"] == -(-8 // r)
+    g1, g4 = (trace_generation(s, 1000, 128, 512, 64, ranks=r) for r in (1, 4))
+    assert g4["total_gib"] == g1["total_gib"] and g4["minutes"] < g1["minutes"] / 3
+    with pytest.raises(D.ConfigError):
+        adapter_training(s, 4096, 256, 8, ranks=2, shard="zero3")
+
+
 # ------------------------------------------------------------------ torchrun, 2 ranks
 BASE_SPEC = {"base": str(ORGANISMS / "base"), "reasoner": str(ORGANISMS / "reasoner"),
              "steps": 6, "batch_size": 8, "max_len": 64, "ckpt_every": 3, "threads": 1,
@@ -288,6 +447,16 @@ def launch(tmp_path_factory):
     cmds = [_train_argv(specs[name]) for name in ("dp", "fsdp", "fwd", "nan")]
     cmds.append(["adapters", "eval", "--store", specs["dp"]["store_root"], "--n-faith", "96",
                  "--n-behaviour", "8", "--behaviour-batch", "4", "--device", "cpu"])
+    # the split collections, each merged into one artifact
+    argv = ["traces", "generate", "--store", str(root / "s_traces")]
+    for k, v in TRACE_SPEC.items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    cmds.append(argv)
+    cmds.append(["features", "collect", *FEATURE_ARGS])
+    cmds.append(["attribution", "effects", "--n", str(EFFECTS_N), "--store",
+                 str(root / "s_effects"), "--device", "cpu"])
+    cache.mkdir(parents=True, exist_ok=True)        # the source's pair, by spec
+    (cache / "organisms").symlink_to(ORGANISMS, target_is_directory=True)
     (root / "cmds.json").write_text(json.dumps(cmds))
     env = {**os.environ, "INTERP_CACHE": str(cache), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(PROJECT_ROOT)}
@@ -301,6 +470,12 @@ def launch(tmp_path_factory):
     codes = [json.loads((root / f"codes.{r}.json").read_text()) for r in (0, 1)]
     return {"root": root, "cache": cache, "specs": specs, "codes": codes,
             "stdout": proc.stdout, "stderr": proc.stderr}
+
+
+FEATURE_CORPUS = {"kind": "organism", "n": 12}
+FEATURE_CONFIG = {"batch_size": 4, "top_k": 4, "n_reservoir": 8}
+FEATURE_ARGS = ["--corpus", json.dumps(FEATURE_CORPUS), "--config", json.dumps(FEATURE_CONFIG),
+                "--ablation", "top", "--ablation-top", "4", "--map", "none", "--device", "cpu"]
 
 
 def _train_argv(spec):
@@ -360,7 +535,7 @@ def test_distributed_run_shows_in_the_job_view(launch):
         "step": 6, "sequences": 48, "global_batch": 8}
     # rank 0 alone printed the result line
     results = [line for line in launch["stdout"].splitlines() if line.startswith('{"id"')]
-    assert len(results) == 4
+    assert len(results) == 6       # 4 trainings, trace generation, feature collection
 
 
 def test_single_process_checkpoint_resumes_on_two_ranks(launch, reference):
@@ -418,3 +593,60 @@ def test_split_evaluation_merges_into_the_single_process_artifact(launch):
     assert json.dumps(got.meta["behaviour"], sort_keys=True) == json.dumps(
         want.meta["behaviour"], sort_keys=True)
     assert got.meta["behaviour"]["reasoner"]["n"] == 8
+
+
+def test_split_trace_generation_under_torchrun(launch, traces_one):
+    from interp.tasks.traces import load_traceset
+
+    assert launch["codes"][0][5] == 0 and launch["codes"][1][5] == 0
+    one_store, one = traces_one
+    store = Store(launch["root"] / "s_traces")
+    [art] = store.list("traces")
+    assert art.key == one["key"] and store.list(D.PART_KIND) == []
+    a, b = load_traceset(one["key"], one_store), load_traceset(art.key, store)
+    assert a.config == b.config and a.records == b.records
+    assert b.meta["summary"] == a.meta["summary"]
+
+
+def test_split_feature_collection_under_torchrun(launch, tmp_path):
+    from interp.features.collect import CollectConfig
+    from interp.features.corpus import build_corpus
+    from interp.features.pipeline import collect_features
+    from interp.features.source import load_source
+
+    assert launch["codes"][0][6] == 0 and launch["codes"][1][6] == 0
+    store = Store(launch["cache"])
+    [got] = store.list("features")
+    assert store.list(D.PART_KIND) == []
+    cfg = CollectConfig.from_dict(FEATURE_CONFIG)
+    src = load_source({"kind": "adapters", "store": "demo"}, "cpu")
+    corpus = build_corpus(FEATURE_CORPUS, src.tokenizer, cfg.max_len)
+    want = collect_features(src, corpus, cfg, Store(tmp_path), ablation="top", ablation_top=4)
+    assert got.key == want.key and got.config == want.config
+    assert set(got.tensors) == set(want.tensors)
+    for k, v in want.tensors.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(got.tensors[k], v, rtol=1e-5, atol=1e-6,
+                                       equal_nan=True, msg=k)
+        else:
+            assert torch.equal(got.tensors[k], v), k
+    drop = ("timing",)
+    assert {k: v for k, v in got.meta.items() if k not in drop} == \
+        {k: v for k, v in want.meta.items() if k not in drop}
+    for name in ("sequences.json", "vocab.json"):
+        assert got.file(name).read_text() == want.file(name).read_text()
+    abl_got, abl_want = (json.loads(a.file("ablation.json").read_text()) for a in (got, want))
+    assert [a["g"] for a in abl_got] == [a["g"] for a in abl_want] and abl_want
+
+
+def test_split_batch_attribution_under_torchrun(launch, effects_one):
+    assert launch["codes"][0][7] == 0 and launch["codes"][1][7] == 0
+    store = Store(launch["root"] / "s_effects")
+    [got] = store.list("hesitation_effects")
+    assert got.key == effects_one.key and got.meta == effects_one.meta
+    for k in ("total", "direct", "active"):
+        torch.testing.assert_close(got.tensors[k], effects_one.tensors[k], rtol=1e-5,
+                                   atol=1e-6)
+    # rank 0 alone printed the summary line
+    lines = [ln for ln in launch["stdout"].splitlines() if ln.startswith('{"key": "hesit')]
+    assert len(lines) == 1 and json.loads(lines[0])["ranks"] == 2

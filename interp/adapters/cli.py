@@ -114,7 +114,8 @@ def _run_job(kind: str, spec: dict[str, Any], background: bool, after=None) -> i
 
 
 def _run_ranks(kind: str, spec: dict[str, Any], background: bool) -> int:
-    """``_run_job`` on one rank of a torchrun launch: every rank trains, rank 0 reports."""
+    """``_run_job`` on one rank of a torchrun launch: every rank runs its share of the job
+    (:data:`interp.distributed.SPLIT_JOBS`), rank 0 reports."""
     from .. import distributed as D
     from .parallel import run_job
 
@@ -122,9 +123,12 @@ def _run_ranks(kind: str, spec: dict[str, Any], background: bool) -> int:
         raise ConfigError("--background starts a detached worker; under torchrun every rank "
                           "runs in the foreground (follow it with `python -m interp jobs "
                           "list`)")
-    if kind != "adapters.train":
+    if kind == "adapters.sweep":
         raise ConfigError("sweeps run in one process; under torchrun train one L1 value at a "
                           "time with `adapters train --set l1=...`")
+    if kind not in D.SPLIT_JOBS:
+        raise ConfigError(f"job {kind} runs in one process; under torchrun run one of "
+                          f"{', '.join(D.SPLIT_JOBS)}")
     main = D.env_ranks().is_main
     bar, on = _tqdm() if main else (None, None)
     try:

@@ -68,12 +68,58 @@ def _cmd_study(args) -> int:
                 "n_gen_evaluation": 48, "ks": [25], "modes": ["zero"], **spec}
     if args.store:
         spec["store"] = args.store
+    from ..distributed import launched
+
+    if launched():       # torchrun: the ranks split the effects, rank 0 reports
+        from ..adapters.cli import _run_ranks
+
+        return _run_ranks("attribution.study", spec, False)
     bar, on = _tqdm_progress()
     st = run_inline("attribution.study", spec, progress_root(), on, raise_on_error=False)
     bar.close()
     print(json.dumps({"state": st.state, "error": st.error, "result": st.result},
                      default=str))
     return 0 if st.state == "done" else 1
+
+
+def _cmd_effects(args) -> int:
+    from .. import distributed as D
+    from ..store import Store
+    from ..validate import number
+    from .batch import KIND, batch_effects, effects_config, effects_of
+    from .hesitation import Tracer, rank_features
+    from .study import adapters_artifact
+
+    n = number(args.n, "--n", lo=1, integer=True)
+    ranks = D.init(args.device)
+    art = adapters_artifact(args.adapters, args.adapters_store)
+    tr = Tracer.from_artifact(art, args.device, explain=args.explain)
+    store = Store(args.store) if args.store else Store()
+    bar = None
+    if ranks.is_main:     # rank 0's share: one tick per trace
+        import sys
+
+        from tqdm import tqdm
+
+        bar = tqdm(desc="graphs", file=sys.stderr, dynamic_ncols=True)
+
+    def tick(i: int, k: int) -> None:
+        bar.total, bar.n = k, i
+        bar.refresh()
+
+    out = batch_effects(tr, args.split, n, args.target, store, ranks,
+                        progress=tick if bar is not None else None)
+    if bar is not None:
+        bar.close()
+    out = D.merged(store, KIND, effects_config(tr, args.split, n, args.target), out, ranks)
+    if out is None:
+        return 0
+    top = rank_features(effects_of(out))[: args.top]
+    print(json.dumps({"key": out.key, "n_triggers": int(out.tensors["total"].shape[0]),
+                      "ranks": ranks.world,
+                      "top": [{k: r[k] for k in ("name", "mean_effect", "share_active")}
+                              for r in top]}, default=float))
+    return 0
 
 
 def progress_root():
@@ -116,6 +162,20 @@ def add_commands(sub) -> None:
     g.add_argument("--out", help="write the graph JSON here")
     g.add_argument("--device", default="cpu")
     g.set_defaults(func=_cmd_graph)
+    e = s.add_parser("effects", help="batch attribution: every trigger trace of a split, "
+                                     "each feature's effect on each trigger (one artifact; "
+                                     "split across the ranks under torchrun)")
+    e.add_argument("--adapters", help="adapters artifact key (default: the newest)")
+    e.add_argument("--adapters-store", help="store of the adapters (default: cache/, then "
+                                            "the demo set)")
+    e.add_argument("--store", help="artifact store folder for the result (default: cache/)")
+    e.add_argument("--split", default="validation", choices=["validation", "evaluation"])
+    e.add_argument("--n", type=int, default=120, help="problems (traces) of the split")
+    e.add_argument("--target", default="logit_diff", choices=["logit_diff", "logit"])
+    e.add_argument("--explain", default="adapter", choices=["adapter", "reasoner"])
+    e.add_argument("--top", type=int, default=10, help="features printed")
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(func=_cmd_effects)
     st = s.add_parser("study", help="the hesitation study as a job (progress bar)")
     st.add_argument("--spec", help="JSON settings (see interp.attribution.study.DEFAULTS)")
     st.add_argument("--store", help="artifact store folder for the result")

@@ -97,10 +97,18 @@ def _gen_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
             "accuracy": m("correct")}
 
 
-def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = None
-              ) -> dict[str, Any]:
-    """Run the protocol (module docstring); returns the figures and tensors."""
+def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = None,
+              ranks: Any = None) -> dict[str, Any] | None:
+    """Run the protocol (module docstring); returns the figures and tensors.
+
+    Under torchrun (``ranks``, default this process's) the effects (one graph per
+    validation trace and target, most of the study's time) are split across the ranks
+    and merged in the store (:func:`interp.attribution.batch.batch_effects`); rank 0 then
+    runs the rest and returns the result, the other ranks return None."""
+    from .. import distributed as D
+
     cfg = study_config(spec)
+    ranks = ranks or D.current()
     tick = progress or (lambda *a, **k: None)
     if tracer is None:
         art = adapters_artifact(cfg["adapters_key"], cfg["adapters_store"])
@@ -119,9 +127,19 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
     ev = H.trigger_traces("evaluation", cfg["n_evaluation"])
     effects = {}
     for target in ("logit", "logit_diff"):
+        if ranks.world > 1:
+            from .batch import split_effects
+
+            effects[target] = split_effects(
+                tracer, val, "validation", cfg["n_validation"], target,
+                Store(cfg["store"]) if cfg["store"] else Store(), ranks)
+            step(f"effects ({target})", cfg["n_validation"])
+            continue
         effects[target] = H.collect_effects(
             tracer, val, target, progress=lambda i, n, _t=target: step(f"effects ({_t})")
             if i else None)
+    if not ranks.is_main:
+        return None
     rankings = {t: H.rank_features(e) for t, e in effects.items()}
     # clusters of the hesitation-specific ranking
     eff = effects["logit_diff"]
@@ -264,6 +282,8 @@ def study_job(spec: dict[str, Any], ctx) -> dict[str, Any]:
     """Job entry (``attribution.study``): run and save; returns the headline figures."""
     cfg = study_config(spec)
     res = run_study(cfg, progress=lambda i, n, msg="": ctx.progress(i, n, msg))
+    if res is None:      # a rank other than 0 of a torchrun launch: rank 0 saves
+        return {}
     store = Store(cfg["store"]) if cfg["store"] else Store()
     art = save_study(res, store)
     f = res["figures"]

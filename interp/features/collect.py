@@ -167,13 +167,16 @@ def make_batch(items: list[CorpusItem], first_seq: int, pad_id: int,
                  torch.tensor(occ, dtype=torch.long).reshape(-1, 3), items)
 
 
-def iter_batches(corpus: Iterable[CorpusItem], batch_size: int, skip: int = 0
-                 ) -> Iterator[tuple[int, list[CorpusItem]]]:
+def iter_batches(corpus: Iterable[CorpusItem], batch_size: int, skip: int = 0,
+                 stop: int | None = None) -> Iterator[tuple[int, list[CorpusItem]]]:
     """``(index of the first sequence, items)`` per batch, skipping ``skip`` sequences
-    (a resume point, always a multiple of ``batch_size``)."""
+    (a resume point or a rank's first sequence, always a multiple of ``batch_size``) and
+    ending before sequence ``stop``."""
     chunk: list[CorpusItem] = []
     start = 0
     for i, it in enumerate(corpus):
+        if stop is not None and i >= stop:
+            break
         if i < skip:
             start = i + 1
             continue
@@ -239,8 +242,11 @@ class Collector:
 
     def __init__(self, layers: Sequence[int], d_sae: dict[int, int], cfg: CollectConfig,
                  label_names: Sequence[str] = (), n_hes_types: int = 1,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", first_batch: int = 0):
         self.layers, self.d_sae, self.cfg = list(layers), dict(d_sae), cfg
+        # the corpus batch this collector starts at (a rank's share): the reservoir keys
+        # are seeded by the global batch number, so a share draws what one pass draws
+        self.first_batch = int(first_batch)
         self.device = torch.device(device)
         self.offsets, o = {}, 0
         for layer in self.layers:
@@ -307,7 +313,7 @@ class Collector:
         t, cfg, dev = self.t, self.cfg, self.device
         valid = batch.valid.to(dev)
         b, T = valid.shape
-        bi_n = int(t["n_batches"][0])
+        bi_n = self.first_batch + int(t["n_batches"][0])
         t["n_tokens"] += valid.sum()
         t["n_seqs"] += b
         t["n_batches"] += 1
@@ -482,7 +488,11 @@ class Collector:
         if not f.exists():
             return None
         rec = json.loads(f.read_text())
-        st = load_file(str(folder / rec["tensors"]))
+        self.load_state(load_file(str(folder / rec["tensors"])), rec["seq_ids"])
+        return rec
+
+    def load_state(self, st: dict[str, torch.Tensor], seq_ids: Sequence[str]) -> None:
+        """Replace the state by ``st`` (:meth:`state_tensors`) and its sequences' ids."""
         for k in self.t:
             if st[k].shape != self.t[k].shape:
                 raise ConfigError("the checkpoint does not match this collection's sizes")
@@ -496,10 +506,39 @@ class Collector:
             self.lab_n[name] = len(rows)
         off, toks, regs = st["seq_offsets"], st["seq_tokens"], st["seq_regions"].numpy()
         self.seqs = {}
-        for j, (i, sid) in enumerate(zip(st["seq_index"].tolist(), rec["seq_ids"])):
+        for j, (i, sid) in enumerate(zip(st["seq_index"].tolist(), seq_ids)):
             s, e = int(off[j]), int(off[j + 1])
             self.seqs[i] = (toks[s:e].tolist(), regs[s:e].copy(), sid)
-        return rec
+
+    def absorb(self, st: dict[str, torch.Tensor], seq_ids: Sequence[str]) -> None:
+        """Add the state of a collection over the sequences that follow this one's (the
+        next rank's share, :meth:`state_tensors`): afterwards this collector holds the
+        state one pass over both reaches. Counts and sums add, maxima take the larger,
+        the top-k and reservoir tables merge as the stream would (this collector's
+        entries, the earlier sequences, win ties), labelled rows are appended
+        (renumbered after this one's)."""
+        other = Collector(self.layers, self.d_sae, self.cfg, self.label_names,
+                          self.t["hes_occ"].numel(), "cpu")
+        other.load_state(st, seq_ids)
+        t, o = self.t, {k: v.to(self.device) for k, v in other.t.items()}
+        for k in ("n_tokens", "n_seqs", "n_batches", "region_tokens", "active", "act_sum",
+                  "hist", "region_active", "region_sum", "hes_mass", "hes_cover", "hes_occ",
+                  "hes_window_tokens"):
+            t[k] += o[k]
+        t["act_max"] = torch.maximum(t["act_max"], o["act_max"])
+        for val, payload, seq in (("top_act", ("top_seq", "top_pos"), "top_seq"),
+                                  ("res_key", ("res_act", "res_seq", "res_pos"), "res_seq")):
+            g, k = (o[seq] >= 0).nonzero(as_tuple=True)   # filled slots, best first
+            merge_topk(t[val], [t[p] for p in payload], g, o[val][g, k],
+                       [o[p][g, k] for p in payload])
+        for name in self.label_names:
+            base = self.lab_n[name]
+            self.lab_rows[name] += other.lab_rows[name]
+            self.lab_idx[name] += [idx + torch.tensor([base, 0]) for idx in other.lab_idx[name]]
+            self.lab_val[name] += other.lab_val[name]
+            self.lab_n[name] += other.lab_n[name]
+        self.seqs.update(other.seqs)
+        self.prune_sequences()
 
 
 # ------------------------------------------------------------------ the whole pass
@@ -508,31 +547,44 @@ ProgressFn = Callable[..., None]
 
 def run_collection(source: FeatureSource, corpus: Corpus, cfg: CollectConfig,
                    checkpoint_dir: str | Path | None = None,
-                   progress: ProgressFn | None = None) -> tuple[Collector, dict[str, Any]]:
+                   progress: ProgressFn | None = None, lo: int = 0, hi: int | None = None
+                   ) -> tuple[Collector, dict[str, Any]]:
     """Stream ``corpus`` through ``source`` into a :class:`Collector` (resuming from
     ``checkpoint_dir`` when it holds a checkpoint of the same collection). Returns the
     collector and timing figures (``tokens``, ``seconds``, ``tokens_per_s`` of this
     process's share of the pass: forward + bookkeeping, checkpoints excluded).
-    ``progress(done_seqs, total_seqs, **info)`` after every batch; it may raise to stop
-    (a job's cancel), after the last checkpoint was written."""
+    ``lo``/``hi``: only the sequences ``lo..hi-1`` (a rank's share; ``lo`` a multiple of
+    the batch size, so the batches and their reservoir seeds are those of one pass; the
+    shares' collectors merge with :meth:`Collector.absorb`).
+    ``progress(done_seqs, total_seqs, **info)`` after every batch, counted within the
+    share; it may raise to stop (a job's cancel), after the last checkpoint was
+    written."""
     tok = source.tokenizer
     hes = hesitation_ids(tok, cfg.hesitation)
     labels = list(corpus.label_names)
-    col = Collector(source.layers, source.d_sae, cfg, labels, len(hes), source.device)
+    hi = len(corpus) if hi is None else min(hi, len(corpus))
+    if lo < 0 or lo % cfg.batch_size:
+        raise ConfigError(f"a share of the corpus starts at a multiple of the batch size "
+                          f"{cfg.batch_size}, not at {lo}")
+    col = Collector(source.layers, source.d_sae, cfg, labels, len(hes), source.device,
+                    first_batch=lo // cfg.batch_size)
     ck = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    skip = 0
+    skip = lo
     if ck is not None:
         rec = col.load_checkpoint(ck)
         if rec is not None:
-            skip = int(col.t["n_seqs"][0])
+            if rec.get("lo", 0) != lo or rec.get("hi", hi) != hi:
+                raise ConfigError(f"the checkpoint in {ck} covers sequences "
+                                  f"{rec.get('lo', 0)}..{rec.get('hi')}, not {lo}..{hi}")
+            skip = lo + int(col.t["n_seqs"][0])
     pad = getattr(tok, "pad_token_id", None)
     pad = int(pad) if pad is not None else 0
-    total = len(corpus)
+    total = hi - lo
     n_ctx = getattr(getattr(source.model, "cfg", None), "n_ctx", None) or cfg.max_len
     max_len = min(cfg.max_len, int(n_ctx))
     tokens, seconds = 0, 0.0
     dev = source.device
-    for first, items in iter_batches(corpus, cfg.batch_size, skip):
+    for first, items in iter_batches(corpus, cfg.batch_size, skip, hi):
         t0 = time.perf_counter()
         batch = make_batch(items, first, pad, labels, hes, max_len)
         _, acts = source.forward(batch.tokens.to(dev), need_logits=False)
@@ -543,9 +595,9 @@ def run_collection(source: FeatureSource, corpus: Corpus, cfg: CollectConfig,
         tokens += int(batch.valid.sum())
         nb = int(col.t["n_batches"][0])
         if ck is not None and nb % cfg.checkpoint_every == 0:
-            col.save_checkpoint(ck, {"total": total})
+            col.save_checkpoint(ck, {"total": total, "lo": lo, "hi": hi})
         if progress is not None:
-            progress(first + len(items), total, tokens_per_s=tokens / max(seconds, 1e-9))
+            progress(first + len(items) - lo, total, tokens_per_s=tokens / max(seconds, 1e-9))
     col.prune_sequences()
     return col, {"tokens": tokens, "seconds": seconds,
                  "tokens_per_s": tokens / seconds if seconds else None}

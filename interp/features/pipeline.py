@@ -348,23 +348,63 @@ def artifact_config(source: FeatureSource, corpus: Corpus, cfg: CollectConfig,
 def collect_features(source: FeatureSource, corpus: Corpus, cfg: CollectConfig | None = None,
                      store: Store | None = None, checkpoint_dir: str | Path | None = None,
                      progress: Callable[..., None] | None = None, ablation: str = "top",
-                     ablation_top: int = 64) -> Artifact:
-    """Collect, finalise and save a ``features`` artifact (module docstring)."""
+                     ablation_top: int = 64, ranks: Any = None) -> Artifact | None:
+    """Collect, finalise and save a ``features`` artifact (module docstring).
+
+    Under torchrun (``ranks``, default this process's) each rank streams its block of
+    whole batches (:func:`run_collection` with ``lo``/``hi``; its checkpoints in a
+    sub-folder of ``checkpoint_dir`` named by the block) and lands the collector's state
+    in the store as a part; the rank that completes the set merges the states in rank
+    order (:meth:`Collector.absorb`: the state of one pass), finalises and saves the
+    artifact one process saves (:func:`interp.distributed.collect`). Returns it on the
+    merging rank (or the only process), None on the others."""
+    from .. import distributed as D
+
     cfg = cfg or CollectConfig()
     store = store or Store()
-    col, timing = run_collection(source, corpus, cfg, checkpoint_dir, progress)
-    tensors, meta, files = finalize(col, source, cfg, corpus.label_names, ablation,
-                                    ablation_top, progress)
-    meta["timing"].update({"collect_seconds": timing["seconds"],
-                           "collect_tokens": timing["tokens"],
-                           "tokens_per_s": timing["tokens_per_s"]})
-    meta["source"] = source.describe()
-    meta["corpus"] = corpus.spec
+    ranks = ranks or D.current()
+
+    def work(bounds: D.Bounds) -> D.Part:
+        (lo, hi), = bounds
+        ck = checkpoint_dir
+        if ck is not None and ranks.world > 1:
+            ck = Path(ck) / f"seqs-{lo}-{hi}"
+        col, timing = run_collection(source, corpus, cfg, ck, progress, lo, hi)
+        return D.Part(col.state_tensors(), {"seq_ids": col.seq_ids(), "timing": timing})
+
+    def merge(parts: list[D.Part]) -> D.Part:
+        col = merge_states(source, corpus, cfg, [(p.tensors, p.meta["seq_ids"])
+                                                 for p in parts])
+        tensors, meta, files = finalize(col, source, cfg, corpus.label_names, ablation,
+                                        ablation_top, progress)
+        tokens = sum(p.meta["timing"]["tokens"] for p in parts)
+        seconds = max(p.meta["timing"]["seconds"] for p in parts)
+        meta["timing"].update({"collect_seconds": seconds, "collect_tokens": tokens,
+                               "tokens_per_s": tokens / seconds if seconds else None})
+        meta["source"] = source.describe()
+        meta["corpus"] = corpus.spec
+        return D.Part(tensors, meta, files=files)
+
     models = {"source": source.describe()}
-    return store.save(KIND, artifact_config(source, corpus, cfg, ablation), tensors,
-                      provenance=provenance(models=models, seed=cfg.seed,
-                                            device=str(source.device)),
-                      meta=meta, files=files)
+    return D.collect(KIND, artifact_config(source, corpus, cfg, ablation), len(corpus), work,
+                     merge, store=store, ranks=ranks, align=cfg.batch_size,
+                     provenance=provenance(models=models, seed=cfg.seed,
+                                           device=str(source.device)))
+
+
+def merge_states(source: FeatureSource, corpus: Corpus, cfg: CollectConfig,
+                 states: Sequence[tuple[dict[str, torch.Tensor], Sequence[str]]]
+                 ) -> Collector:
+    """One collector holding the states of consecutive shares of the corpus, in order
+    (``(state_tensors, seq_ids)`` each): the state one pass over them reaches."""
+    from .collect import hesitation_ids
+
+    n_hes = len(hesitation_ids(source.tokenizer, cfg.hesitation))
+    col = Collector(source.layers, source.d_sae, cfg, list(corpus.label_names), n_hes,
+                    source.device)
+    for st, ids in states:
+        col.absorb(st, ids)
+    return col
 
 
 # ------------------------------------------------------------------ the job
@@ -381,6 +421,18 @@ def _store_of(name: str) -> Store:
     return stores[name]
 
 
+def validate_spec(spec: dict[str, Any]) -> None:
+    """The ``features.collect`` spec's fields and settings, before a worker starts."""
+    known = {"source", "corpus", "config", "ablation", "ablation_top", "map", "device",
+             "store"}
+    unknown = set(spec) - known
+    if unknown:
+        raise ConfigError(f"unknown features.collect field(s): {', '.join(sorted(unknown))}")
+    CollectConfig.from_dict(spec.get("config"))
+    if spec.get("ablation", "top") not in ABLATION_MODES:
+        raise ConfigError(f"ablation must be one of {', '.join(ABLATION_MODES)}")
+
+
 def collect_job(spec: dict[str, Any], ctx: Any) -> dict[str, Any]:
     """Job ``features.collect``. Spec: ``source`` (see
     :func:`interp.features.source.load_source`), ``corpus`` (see
@@ -390,11 +442,7 @@ def collect_job(spec: dict[str, Any], ctx: Any) -> dict[str, Any]:
     ``"pca"`` or false), ``device``,
     ``store`` (``main`` | ``demo``: where the result goes). Checkpoints live in the
     job's folder; submitting the same spec again resumes."""
-    known = {"source", "corpus", "config", "ablation", "ablation_top", "map", "device",
-             "store"}
-    unknown = set(spec) - known
-    if unknown:
-        raise ConfigError(f"unknown features.collect field(s): {', '.join(sorted(unknown))}")
+    validate_spec(spec)
     store = _store_of(spec.get("store", "main"))
     source, corpus, cfg = collect_corpus_source(spec, spec.get("device", "auto"))
     total = [len(corpus)]
@@ -405,8 +453,17 @@ def collect_job(spec: dict[str, Any], ctx: Any) -> dict[str, Any]:
         else:
             ctx.progress(done, n, message="collecting", **info)
 
-    art = collect_features(source, corpus, cfg, store, ctx.dir / "checkpoint", progress,
-                           spec.get("ablation", "top"), int(spec.get("ablation_top", 64)))
+    from .. import distributed as D
+
+    ranks = D.current()
+    art = collect_features(source, corpus, cfg, store,
+                           Path(ctx.dir) / "checkpoint" if ctx.dir else None, progress,
+                           spec.get("ablation", "top"), int(spec.get("ablation_top", 64)),
+                           ranks)
+    art = D.merged(store, KIND, artifact_config(source, corpus, cfg,
+                                                spec.get("ablation", "top")), art, ranks)
+    if art is None:      # a rank other than 0: rank 0 reports
+        return {}
     out = {"key": art.key, "n_tokens": art.meta["n_tokens"],
            "tokens_per_s": art.meta["timing"]["tokens_per_s"]}
     method = spec.get("map", True)

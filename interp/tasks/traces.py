@@ -137,13 +137,21 @@ def _store(store_root: str | None = None):
 def save_traceset(store, config: dict[str, Any], records: Sequence[dict[str, Any]],
                   provenance: dict[str, Any], meta: dict[str, Any] | None = None):
     """Write the trace set (``traces.jsonl`` + summary) atomically; returns the artifact."""
+    part = traceset_part(config, records, meta)
+    return store.save(KIND, config, provenance=provenance, meta=part.meta, files=part.files)
+
+
+def traceset_part(config: dict[str, Any], records: Sequence[dict[str, Any]],
+                  meta: dict[str, Any] | None = None):
+    """What a trace set artifact holds (meta with the summary, ``traces.jsonl``)."""
+    from ..distributed import Part
+
     if not records:
         raise ConfigError("a trace set needs at least one trace")
     markers = ThinkMarkers.from_dict(config.get("markers"))
     body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    return store.save(KIND, config, provenance=provenance,
-                      meta={"summary": summarize(records, markers), **(meta or {})},
-                      files={FILE: body})
+    return Part(meta={"summary": summarize(records, markers), **(meta or {})},
+                files={FILE: body})
 
 
 def load_traceset(key: str | None = None, store=None) -> TraceSet:
@@ -203,12 +211,16 @@ def generate_traces(model, task: Task, *, n: int | None = 256, split: str = "all
                     max_new_tokens: int = 512, temperature: float = 0.6, top_p: float = 0.95,
                     seed: int = 0, batch_size: int = 16, chunk: int = 64,
                     markers: ThinkMarkers | None = None, work: Path | None = None,
-                    progress: Progress | None = None) -> list[dict[str, Any]]:
+                    progress: Progress | None = None, lo: int = 0, hi: int | None = None
+                    ) -> list[dict[str, Any]]:
     """Records of ``model``'s generations over ``task``'s prompts (module docstring).
 
     Prompts run in chunks of ``chunk`` (each a batched generation of ``batch_size`` rows
-    with a KV cache); with ``work`` each finished chunk is saved there and reused on the
-    next call. ``progress(done, total)`` after every batch."""
+    with a KV cache, seeded by the chunk's first prompt); with ``work`` each finished
+    chunk is saved there and reused on the next call. ``lo``/``hi``: only the prompts
+    ``lo..hi-1`` (one rank's share; ``lo`` a multiple of ``chunk``, so the chunks and
+    their seeds are those of the whole run). ``progress(done, total)`` after every
+    batch, counted within ``lo..hi``."""
     from ..generation import generate
     from ..store import write_json_atomic
 
@@ -219,8 +231,12 @@ def generate_traces(model, task: Task, *, n: int | None = 256, split: str = "all
     hes = hesitation_id_set(tok, task.hesitation_words)
     stops = stop_token_ids(model)
     records: list[dict[str, Any]] = []
-    total = len(items)
-    for start in range(0, total, chunk):
+    hi = len(items) if hi is None else min(hi, len(items))
+    if lo % chunk or lo < 0:
+        raise ConfigError(f"a share of the prompts starts at a multiple of chunk={chunk}, "
+                          f"not at {lo}")
+    total = max(0, hi - lo)
+    for start in range(lo, hi, chunk):
         part = work / f"chunk-{start:07d}.json" if work is not None else None
         if part is not None and part.exists():
             try:
@@ -230,9 +246,9 @@ def generate_traces(model, task: Task, *, n: int | None = 256, split: str = "all
                 continue
             except ValueError:
                 pass   # a damaged chunk is generated again
-        sl = slice(start, start + chunk)
+        sl = slice(start, min(start + chunk, hi))
 
-        def prog(done, _tot, _s=start):
+        def prog(done, _tot, _s=start - lo):
             if progress:
                 progress(_s + done, total)
 
@@ -293,35 +309,59 @@ def validate_spec(spec: dict[str, Any]) -> None:
 
 
 def run_generation(spec: dict[str, Any], work: Path | None = None,
-                   progress: Progress | None = None, model=None) -> dict[str, Any]:
-    """Load the model, generate (resumable in ``work``), save; returns the summary."""
+                   progress: Progress | None = None, model=None, ranks=None
+                   ) -> dict[str, Any] | None:
+    """Load the model, generate (resumable in ``work``), save; returns the summary.
+
+    Under torchrun (``ranks``, default this process's) each rank generates its block of
+    whole chunks (the chunks and seeds of one process) and lands it in the store as a
+    part; the rank that completes the set saves the merged trace set, the artifact one
+    process saves (:func:`interp.distributed.collect`). Rank 0 returns the summary, the
+    other ranks None."""
+    from .. import distributed as D
     from ..models import load_model
     from ..store import provenance
     from . import check_pair, get_task
 
     s = check_spec(spec)
+    ranks = ranks or D.current()
     task = get_task(s["task"], chat=s["chat"], markers=s["markers"])
     check_pair(task, [s["model"]])
     model = model or load_model(s["model"], device=s["device"], dtype=s["dtype"])
     markers = task_markers(task, model.tokenizer, s["markers"])
     settings = {k: s[k] for k in ("n", "split", "max_new_tokens", "temperature", "top_p",
                                   "seed")}
-    t0 = time.time()
-    recs = generate_traces(model, task, n=s["n"], split=s["split"],
-                           max_new_tokens=s["max_new_tokens"], temperature=s["temperature"],
-                           top_p=s["top_p"], seed=s["seed"], batch_size=s["batch_size"],
-                           chunk=s["chunk"], markers=markers, work=work, progress=progress)
     cfg = traces_config(model, task, markers, source="generated", **settings)
-    art = save_traceset(_store(s["store_root"]), cfg, recs, provenance(
-        models={"model": model.describe()}, seed=s["seed"], device=str(model.device),
-        batch_size=s["batch_size"]), meta={"seconds": round(time.time() - t0, 2)})
-    return {"key": art.key, **art.meta["summary"]}
+    n_items = len(task.items(s["n"], s["split"], s["seed"]))
+
+    def work_fn(bounds: D.Bounds) -> D.Part:
+        (lo, hi), = bounds
+        t0 = time.time()
+        recs = generate_traces(
+            model, task, n=s["n"], split=s["split"], max_new_tokens=s["max_new_tokens"],
+            temperature=s["temperature"], top_p=s["top_p"], seed=s["seed"],
+            batch_size=s["batch_size"], chunk=s["chunk"], markers=markers, work=work,
+            progress=progress, lo=lo, hi=hi)
+        return D.Part(meta={"records": recs, "seconds": round(time.time() - t0, 2)})
+
+    def merge(parts: list[D.Part]) -> D.Part:
+        recs = [r for p in parts for r in p.meta["records"]]
+        return traceset_part(cfg, recs, {"seconds": max(p.meta["seconds"] for p in parts)})
+
+    store = _store(s["store_root"])
+    art = D.collect(KIND, cfg, n_items, work_fn, merge, store=store, ranks=ranks,
+                    align=s["chunk"], provenance=provenance(
+                        models={"model": model.describe()}, seed=s["seed"],
+                        device=str(model.device), batch_size=s["batch_size"]))
+    art = D.merged(store, KIND, cfg, art, ranks)
+    return None if art is None else {"key": art.key, **art.meta["summary"]}
 
 
-def generate_job(spec: dict[str, Any], ctx) -> dict[str, Any]:
+def generate_job(spec: dict[str, Any], ctx) -> dict[str, Any] | None:
     """Job ``traces.generate``: spec = :data:`DEFAULTS` keys (``model`` and ``task``
-    required). Finished chunks live in the job folder, so a rerun resumes."""
-    return run_generation(spec, Path(ctx.dir),
+    required). Finished chunks live in the job folder, so a rerun resumes (ranks other
+    than 0 of a torchrun launch have no job folder: their landed part is what resumes)."""
+    return run_generation(spec, Path(ctx.dir) if ctx.dir else None,
                           lambda d, t: ctx.progress(d, t, message="generating"))
 
 
