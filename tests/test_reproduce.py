@@ -1,0 +1,197 @@
+"""Each "Reproduce in Python" snippet (interp.reproduce) is executed and must recompute
+the numbers the page's backend call gives for the same settings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from interp import reproduce as R
+from interp.store import PROJECT_ROOT, Store
+from tests.test_vectors_sweep import _tiny_organism
+
+
+def run(code: str) -> dict:
+    ns: dict = {"__name__": "__snippet__"}
+    exec(compile(code, "<snippet>", "exec"), ns)
+    assert "result" in ns, code
+    return ns
+
+
+@pytest.fixture(scope="module")
+def organisms(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repro")
+    return {n: _tiny_organism(root / n, i) for i, n in
+            enumerate(("instruct", "grpo", "sft", "base"))}
+
+
+# ------------------------------------------------------------------ reasoning vectors
+def test_task_stats_snippet(organisms):
+    from interp.vectors import views
+    from interp.vectors.task import Mask
+
+    m = organisms
+    mask = Mask(("attn", "mlp"), (1, 2))
+    code = R.vectors_task_stats(m["grpo"], m["sft"], m["instruct"], m["base"],
+                                mask.to_config())
+    got = run(code)["result"]
+    want = views.task_stats_view(m["grpo"], m["sft"], m["instruct"], m["base"], mask)
+    assert got.equals(want["by_layer"])
+    # another mask gives other numbers: the snippet carries the view's mask
+    other = views.task_stats_view(m["grpo"], m["sft"], m["instruct"], m["base"], Mask())
+    assert not got.equals(other["by_layer"])
+
+
+@pytest.mark.parametrize("kind", ["task", "control"])
+def test_trace_snippet(organisms, kind):
+    from interp.models import load_model
+    from interp.organisms import task as T
+    from interp.vectors import views
+    from interp.vectors.sweep import organism_batch
+    from interp.vectors.task import Mask
+
+    m = organisms
+    if kind == "task":
+        spec = {"kind": "task", "target": m["instruct"], "donor_a": m["grpo"],
+                "donor_b": m["sft"], "mask": None}
+    else:
+        spec = {"kind": "control", "target": m["instruct"], "layer": 1, "site": "resid_post",
+                "vector_kind": "R-C", "n_control": 8, "positive_fmt": "think",
+                "negative_fmt": "direct"}
+    code = R.vectors_trace(spec, 0.75, problem=3, own=True, max_new_tokens=4, unit="bits")
+    got = run(code)["result"]
+    model = load_model(m["instruct"], device="cpu")
+    if kind == "task":
+        modify_at = views.task_modify(model, m["grpo"], m["sft"], Mask())
+    else:
+        probs = T.sample_problems(8, seed=0, split="train")
+        ctrl = views.build_control(model, [T.prompt_text(p, "think") for p in probs],
+                                   [T.prompt_text(p, "direct") for p in probs], 1, "R-C",
+                                   "resid_post")
+        modify_at = views.control_modify(model, ctrl["vector"])
+    problem = T.sample_problems(4, seed=0, split="eval")[-1]
+    want = views.trace_view(model, modify_at, organism_batch([problem]).seqs[0], 0.75,
+                            T.prompt_text(problem, "think"), 4, 5, "bits")
+    assert [r["token"] for r in got["records"]] == [r["token"] for r in want["records"]]
+    kl_got = np.array([r["kl_bits"] for r in got["records"]])
+    kl_want = np.array([r["kl_bits"] for r in want["records"]])
+    assert np.allclose(kl_got, kl_want, atol=1e-6) and kl_want[1:].max() > 0
+    assert torch.allclose(got["layer_kl"], want["layer_kl"], atol=1e-6)
+    assert got["own"]["mod"]["generation"].text == want["own"]["mod"]["generation"].text
+
+
+def test_control_snippet(organisms):
+    from interp.models import load_model
+    from interp.organisms import task as T
+    from interp.vectors import views
+
+    code = R.vectors_control(organisms["instruct"], 1, "resid_mid", "R-C", 6, "think",
+                             "chat")
+    got = run(code)
+    model = load_model(organisms["instruct"], device="cpu")
+    probs = T.sample_problems(6, seed=0, split="train")
+    want = views.build_control(model, [T.prompt_text(p, "think") for p in probs],
+                               [T.prompt_text(p, "chat") for p in probs], 1, "R-C",
+                               "resid_mid")
+    assert torch.allclose(got["vector"].vector, want["vector"].vector, atol=1e-6)
+    for mine, page in ((got["result"]["raw"], want["lens_raw"]),
+                       (got["result"]["normed"], want["lens_norm"])):
+        assert set(mine) == set(page)
+        for k, v in page.items():
+            assert torch.allclose(mine[k], v, atol=1e-5) if isinstance(v, torch.Tensor) \
+                else mine[k] == v, k
+
+
+@pytest.mark.parametrize("part", ["sweep", "accuracy"])
+def test_sweep_snippet_recomputes_the_saved_sweep(organisms, tmp_cache, part):
+    """The page shows the saved artifact (find_part); the snippet computes it again."""
+    from interp.vectors.demo import find_part, run_experiment
+
+    m = organisms
+    spec = {"target": m["instruct"], "donor_a": m["grpo"], "donor_b": m["sft"],
+            "reference": m["base"], "n_sweep": 5, "n_accuracy": 4, "max_new_tokens": 4,
+            "alphas": [-1.0, 0.0, 0.5], "accuracy_alphas": [0.0, 1.0]}
+    saved = Store(tmp_cache / "job")
+    run_experiment(spec, saved, device="cpu", parts=(part,), progress=lambda *a: None)
+    page = find_part(spec, part, saved)
+    code = R.vectors_sweep(spec, part, device="cpu")
+    assert "'n_sweep': 5" in code and "'alphas': [-1.0, 0.0, 0.5]" in code
+    got = run(code)["result"]
+    assert set(got) == set(page.tensors)
+    for k, t in page.tensors.items():
+        assert np.allclose(got[k], t.numpy(), equal_nan=True), k
+
+
+# ------------------------------------------------------------------ reasoning length
+@pytest.fixture(scope="module")
+def demo_run():
+    from interp.length.pipeline import list_runs, load_run
+    from interp.length.report import demo_store
+
+    r = list_runs({"demo": demo_store()})[0]
+    return r["key"], load_run(demo_store(), r["key"])
+
+
+def test_length_sweep_snippet(demo_run):
+    key, run_ = demo_run
+    sw = run_["sweep"]
+    alphas = [p["alpha"] for p in sw["per_alpha"]]
+    code = R.length_view("α sweep", "demo", key, alphas=[alphas[0], alphas[-1]],
+                         bin_width=5, overflow=40)
+    ns = run(code)
+    res = ns["result"]
+    # independent: mean thinking length per α from the raw records
+    n = sw["per_alpha"][0]["n"]
+    means = [np.mean([r["think_tokens"] for r in sw["records"][k * n:(k + 1) * n]])
+             for k in range(len(alphas))]
+    col = [c for c in res.columns if "mean" in c and "think" in c][0]
+    assert np.allclose(res[col].to_numpy(dtype=float), means)
+    h = ns["histograms"]
+    assert sorted(h["series"].unique()) == sorted(f"α={a:g}" for a in (alphas[0], alphas[-1]))
+    assert h.groupby("series")["count"].sum().tolist() == [n, n]
+
+
+def test_length_heads_snippet(demo_run):
+    key, run_ = demo_run
+    ns = run(R.length_view("Heads", "demo", key, top_k=3))
+    scores = run_["head_scores"]
+    order = np.argsort(-scores.ravel())[:3]
+    assert [(t["layer"], t["head"]) for t in ns["top"]] == \
+        [(int(i) // scores.shape[1], int(i) % scores.shape[1]) for i in order]
+    assert np.allclose(np.sort(ns["result"]["score"].to_numpy()), np.sort(scores.ravel()))
+
+
+@pytest.mark.parametrize("view", [v for v in R.LENGTH_VIEWS if v not in ("Heads",)])
+def test_every_length_snippet_runs(demo_run, view):
+    key, run_ = demo_run
+    ns = run(R.length_view(view, "demo", key, site="resid_mid", bin_width=10, overflow=80))
+    res = ns["result"]
+    assert len(res) > 0
+    if view == "Lengths":
+        n = len(run_["generations"]["records"])
+        part = res[res["series"] == "direction set"]
+        assert part["count"].sum() == n
+    if view == "SEAL":
+        assert sorted(res["alpha"]) == sorted(p["alpha"] for p in run_["seal"]["sweep"])
+    if view == "Direction":
+        assert np.allclose(ns["cosine"], run_["cosine"]["resid_mid"])
+
+
+def test_snippet_runs_in_a_fresh_interpreter(demo_run):
+    key, _ = demo_run
+    code = R.length_view("SEAL", "demo", key) + "print(len(result))\n"
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) > 0
+
+
+def test_unknown_view():
+    from interp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no Reasoning length view"):
+        R.length_view("Nope", "demo", "k")
