@@ -154,18 +154,25 @@ def vectors_experiment_cost(spec: dict[str, Any],
     return total
 
 
+def length_sweep_cost(n_prompts: int, alphas: Sequence[float], max_new_tokens: int,
+                      batch_size: int = 512, prompt_len: int = 16) -> Cost:
+    """A Reasoning length α sweep (:func:`interp.length.steer.alpha_sweep`, batched): every
+    prompt under every α as one generation of ``n_prompts × len(alphas)`` rows. The
+    forward count is exact (up to early stops); prompt lengths are not known before the
+    prompts are read, so ``prompt_len`` tokens are assumed for the token count."""
+    return generation_cost([prompt_len] * (int(n_prompts) * len(alphas)), max_new_tokens,
+                           batch_size)
+
+
 def length_grid_cost(n_sweep: int, alphas: Sequence[float], n_eval: int,
                      seal_alphas: Sequence[float], max_new_tokens: int,
                      prompt_len: int = 16, batch_size: int = 512) -> Cost:
     """The generations the two α grids of a Reasoning length run add: the all-layer α
-    sweep (every prompt under every α, one batched generation) and the SEAL dose-response
-    (every evaluation prompt under every SEAL α). Prompt lengths are not known before
-    the prompts are read: ``prompt_len`` tokens are assumed for the token count."""
-    sweep = generation_cost([prompt_len] * (n_sweep * len(alphas)), max_new_tokens,
-                            batch_size)
+    sweep (:func:`length_sweep_cost`) and the SEAL dose-response (every evaluation
+    prompt under every SEAL α, one batched generation)."""
+    sweep = length_sweep_cost(n_sweep, alphas, max_new_tokens, batch_size, prompt_len)
     sweep.parts["α sweep"] = sweep.forwards
-    seal = generation_cost([prompt_len] * (n_eval * len(seal_alphas)), max_new_tokens,
-                           batch_size)
+    seal = length_sweep_cost(n_eval, seal_alphas, max_new_tokens, batch_size, prompt_len)
     seal.parts["SEAL sweep"] = seal.forwards
     return sweep + seal
 

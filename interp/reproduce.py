@@ -212,3 +212,21 @@ def length_view(view: str, store: str, key: str, **settings: Any) -> str:
         raise ConfigError(f"no Reasoning length view {view!r}; views: "
                           f"{', '.join(LENGTH_VIEWS)}")
     return _join(lines)
+
+
+def length_sweep_job(spec: dict[str, Any]) -> str:
+    """Another α sweep on a run's direction (the ``length.sweep`` job, stage ``sweep``),
+    run in this process (``result`` = the per-α summary table)."""
+    return _join([
+        "from interp import jobs",
+        "from interp.length import plots as lp",
+        "from interp.store import Store",
+        "",
+        f"spec = {_lit(spec)}",
+        "status = jobs.run_inline(\"length.sweep\", spec)   # a job already done is returned",
+        "art = Store().load(\"length_sweep\", status.result[\"key\"])",
+        "result = lp.sweep_frame(art.meta[\"per_alpha\"])   # length, accuracy, short "
+        "fraction per α",
+        "fig = lp.sweep_figure(result, \"all-layer steering: length, accuracy, short "
+        "fraction vs α\")",
+    ])

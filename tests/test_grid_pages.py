@@ -1,0 +1,146 @@
+"""Editable grids and "Reproduce in Python" on the pages (AppTest): a grid typed in a
+field is kept in the URL and read back from a link, bad input gives one clear error,
+the run's cost is shown before it starts, and every view has its reproduce expander."""
+
+from __future__ import annotations
+
+import pytest
+
+from interp.store import PROJECT_ROOT
+from tests.test_vectors_page import setup  # noqa: F401 - the tiny organisms + saved sweep
+
+APP = str(PROJECT_ROOT / "app.py")
+
+
+def _code(at) -> list[str]:
+    return [c.value for c in at.code]
+
+
+def _expanders(at) -> list[str]:
+    return [e.label for e in at.expander]
+
+
+@pytest.fixture
+def vectors_app(setup, monkeypatch, tmp_cache, _navigation_mode):  # noqa: F811
+    from streamlit.testing.v1 import AppTest
+
+    import interp.vectors.demo as D
+
+    m, demo, spec = setup
+    monkeypatch.setattr(D, "DEMO_ROOT", demo.root)
+    monkeypatch.setattr(D, "DEFAULT_SPEC", {**D.DEFAULT_SPEC, "n_sweep": 4, "n_accuracy": 5,
+                                            "max_new_tokens": 4, "alphas": [-1.0, 0.0, 1.0],
+                                            "accuracy_alphas": [-1.0, 0.0, 1.0]})
+
+    def make(**params):
+        at = AppTest.from_file(APP, default_timeout=180)
+        at.switch_page("pages/vectors.py")
+        at.query_params.update({"vt": m["instruct"], "va": m["grpo"], "vb": m["sft"],
+                                "vref": m["base"], **params})
+        return at
+
+    return m, make
+
+
+def test_vectors_grid_round_trips_and_estimates(vectors_app):
+    m, make = vectors_app
+    at = make()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    # the saved sweep (α -1, 0, 1) is shown with its reproduce snippets
+    assert at.text_input(key="vsa").value == "-1,0,1"
+    assert _expanders(at).count("Reproduce in Python") >= 4   # stats, trace, sweep, accuracy
+    assert any("run_experiment" in c and "parts=('sweep',)" in c for c in _code(at))
+    assert any("views.trace_view" in c and "0.0" not in c.split("trace_view")[0][-5:]
+               for c in _code(at))
+    assert not any("Run sweep" in b.label for b in at.button)
+    # another grid: no saved sweep, so the run is offered with its estimated cost
+    at.text_input(key="vsa").set_value("−1:1:0.5").run()
+    assert not at.exception
+    assert at.query_params.get("vsa") in ("−1:1:0.5", ["−1:1:0.5"])
+    captions = [c.value for c in at.caption]
+    cost = [c for c in captions if "forward passes" in c]
+    assert cost and "generations × 4 tokens" in cost[0] and " s on cpu" in cost[0], captions
+    assert any("Run sweep" in b.label for b in at.button)
+    # the link reopens the same grid (and the snippets carry it)
+    at2 = make(vsa="−1:1:0.5")
+    at2.run()
+    assert at2.text_input(key="vsa").value == "−1:1:0.5"
+    # bad input: one line naming the problem, no run button, no traceback
+    at.text_input(key="vsa").set_value("-1, x").run()
+    assert not at.exception
+    assert any("α: 'x' is not a number" in e.value for e in at.error)
+    assert not any("Run sweep" in b.label for b in at.button)
+
+
+def _cost_script():
+    import streamlit as st
+
+    import pages.common as ui
+    from interp.cost import Cost, generation_cost
+
+    n = int(st.query_params.get("n", "2"))
+    ok = ui.run_cost(Cost(forwards=4, tokens=40) + generation_cost([5] * n, 8, 1))
+    st.write("start" if ok else "refused")
+
+
+def test_demo_refuses_a_costly_grid(monkeypatch, _navigation_mode):
+    """In the hosted demo a grid over the demo's forward-pass limit is refused in words."""
+    from streamlit.testing.v1 import AppTest
+
+    from interp import serving
+
+    monkeypatch.setattr(serving, "settings",
+                        lambda: serving.DemoSettings(enabled=True, max_grid_forwards=20))
+    at = AppTest.from_function(_cost_script, default_timeout=60)
+    at.query_params["n"] = "3"        # 4 + 3 x 8 = 28 forward passes > 20
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("needs about 28 forward passes; the hosted demo runs at most 20" in e.value
+               for e in at.error), [e.value for e in at.error]
+    assert at.markdown[-1].value == "refused"
+    assert any("≈ 3 generations × 8 tokens + 4 forward passes" in c.value for c in at.caption)
+    at = AppTest.from_function(_cost_script, default_timeout=60)
+    at.query_params["n"] = "2"        # 20: allowed
+    at.run()
+    assert not at.error and at.markdown[-1].value == "start"
+
+
+@pytest.mark.usefixtures("tmp_cache", "_navigation_mode")
+@pytest.mark.parametrize("tab", ["Lengths", "Direction", "α sweep", "Accuracy vs length",
+                                 "Heads", "Edit", "SEAL"])
+def test_length_views_have_reproduce(tab):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("pages/length.py")
+    at.query_params.update({"ltab": tab})
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Reproduce in Python" in _expanders(at)
+    assert any("load_run(demo_store()" in c for c in _code(at))
+
+
+@pytest.mark.usefixtures("tmp_cache", "_navigation_mode")
+def test_length_grids_round_trip():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("pages/length.py")
+    at.query_params.update({"ltab": "Heads", "lk": "3"})
+    at.run()
+    assert not at.exception
+    assert at.number_input(key="lk").value == 3
+    assert any("top_heads(torch.from_numpy(scores), 3)" in c for c in _code(at))
+    at.number_input(key="lk").set_value(5).run()
+    assert at.query_params.get("lk") in ("5", ["5"])
+    assert any("top_heads(torch.from_numpy(scores), 5)" in c for c in _code(at))
+
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("pages/length.py")
+    at.query_params.update({"ltab": "α sweep", "lalpha": "-0.25:0.25:0.25"})
+    at.run()
+    assert not at.exception
+    assert any("shown = [-0.25, 0.0, 0.25]" in c for c in _code(at))
+    at.text_input(key="lalpha").set_value("0, 1e").run()
+    assert any("α: '1e' is not a number" in e.value for e in at.error)
