@@ -195,3 +195,66 @@ def test_unknown_view():
 
     with pytest.raises(ConfigError, match="no Reasoning length view"):
         R.length_view("Nope", "demo", "k")
+
+
+def _length_spec(run_: dict) -> dict:
+    idx = run_["index"]
+    return {"stage": "sweep", "store": "main", "direction_store": "demo",
+            "model": idx["model"], "direction": idx["keys"]["direction"],
+            "alphas": [-0.25, 0.0, 0.25], "layers": [1, 2], "n_prompts": 3,
+            "max_new_tokens": 12, "batch_size": 4, "device": "cpu"}
+
+
+@pytest.fixture
+def organisms_in_cache(tmp_cache):
+    (tmp_cache / "organisms").symlink_to(PROJECT_ROOT / "cache" / "organisms")
+    return tmp_cache
+
+
+def test_length_sweep_job_snippet(demo_run, organisms_in_cache):
+    """The page's new sweep on a run's direction; the snippet runs the same job here.
+    Independent check: the α = 0 row equals an unsteered generation of the prompts."""
+    from interp.length.data import generate_thinking
+    from interp.length.pipeline import _markers, make_config, prompt_set
+    from interp.models import load_model
+
+    key, run_ = demo_run
+    spec = _length_spec(run_)
+    ns = run(R.length_sweep_job(spec))
+    res = ns["result"]
+    assert res["alpha"].tolist() == [-0.25, 0.0, 0.25]
+    assert ns["art"].config["layers"] == [1, 2]
+    cfg = make_config(model=spec["model"], max_new_tokens=12)
+    model = load_model(spec["model"], device="cpu")
+    prompts, scorer = prompt_set(cfg, 3, "eval", 1, model=model)
+    recs = generate_thinking(model, prompts, _markers(cfg, model), max_new_tokens=12,
+                             batch_size=4, scorer=scorer)
+    row = res[res["alpha"] == 0.0].iloc[0]
+    assert row["mean_think_tokens"] == pytest.approx(np.mean([r["think_tokens"] for r in recs]))
+    assert row["accuracy"] == pytest.approx(np.mean([bool(r["correct"]) for r in recs]))
+
+
+def test_length_sweep_estimate_equals_instrumented_job(demo_run, organisms_in_cache,
+                                                       monkeypatch):
+    import functools
+
+    import transformer_lens
+
+    import interp.length.data as D
+    from interp import jobs
+    from interp.cost import length_sweep_cost
+
+    _, run_ = demo_run
+    spec = _length_spec(run_)
+    calls = {"n": 0}
+    fwd = transformer_lens.HookedTransformer.forward
+
+    def counting(self, *a, **k):
+        calls["n"] += 1
+        return fwd(self, *a, **k)
+
+    monkeypatch.setattr(transformer_lens.HookedTransformer, "forward", counting)
+    monkeypatch.setattr(D, "generate", functools.partial(D.generate, stop_at_eos=False))
+    jobs.run_inline("length.sweep", spec)
+    est = length_sweep_cost(3, spec["alphas"], 12, 4)
+    assert calls["n"] == est.forwards == 3 * 12   # 9 rows in chunks of 4: 3 x 12 steps
