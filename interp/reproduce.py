@@ -230,3 +230,20 @@ def length_sweep_job(spec: dict[str, Any]) -> str:
         "fig = lp.sweep_figure(result, \"all-layer steering: length, accuracy, short "
         "fraction vs α\")",
     ])
+
+
+# ------------------------------------------------------------------ features
+def feature_clamps(source: dict[str, Any], prompt: str, layer: int, feature: int,
+                   clamps: Sequence[float], max_new_tokens: int, device: str = "auto") -> str:
+    """A feature ablated and clamped to each value in generation (``result`` = per run:
+    the text, its token count and hesitation words)."""
+    return _join([
+        "from interp.features.source import load_source",
+        "from interp.features.steer import clamp_generations",
+        "",
+        f"source = load_source({_lit(source)}, {device!r})",
+        f"result = clamp_generations(source, {prompt!r}, {int(layer)}, {int(feature)}, "
+        f"{[float(c) for c in clamps]!r}, {int(max_new_tokens)})",
+        "# result[\"original\"], result[\"ablated\"], result[\"clamped 2.5\"], ...: "
+        "text, n_tokens, hesitations",
+    ])

@@ -574,17 +574,23 @@ def _calibration(spec: str, device: str, dtype: str, stamp: str):
 
 
 def run_cost(cost: Any, spec: str | None = None, device: str = "auto",
-             dtype: str = "auto", container: Any = None) -> bool:
+             dtype: str = "auto", container: Any = None, model: Any = None) -> bool:
     """Show a run's estimated cost (``≈ N generations × T tokens, ≈ X s on cpu``; the time
-    from a forward of ``spec`` timed once per server and device) and, in the hosted demo,
-    refuse a cost over its limit. Returns False when the run must not start."""
-    from interp.cost import check_demo
+    from a forward of ``spec``, or of a loaded ``model``, timed once per server and
+    device) and, in the hosted demo, refuse a cost over its limit. Returns False when
+    the run must not start."""
+    from interp.cost import calibrate, check_demo
 
     target = container if container is not None else st
     if cost is None:
         return True
     cal = None
-    if spec is not None:
+    if model is not None:
+        cals = st.session_state.setdefault("_calibrations", {})
+        if id(model) not in cals:
+            cals[id(model)] = calibrate(model)
+        cal = cals[id(model)]
+    elif spec is not None:
         try:
             cal = _calibration(spec.strip(), str(device), str(dtype), checkpoint_stamp(spec))
         except InterpError:

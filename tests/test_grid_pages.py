@@ -144,3 +144,68 @@ def test_length_grids_round_trip():
     assert any("shown = [-0.25, 0.0, 0.25]" in c for c in _code(at))
     at.text_input(key="lalpha").set_value("0, 1e").run()
     assert any("α: '1e' is not a number" in e.value for e in at.error)
+
+
+# ------------------------------------------------------------------ features: clamp grid
+from tests.test_features_page import collection  # noqa: E402, F401
+
+
+def test_features_clamp_grid_generates_and_reproduces(collection, monkeypatch):  # noqa: F811
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.delenv("INTERP_DEMO", raising=False)
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params.update({"fset": f"local:{collection.key}", "feat": "1:3", "device": "cpu",
+                            "fgen": "hello 1 + 2", "fclamp": "0:2:1", "fmax": "5"})
+    at.switch_page("pages/features.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.text_input(key="fclamp").value == "0:2:1"
+    # counts before the models are loaded, the time once they are
+    assert any("≈ 5 generations × 5 tokens" in c.value for c in at.caption)
+    at.button(key="fgen_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = [m.value for m in at.markdown if m.value.startswith("**clamped")]
+    assert sorted(shown) == ["**clamped 0**", "**clamped 1**", "**clamped 2**"]
+    at.run()   # the next run times the loaded models
+    assert any("≈ 5 generations × 5 tokens" in c.value and " on cpu" in c.value
+               for c in at.caption), [c.value for c in at.caption]
+    code = [c.value for c in at.code if "clamp_generations" in c.value]
+    assert code and "[0.0, 1.0, 2.0], 5)" in code[0]
+    texts = {k: v for k, v in at.session_state.items()
+             if k.startswith("_gen_")}
+    ns: dict = {}
+    exec(code[0], ns)
+    page = next(iter(texts.values()))
+    assert ns["result"] == page
+    # the link keeps the grid; a bad grid is one line, no button
+    at.text_input(key="fclamp").set_value("1, 2, three").run()
+    assert any("clamp value: 'three' is not a number" in e.value for e in at.error)
+    assert not [b for b in at.button if b.key == "fgen_go"]
+
+
+def test_clamp_generations_cost_and_single_clamp(collection, monkeypatch):  # noqa: F811
+    import functools
+
+    import transformer_lens
+
+    import interp.features.steer as S
+    from interp.features.source import load_source
+
+    src = load_source({"kind": "adapters", "key": collection.config["source"]["key"],
+                       "store": "main"}, "cpu")
+    one = S.compare_generations(src, "hello 1 + 2", 1, 3, 2.5, 4)
+    many = S.clamp_generations(src, "hello 1 + 2", 1, 3, [0.0, 2.5], 4)
+    assert one["clamped"] == many["clamped 2.5"] and one["ablated"] == many["ablated"]
+    calls = {"n": 0}
+    fwd = transformer_lens.HookedTransformer.forward
+
+    def counting(self, *a, **k):
+        calls["n"] += 1
+        return fwd(self, *a, **k)
+
+    monkeypatch.setattr(transformer_lens.HookedTransformer, "forward", counting)
+    monkeypatch.setattr(S, "generate", functools.partial(S.generate, stop_at_eos=False))
+    S.clamp_generations(src, "hello 1 + 2", 1, 3, [0.0, 1.0, 2.5], 4)
+    est = S.clamp_cost("hello 1 + 2", [0.0, 1.0, 2.5], 4, src.tokenizer)
+    assert calls["n"] == est.forwards == 5 * 4
