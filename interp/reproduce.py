@@ -76,9 +76,11 @@ def vectors_control(target: str, layer: int, site: str, kind: str, n_control: in
 
 def vectors_trace(spec: dict[str, Any], alpha: float, *, problem: int | None = None,
                   text: str | None = None, own: bool = False, max_new_tokens: int = 64,
-                  unit: str = "nats", device: str = "auto") -> str:
+                  unit: str = "nats", device: str = "auto",
+                  positions: Sequence[int] | None = None) -> str:
     """One trace at ``alpha``: per-token KL / entropies and the layer × token KL
-    (``result`` = the view's dict: ``records`` per token, ``layer_kl``, ``own``)."""
+    (``result`` = the view's dict: ``records`` per token, ``layer_kl``, ``own``;
+    ``heat``: the heatmap's columns at ``positions``, when given)."""
     lines = ["from interp.models import load_model", "from interp.vectors import views"]
     if spec["kind"] == "task":
         lines += ["from interp.vectors.task import Mask", "",
@@ -108,6 +110,9 @@ def vectors_trace(spec: dict[str, Any], alpha: float, *, problem: int | None = N
               f"own_prompt, {int(max_new_tokens)}, 5, {unit!r})",
               "# result[\"records\"]: per token KL(P_orig ‖ P_mod), entropies, top changes;",
               "# result[\"layer_kl\"]: [n_layers, positions] logit-lens KL"]
+    if positions:
+        lines += [f"heat = result[\"layer_kl\"][:, {[int(p) for p in positions]!r}]   "
+                  "# the heatmap's positions"]
     return _join(lines)
 
 

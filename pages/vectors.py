@@ -6,7 +6,8 @@ target, reference), ``vg`` (mask groups, comma list), ``vlo`` / ``vhi`` (block r
 ``valpha`` (α), ``vprob`` (organism problem index), ``vtext`` (own text), ``vgen`` (own
 generations), ``vcl`` / ``vcs`` / ``vck`` (control layer, site, kind), ``vpos`` /
 ``vneg`` (control prompt formats), ``vunit`` (nats | bits), ``vsa`` / ``vaa`` (the α
-values of the forward and the accuracy sweep, as typed: ``-2:2:0.5`` or ``-1,0,1``).
+values of the forward and the accuracy sweep, as typed: ``-2:2:0.5`` or ``-1,0,1``),
+``vposs`` (positions shown in the layer × token heatmap).
 """
 
 from __future__ import annotations
@@ -189,14 +190,19 @@ if tv is not None:
     fig, data = vp.per_token(tv["records"], unit)
     st.plotly_chart(fig, key="v_tok")
     ui.export_panel(fig, data, "per-token-kl", key="vx_tok")
-    fig, data = vp.layer_token_kl(tv["layer_kl"], tv["tokens"], unit)
+    positions = ui.grid_input(st, "positions in the layer × token heatmap (empty = all; "
+                              "e.g. 0:20 or 3,7,9)", "vposs", "", "position", integer=True,
+                              lo=0, hi=len(tv["tokens"]) - 1, min_values=0)
+    fig, data = vp.layer_token_kl(tv["layer_kl"], tv["tokens"], unit,
+                                  positions=positions or None)
     st.plotly_chart(fig, key="v_heat")
     ui.export_panel(fig, data, "layer-token-kl", key="vx_heat")
     if spec["kind"] == "task" or speaks_organism(target):
         ui.reproduce(reproduce.vectors_trace(
             {**full_spec(spec), "layer": spec.get("layer")}, alpha,
             problem=int(prob_i), text=text.strip() or None, own=bool(own),
-            max_new_tokens=ui.max_new_tokens(64), unit=unit, device=device))
+            max_new_tokens=ui.max_new_tokens(64), unit=unit, device=device,
+            positions=positions or None))
     with st.expander("Top promoted / suppressed tokens per position", icon=":material/table:"):
         df = pd.DataFrame(tv["records"])
         st.dataframe(df, hide_index=True)

@@ -66,6 +66,19 @@ def test_vectors_grid_round_trips_and_estimates(vectors_app):
     at2 = make(vsa="−1:1:0.5")
     at2.run()
     assert at2.text_input(key="vsa").value == "−1:1:0.5"
+    # positions of the heatmap: a grid of integers within the trace, kept in the link
+    import json
+
+    at.text_input(key="vposs").set_value("0:3").run()
+    heat = [json.loads(c.proto.spec) for c in at.get("plotly_chart")
+            if "by layer and token" in c.proto.spec][0]
+    assert [x.split(":")[0] for x in heat["data"][0]["x"]] == ["0", "1", "2", "3"]
+    assert at.query_params.get("vposs") in ("0:3", ["0:3"])
+    assert any("heat = result[\"layer_kl\"][:, [0, 1, 2, 3]]" in c for c in _code(at))
+    at.text_input(key="vposs").set_value("2, 9999").run()
+    assert any(e.value.startswith("position: 9999 is out of range; values must be between 0")
+               for e in at.error), [e.value for e in at.error]
+    at.text_input(key="vposs").set_value("").run()
     # bad input: one line naming the problem, no run button, no traceback
     at.text_input(key="vsa").set_value("-1, x").run()
     assert not at.exception

@@ -62,8 +62,10 @@ def test_trace_snippet(organisms, kind):
         spec = {"kind": "control", "target": m["instruct"], "layer": 1, "site": "resid_post",
                 "vector_kind": "R-C", "n_control": 8, "positive_fmt": "think",
                 "negative_fmt": "direct"}
-    code = R.vectors_trace(spec, 0.75, problem=3, own=True, max_new_tokens=4, unit="bits")
-    got = run(code)["result"]
+    code = R.vectors_trace(spec, 0.75, problem=3, own=True, max_new_tokens=4, unit="bits",
+                           positions=[0, 2, 5])
+    ns = run(code)
+    got = ns["result"]
     model = load_model(m["instruct"], device="cpu")
     if kind == "task":
         modify_at = views.task_modify(model, m["grpo"], m["sft"], Mask())
@@ -81,6 +83,7 @@ def test_trace_snippet(organisms, kind):
     kl_want = np.array([r["kl_bits"] for r in want["records"]])
     assert np.allclose(kl_got, kl_want, atol=1e-6) and kl_want[1:].max() > 0
     assert torch.allclose(got["layer_kl"], want["layer_kl"], atol=1e-6)
+    assert torch.allclose(ns["heat"], want["layer_kl"][:, [0, 2, 5]], atol=1e-6)
     assert got["own"]["mod"]["generation"].text == want["own"]["mod"]["generation"].text
 
 
