@@ -252,3 +252,92 @@ def feature_clamps(source: dict[str, Any], prompt: str, layer: int, feature: int
         "# result[\"original\"], result[\"ablated\"], result[\"clamped 2.5\"], ...: "
         "text, n_tokens, hesitations",
     ])
+
+
+# ------------------------------------------------------------------ models
+def models_weights(base: str, fine: str, metric: str = "relative") -> str:
+    """Where the weights moved (``result`` = the layer × module heatmap's table)."""
+    return _join([
+        "from interp.models import local_checkpoint",
+        "from interp.weights import weight_diff_groups, weight_diff_pivot, weight_diff_table",
+        "",
+        f"table = weight_diff_table(local_checkpoint({base!r})[1], "
+        f"local_checkpoint({fine!r})[1])",
+        f"result = weight_diff_pivot(table, {metric!r})   # by layer and module",
+        "by_block = weight_diff_groups(table)             # the bars",
+    ])
+
+
+def models_generate(base: str, fine: str, prompt: str, chat: bool, max_new_tokens: int,
+                    device: str = "auto", dtype: str = "auto") -> str:
+    """Both models' greedy continuations of one prompt (``result`` = role -> text)."""
+    return _join([
+        "from interp.generation import encode_user_prompt, generate",
+        "from interp.models import load_model",
+        "",
+        f"prompt = {prompt!r}",
+        "result = {}",
+        f"for role, spec in ((\"base\", {base!r}), (\"fine\", {fine!r})):",
+        f"    model = load_model(spec, device={device!r}, dtype={dtype!r})",
+        f"    ids = encode_user_prompt(model.tokenizer, prompt, chat={bool(chat)!r}, "
+        f"max_new_tokens={int(max_new_tokens)},",
+        "                             n_ctx=model.cfg.n_ctx)",
+        f"    g = generate(model, [ids], max_new_tokens={int(max_new_tokens)}, "
+        "temperature=0.0)[0]",
+        "    result[role] = g.text",
+    ])
+
+
+# ------------------------------------------------------------------ adapters
+def adapters_curves(runs: dict[str, tuple[str, str]], term: str, smooth: int,
+                    logy: bool) -> str:
+    """Training curves of saved adapter runs (``runs``: label -> (store, artifact key);
+    ``result`` = the curves' table)."""
+    lines = ["from interp.adapters import plots as ap",
+             "from interp.adapters.io import history_of",
+             "from interp.adapters.report import demo_store",
+             "from interp.store import Store", "",
+             "stores = {\"demo\": demo_store(), \"local\": Store()}",
+             f"runs = {_lit(runs)}   # label: (store, adapters artifact key)",
+             "curves = {label: history_of(stores[s].load(\"adapters\", key))",
+             "          for label, (s, key) in runs.items()}",
+             "result = ap.curves_frame(curves)",
+             f"fig = ap.loss_curves(result, {term!r}, {int(smooth)}, {bool(logy)})"]
+    return _join(lines)
+
+
+def adapters_eval(store: str, key: str, view: str) -> str:
+    """Figures of a saved adapter evaluation (``key``: an ``adapters_eval`` artifact;
+    ``view``: ``detail``, ``result`` = the per-layer table, ``bridged`` = the KL per
+    number of bridged layers; or ``behaviour``, ``result`` = the behaviour table)."""
+    lines = ["from interp.adapters import plots as ap",
+             "from interp.adapters.report import demo_store",
+             "from interp.store import Store", "",
+             f"ev = {'demo_store()' if store == 'demo' else 'Store()'}.load(\"adapters_eval\", "
+             f"{key!r})"]
+    if view == "detail":
+        lines += ["fa = ev.meta[\"faithfulness\"]", "result = ap.per_layer_frame(fa)",
+                  "fig = ap.per_layer_figure(fa)",
+                  "bridged = {\"a2r\": fa[\"bridged_a2r\"], \"r2a\": fa[\"bridged_r2a\"]}",
+                  "fig_bridged = ap.bridged_figure(fa)"]
+    else:
+        lines += ["be = ev.meta[\"behaviour\"]", "result = ap.behaviour_table(be)",
+                  "fig = ap.behaviour_figure(be)"]
+    return _join(lines)
+
+
+def adapters_frontier(sweeps: Sequence[tuple[str, str]]) -> str:
+    """The sparsity-faithfulness frontier of saved L1 sweeps (``sweeps``: (store, key) of
+    each ``adapters_sweep``; ``result`` = the frontier's table)."""
+    return _join([
+        "from interp.adapters import plots as ap",
+        "from interp.adapters.report import demo_store",
+        "from interp.store import Store",
+        "",
+        "stores = {\"demo\": demo_store(), \"local\": Store()}",
+        f"sweeps = {_lit([list(x) for x in sweeps])}",
+        "points = [p for s, key in sweeps for p in stores[s].load(\"adapters_sweep\", key)"
+        ".meta.get(\"runs\", [])]",
+        "result = ap.frontier_frame(points)",
+        "fig = ap.frontier_figure(points)",
+    ])

@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 import pages.common as ui
+from interp import reproduce
 from interp.generation import encode_user_prompt, generate
 from interp.models import cache_root, validate_pair
 from interp.organisms.report import behaviour_table, decomposition_frame
@@ -122,6 +123,7 @@ if table is not None:
         st.markdown("**By block** (embedding and unembedding in grey)")
         st.plotly_chart(fig_b, key="fig_weight_bars")
         ui.export_panel(fig_b, groups, "weight-diff-by-block", key="exp_bars")
+    ui.reproduce(reproduce.models_weights(base_spec, fine_spec, metric))
     with st.expander(f"All {len(table)} tensors"):
         shown = table.assign(shape=table["shape"].map(lambda s: "×".join(map(str, s))))
         st.dataframe(shown, hide_index=True, column_config={
@@ -189,6 +191,8 @@ if show:
         ui.export_panel(None, [{"model": r, "spec": s, **outs[r]} for r, s in
                                (("base", base_spec), ("fine", fine_spec))],
                         "generations", key="exp_gen")
+        ui.reproduce(reproduce.models_generate(base_spec, fine_spec, prompt, chat,
+                                               ui.max_new_tokens(int(max_new)), device, dtype))
 else:
     st.caption(":material/keyboard_return: Press **Generate** to compare the two answers.")
 

@@ -222,3 +222,46 @@ def test_clamp_generations_cost_and_single_clamp(collection, monkeypatch):  # no
     S.clamp_generations(src, "hello 1 + 2", 1, 3, [0.0, 1.0, 2.5], 4)
     est = S.clamp_cost("hello 1 + 2", [0.0, 1.0, 2.5], 4, src.tokenizer)
     assert calls["n"] == est.forwards == 5 * 4
+
+
+# ------------------------------------------------------------------ models, adapters
+from tests.test_adapters_page import saved_run  # noqa: E402, F401
+
+
+@pytest.mark.usefixtures("tmp_cache", "_navigation_mode")
+def test_models_page_reproduces_weights_and_generations(tiny_pair_dirs):
+    from streamlit.testing.v1 import AppTest
+
+    base, fine = tiny_pair_dirs
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params.update({"base": str(base), "fine": str(fine), "device": "cpu",
+                            "metric": "delta_norm"})
+    at.switch_page("pages/models.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("weight_diff_pivot(table, 'delta_norm')" in c and str(base) in c
+               for c in _code(at))
+    at.button(key="generate").click().run()
+    assert not at.exception
+    assert any("encode_user_prompt" in c for c in _code(at))
+    assert _expanders(at).count("Reproduce in Python") == 2
+
+
+def test_adapters_page_reproduce_and_l1_grid(saved_run, monkeypatch, _navigation_mode):  # noqa: F811
+    from streamlit.testing.v1 import AppTest
+
+    art, ev = saved_run
+    monkeypatch.delenv("INTERP_DEMO", raising=False)
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.switch_page("pages/adapters.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    code = _code(at)
+    assert any("history_of" in c and art.key in c for c in code)
+    assert any("per_layer_frame" in c and "adapters_eval" in c for c in code)
+    assert any("frontier_frame" in c for c in code)
+    at.text_input(key="l1s").set_value("0.001:0.004:0.001").run()
+    assert not at.exception and not at.error
+    assert at.query_params.get("l1s") in ("0.001:0.004:0.001", ["0.001:0.004:0.001"])
+    at.text_input(key="l1s").set_value("0.01, -1").run()
+    assert any(e.value.startswith("L1: -1 is out of range") for e in at.error)

@@ -261,3 +261,53 @@ def test_length_sweep_estimate_equals_instrumented_job(demo_run, organisms_in_ca
     jobs.run_inline("length.sweep", spec)
     est = length_sweep_cost(3, spec["alphas"], 12, 4)
     assert calls["n"] == est.forwards == 3 * 12   # 9 rows in chunks of 4: 3 x 12 steps
+
+
+# ------------------------------------------------------------------ models, adapters
+def test_models_weights_snippet(tiny_pair_dirs):
+    from interp.weights import weight_diff_groups, weight_diff_pivot, weight_diff_table
+
+    b, f = (str(p) for p in tiny_pair_dirs)
+    ns = run(R.models_weights(b, f, "delta_norm"))
+    table = weight_diff_table(b, f)
+    assert ns["result"].equals(weight_diff_pivot(table, "delta_norm"))
+    assert ns["by_block"].equals(weight_diff_groups(table))
+    assert not ns["result"].equals(weight_diff_pivot(table, "relative"))
+
+
+def test_models_generate_snippet(organisms):
+    from interp.generation import generate
+    from interp.models import load_model
+
+    m = organisms
+    ns = run(R.models_generate(m["base"], m["grpo"], "Q add 1 2 3 4 + 5 6 7 8 = <think>",
+                               False, 6, "cpu", "float32"))
+    for role, spec in (("base", m["base"]), ("fine", m["grpo"])):
+        model = load_model(spec, device="cpu", dtype="float32")
+        ids = model.tokenizer("Q add 1 2 3 4 + 5 6 7 8 = <think>",
+                              add_special_tokens=True)["input_ids"]
+        want = generate(model, [ids], max_new_tokens=6, temperature=0.0)[0].text
+        assert ns["result"][role] == want
+
+
+def test_adapters_snippets_on_the_demo():
+    from interp.adapters import plots as ap
+    from interp.adapters.io import catalog, history_of
+    from interp.adapters.report import demo_store
+
+    runs = catalog({"demo": demo_store()})
+    r = next(x for x in runs if x["eval"] is not None)
+    ns = run(R.adapters_curves({r["label"]: ("demo", r["artifact"].key)}, "kl", 5, True))
+    assert ns["result"].equals(ap.curves_frame({r["label"]: history_of(r["artifact"])}))
+    fa = r["eval"].meta["faithfulness"]
+    ns = run(R.adapters_eval("demo", r["eval"].key, "detail"))
+    assert ns["result"].equals(ap.per_layer_frame(fa))
+    assert ns["bridged"]["a2r"] == fa["bridged_a2r"] and ns["bridged"]["r2a"] == \
+        fa["bridged_r2a"]
+    if r["eval"].meta.get("behaviour"):
+        ns = run(R.adapters_eval("demo", r["eval"].key, "behaviour"))
+        assert ns["result"].equals(ap.behaviour_table(r["eval"].meta["behaviour"]))
+    sweeps = demo_store().list("adapters_sweep")
+    ns = run(R.adapters_frontier([("demo", a.key) for a in sweeps]))
+    points = [p for a in sweeps for p in a.meta.get("runs", [])]
+    assert len(points) and ns["result"].equals(ap.frontier_frame(points))
