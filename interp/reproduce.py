@@ -341,3 +341,50 @@ def adapters_frontier(sweeps: Sequence[tuple[str, str]]) -> str:
         "result = ap.frontier_frame(points)",
         "fig = ap.frontier_figure(points)",
     ])
+
+
+# ------------------------------------------------------------------ hesitation graphs
+def hesitation_graph(*, adapters_root: str, adapters_key: str, explain: str,
+                     node_threshold: float, edge_threshold: float, node_cap: int,
+                     labels: dict | None = None, vocab: int = 0,
+                     tokens: Sequence[int] | None = None, target_kind: str = "logit",
+                     target_token: int | None = None, max_feature_nodes: int = 0,
+                     device: str = "auto", graph_root: str | None = None,
+                     graph_key: str | None = None) -> str:
+    """The attribution graph of the view, pruned as shown (``result`` = the visible
+    nodes and edges, a :class:`~interp.attribution.explore.GraphView`). A saved graph
+    (``graph_root`` / ``graph_key``) is loaded; otherwise it is computed on ``tokens``
+    for the target (``logit`` of ``target_token`` or its ``logit-diff``)."""
+    lines = ["from interp.attribution import artifacts as ga",
+             "from interp.attribution import explore",
+             "from interp.attribution.prune import prune",
+             "from interp.store import Store", ""]
+    if graph_key:
+        lines += [f"art = Store({graph_root!r}, read_only=True).load(ga.KIND, {graph_key!r})",
+                  f"adapters = Store({adapters_root!r}, read_only=True).load(\"adapters\", "
+                  f"{adapters_key!r})" if adapters_root else "adapters = None",
+                  "graph = ga.load_graph(art, adapters=adapters)"]
+    else:
+        target = ("LogitTarget(token, -1)" if target_kind == "logit"
+                  else "LogitDiffTarget(token, None, -1)")
+        lines[0:0] = ["from interp.adapters.evaluate import load_adapter_model",
+                      "from interp.attribution.hesitation import Tracer",
+                      "from interp.attribution.targets import LogitDiffTarget, LogitTarget"]
+        lines += [f"adapters = Store({adapters_root!r}, read_only=True).load(\"adapters\", "
+                  f"{adapters_key!r})",
+                  f"model, base, reasoner = load_adapter_model(adapters, {device!r})",
+                  f"tracer = Tracer(model, base, reasoner, key={adapters_key!r}, "
+                  f"explain={explain!r})",
+                  f"tokens = {[int(t) for t in tokens or []]!r}",
+                  f"token = {int(target_token or 0)}",
+                  f"graph = tracer.graph(tokens, [{target}], "
+                  f"max_feature_nodes={int(max_feature_nodes) or None})"]
+    lines += [f"pruned = prune(graph, {float(node_threshold)!r}, {float(edge_threshold)!r}, "
+              f"max_nodes={int(node_cap)})",
+              f"result = explore.graph_view(graph, pruned, labels={_lit(labels or {})}, "
+              f"vocab_size={int(vocab)},",
+              "                            effect=graph.total_effect(int(graph.target_ids()"
+              "[0])))",
+              "# result.nodes, result.edges: the visible graph; result.scores: replacement, "
+              "completeness"]
+    return _join(lines)

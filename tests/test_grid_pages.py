@@ -265,3 +265,38 @@ def test_adapters_page_reproduce_and_l1_grid(saved_run, monkeypatch, _navigation
     assert at.query_params.get("l1s") in ("0.001:0.004:0.001", ["0.001:0.004:0.001"])
     at.text_input(key="l1s").set_value("0.01, -1").run()
     assert any(e.value.startswith("L1: -1 is out of range") for e in at.error)
+
+
+# ------------------------------------------------------------------ hesitation graphs
+@pytest.mark.skipif(not (PROJECT_ROOT / "cache" / "organisms" / "base" / "config.json")
+                    .exists(), reason="the organisms are not built")
+def test_hesitation_graph_snippet_recomputes_the_page(tmp_cache, monkeypatch,
+                                                      _navigation_mode):
+    """The page's default graph (first error trigger, `wait` logit); the snippet computes
+    it again and its visible nodes and edges match the page's counts and an independent
+    graph from Tracer.from_artifact."""
+    from streamlit.testing.v1 import AppTest
+
+    from interp.adapters.report import demo_adapters
+    from interp.attribution.hesitation import Tracer, trigger_traces
+    from interp.attribution.prune import prune
+
+    monkeypatch.delenv("INTERP_DEMO", raising=False)
+    (tmp_cache / "organisms").symlink_to(PROJECT_ROOT / "cache" / "organisms")
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.switch_page("pages/hesitation.py")
+    at.query_params.update({"nt": "0.7", "cap": "120"})
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    code = [c for c in _code(at) if "explore.graph_view" in c]
+    assert code and "prune(graph, 0.7," in code[0] and "max_nodes=120" in code[0]
+    ns: dict = {}
+    exec(code[0], ns)
+    view = ns["result"]
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["nodes shown"] == f"{len(view.nodes)} of {view.n_nodes_full}"
+    assert shown["edges shown"] == str(len(view.edges))
+    tr = Tracer.from_artifact(demo_adapters(), "cpu", explain="adapter")
+    t = trigger_traces("evaluation", 20)[0]
+    ref = prune(tr.graph(t.tokens[: t.triggers[0][0] + 1]), 0.7, 0.98, max_nodes=120)
+    assert len(view.nodes) == ref.nodes.numel() and len(view.edges) == ref.n_edges()
