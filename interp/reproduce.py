@@ -388,3 +388,20 @@ def hesitation_graph(*, adapters_root: str, adapters_key: str, explain: str,
               "# result.nodes, result.edges: the visible graph; result.scores: replacement, "
               "completeness"]
     return _join(lines)
+
+
+# ------------------------------------------------------------------ features
+def feature_card(root: str, key: str, feature: str) -> str:
+    """A feature card's figures (``feature``: ``layer:index``; ``result`` = its activation
+    histogram; ``regions``, ``lens``, ``aurocs`` the other panels)."""
+    return _join([
+        "from interp.features import plots as fp",
+        "from interp.features.table import FeatureTable",
+        "from interp.store import Store",
+        "",
+        f"tab = FeatureTable(Store({root!r}, read_only=True).load(\"features\", {key!r}))",
+        f"g = tab.parse({feature!r})",
+        "result = tab.histogram(g)",
+        "regions, lens, aurocs = tab.regions(g), tab.lens(g), tab.aurocs(g)",
+        "fig = fp.histogram_figure(result, tab.fid(g))",
+    ])

@@ -418,6 +418,7 @@ else:
             fig_a = figs["aurocs"]
             st.plotly_chart(fig_a, key="fig_card_auroc")
             ui.export_panel(fig_a, au, f"feature-{fid.replace(':', '_')}-aurocs", key="exp_au")
+    ui.reproduce(reproduce.feature_card(str(store.root), key, fid))
     with st.columns(2)[0]:
         if ab is None and stats["active_tokens"] > 0:
             if st.button("Compute the ablation effect", key="fabl", icon=":material/block:"):

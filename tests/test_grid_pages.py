@@ -174,6 +174,14 @@ def test_features_clamp_grid_generates_and_reproduces(collection, monkeypatch): 
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.text_input(key="fclamp").value == "0:2:1"
+    # the card's snippet: the histogram of feature 1:3 from the collection
+    from interp.features.table import FeatureTable
+
+    card = [c.value for c in at.code if "tab.histogram" in c.value]
+    ns: dict = {}
+    exec(card[0], ns)
+    want = FeatureTable(collection).histogram(FeatureTable(collection).parse("1:3"))
+    assert ns["result"].equals(want) and ns["tab"].fid(ns["g"]) == "1:3"
     # counts before the models are loaded, the time once they are
     assert any("≈ 5 generations × 5 tokens" in c.value for c in at.caption)
     at.button(key="fgen_go").click().run()
