@@ -103,13 +103,11 @@ def organisms(tmp_path_factory):
     return {n: _tiny_organism(root / n, i) for i, n in enumerate(("instruct", "grpo", "sft"))}
 
 
-@pytest.fixture
-def counted(monkeypatch):
-    """Count every forward of any HookedTransformer; generations never stop early (the
-    estimate of a generation is its upper bound, reached exactly when nothing stops)."""
+def count_forwards(monkeypatch, generating_module) -> dict:
+    """Count every forward of any HookedTransformer (``calls["n"]``); the ``generate``
+    that ``generating_module`` calls never stops early (a generation's estimate is its
+    upper bound, reached exactly when nothing stops)."""
     import transformer_lens
-
-    import interp.generation as G
 
     calls = {"n": 0}
     fwd = transformer_lens.HookedTransformer.forward
@@ -119,8 +117,16 @@ def counted(monkeypatch):
         return fwd(self, *a, **k)
 
     monkeypatch.setattr(transformer_lens.HookedTransformer, "forward", counting)
-    monkeypatch.setattr(G, "generate", functools.partial(G.generate, stop_at_eos=False))
+    monkeypatch.setattr(generating_module, "generate",
+                        functools.partial(generating_module.generate, stop_at_eos=False))
     return calls
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    import interp.generation as G
+
+    return count_forwards(monkeypatch, G)
 
 
 def test_generation_cost_equals_instrumented_forwards(organisms, counted):

@@ -206,27 +206,16 @@ def test_features_clamp_grid_generates_and_reproduces(collection, monkeypatch): 
 
 
 def test_clamp_generations_cost_and_single_clamp(collection, monkeypatch):  # noqa: F811
-    import functools
-
-    import transformer_lens
-
     import interp.features.steer as S
     from interp.features.source import load_source
+    from tests.test_grid_cost import count_forwards
 
     src = load_source({"kind": "adapters", "key": collection.config["source"]["key"],
                        "store": "main"}, "cpu")
     one = S.compare_generations(src, "hello 1 + 2", 1, 3, 2.5, 4)
     many = S.clamp_generations(src, "hello 1 + 2", 1, 3, [0.0, 2.5], 4)
     assert one["clamped"] == many["clamped 2.5"] and one["ablated"] == many["ablated"]
-    calls = {"n": 0}
-    fwd = transformer_lens.HookedTransformer.forward
-
-    def counting(self, *a, **k):
-        calls["n"] += 1
-        return fwd(self, *a, **k)
-
-    monkeypatch.setattr(transformer_lens.HookedTransformer, "forward", counting)
-    monkeypatch.setattr(S, "generate", functools.partial(S.generate, stop_at_eos=False))
+    calls = count_forwards(monkeypatch, S)
     S.clamp_generations(src, "hello 1 + 2", 1, 3, [0.0, 1.0, 2.5], 4)
     est = S.clamp_cost("hello 1 + 2", [0.0, 1.0, 2.5], 4, src.tokenizer)
     assert calls["n"] == est.forwards == 5 * 4

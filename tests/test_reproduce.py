@@ -239,25 +239,14 @@ def test_length_sweep_job_snippet(demo_run, organisms_in_cache):
 
 def test_length_sweep_estimate_equals_instrumented_job(demo_run, organisms_in_cache,
                                                        monkeypatch):
-    import functools
-
-    import transformer_lens
-
     import interp.length.data as D
     from interp import jobs
     from interp.cost import length_sweep_cost
+    from tests.test_grid_cost import count_forwards
 
     _, run_ = demo_run
     spec = _length_spec(run_)
-    calls = {"n": 0}
-    fwd = transformer_lens.HookedTransformer.forward
-
-    def counting(self, *a, **k):
-        calls["n"] += 1
-        return fwd(self, *a, **k)
-
-    monkeypatch.setattr(transformer_lens.HookedTransformer, "forward", counting)
-    monkeypatch.setattr(D, "generate", functools.partial(D.generate, stop_at_eos=False))
+    calls = count_forwards(monkeypatch, D)
     jobs.run_inline("length.sweep", spec)
     est = length_sweep_cost(3, spec["alphas"], 12, 4)
     assert calls["n"] == est.forwards == 3 * 12   # 9 rows in chunks of 4: 3 x 12 steps
