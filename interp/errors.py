@@ -96,3 +96,12 @@ class BusyError(InterpError):
 
 class BaselineError(InterpError):
     """An external baseline (e.g. circuit-tracer in its own virtual environment) failed."""
+
+
+class GridError(ConfigError):
+    """A typed grid of values (α values, layers, positions, top-k) does not parse or
+    holds a value out of range."""
+
+
+class CostLimitError(DemoRestrictedError):
+    """A run's estimated cost exceeds what the hosted demo allows."""

@@ -64,6 +64,7 @@ class DemoSettings:
     queue_seconds: float = 30.0     # wait for a free slot, then "busy"
     session_burst: int = 20         # heavy computations a session may make in a row
     session_per_minute: float = 30.0  # then this many per minute
+    max_grid_forwards: int = 2000   # forward passes one grid of values may ask for
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import streamlit as st
 
 import pages.common as ui
-from interp import jobs
+from interp import jobs, reproduce
 from interp.adapters import plots as ap
 from interp.adapters.io import catalog, history_of
 from interp.adapters.report import demo_store
@@ -79,13 +79,9 @@ if not ui.demo_mode():
         if spec is not None:
             ui.job_panel("adapters.train", spec, key="train", label="Start training")
         st.markdown("**L1 sweep** (one run per value, then the frontier below)")
-        l1s_text = ui.url_widget(st.text_input, "L1 values (comma-separated)", "l1s",
-                                 "0.003, 0.01, 0.03, 0.1")
-        try:
-            l1_values = [float(v) for v in l1s_text.replace(";", ",").split(",") if v.strip()]
-        except ValueError:
-            l1_values = []
-            st.error("L1 values must be numbers separated by commas.")
+        l1_values = ui.grid_input(st, "L1 values (comma-separated or start:stop:step)",
+                                  "l1s", "0.003, 0.01, 0.03, 0.1", "L1", lo=0,
+                                  max_values=32) or []
         if l1_values and spec is not None:
             sweep_spec = {k: v for k, v in spec.items() if k != "l1"}
             ui.job_panel("adapters.sweep", {**sweep_spec, "l1_values": l1_values},
@@ -144,6 +140,9 @@ st.plotly_chart(fig_curves, key="fig_curves")
 ui.export_panel(fig_curves, df_curves, f"adapters-curves-{term}", key="exp_curves",
                 context={"run": ",".join(lab.split(" · ")[-1] for lab in curves),
                          "setting": {"smoothing": int(smooth)}})
+_saved = {r["label"]: (r["store"], r["artifact"].key) for r in runs if r["label"] in chosen}
+if _saved:
+    ui.reproduce(reproduce.adapters_curves(_saved, term or "kl", int(smooth), bool(logy)))
 
 # ------------------------------------------------------------------ faithfulness
 st.subheader("Faithfulness and sparsity")
@@ -190,6 +189,8 @@ if evaluated:
         ui.export_panel(fig_b, {"k": list(range(len(fa["bridged_a2r"]))),
                                 "a2r": fa["bridged_a2r"], "r2a": fa["bridged_r2a"]},
                         "adapters-bridged-kl", key="exp_bridged")
+    _ev = next(r for r in runs if r["label"] == pick)
+    ui.reproduce(reproduce.adapters_eval(_ev["store"], _ev["eval"].key, "detail"))
 
     # -------------------------------------------------------------- behaviour
     st.subheader("Behaviour of the adapter model")
@@ -210,6 +211,7 @@ if evaluated:
         fig_be = ap.behaviour_figure(be)
         st.plotly_chart(fig_be, key="fig_behaviour")
         ui.export_panel(fig_be, bt, "adapters-behaviour", key="exp_behaviour")
+        ui.reproduce(reproduce.adapters_eval(_ev["store"], _ev["eval"].key, "behaviour"))
         if be.get("per_example"):
             st.markdown("**Per example, against the reasoner** (same problems, greedy)")
             st.caption("Equal aggregates can hide different answers: the share of problems "
@@ -234,5 +236,7 @@ if points:
     st.plotly_chart(fig_f, key="fig_frontier")
     ui.export_panel(fig_f, ap.frontier_frame(points), "adapters-frontier", key="exp_frontier",
                     context={"run": ",".join(a.key for a in sweeps)})
+    ui.reproduce(reproduce.adapters_frontier([(n, a.key) for n, s in stores.items()
+                                              for a in s.list("adapters_sweep")]))
 else:
     st.caption("No L1 sweep saved yet.")

@@ -591,3 +591,70 @@ def _job_body(jobs: Any, jid: str, key: str, run_every: float | None, was_active
                 attempt(jobs.cancel, jid)
 
     body()
+
+
+# ------------------------------------------------------------------ grids, cost, reproduce
+def grid_input(container: Any, label: str, key: str, default: str, name: str,
+               **limits: Any) -> list | None:
+    """A text field for a grid of values (``-2,-1,0,1,2`` or ``-2:2:0.5``; see
+    :func:`interp.grid.parse_grid`, whose keywords ``integer``, ``lo``, ``hi``,
+    ``max_values`` pass through), kept in the URL as typed. Returns the values, or None
+    after a one-line ``st.error`` naming what does not parse."""
+    from interp.errors import GridError
+    from interp.grid import parse_grid
+
+    text = url_widget(container.text_input, label, key, default,
+                      help="values separated by commas (−2,−1,0,1,2) or a range "
+                           "start:stop:step (−2:2:0.5)")
+    try:
+        return parse_grid(text, name, **limits)
+    except GridError as e:
+        container.error(str(e), icon=":material/error:")
+        return None
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _calibration(spec: str, device: str, dtype: str, stamp: str):
+    from interp.cost import calibrate
+
+    return calibrate(cached_model(spec, device, dtype))
+
+
+def run_cost(cost: Any, spec: str | None = None, device: str = "auto",
+             dtype: str = "auto", container: Any = None, model: Any = None) -> bool:
+    """Show a run's estimated cost (``≈ N generations × T tokens, ≈ X s on cpu``; the time
+    from a forward of ``spec``, or of a loaded ``model``, timed once per server and
+    device) and, in the hosted demo, refuse a cost over its limit. Returns False when
+    the run must not start."""
+    from interp.cost import calibrate, check_demo
+
+    target = container if container is not None else st
+    if cost is None:
+        return True
+    cal = None
+    if model is not None:
+        cals = st.session_state.setdefault("_calibrations", {})
+        if id(model) not in cals:
+            cals[id(model)] = calibrate(model)
+        cal = cals[id(model)]
+    elif spec is not None:
+        try:
+            cal = _calibration(spec.strip(), str(device), str(dtype), checkpoint_stamp(spec))
+        except InterpError:
+            cal = None   # the model does not load: the counts are still shown
+    target.caption(":material/timer: " + cost.describe(cal) + " (estimate)")
+    try:
+        check_demo(cost, demo_settings())
+    except InterpError as e:
+        target.error(str(e), icon=":material/block:")
+        return False
+    return True
+
+
+def reproduce(code: str) -> None:
+    """An expander "Reproduce in Python" holding ``code`` (from :mod:`interp.reproduce`):
+    the few lines that recompute the view's figure with its current settings."""
+    with st.expander("Reproduce in Python", icon=":material/code:"):
+        st.caption("Recomputes this view with its current settings; the numbers end up in "
+                   "`result`.")
+        st.code(code, language="python")

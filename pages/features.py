@@ -5,8 +5,8 @@ ablate/clamp in generation, editable labels, and the rankings against ground tru
 URL state: ``base``, ``fine``, ``device``, ``dtype`` (sidebar); this page: ``fset`` (the
 collection, ``store:key``), ``feat`` (the feature, ``layer:index``), ``fcol`` / ``fcl``
 (map colouring; the label of the AUROC colouring), ``fq`` (search), ``flab`` (label whose
-ranking is shown), ``fgen`` / ``fclamp`` / ``fmax`` (generation prompt, clamp value, new
-tokens).
+ranking is shown), ``fgen`` / ``fclamp`` / ``fmax`` (generation prompt, clamp values as typed, e.g.
+``0,2,4`` or ``0:8:2``, new tokens).
 In demo mode (``INTERP_DEMO=1``) nothing is collected or saved; the committed collection is
 shown and labels cannot be edited.
 """
@@ -19,6 +19,7 @@ import pandas as pd
 import streamlit as st
 
 import pages.common as ui
+from interp import reproduce
 from interp.adapters.report import demo_store
 from interp.export import table_bytes
 from interp.features import featmap
@@ -27,6 +28,7 @@ from interp.features.card import card_data, card_html, examples_html, graphs_wit
 from interp.features.labels import MAX_LABEL_CHARS, merged_labels, save_label
 from interp.features.pipeline import label_display
 from interp.features.table import FeatureTable, describe_corpus, find_features
+from interp.grid import format_grid
 
 st.title("Features")
 st.caption(
@@ -417,6 +419,7 @@ else:
             fig_a = figs["aurocs"]
             st.plotly_chart(fig_a, key="fig_card_auroc")
             ui.export_panel(fig_a, au, f"feature-{fid.replace(':', '_')}-aurocs", key="exp_au")
+    ui.reproduce(reproduce.feature_card(str(store.root), key, fid))
     with st.columns(2)[0]:
         if ab is None and stats["active_tokens"] > 0:
             if st.button("Compute the ablation effect", key="fabl", icon=":material/block:"):
@@ -463,31 +466,45 @@ else:
         c = st.columns([4, 1, 1])
         prompt = ui.url_widget(c[0].text_input, "prompt", "fgen", default_prompt,
                                max_chars=ui.max_prompt_chars())
-        clamp = ui.url_widget(c[1].number_input, "clamp value", "fclamp",
-                              round(float(stats["max"]), 3), float, step=0.1)
+        clamps = ui.grid_input(c[1], "clamp values", "fclamp",
+                               format_grid([round(float(stats["max"]), 3)]), "clamp value",
+                               max_values=16)
         max_new = ui.url_widget(c[2].number_input, "new tokens", "fmax",
                                 ui.max_new_tokens(48), int, min_value=1,
                                 max_value=ui.max_new_tokens(256))
-        gen_key = f"_gen_{tab.key}_{g}"
-        if st.button("Generate side by side", key="fgen_go", icon=":material/play_arrow:"):
-            from interp.features.steer import compare_generations
+        gen_key = f"_gen_{tab.key}_{g}_{format_grid(clamps or [])}"
+        from interp.features.steer import clamp_cost, clamp_generations
 
-            src = ui.attempt(_source, json.dumps(_source_spec(tab, store_name)), device)
+        src_json = json.dumps(_source_spec(tab, store_name))
+        # the models load on the first generation; the time estimate follows from then on
+        src = (ui.attempt(_source, src_json, device)
+               if st.session_state.get(f"_fsrc_{src_json}") else None)
+        allowed = clamps is not None and ui.run_cost(
+            clamp_cost(prompt, clamps, int(max_new), src.tokenizer if src else None),
+            model=src.model if src else None)
+        if allowed and st.button("Generate side by side", key="fgen_go",
+                                 icon=":material/play_arrow:"):
+            src = ui.attempt(_source, src_json, device)
             if src is not None:
+                st.session_state[f"_fsrc_{src_json}"] = True
                 st.session_state[gen_key] = ui.attempt_work(
-                    "generations", compare_generations, src, prompt, layer, index,
-                    float(clamp), int(max_new))
+                    "generations", clamp_generations, src, prompt, layer, index,
+                    clamps, int(max_new))
         res = st.session_state.get(gen_key)
         if res:
-            cc = st.columns(3)
-            for col, name in zip(cc, ("original", "ablated", "clamped")):
-                with col:
-                    st.markdown(f"**{name}**" + (f" (= {clamp:g})" if name == "clamped" else ""))
-                    st.code(res[name]["text"], language=None, wrap_lines=True)
-                    st.caption(f"{res[name]['n_tokens']} tokens · "
-                               f"{res[name]['hesitations']} hesitation word(s)")
+            cc = st.columns(min(len(res), 4))
+            for i, (name, r) in enumerate(res.items()):
+                with cc[i % len(cc)]:
+                    st.markdown(f"**{name}**")
+                    st.code(r["text"], language=None, wrap_lines=True)
+                    st.caption(f"{r['n_tokens']} tokens · "
+                               f"{r['hesitations']} hesitation word(s)")
             ui.export_panel(None, [{"run": k, **v} for k, v in res.items()],
                             f"feature-{fid.replace(':', '_')}-generations", key="exp_gen")
+        if clamps is not None and prompt.strip():
+            ui.reproduce(reproduce.feature_clamps(_source_spec(tab, store_name), prompt,
+                                                  layer, index, clamps, int(max_new),
+                                                  device))
 
     # ---- card exports
     stem = f"feature-{fid.replace(':', '_')}"

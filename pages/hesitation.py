@@ -24,6 +24,7 @@ from typing import Any
 import streamlit as st
 
 import pages.common as ui
+from interp import reproduce
 from interp.adapters.io import catalog
 from interp.adapters.report import demo_store
 from interp.attribution import artifacts as ga
@@ -356,6 +357,17 @@ st.plotly_chart(fig, key=f"hg_fig_{chart_n}", on_select="rerun", selection_mode=
                 config={"scrollZoom": True, "displaylogo": False})
 slug = f"hesitation-graph-{explain}"
 ui.export_panel(fig, gp.figure_data(view), slug, key="exp_graph")
+if src[0] == "saved":
+    ui.reproduce(reproduce.hesitation_graph(
+        adapters_root=src[3], adapters_key=akey, explain=explain, node_threshold=nt,
+        edge_threshold=et, node_cap=int(cap), labels=dict(labels), vocab=vocab,
+        graph_root=src[1], graph_key=src[2]))
+else:
+    ui.reproduce(reproduce.hesitation_graph(
+        adapters_root=src[1], adapters_key=akey, explain=explain, node_threshold=nt,
+        edge_threshold=et, node_cap=int(cap), labels=dict(labels), vocab=vocab,
+        tokens=src[6], target_kind=src[7], target_token=src[8], max_feature_nodes=src[9],
+        device=src[3]))
 st.download_button("Graph JSON (circuit-tracer / Neuronpedia schema)",
                    data=_lazy(_json_bytes, src, float(nt), float(et), int(cap), labels, vocab,
                               tuple(pins), slug),

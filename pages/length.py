@@ -5,7 +5,9 @@ URL state: ``base``, ``fine``, ``device``, ``dtype`` (sidebar); this page: ``lru
 (the run shown, ``store:key``), ``ltab`` (the view: Lengths, Direction, …), ``lbin`` /
 ``lover`` / ``lnorm`` (histogram bin width, overflow bin, normalised), ``lsite``
 (direction site), ``lalpha`` (α values shown in the histogram), ``lsrc`` / ``ln*`` /
-``lsplit*`` / ``lmk*`` (the run form).
+``lsplit*`` / ``lmk*`` / ``lseal`` (SEAL α values) / ``lrk`` (heads to edit) (the run
+form), ``lk`` (top-k heads boxed), ``lsa`` / ``lsl`` / ``lsn`` (another sweep on the run's
+direction: α values, layers, prompts per α). Grids are kept as typed (``-2:2:0.5``).
 In demo mode (``INTERP_DEMO=1``) runs cannot be started; the committed demo run is shown.
 """
 
@@ -17,7 +19,10 @@ import pandas as pd
 import streamlit as st
 
 import pages.common as ui
+from interp import reproduce
 from interp.behaviour import agreement_table, per_alpha_agreement_table
+from interp.cost import length_grid_cost, length_sweep_cost
+from interp.grid import format_grid
 from interp.length import plots as lp
 from interp.length.pipeline import DEFAULTS, list_runs, load_run
 from interp.length.report import demo_store, planted_head_check
@@ -142,7 +147,26 @@ if not ui.demo_mode():
             if traces_key:
                 spec["traces"] = traces_key
         spec["seal_rules"] = rules_df.dropna().to_dict("records")
-        if src == "organism" and not speaks_organism(fine_spec):
+        c = st.columns(2)
+        seal_grid = ui.grid_input(c[0], "SEAL α values (dose-response)", "lseal",
+                                  format_grid(DEFAULTS["seal_alpha_grid"]), "SEAL α",
+                                  max_values=21)
+        top_k = ui.url_widget(c[1].number_input, "heads to edit (0 = 6% of all heads)", "lrk",
+                              0, int, min_value=0, max_value=4096)
+        if top_k:
+            spec["top_k"] = int(top_k)
+        if seal_grid is not None and seal_grid != DEFAULTS["seal_alpha_grid"]:
+            spec["seal_alpha_grid"] = seal_grid
+        _n_alpha = DEFAULTS["n_alpha"]
+        ok = seal_grid is not None and ui.run_cost(
+            length_grid_cost(int(n_sw), [0.0] * _n_alpha, int(n_ev),
+                             sorted({*(seal_grid or []), DEFAULTS["seal_alpha"]}),
+                             int(max_new)),
+            fine_spec if speaks_organism(fine_spec) else None, device, dtype)
+        st.caption(f"The estimate counts the generations of the two α grids ({_n_alpha} "
+                   "all-layer α values, the SEAL values); the direction, edit and evaluation "
+                   "stages add about as many again.")
+        if src == "organism" and not speaks_organism(fine_spec) or not ok:
             pass
         elif src == "organism" or prompts or (src == "task file" and spec.get("task")):
             ui.job_panel("length.sweep", spec, key="lrun_job", label="Run all stages")
@@ -206,6 +230,53 @@ def histogram_controls() -> tuple[int, int, bool]:
     return int(bin_w), int(over), bool(norm)
 
 
+def new_sweep_section(run: dict, store_name: str, alphas: list, n: int) -> None:
+    """Other α values or layers on this run's direction: a ``length.sweep`` job (stage
+    ``sweep``, saved in the local store), its estimated cost first, its result after."""
+    if ui.demo_mode():
+        return
+    idx, cfg = run["index"], run["config"]
+    with st.expander("Sweep other α values or layers on this direction",
+                     icon=":material/tune:"):
+        c = st.columns(3)
+        grid = ui.grid_input(c[0], "α values", "lsa", format_grid(alphas), "α",
+                             max_values=41)
+        n_layers = int(run["heads"].get("n_layers") or run["head_scores"].shape[0])
+        layers = ui.grid_input(c[1], "layers to steer (empty = all)", "lsl", "", "layer",
+                               integer=True, lo=0, hi=n_layers - 1, min_values=0)
+        n_p = ui.url_widget(c[2].number_input, "prompts per α", "lsn", int(n), int,
+                            min_value=1, max_value=2000)
+        if grid is None or layers is None:
+            return
+        spec = {"stage": "sweep", "store": "main",
+                "direction_store": "demo" if store_name == "demo" else "main",
+                "model": idx["model"], "direction": idx["keys"]["direction"],
+                "alphas": grid, "layers": layers or None, "n_prompts": int(n_p),
+                **{k: cfg[k] for k in ("source", "task", "traces", "markers", "prompts",
+                                       "max_new_tokens", "temperature", "top_p", "seed",
+                                       "batch_size") if cfg.get(k) is not None}}
+        cost = length_sweep_cost(int(n_p), grid,
+                                 int(cfg.get("max_new_tokens", DEFAULTS["max_new_tokens"])),
+                                 int(cfg.get("batch_size", DEFAULTS["batch_size"])))
+        model = idx["model"] if speaks_organism(idx["model"]) else None
+        if not ui.run_cost(cost, model, device, dtype):
+            return
+        status = ui.job_panel("length.sweep", {**spec, "device": device}, key="lsw_job",
+                              label="Run this sweep")
+        if status is None or status.state != "done" or not status.result:
+            return
+        art = ui.attempt(ui.store().load, "length_sweep", status.result["key"])
+        if art is None:
+            return
+        df = lp.sweep_frame(art.meta["per_alpha"])
+        fig = lp.sweep_figure(df, "steering on this direction: length, accuracy, short "
+                                  "fraction vs α" + (f" (layers {format_grid(layers)})"
+                                                     if layers else ""))
+        st.plotly_chart(fig, key="l_sweep_new")
+        ui.export_panel(fig, df, "length_alpha_sweep_new", "l_sweep_new_x")
+        ui.reproduce(reproduce.length_sweep_job(spec))
+
+
 # ------------------------------------------------------------------ lengths
 if section == "Lengths":
     bin_w, over, norm = histogram_controls()
@@ -223,6 +294,8 @@ if section == "Lengths":
                f"`{rule}` (setting `{dmeta.get('positions_setting', rule)}`): "
                + RULE_TEXT.get(rule, ""))
     ui.export_panel(fig, df, "length_histogram", "l_hist_x")
+    ui.reproduce(reproduce.length_view(section, store_name, key, bin_width=bin_w,
+                                       overflow=over, norm=norm))
 
 # ------------------------------------------------------------------ direction
 if section == "Direction":
@@ -240,6 +313,8 @@ if section == "Direction":
     st.caption(f"Held-out split: {dmeta['n_train']} train / {dmeta['n_test']} test "
                f"examples ({dmeta['n_long']} long, {dmeta['n_short']} short). Hooks "
                f"`blocks.{{l}}.hook_resid_mid` / `hook_resid_post`; sign {dmeta['sign']}.")
+    ui.reproduce(reproduce.length_view(section, store_name, key,
+                                       site=site or dmeta["sites"][0]))
 
 # ------------------------------------------------------------------ sweep
 if section == "α sweep":
@@ -257,16 +332,16 @@ if section == "α sweep":
         st.dataframe(table_view(agree), hide_index=True)
         ui.export_panel(None, agree, "length_alpha_agreement", "l_sweep_agree_x")
     alphas = [p["alpha"] for p in sw["per_alpha"]]
-    default_sel = ",".join(str(a) for a in (alphas[0], 0.0, alphas[-1]) if a in alphas)
-    sel_text = ui.url_widget(st.text_input, "α values in the histogram", "lalpha",
-                             default_sel)
-    try:
-        sel = [float(x) for x in sel_text.split(",") if x.strip()]
-    except ValueError:
-        sel = []
+    default_sel = format_grid([a for a in (alphas[0], 0.0, alphas[-1]) if a in alphas])
+    sel = ui.grid_input(st, "α values in the histogram", "lalpha", default_sel, "α") or []
+    missing = [a for a in sel if not any(abs(a - b) < 1e-9 for b in alphas)]
+    if missing:
+        st.caption(f"Not in this sweep: α = {format_grid(missing)} (its grid: "
+                   f"{format_grid(alphas)}).")
     n = sw["per_alpha"][0]["n"]
     series = {f"α={a:g}": [r["think_tokens"] for r in sw["records"][k * n:(k + 1) * n]]
               for k, a in enumerate(alphas) if any(abs(a - s) < 1e-9 for s in sel)}
+    bin_w, over = 10, 80
     if series:
         bin_w, over, _norm = histogram_controls()
         df = lp.histogram_frame(series, int(bin_w), int(over))
@@ -274,6 +349,9 @@ if section == "α sweep":
         st.plotly_chart(fig, key="l_sweep_hist")
         ui.export_panel(fig, df, "length_alpha_histograms", "l_sweep_hist_x",
                         context={"setting": {"α": sel}})
+    ui.reproduce(reproduce.length_view(section, store_name, key, alphas=sel,
+                                       bin_width=bin_w, overflow=over))
+    new_sweep_section(run, store_name, alphas, n)
 
 # ------------------------------------------------------------------ accuracy vs length
 if section == "Accuracy vs length":
@@ -289,18 +367,27 @@ if section == "Accuracy vs length":
         fig = lp.cumulative_figure(df, "cumulative accuracy vs length threshold")
         st.plotly_chart(fig, key="l_cum")
         ui.export_panel(fig, df, "length_cumulative_accuracy", "l_cum_x")
+        ui.reproduce(reproduce.length_view(section, store_name, key))
 
 # ------------------------------------------------------------------ heads
 if section == "Heads":
+    import torch
+
+    from interp.length.heads import top_heads
+
     top = run["heads"]["top"]
-    fig = lp.head_figure(run["head_scores"], [(t["layer"], t["head"]) for t in top],
+    k = ui.url_widget(st.number_input, "top-k heads (boxed)", "lk", len(top), int,
+                      min_value=1, max_value=int(run["head_scores"].size))
+    boxed = top_heads(torch.from_numpy(run["head_scores"]), int(k))
+    fig = lp.head_figure(run["head_scores"], [(t["layer"], t["head"]) for t in boxed],
                          "each head's mean write onto the unit short direction")
     st.plotly_chart(fig, key="l_heads")
     ui.export_panel(fig, lp.head_frame(run["head_scores"]), "length_head_scores", "l_heads_x")
     st.caption(run["heads"]["score"] + f"; {run['heads']['n_short_examples']} short "
-               "examples. Boxed: the top-k heads (the ThinkEdit edit; the Edit tab lists the heads "
-               "of each edit).")
-    st.dataframe(pd.DataFrame(top), hide_index=True)
+               f"examples. Boxed: the top {int(k)} heads by score; the run's ThinkEdit edit "
+               f"took the top {len(top)} (the Edit tab lists the heads of each edit).")
+    st.dataframe(pd.DataFrame(boxed), hide_index=True)
+    ui.reproduce(reproduce.length_view(section, store_name, key, top_k=int(k)))
     truth = planted_head_check(run["index"].get("model", ""), run["head_scores"],
                                run.get("weight_hash"))
     if truth:
@@ -339,6 +426,7 @@ if section == "Edit":
         st.markdown(txt)
         rows += [{"edit": k, **r} for r in v["norms"]]
     st.dataframe(pd.DataFrame(rows), hide_index=True)
+    ui.reproduce(reproduce.length_view(section, store_name, key))
     agree = agreement_table({names.get(k, k): v.get("behaviour") for k, v in modes.items()})
     if len(agree):
         st.markdown("**Per example, edited against unedited** (same evaluation prompts)")
@@ -427,6 +515,7 @@ if section == "SEAL":
             st.plotly_chart(fig, key="l_seal_sweep")
             ui.export_panel(fig, df, "length_seal_sweep", "l_seal_sweep_x", context={
                 "setting": {"α": list(df["alpha"]), "layer": seal["layer"]}})
+            ui.reproduce(reproduce.length_view(section, store_name, key))
             cols = [c for c in ("alpha", "hesitations", "mean_think_tokens", "accuracy",
                                 "short_fraction") if c in df]
             st.dataframe(df[cols], hide_index=True)

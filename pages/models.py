@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 import pages.common as ui
+from interp import reproduce
 from interp.generation import encode_user_prompt, generate
 from interp.models import cache_root, validate_pair
 from interp.organisms.report import behaviour_key_table, behaviour_table, decomposition_frame
@@ -178,6 +179,7 @@ if table is not None:
         st.plotly_chart(fig_heads, key="fig_weight_heads")
         ui.export_panel(fig_heads, head_pivot.reset_index(), "weight-diff-by-head",
                         key="exp_heads")
+    ui.reproduce(reproduce.models_weights(base_spec, fine_spec, metric))
     with st.expander(f"All {len(table)} tensors"):
         shown = table.assign(shape=table["shape"].map(lambda s: "×".join(map(str, s))))
         st.dataframe(shown, hide_index=True, column_config={
@@ -239,6 +241,8 @@ if results_shown("generated_for", "gen", clicked, inputs):
         ui.export_panel(None, [{"model": r, "spec": s, **outs[r]} for r, s in
                                (("base", base_spec), ("fine", fine_spec))],
                         "generations", key="exp_gen")
+        ui.reproduce(reproduce.models_generate(base_spec, fine_spec, prompt, chat,
+                                               ui.max_new_tokens(int(max_new)), device, dtype))
 else:
     st.caption(":material/keyboard_return: Press **Generate** to compare the two answers.")
 

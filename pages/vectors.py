@@ -5,7 +5,9 @@ URL state: ``vmode`` (task | control), ``va`` / ``vb`` / ``vt`` / ``vref`` (dono
 target, reference), ``vg`` (mask groups, comma list), ``vlo`` / ``vhi`` (block range),
 ``valpha`` (α), ``vprob`` (organism problem index), ``vtext`` (own text), ``vgen`` (own
 generations), ``vcl`` / ``vcs`` / ``vck`` (control layer, site, kind), ``vpos`` /
-``vneg`` (control prompt formats), ``vunit`` (nats | bits).
+``vneg`` (control prompt formats), ``vunit`` (nats | bits), ``vsa`` / ``vaa`` (the α
+values of the forward and the accuracy sweep, as typed: ``-2:2:0.5`` or ``-1,0,1``),
+``vposs`` (positions shown in the layer × token heatmap).
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import pandas as pd
 import streamlit as st
 
 import pages.common as ui
+from interp import reproduce
 from interp.behaviour import agreement_table, decomposition_table
+from interp.cost import vectors_experiment_cost
+from interp.grid import format_grid
 from interp.plots.common import table_view
 from interp.tasks import speaks_organism
 from interp.vectors import plots as vp
 from interp.vectors import views
-from interp.vectors.demo import demo_store, find_part, full_spec
+from interp.vectors.demo import DEFAULT_SPEC, demo_store, find_part, full_spec
 from interp.vectors.report import vector_behaviour
 from interp.vectors.task import GROUPS, Mask
 
@@ -100,6 +105,8 @@ if mode == "task":
     fig, data = vp.norms_by_layer(stats["by_layer"])
     st.plotly_chart(fig, key="v_norms")
     ui.export_panel(fig, data, "task-vector-by-layer", key="vx_norms", context=NO_ALPHA)
+    ui.reproduce(reproduce.vectors_task_stats(donor_a, donor_b, target, reference or None,
+                                              None if mask == Mask() else mask.to_config()))
     with st.expander("Per tensor", icon=":material/table:"):
         tbl = stats["table"].drop(columns=["vv", "dd", "vd"])
         st.dataframe(tbl, hide_index=True)
@@ -143,6 +150,9 @@ else:
         with col:
             ui.export_panel(fig, data, f"control-vector-{key}", key=f"vx_{key}",
                             context=NO_ALPHA)
+    if speaks_organism(target):
+        ui.reproduce(reproduce.vectors_control(target, int(layer), site, kind, int(n_ctrl),
+                                               pos_fmt, neg_fmt, device))
     modify_at = views.control_modify(model, cv)
     spec = {"kind": "control", "target": target, "layer": int(layer), "site": site,
             "vector_kind": kind, "n_control": int(n_ctrl)}
@@ -186,9 +196,19 @@ if tv is not None:
     fig, data = vp.per_token(tv["records"], unit)
     st.plotly_chart(fig, key="v_tok")
     ui.export_panel(fig, data, "per-token-kl", key="vx_tok")
-    fig, data = vp.layer_token_kl(tv["layer_kl"], tv["tokens"], unit)
+    positions = ui.grid_input(st, "positions in the layer × token heatmap (empty = all; "
+                              "e.g. 0:20 or 3,7,9)", "vposs", "", "position", integer=True,
+                              lo=0, hi=len(tv["tokens"]) - 1, min_values=0)
+    fig, data = vp.layer_token_kl(tv["layer_kl"], tv["tokens"], unit,
+                                  positions=positions or None)
     st.plotly_chart(fig, key="v_heat")
     ui.export_panel(fig, data, "layer-token-kl", key="vx_heat")
+    if spec["kind"] == "task" or speaks_organism(target):
+        ui.reproduce(reproduce.vectors_trace(
+            {**full_spec(spec), "layer": spec.get("layer")}, alpha,
+            problem=int(prob_i), text=text.strip() or None, own=bool(own),
+            max_new_tokens=ui.max_new_tokens(64), unit=unit, device=device,
+            positions=positions or None))
     with st.expander("Top promoted / suppressed tokens per position", icon=":material/table:"):
         df = pd.DataFrame(tv["records"])
         st.dataframe(df, hide_index=True)
@@ -213,6 +233,16 @@ if not speaks_organism(target):
         st.info("The sweeps of another model need its prompts: give a task file.")
         st.stop()
     spec["task"] = vtask.strip()
+c = st.columns(2)
+_sweep_alphas = ui.grid_input(c[0], "α values of the forward sweep", "vsa",
+                              format_grid(DEFAULT_SPEC["alphas"]), "α", max_values=41)
+_acc_alphas = ui.grid_input(c[1], "α values of the accuracy sweep (generation)", "vaa",
+                            format_grid(DEFAULT_SPEC["accuracy_alphas"]), "α", max_values=21)
+if _sweep_alphas is None or _acc_alphas is None:
+    st.stop()
+for _k, _v in (("alphas", _sweep_alphas), ("accuracy_alphas", _acc_alphas)):
+    if _v != [float(a) for a in DEFAULT_SPEC[_k]]:
+        spec[_k] = _v
 sweep = acc = None
 for st_ in (ui.store(), demo_store(read_only=True)):   # a damaged artifact: st.error
     sweep = sweep or ui.attempt(find_part, spec, "sweep", st_)
@@ -231,7 +261,8 @@ if sweep is None or acc is None or stale:
     job_spec = {**spec, "device": device}
     if stale:  # a new job for the weights now on disk (the old one is done)
         job_spec["weights"] = views.current_hashes(spec)
-    ui.job_panel("vectors.sweep", job_spec, key="vjob", label="Run sweep")
+    if ui.run_cost(ui.attempt(vectors_experiment_cost, job_spec), target, device, dtype):
+        ui.job_panel("vectors.sweep", job_spec, key="vjob", label="Run sweep")
 if sweep is not None:
     ts = sweep.tensors
     alphas = [float(a) for a in ts["alphas"].tolist()]
@@ -253,6 +284,7 @@ if sweep is not None:
     ui.export_panel(fig, data, "answer-mass-vs-alpha", key="vx_mass",
                     context={"run": sweep.key, **NO_ALPHA})
     st.caption(status["sweep"]["line"])
+    ui.reproduce(reproduce.vectors_sweep(spec, "sweep", device))
 if acc is not None:
     ta = acc.tensors
     fig, data = vp.accuracy_vs_alpha([float(a) for a in ta["alphas"].tolist()],
@@ -262,6 +294,7 @@ if acc is not None:
     st.plotly_chart(fig, key="v_acc")
     ui.export_panel(fig, data, "accuracy-vs-alpha", key="vx_acc",
                     context={"run": acc.key, **NO_ALPHA})
+    ui.reproduce(reproduce.vectors_sweep(spec, "accuracy", device))
     st.caption(status["accuracy"]["line"] + f" · code "
                f"{acc.provenance.get('code_version', '?')} · mean think tokens per α: "
                + ", ".join(f"{a:g}: {np.mean(t):.1f}" for a, t in

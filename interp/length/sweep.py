@@ -3,7 +3,9 @@
 ``spec["stage"]``:
 
 * ``"sweep"`` (default): an α sweep with a saved direction. Spec keys: ``model``,
-  ``direction`` (a ``length_direction`` key), ``store`` (``"demo"`` | ``"main"``),
+  ``direction`` (a ``length_direction`` key), ``store`` (``"demo"`` | ``"main"``: where
+  the sweep is saved), ``direction_store`` (where the direction is read; default
+  ``store``),
   ``alphas`` (None: the default grid), ``site``, ``layers`` (None: all), ``n_prompts``,
   ``source`` / ``prompts`` / ``markers``, sampling keys. Saves a ``length_sweep``.
 * ``"pipeline"``: every stage (:func:`interp.length.pipeline.build`) with the spec's
@@ -33,6 +35,7 @@ def validate_spec(spec: dict[str, Any]) -> None:
     spec = dict(spec)
     stage = one_of(spec.pop("stage", "sweep"), "stage", ("sweep", "pipeline"))
     one_of(spec.pop("store", "main"), "store", ("demo", "main"))
+    one_of(spec.pop("direction_store", "main"), "direction_store", ("demo", "main"))
     spec.pop("device", None)
     own = {"direction", "alphas", "site", "layers", "n_prompts"} if stage == "sweep" else set()
     unknown = sorted(set(spec) - set(DEFAULTS) - own - {"prompts"})
@@ -58,7 +61,10 @@ def sweep_job(spec: dict[str, Any], ctx) -> dict[str, Any]:
 
     spec = dict(spec)
     stage = spec.pop("stage", "sweep")
-    store = _store(spec.pop("store", "main"))
+    store_name = spec.pop("store", "main")
+    store = _store(store_name)
+    # where the direction is read (a run of the demo store, a sweep saved in the main one)
+    dir_store = _store(spec.pop("direction_store", store_name))
     device = spec.pop("device", "auto")
     if stage == "pipeline":
         cfg = make_config(**{k: v for k, v in spec.items() if k in DEFAULTS or k == "prompts"})
@@ -67,7 +73,7 @@ def sweep_job(spec: dict[str, Any], ctx) -> dict[str, Any]:
     cfg = make_config(**{k: v for k, v in spec.items()
                          if k in DEFAULTS or k == "prompts"})
     model = load_model(cfg["model"], device=device)
-    dirs = load_directions(store, spec["direction"])
+    dirs = load_directions(dir_store, spec["direction"])
     site = spec.get("site", cfg["sweep_site"])
     alphas = spec.get("alphas") or alpha_grid(model.cfg.n_layers, cfg["n_alpha"],
                                               "all" if spec.get("layers") is None else 1,

@@ -117,12 +117,15 @@ def per_token(records: Sequence[dict], unit: str = "nats", title: str = "Per-tok
 
 
 def layer_token_kl(matrix, tokens: Sequence[str], unit: str = "nats",
-                   title: str = "Logit-lens KL(orig ‖ mod) by layer and token"
-                   ) -> tuple[go.Figure, pd.DataFrame]:
-    """``matrix [n_layers, pos]`` as a heatmap (rows: block outputs resid_post 0..L−1)."""
+                   title: str = "Logit-lens KL(orig ‖ mod) by layer and token",
+                   positions: Sequence[int] | None = None) -> tuple[go.Figure, pd.DataFrame]:
+    """``matrix [n_layers, pos]`` as a heatmap (rows: block outputs resid_post 0..L−1);
+    ``positions``: only these columns (labels keep each column's position)."""
     m = np.asarray(matrix, float)
     df = pd.DataFrame(m, index=[f"L{i}" for i in range(m.shape[0])],
                       columns=[f"{i}:{t}" for i, t in enumerate(tokens)])
+    if positions is not None:
+        df = df.iloc[:, list(positions)]
     fig = heatmap(df, title, colorbar_title=f"KL [{unit}]", x_title="position:token",
                   y_title="layer (resid_post)", annotate=False)
     return fig, df.reset_index(names="layer")
