@@ -139,11 +139,9 @@ def work_slot(what: str = "this computation") -> Iterator[None]:
 
 def model_input(container: Any, label: str, key: str, default: str, **kwargs: Any) -> str:
     """A model spec field mirrored to the URL: free text normally, a choice among the
-    organisms in demo mode (the only models the demo loads)."""
+    organisms and the demo config's models in demo mode (the only models it loads)."""
     if demo_mode():
-        from interp.models import ORGANISM_VARIANTS
-
-        options = [f"organism:{v}" for v in ORGANISM_VARIANTS]
+        options = serving.demo_models(demo_settings())
         return url_widget(container.selectbox, label, key, default, options=options, **kwargs)
     return url_widget(container.text_input, label, key, default, **kwargs)
 
