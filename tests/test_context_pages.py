@@ -178,3 +178,37 @@ def test_another_pair_has_no_runs_and_says_what_to_do(pair_runs):
     assert "No adapter runs for the pair" in text
     assert "python -m interp adapters train --base organism:sft --reasoner organism:grpo" \
         in text
+
+
+def test_length_page_keeps_its_run_and_view_in_the_link(tmp_cache, monkeypatch):
+    """On the committed run (organism reasoner): the run and the view are in the URL and
+    a link reopens both; another fine-tune has no runs and the page says what to do."""
+    from interp.length.pipeline import list_runs
+    from interp.length.report import demo_store
+
+    monkeypatch.delenv("INTERP_DEMO", raising=False)
+    committed = [r for r in list_runs({"demo": demo_store()})
+                 if r["model"] == "organism:reasoner"]
+    if not committed:
+        pytest.skip("no committed length run")
+
+    def page(params):
+        at = AppTest.from_file(APP, default_timeout=180)
+        at.query_params.update(params)
+        at.switch_page("pages/length.py")
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    at = page({})
+    assert at.query_params.get("lrun") == f"demo:{committed[-1]['key']}"
+    at.segmented_control(key="ltab").set_value("Heads").run()
+    assert at.query_params.get("ltab") == "Heads"
+    assert at.segmented_control(key="ltab").required   # a click cannot clear the view
+    again = page(dict(at.query_params))
+    assert again.segmented_control(key="ltab").value == "Heads"
+    assert again.selectbox(key="lrun").value == at.query_params.get("lrun")
+    other = page({"fine": "organism:grpo"})
+    text = " ".join(i.value for i in other.info)
+    assert "No reasoning-length runs of the sidebar's fine-tune" in text
+    assert "python -m interp length build --model organism:grpo" in text
