@@ -19,12 +19,12 @@ import urllib.parse
 import pytest
 import torch
 
-from interp.bench_app import CHROMIUM_ARGS, wait_query, wait_rendered
+from interp.bench_app import wait_query, wait_rendered
 
 from ._browser import (
     CHART,
-    CHROMIUM,
     assert_clean,
+    chromium,
     needs_chromium,
     needs_organisms,
     open_page,
@@ -63,13 +63,7 @@ def server(extra_run):
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    yield from chromium()
 
 
 def _new_page(browser):
