@@ -212,3 +212,19 @@ def test_length_page_keeps_its_run_and_view_in_the_link(tmp_cache, monkeypatch):
     text = " ".join(i.value for i in other.info)
     assert "No reasoning-length runs of the sidebar's fine-tune" in text
     assert "python -m interp length build --model organism:grpo" in text
+
+
+def test_same_model_spellings(tiny_pair_dirs, monkeypatch):
+    """A run's recorded spec matches the sidebar's however either is spelled."""
+    import os
+
+    from interp.models import same_model
+
+    b, f = tiny_pair_dirs
+    assert same_model("grpo", "organism:grpo") and same_model(" organism:sft", "sft")
+    assert not same_model("organism:sft", "organism:grpo")
+    monkeypatch.chdir(b.parent)
+    assert same_model(str(b), os.path.join(".", b.name)) and same_model(str(b), f"{b}/")
+    assert not same_model(str(b), str(f))
+    assert same_model("Qwen/Qwen2.5-0.5B", " Qwen/Qwen2.5-0.5B ")
+    assert not same_model("Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-1.5B")
