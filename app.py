@@ -24,6 +24,7 @@ import streamlit as st  # noqa: E402
 import torch  # noqa: E402
 
 import pages.common as ui  # noqa: E402
+from interp import serving  # noqa: E402
 from interp.models import DEFAULT_PAIR, available_models  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
@@ -73,13 +74,16 @@ def model_picker(role: str, label: str, default: str, choices: list[str]) -> str
     """A select over the known models plus *Other…* with a free-text field.
 
     The chosen spec is kept in ``st.session_state["pair_<role>"]`` and in the URL. In
-    demo mode only the organisms are offered (no *Other…*); a link naming another model
-    falls back to the default and says so.
+    demo mode only the organisms and the models the demo config lists are offered (no
+    *Other…*, so nothing can be typed); a link naming another model falls back to the
+    default and says so.
     """
     select_key, text_key = f"{role}_choice", f"{role}_other"
     demo = ui.demo_mode()
-    if demo:
-        choices = [c for c in choices if c.startswith("organism:")]
+    if demo:   # the organisms and the models the demo config lists: never a typed name
+        allowed = serving.demo_models(ui.demo_settings())
+        choices = [c for c in choices if c in allowed] + [
+            m for m in allowed if not m.startswith("organism:")]
     options = list(dict.fromkeys([*choices, default])) + ([] if demo else [OTHER])
     if select_key not in st.session_state:
         spec = ui.url_param(role, default).strip() or default
@@ -94,7 +98,7 @@ def model_picker(role: str, label: str, default: str, choices: list[str]) -> str
     refused = st.session_state.get(f"{role}_refused")
     if refused and st.session_state[select_key] == default:  # until another is chosen
         st.caption(f":material/lock: `{refused[:80]}` is not available in the hosted demo "
-                   "(organisms only).")
+                   f"(it loads {', '.join(options)}); showing `{default}`.")
     if st.session_state[select_key] == OTHER:
         spec = st.text_input(
             f"{label}: hub name, folder or .gguf", key=text_key,
@@ -102,6 +106,10 @@ def model_picker(role: str, label: str, default: str, choices: list[str]) -> str
     else:
         spec = st.session_state[select_key]
     spec = spec or default
+    if demo and not serving.demo_allows_model(spec, ui.demo_settings()):
+        st.error(serving.refusal(spec[:80], ui.demo_settings()) + ".",
+                 icon=":material/lock:")   # a last guard: nothing else reaches the loaders
+        spec = default
     st.session_state[f"pair_{role}"] = spec
     ui.set_url_param(role, spec, default)
     return spec

@@ -6,9 +6,9 @@ scenario ``i % 4``, each the key interaction of a page, with its own state:
 
 ``models``   open ``/models`` with session ``i``'s own organism problem as the prompt,
              press *Generate*; result: both models' greedy generations.
-``vectors``  open ``/vectors`` at session ``i``'s own α and problem, press → on the α
-             slider (α + 0.25); result: the per-token KL of the trace (the page's hover
-             titles, in nats).
+``vectors``  open ``/vectors`` (override models: grpo − sft on instruct) at session
+             ``i``'s own α and problem, press → on the α slider (α + 0.25); result: the
+             per-token KL of the trace (the page's hover titles, in nats).
 ``length``   open ``/length`` at one view, switch to the next view; result: the view
              in the URL and the titles of its figures.
 ``adapters`` open ``/adapters`` at one loss term, switch to the next term; result: the
@@ -79,7 +79,7 @@ def start_url(base: str, scenario: str, i: int) -> str:
         q = {"prompt": organism_prompt(i), "max_new": str(MAX_NEW)}
     elif scenario == "vectors":
         a, _, prob = vectors_state(i)
-        q = {"valpha": f"{a:g}", "vprob": str(prob)}
+        q = {"vsrc": "override", "valpha": f"{a:g}", "vprob": str(prob)}
     elif scenario == "length":
         q = {"ltab": LENGTH_VIEWS[i % len(LENGTH_VIEWS)]}
     else:
@@ -108,7 +108,7 @@ def expected_generations(prompts: list[str], max_new: int = MAX_NEW,
 
 def expected_kl(states: list[tuple[float, int]]) -> dict[tuple[float, int], list[float]]:
     """The KL (nats) each token of the Reasoning vectors trace is shaded with, for the
-    page's default task vector (grpo − sft on instruct, all groups, all blocks) at
+    page's default override task vector (grpo − sft on instruct, all groups, all blocks) at
     (α, problem), computed here without the app."""
     from .models import load_model
     from .organisms import task as T

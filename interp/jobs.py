@@ -56,6 +56,7 @@ JOB_KINDS: dict[str, str] = {
     "organisms.build": "interp.organisms.build:build_job",
     "adapters.train": "interp.adapters.train:train_job",
     "adapters.sweep": "interp.adapters.train:sweep_job",
+    "adapters.eval": "interp.adapters.evaluate:eval_job",
     "length.sweep": "interp.length.sweep:sweep_job",
     "vectors.sweep": "interp.vectors.sweep:sweep_job",
     "features.collect": "interp.features.pipeline:collect_job",
@@ -67,6 +68,7 @@ JOB_KINDS: dict[str, str] = {
 JOB_VALIDATORS: dict[str, str] = {
     "adapters.train": "interp.adapters.train:validate_spec",
     "adapters.sweep": "interp.adapters.train:validate_sweep_spec",
+    "adapters.eval": "interp.adapters.evaluate:validate_eval_spec",
     "length.sweep": "interp.length.sweep:validate_spec",
     "vectors.sweep": "interp.vectors.sweep:validate_spec",
     "traces.generate": "interp.tasks.traces:validate_spec",

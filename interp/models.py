@@ -193,6 +193,29 @@ def resolve(spec: str) -> ResolvedSpec:
         f"or hub name (org/name). Available: {known}")
 
 
+def spec_identity(spec: str) -> str:
+    """One spelling per model, to compare the specs recorded in results with those of
+    the pair in use: ``organism:NAME`` for an organism (also given as ``NAME``), the
+    absolute path for an existing folder or file (also given relative to the project,
+    as committed results record them), otherwise the stripped spec."""
+    s = (spec or "").strip()
+    name = s.removeprefix("organism:")
+    if name in ORGANISM_VARIANTS and (s.startswith("organism:") or s == name):
+        return f"organism:{name}"
+    if not s or re.fullmatch(r"[\w.\-]+/[\w.\-]+", s) and not Path(s).exists():
+        return s   # a hub name (or nothing)
+    p = Path(s).expanduser()
+    for cand in ((p,) if p.is_absolute() else (p, _store.PROJECT_ROOT / p)):
+        if cand.exists():
+            return str(cand.resolve())
+    return s
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two specs name the same model (:func:`spec_identity`)."""
+    return spec_identity(a) == spec_identity(b)
+
+
 def _download_hub(name: str) -> Path:
     try:
         from huggingface_hub import snapshot_download

@@ -65,11 +65,18 @@ class DemoSettings:
     session_burst: int = 20         # heavy computations a session may make in a row
     session_per_minute: float = 30.0  # then this many per minute
     max_grid_forwards: int = 2000   # forward passes one grid of values may ask for
+    models: tuple[str, ...] = ()    # models loaded besides the organisms (registered
+    #                                 names or folders in the image; never typed by visitors)
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.models, (list, tuple))
+                and all(isinstance(m, str) and m.strip() for m in self.models)):
+            raise ConfigError(f"demo setting models must be a list of model specs, not "
+                              f"{self.models!r}")
+        object.__setattr__(self, "models", tuple(m.strip() for m in self.models))
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name != "enabled" and not (isinstance(v, (int, float))
+            if f.name not in ("enabled", "models") and not (isinstance(v, (int, float))
                                             and not isinstance(v, bool) and v > 0):
                 raise ConfigError(f"demo setting {f.name} must be a positive number, "
                                   f"not {v!r}")
@@ -128,24 +135,41 @@ def _settings(path: str | None, stamp: Any, env_demo: str | None) -> DemoSetting
     return s
 
 
-def demo_allows_model(spec: str) -> bool:
-    """Only the committed model organisms can be loaded in the hosted demo."""
+def demo_models(demo: DemoSettings | None = None) -> list[str]:
+    """The specs the hosted demo loads: the organisms, then the config's ``models``."""
+    from .models import ORGANISM_VARIANTS
+
+    demo = demo or settings()
+    return [f"organism:{v}" for v in ORGANISM_VARIANTS] + list(demo.models)
+
+
+def demo_allows_model(spec: str, demo: DemoSettings | None = None) -> bool:
+    """Only the committed model organisms (and the models the demo config lists) can be
+    loaded in the hosted demo: never a hub name, folder or file a visitor types."""
     from .models import ORGANISM_VARIANTS
 
     s = (spec or "").strip()
+    if s and demo is not None and s in demo.models:
+        return True
     return s.removeprefix("organism:") in ORGANISM_VARIANTS and (
         s.startswith("organism:") or s in ORGANISM_VARIANTS)
 
 
 def check_model_allowed(spec: str, demo: DemoSettings | None = None) -> None:
-    """Raise :class:`DemoRestrictedError` for a non-organism spec in demo mode."""
+    """Raise :class:`DemoRestrictedError` for a spec the demo does not load."""
     demo = demo or settings()
-    if demo.enabled and not demo_allows_model(spec):
-        from .models import ORGANISM_VARIANTS
+    if demo.enabled and not demo_allows_model(spec, demo):
+        raise DemoRestrictedError(refusal(spec, demo))
 
-        raise DemoRestrictedError(
-            f"the hosted demo loads only the model organisms "
-            f"({', '.join('organism:' + v for v in ORGANISM_VARIANTS)}), not {spec!r}")
+
+def refusal(spec: str, demo: DemoSettings | None = None) -> str:
+    """The one line that refuses ``spec`` in the hosted demo."""
+    demo = demo or settings()
+    extra = f" and the models its config lists ({', '.join(demo.models)})" \
+        if demo.models else ""
+    return (f"the hosted demo loads only the model organisms{extra}, not {spec.strip()!r}: "
+            f"{', '.join(demo_models(demo))}; other models (hub names, folders, .gguf "
+            "files) load when you run the workbench yourself")
 
 
 # ------------------------------------------------------------------ work limits

@@ -4,8 +4,11 @@ they are, and how the adapter model behaves.
 URL state: ``base``, ``fine``, ``device``, ``dtype`` (sidebar); this page: ``l1``,
 ``d_sae``, ``steps``, ``batch``, ``lr``, ``lbridge``, ``bfrac``, ``seed``, ``l1s``
 (training form), ``runs`` (compared runs, by key suffix), ``term``, ``smooth``, ``logy``
-(curves), ``run`` (the run shown in detail).
-In demo mode (``INTERP_DEMO=1``) training is hidden and the committed demo run is shown.
+(curves), ``run`` (the run shown in detail). Only runs of the sidebar pair are listed;
+``runs`` and ``run`` are always in the URL, so a link keeps its runs when newer ones
+are saved. Training and evaluation run as jobs; a finished training job's run is
+selected. In demo mode (``INTERP_DEMO=1``) training and evaluation are hidden (the page
+says so) and the committed demo run is shown.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ import streamlit as st
 import pages.common as ui
 from interp import jobs, reproduce
 from interp.adapters import plots as ap
-from interp.adapters.io import catalog, history_of
+from interp.adapters.io import catalog, history_of, runs_of_pair
 from interp.adapters.report import demo_store
 from interp.behaviour import agreement_table
+from interp.models import same_model
 from interp.plots.common import table_view
 from interp.tasks import speaks_organism
 
@@ -29,9 +33,28 @@ st.caption(
     "layer. Their features are what the reasoning fine-tune changed in the MLPs.")
 base_spec, fine_spec = ui.current_pair()
 device, _dtype = ui.current_device()
+train_status = None
+
+
+def _of_pair(config: dict) -> bool:
+    """Whether a training config (a run's, a sweep's, a job's spec) is of the sidebar
+    pair."""
+    return same_model(str(config.get("base") or ""), base_spec) and same_model(
+        str(config.get("reasoner") or ""), fine_spec)
+
+
+def _job_of_pair(jid: str) -> bool:
+    try:
+        return _of_pair(jobs.spec_of(jid))
+    except Exception:  # noqa: BLE001 - an unreadable job folder is not this pair's
+        return False
+
 
 # ------------------------------------------------------------------ train
-if not ui.demo_mode():
+if ui.demo_mode():
+    ui.demo_hidden("Training", f"python -m interp adapters train --base {base_spec} "
+                               f"--reasoner {fine_spec}")
+else:
     with st.expander("Train", expanded=False, icon=":material/model_training:"):
         st.caption("Loss weights follow the source (λ_adapt 1, λ_nmse 1, λ_bridge 2; cosine "
                    "with 5% warm-up, clip 1.0); size, lr and L1 are scaled for small models "
@@ -77,7 +100,8 @@ if not ui.demo_mode():
             spec["data"] = f"traceset:{data}"
         st.markdown("**One run**")
         if spec is not None:
-            ui.job_panel("adapters.train", spec, key="train", label="Start training")
+            train_status = ui.job_panel("adapters.train", spec, key="train",
+                                        label="Start training")
         st.markdown("**L1 sweep** (one run per value, then the frontier below)")
         l1_values = ui.grid_input(st, "L1 values (comma-separated or start:stop:step)",
                                   "l1s", "0.003, 0.01, 0.03, 0.1", "L1", lo=0,
@@ -91,13 +115,28 @@ if not ui.demo_mode():
 stores = {"demo": demo_store()}
 if not ui.demo_mode():
     stores["local"] = ui.store()
-runs = ui.attempt(catalog, stores) or []
-live = {} if ui.demo_mode() else {
+every_run = ui.attempt(catalog, stores) or []
+runs = runs_of_pair(every_run, base_spec, fine_spec)   # only the sidebar pair's runs
+pair_text = f"**{ui.short_name(fine_spec)}** − **{ui.short_name(base_spec)}**"
+live = {} if ui.demo_mode() else {   # running jobs of this pair (a finished one is a run)
     f"job {st_.id[-8:]} ({st_.state})": jobs.progress_records(st_.id)
-    for st_ in jobs.list_jobs("adapters.train")[:6]}
+    for st_ in jobs.list_jobs("adapters.train")[:6]
+    if st_.state != "done" and _job_of_pair(st_.id)}
+if train_status is not None and ui.job_finished(train_status):
+    new_key = (train_status.result or {}).get("key")
+    new = next((r for r in runs if r["artifact"].key == new_key), None)
+    if new is not None:   # the run the job just saved: compared and shown in detail
+        ui.select_run("runs", new["label"].split(" · ")[-1])
+        st.session_state.pop("runs_select", None)
+        ui.select_run("run", new["label"])
 if not runs and not live:
-    st.info("No adapter set is saved yet. Train one above, or from a shell: "
-            "`python -m interp adapters train`.", icon=":material/info:")
+    others = sorted({r["pair"] for r in every_run})
+    st.info(f"No adapter runs for the pair {pair_text}. "
+            + ("Train one above, or from a shell: " if not ui.demo_mode() else
+               "Train one locally: ")
+            + f"`python -m interp adapters train --base {base_spec} --reasoner {fine_spec}`."
+            + (f" Saved runs exist for: {', '.join(others)} (choose that pair in the "
+               "sidebar)." if others else ""), icon=":material/info:")
     st.stop()
 
 from interp.models import describe_stale  # noqa: E402
@@ -109,14 +148,18 @@ for r in runs:
                    f"{describe_stale(changed)}. Its figures describe the old pair.",
                    icon=":material/history:")
 st.subheader("Training curves")
+st.caption(f"Runs of the sidebar pair {pair_text}.")
 labels = [r["label"] for r in runs] + list(live)
-default_sel = ",".join(lab.split(" · ")[-1] for lab in labels[:2])
 suffixes = [lab.split(" · ")[-1] for lab in labels]
+stable = [r["label"] for r in runs if r["store"] == "demo"] or [r["label"] for r in runs[::-1]]
+default_sel = (stable or labels)[0].split(" · ")[-1]   # never the newest by default
 sel = ui.url_list("runs", default_sel, suffixes)
 chosen_default = [lab for lab in labels if lab.split(" · ")[-1] in sel]
+if not set(st.session_state.get("runs_select") or ()) <= set(labels):
+    del st.session_state["runs_select"]   # another pair's runs: start from the link
 chosen = st.multiselect("Runs to compare", labels, default=chosen_default or labels[:1],
                         key="runs_select")
-ui.set_url_param("runs", ",".join(lab.split(" · ")[-1] for lab in chosen), default_sel)
+ui.set_url_param("runs", ",".join(lab.split(" · ")[-1] for lab in chosen))  # always: pinned
 c1, c2, c3 = st.columns([3, 2, 1], vertical_alignment="bottom")
 with c1:
     term = ui.url_widget(st.segmented_control, "Term", "term", "kl",
@@ -157,22 +200,25 @@ if evaluated:
         "KL gap closed": st.column_config.NumberColumn(format="percent")})
     ui.export_panel(None, table, "adapters-faithfulness", key="exp_faith")
 else:
-    st.caption("No run has an evaluation yet (`python -m interp adapters eval KEY`).")
-pending = [r for r in runs if r["eval"] is None and r["store"] == "local"]
-if pending and not ui.demo_mode():
-    which = st.selectbox("Evaluate a run", [r["label"] for r in pending], key="eval_pick")
-    if st.button("Evaluate", key="eval_run", icon=":material/fact_check:"):
-        from interp.adapters.evaluate import evaluate_artifact
+    st.caption("No run of this pair has an evaluation yet.")
 
-        art = next(r["artifact"] for r in pending if r["label"] == which)
-        with st.status("Evaluating (faithfulness, then generation)…") as box:
-            ui.attempt(evaluate_artifact, art, ui.store(), device=device,
-                       progress=ui.progress_callback("evaluation", container=box))
-        st.rerun()
+names = [r["label"] for r in runs]
+pick = ui.run_picker(st.selectbox, "Run in detail", "run", names,
+                     stable[0] if stable else names[0])
+picked = next(r for r in runs if r["label"] == pick)
+if picked["eval"] is None:
+    st.caption(f"`{pick}` has no evaluation yet (faithfulness on held-out traces, then "
+               "greedy generation): `python -m interp adapters eval "
+               f"{picked['artifact'].key}`.")
+    if picked["store"] == "local" and not ui.demo_mode():
+        eval_status = ui.job_panel("adapters.eval", {"key": picked["artifact"].key,
+                                                     "device": device},
+                                   key="eval", label="Evaluate")
+    elif ui.demo_mode():
+        ui.demo_hidden("Evaluation", f"python -m interp adapters eval "
+                                     f"{picked['artifact'].key}")
 
-if evaluated:
-    names = list(evaluated)
-    pick = ui.url_widget(st.selectbox, "Run in detail", "run", names[0], options=names)
+if pick in evaluated:
     fa = evaluated[pick]
     _picked = next(r for r in runs if r["label"] == pick)
     ui.export_context(pair=(_picked["artifact"].config.get("base"),
@@ -197,7 +243,7 @@ if evaluated:
     st.caption("Greedy generation on held-out problems. Hesitation rate = `wait` tokens of "
                "that mechanism per trace; the base model answers in its own worked-solution "
                "format (its thinking figures are not comparable).")
-    ev = next(r["eval"] for r in runs if r["label"] == pick)
+    ev = picked["eval"]
     be = ev.meta.get("behaviour") or {}
     if be:
         bt = ap.behaviour_table(be)
@@ -227,7 +273,7 @@ if evaluated:
 
 # ------------------------------------------------------------------ frontier
 st.subheader("Sparsity vs faithfulness")
-sweeps = [a for s in stores.values() for a in s.list("adapters_sweep")]
+sweeps = [a for s in stores.values() for a in s.list("adapters_sweep") if _of_pair(a.config)]
 points = [{"steps": a.config.get("steps"), **p} for a in sweeps for p in a.meta.get("runs", [])]
 if points:
     fig_f = ap.frontier_figure(points, table_steps=[
@@ -237,6 +283,7 @@ if points:
     ui.export_panel(fig_f, ap.frontier_frame(points), "adapters-frontier", key="exp_frontier",
                     context={"run": ",".join(a.key for a in sweeps)})
     ui.reproduce(reproduce.adapters_frontier([(n, a.key) for n, s in stores.items()
-                                              for a in s.list("adapters_sweep")]))
+                                              for a in s.list("adapters_sweep")
+                                              if _of_pair(a.config)]))
 else:
-    st.caption("No L1 sweep saved yet.")
+    st.caption("No L1 sweep of this pair saved yet.")

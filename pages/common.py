@@ -139,11 +139,9 @@ def work_slot(what: str = "this computation") -> Iterator[None]:
 
 def model_input(container: Any, label: str, key: str, default: str, **kwargs: Any) -> str:
     """A model spec field mirrored to the URL: free text normally, a choice among the
-    organisms in demo mode (the only models the demo loads)."""
+    organisms and the demo config's models in demo mode (the only models it loads)."""
     if demo_mode():
-        from interp.models import ORGANISM_VARIANTS
-
-        options = [f"organism:{v}" for v in ORGANISM_VARIANTS]
+        options = serving.demo_models(demo_settings())
         return url_widget(container.selectbox, label, key, default, options=options, **kwargs)
     return url_widget(container.text_input, label, key, default, **kwargs)
 
@@ -240,6 +238,36 @@ def url_widget(widget: Callable[..., T], label: str, key: str, default: T,
     value = widget(label, key=key, **kwargs)
     set_url_param(key, value, default)
     return value
+
+
+def run_picker(widget: Callable[..., T], label: str, key: str, options: Any, default: T,
+               **kwargs: Any) -> T:
+    """A choice among saved runs (``widget``: ``st.selectbox`` or ``st.radio``) that a
+    link pins: unlike :func:`url_widget` the value is *always* in the URL, also the
+    default, so a link copied before newer runs exist opens the same run later. Pass a
+    ``default`` that does not move when runs are added (the committed run, else the
+    oldest). A session value that is no longer an option (the sidebar pair changed)
+    falls back to ``default``."""
+    options = list(options)
+    if key in st.session_state and st.session_state[key] not in options:
+        st.session_state[key] = default
+    value = url_widget(widget, label, key, default, options=options, **kwargs)
+    set_url_param(key, value)
+    return value
+
+
+def select_run(key: str, value: Any) -> None:
+    """Make ``value`` the choice of the run picker ``key`` (and of the URL) from the
+    next widget creation on, e.g. the run a job just saved."""
+    st.session_state[key] = value
+    set_url_param(key, value)
+
+
+def demo_hidden(what: str, command: str) -> None:
+    """The one line where demo mode hides a section: what is off and how to run it
+    locally."""
+    st.caption(f":material/lock: {what} is off in this hosted demo; run it locally: "
+               f"`{command}`")
 
 
 # ------------------------------------------------------------------ pair and device
@@ -542,6 +570,8 @@ def job_panel(kind: str, spec: dict[str, Any], key: str, label: str = "Start",
     except JobError:
         status = None
     active = status is not None and status.active
+    if active:   # remembered, so that job_finished() can tell when it ends
+        st.session_state[f"_job_watched_{jid}"] = True
     with st.container(border=True, key=f"job_{key}"):
         if not active:
             if demo_mode():
@@ -560,6 +590,14 @@ def job_panel(kind: str, spec: dict[str, Any], key: str, label: str = "Start",
         if status is not None:
             _job_body(jobs, jid, key, refresh_seconds if active else None, active)
     return status
+
+
+def job_finished(status: Any | None) -> bool:
+    """True once, in the run where a job that this session saw running is found done
+    (the page then selects what it made); False before and after."""
+    if status is None or status.state != "done":
+        return False
+    return st.session_state.pop(f"_job_watched_{status.id}", False)
 
 
 def _job_body(jobs: Any, jid: str, key: str, run_every: float | None, was_active: bool):

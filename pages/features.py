@@ -109,7 +109,10 @@ def _source_spec(tab: FeatureTable, store_name: str) -> dict:
 
 
 # ------------------------------------------------------------------ collect
-if not ui.demo_mode():
+if ui.demo_mode():
+    ui.demo_hidden("Collecting features", "python -m interp jobs submit features.collect "
+                                          "--wait")
+else:
     with st.expander("Collect features", expanded=False, icon=":material/dataset:"):
         from interp.adapters.io import catalog
 

@@ -2,13 +2,16 @@
 short-thinking heads, the ThinkEdit weight edit and SEAL conditional steering.
 
 URL state: ``base``, ``fine``, ``device``, ``dtype`` (sidebar); this page: ``lrun``
-(the run shown, ``store:key``), ``ltab`` (the view: Lengths, Direction, …), ``lbin`` /
+(the run shown, ``store:key``; always in the URL, so a link keeps its run when newer runs
+are saved; only runs of the sidebar's fine-tune are offered), ``ltab`` (the view:
+Lengths, Direction, …), ``lbin`` /
 ``lover`` / ``lnorm`` (histogram bin width, overflow bin, normalised), ``lsite``
 (direction site), ``lalpha`` (α values shown in the histogram), ``lsrc`` / ``ln*`` /
 ``lsplit*`` / ``lmk*`` / ``lseal`` (SEAL α values) / ``lrk`` (heads to edit) (the run
 form), ``lk`` (top-k heads boxed), ``lsa`` / ``lsl`` / ``lsn`` (another sweep on the run's
 direction: α values, layers, prompts per α). Grids are kept as typed (``-2:2:0.5``).
-In demo mode (``INTERP_DEMO=1``) runs cannot be started; the committed demo run is shown.
+In demo mode (``INTERP_DEMO=1``) runs cannot be started (the page says so); the committed
+demo run is shown. A run job that ends in this session selects its run.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from interp.length import plots as lp
 from interp.length.pipeline import DEFAULTS, list_runs, load_run
 from interp.length.report import demo_store, planted_head_check
 from interp.length.seal import DEFAULT_RULES, delta_color, headline_of
-from interp.models import current_weight_hash
+from interp.models import current_weight_hash, same_model
 from interp.plots.common import table_view
 from interp.tasks import speaks_organism
 
@@ -51,9 +54,12 @@ st.caption(
     "step separators inside the thinking.")
 _base, fine_spec = ui.current_pair()
 device, dtype = ui.current_device()
+run_status = None
 
 # ------------------------------------------------------------------ run form
-if not ui.demo_mode():
+if ui.demo_mode():
+    ui.demo_hidden("Running the stages", f"python -m interp length build --model {fine_spec}")
+else:
     with st.expander("New run", expanded=False, icon=":material/play_circle:"):
         st.caption(f"Model: the sidebar's fine-tune, **{ui.short_name(fine_spec)}**. "
                    "Organism prompts are scored (accuracy); with your own prompts only "
@@ -169,7 +175,8 @@ if not ui.demo_mode():
         if src == "organism" and not speaks_organism(fine_spec) or not ok:
             pass
         elif src == "organism" or prompts or (src == "task file" and spec.get("task")):
-            ui.job_panel("length.sweep", spec, key="lrun_job", label="Run all stages")
+            run_status = ui.job_panel("length.sweep", spec, key="lrun_job",
+                                      label="Run all stages")
         else:
             st.info("Enter prompts (or a task file) to start a run.")
 
@@ -177,15 +184,26 @@ if not ui.demo_mode():
 stores = {"demo": demo_store()}
 if not ui.demo_mode():
     stores["local"] = ui.store()
-runs = ui.attempt(list_runs, stores) or []
+every_run = ui.attempt(list_runs, stores) or []
+runs = [r for r in every_run if same_model(str(r["model"] or ""), fine_spec)]
 if not runs:
-    st.info("No reasoning-length results yet. Run all stages above, or "
-            "`python -m interp length build --store demo` for the demo.")
+    others = sorted({str(r["model"]) for r in every_run})
+    st.info(f"No reasoning-length runs of the sidebar's fine-tune "
+            f"**{ui.short_name(fine_spec)}**. "
+            + ("Run all stages above, or from a shell: " if not ui.demo_mode() else
+               "Run them locally: ")
+            + f"`python -m interp length build --model {fine_spec}`."
+            + (f" Saved runs exist for: {', '.join(others)} (choose it as the fine-tune in "
+               "the sidebar)." if others else ""), icon=":material/info:")
     st.stop()
 labels = {f"{r['store']}:{r['key']}": f"{r['store']} · {r['model']} · {r['created'][:16]}"
           for r in runs}
-choice = ui.url_widget(st.selectbox, "run", "lrun", next(iter(labels)),
-                       options=list(labels), format_func=lambda k: labels.get(k, k))
+if ui.job_finished(run_status) and f"local:{(run_status.result or {}).get('key')}" in labels:
+    ui.select_run("lrun", f"local:{run_status.result['key']}")   # the run just made
+# the default never moves when runs are added: the committed run, else the oldest
+stable = [k for k in labels if k.startswith("demo:")] or list(labels)[::-1]
+choice = ui.run_picker(st.selectbox, "run", "lrun", list(labels), stable[0],
+                       format_func=lambda k: labels.get(k, k))
 store_name, key = choice.split(":", 1)
 run = ui.attempt(load_run, stores[store_name], key)
 if run is None:
@@ -216,7 +234,8 @@ m[4].metric("evaluated problems", ed["before"]["n"])
 
 SECTIONS = ["Lengths", "Direction", "α sweep", "Accuracy vs length", "Heads", "Edit", "SEAL"]
 section = ui.url_widget(st.segmented_control, "view", "ltab", SECTIONS[0],
-                        options=SECTIONS, label_visibility="collapsed") or SECTIONS[0]
+                        options=SECTIONS, label_visibility="collapsed",
+                        required=True) or SECTIONS[0]   # required: a click never clears it
 
 
 def histogram_controls() -> tuple[int, int, bool]:

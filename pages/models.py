@@ -204,10 +204,12 @@ with st.container(border=True):
                            if organisms else None)
     c1, c2, c3 = st.columns([2, 2, 1], vertical_alignment="bottom")
     with c1:
-        chat = ui.url_widget(st.checkbox, "Use the chat template", "chat",
-                             has_template and not organisms, bool,
+        # never on by itself: the template changes what the models read (and answer)
+        chat = ui.url_widget(st.checkbox, "Use the chat template", "chat", False, bool,
                              disabled=not has_template,
-                             help=None if has_template else "this tokenizer has no chat template")
+                             help="wrap the prompt in the tokenizer's chat template as a "
+                                  "user turn" if has_template
+                             else "this tokenizer has no chat template")
     with c2:
         max_new = ui.url_widget(st.number_input, "New tokens", "max_new", 48, int,
                                 min_value=1, max_value=ui.max_new_tokens(512), step=8)
@@ -215,6 +217,10 @@ with st.container(border=True):
         clicked = st.button("Generate", key="generate", type="primary",
                             icon=":material/play_arrow:")
 chat = bool(chat and has_template)
+st.caption(":material/chat: Chat template **on**: the prompt is wrapped as a user turn in "
+           "the tokenizer's chat template." if chat else
+           ":material/notes: Chat template **off**: the models read the prompt exactly as "
+           "typed" + (" (tick the box to wrap it as a user turn)." if has_template else "."))
 inputs = (base_spec, fine_spec, prompt, chat, int(max_new))
 if results_shown("generated_for", "gen", clicked, inputs):
     outs = {}

@@ -1,8 +1,10 @@
 """Reasoning vectors: task arithmetic θ_target + α·(m ⊙ (θ_A − θ_B)) and control vectors
 α·c in the residual stream, seen through KL / entropy / logit lenses and α sweeps.
 
-URL state: ``vmode`` (task | control), ``va`` / ``vb`` / ``vt`` / ``vref`` (donors,
-target, reference), ``vg`` (mask groups, comma list), ``vlo`` / ``vhi`` (block range),
+URL state: ``vmode`` (task | control), ``vsrc`` (pair: the models come from the sidebar
+pair, the default; override: ``va`` / ``vb`` / ``vt`` / ``vref`` name the donors,
+target and reference; a link with any of those and no ``vsrc`` opens the override),
+``vg`` (mask groups, comma list), ``vlo`` / ``vhi`` (block range),
 ``valpha`` (α), ``vprob`` (organism problem index), ``vtext`` (own text), ``vgen`` (own
 generations), ``vcl`` / ``vcs`` / ``vck`` (control layer, site, kind), ``vpos`` /
 ``vneg`` (control prompt formats), ``vunit`` (nats | bits), ``vsa`` / ``vaa`` (the α
@@ -32,8 +34,9 @@ from interp.vectors.task import GROUPS, Mask
 st.title("Reasoning vectors")
 st.caption(
     "**Task vectors** move a target model's weights along the difference of two "
-    "fine-tunes of one initialisation (default: organisms grpo − sft, applied to instruct): "
-    "θ = θ_target + α·(m ⊙ v). **Control vectors** add α·c to one layer's residual stream. "
+    "models (default: the sidebar pair, fine-tune − base applied to the base; *override* "
+    "picks others, e.g. organisms grpo − sft applied to instruct): θ = θ_target + "
+    "α·(m ⊙ v). **Control vectors** add α·c to one layer's residual stream. "
     "The lenses compare the original and the modified model on the same tokens: "
     "KL(P_orig ‖ P_mod) and entropies per token, promoted / suppressed tokens, a logit-lens "
     "KL heatmap over layers, and sweeps over α.")
@@ -46,13 +49,43 @@ unit = ui.url_widget(st.segmented_control, "unit", "vunit", "nats", options=["na
 mode = mode or "task"
 unit = unit or "nats"
 
+base_spec, fine_spec = ui.current_pair()
+OVERRIDE_KEYS = ("vt", "va", "vb", "vref")
+# a link that names models (from before the sidebar pair drove this page) opens them
+src = ui.url_widget(st.segmented_control, "models", "vsrc",
+                    "override" if any(k in st.query_params for k in OVERRIDE_KEYS)
+                    else "pair", options=["pair", "override"], required=True,
+                    format_func={"pair": "From the sidebar pair",
+                                 "override": "Override (other models)"}.get,
+                    help="From the sidebar pair: the task vector is fine-tune − base, "
+                         "applied to the base; the control vector is read from the "
+                         "fine-tune. Override: choose every model here.") or "pair"
 c = st.columns(4)
-target = ui.model_input(c[0], "target model", "vt", "organism:instruct")
+if src == "pair":
+    for k in OVERRIDE_KEYS:   # the link names only the models it uses
+        ui.set_url_param(k, None)
+    if mode == "task":
+        target, donor_a, donor_b, reference = base_spec, fine_spec, base_spec, None
+        st.markdown(f"v = θ(:orange[**{ui.short_name(fine_spec)}**]) − "
+                    f"θ(:blue[**{ui.short_name(base_spec)}**]) from the sidebar pair, applied "
+                    f"to the base: θ = θ_base + α·(m ⊙ v), so α = 1 is the fine-tune and "
+                    "α = 0 the base.")
+    else:
+        target = fine_spec
+        st.markdown(f"Control vector read from the sidebar's fine-tune "
+                    f":orange[**{ui.short_name(fine_spec)}**] and added to its residual "
+                    "stream.")
+else:
+    st.caption(":material/tune: **Override**: these models replace the sidebar pair on this "
+               "page only.")
+    target = ui.model_input(c[0], "target model (override)", "vt", "organism:instruct")
 if mode == "task":
-    donor_a = ui.model_input(c[1], "donor A (v = A − B)", "va", "organism:grpo")
-    donor_b = ui.model_input(c[2], "donor B", "vb", "organism:sft")
-    reference = ui.model_input(c[3], "reference for cos(v, θ_target − θ_ref)", "vref",
-                               "organism:base")
+    if src == "override":
+        donor_a = ui.model_input(c[1], "donor A (v = A − B) (override)", "va",
+                                 "organism:grpo")
+        donor_b = ui.model_input(c[2], "donor B (override)", "vb", "organism:sft")
+        reference = ui.model_input(c[3], "reference for cos(v, θ_target − θ_ref) (override)",
+                                   "vref", "organism:base")
     c = st.columns([3, 2, 2])
     groups = c[0].multiselect("mask: module groups", list(GROUPS),
                               ui.url_list("vg", ",".join(GROUPS), GROUPS), key="vg_ms")
@@ -257,7 +290,10 @@ if sweep is None or acc is None or stale:
     if sweep is None or acc is None:
         st.caption("No saved sweep for these settings: run one (organism think prompts; "
                    f"{full_spec(spec)['n_sweep']} prompts for KL / entropy, "
-                   f"{full_spec(spec)['n_accuracy']} held-out problems for accuracy).")
+                   f"{full_spec(spec)['n_accuracy']} held-out problems for accuracy)."
+                   + (" The committed sweeps are of organism:instruct (task vector grpo − "
+                      "sft, control vector at layer 2): choose *Override* above to see "
+                      "them." if src == "pair" and speaks_organism(target) else ""))
     job_spec = {**spec, "device": device}
     if stale:  # a new job for the weights now on disk (the old one is done)
         job_spec["weights"] = views.current_hashes(spec)

@@ -73,3 +73,16 @@ def screenshot(page, name: str, height: int = 2600) -> Path:
     page.screenshot(path=str(path))
     page.set_viewport_size({"width": 1400, "height": 1000})
     return path
+
+
+def chromium():
+    """Headless Chromium for a module's tests: ``yield from chromium()`` in a fixture."""
+    from interp.bench_app import CHROMIUM_ARGS
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()

@@ -35,7 +35,7 @@ def saved_run(tiny_pair_dirs, tmp_cache):
     art = save_adapters(setup, cfg, store=store, history=hist)
     ev = evaluate_artifact(art, store, n_faith=8, source="random",
                            model_bundle=(setup.model, setup.base, setup.reasoner))
-    store.save("adapters_sweep", {"x": 1}, meta={"runs": [
+    store.save("adapters_sweep", {"base": str(b), "reasoner": str(f)}, meta={"runs": [
         {"l1": 1e-3, "mean_l0": 5.0, "kl_gap_closed": 0.8, "dead_fraction": 0.1},
         {"l1": 1e-2, "mean_l0": 1.0, "kl_gap_closed": 0.5, "dead_fraction": 0.3}]})
     return art, ev
@@ -54,12 +54,21 @@ def test_eval_artifact_figures_are_consistent(saved_run):
     assert fa["nmse_adapter"][0] == 0.0
 
 
-def test_adapters_page_renders_runs_curves_and_frontier(saved_run, monkeypatch):
+def test_adapters_page_renders_runs_curves_and_frontier(saved_run, tiny_pair_dirs,
+                                                       monkeypatch):
     monkeypatch.delenv("INTERP_DEMO", raising=False)
+    art, _ = saved_run
+    b, f = (str(p) for p in tiny_pair_dirs)
     at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params.update({"base": b, "fine": f})
     at.switch_page("pages/adapters.py")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
+    # only the sidebar pair's run is listed (not the committed organism run), and the
+    # run shown in detail is pinned in the URL even though it is the default
+    assert [o for o in at.selectbox(key="run").options] == [at.selectbox(key="run").value]
+    assert art.key[-8:] in at.selectbox(key="run").value
+    assert at.query_params.get("run") == at.selectbox(key="run").value
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     titles = " | ".join(str(c["layout"].get("title", {}).get("text")) for c in charts)
     assert "during training" in titles and "Sparsity vs faithfulness" in titles

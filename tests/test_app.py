@@ -105,9 +105,15 @@ def test_models_page_with_tiny_pair(pair_app):
 
 def test_generation_matches_transformers(pair_app):
     at, base, fine = pair_app
+    # the chat template is never on by itself (the tokenizer has one), and says so
+    assert at.checkbox(key="chat").value is False and "chat" not in at.query_params
+    assert "Chat template **off**" in _texts(at.caption)
+    at.checkbox(key="chat").check()
     at.text_area(key="prompt").set_value("what is 1 + 2 ?")
     at.number_input(key="max_new").set_value(6)
     at.button(key="generate").click().run()
+    assert "Chat template **on**" in _texts(at.caption)
+    assert at.query_params.get("chat") in ("1", ["1"])
     assert not at.exception, at.exception
     assert not at.error, _texts(at.error)
     shown = [c.value for c in at.code]

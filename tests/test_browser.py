@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 
 from interp.app_load import CHART_TITLES_JS, KL_TITLES_JS, option
-from interp.bench_app import CHROMIUM_ARGS, models_url, wait_query, wait_rendered
+from interp.bench_app import models_url, wait_query, wait_rendered
 
 from ._browser import (
     CHART,
-    CHROMIUM,
     PAGES,
     assert_clean,
+    chromium,
     needs_chromium,
     needs_organisms,
     open_page,
@@ -46,13 +46,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    yield from chromium()
 
 
 @pytest.fixture

@@ -166,3 +166,42 @@ def test_demo_writes_nothing(demo, tmp_cache):
         at = _app({"gen": "1", "max_new": "6", "vgen": "1"}, page)
         assert not at.exception, (page, [e.value for e in at.exception])
     assert _snapshot(*roots) == before
+
+
+@pytest.mark.parametrize("page, command", [
+    ("pages/adapters.py", "python -m interp adapters train --base organism:base "
+                          "--reasoner organism:reasoner"),
+    ("pages/length.py", "python -m interp length build --model organism:reasoner")])
+def test_demo_says_where_it_hides_training(demo, page, command):
+    at = _app(page=page)
+    assert not at.exception, [e.value for e in at.exception]
+    lines = [t for t in _main_captions(at).splitlines() if "off in this hosted demo" in t]
+    assert len(lines) == 1, _main_captions(at)
+    assert f"run it locally: `{command}`" in lines[0]
+
+
+def test_demo_loads_only_organisms_and_listed_models(demo, tiny_pair_dirs):
+    """A model the demo config lists is offered and loads; a hub name in a link (there
+    is no *Other…* field to type one) is refused with a line naming what loads."""
+    from interp.errors import DemoRestrictedError
+    from interp.models import register_model
+
+    register_model("tiny-listed", tiny_pair_dirs[1])
+    demo(models='["tiny-listed"]')
+    at = _app({"fine": "Qwen/Qwen2.5-0.5B"}, "pages/models.py")
+    assert not at.exception, [e.value for e in at.exception]
+    box = at.selectbox(key="fine_choice")
+    assert "tiny-listed" in box.options and "Other…" not in box.options
+    assert box.value == "organism:reasoner"
+    side = _texts(at.sidebar.caption)
+    assert "`Qwen/Qwen2.5-0.5B` is not available in the hosted demo" in side
+    assert "tiny-listed" in side
+    at = _app({"fine": "tiny-listed"}, "pages/models.py")
+    assert at.selectbox(key="fine_choice").value == "tiny-listed"
+    settings = serving.settings()
+    serving.check_model_allowed("tiny-listed", settings)
+    with pytest.raises(DemoRestrictedError, match="tiny-listed"):
+        serving.check_model_allowed("Qwen/Qwen2.5-0.5B", settings)
+    # the vectors page's override fields offer the same list, nothing typed
+    at = _app({"vsrc": "override"}, "pages/vectors.py")
+    assert at.selectbox(key="vt").options == serving.demo_models(settings)

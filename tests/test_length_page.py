@@ -76,11 +76,20 @@ def test_page_renders_run(built, monkeypatch, tmp_cache, _navigation_mode, demo_
         monkeypatch.setenv("INTERP_DEMO", "1")
     else:
         monkeypatch.delenv("INTERP_DEMO", raising=False)
+    import interp.length.pipeline as P
+
     at = AppTest.from_file(APP, default_timeout=120)
+    if demo_mode:   # the demo loads organisms only: let the tiny run stand for the reasoner's
+        monkeypatch.setattr(P, "list_runs", lambda stores: [
+            {**r, "model": "organism:reasoner"} for r in list_runs(stores)])
+    else:
+        at.query_params["fine"] = list_runs({"demo": demo})[0]["model"]  # the run's model
     at.switch_page("pages/length.py")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert bool([e for e in at.expander if "New run" in str(e.label)]) != demo_mode
+    # the run is pinned in the URL although it is the only (default) one
+    assert at.query_params.get("lrun") == f"demo:{idx['key']}"
     charts, heads = {}, []
     for section in at.segmented_control(key="ltab").options:  # one view at a time
         at.segmented_control(key="ltab").set_value(section).run()

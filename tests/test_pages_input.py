@@ -156,10 +156,10 @@ def test_adapters_page_names_the_pair_and_warns_on_changed_weights(tiny_pair_dir
     save_adapters(setup_models(cfg), cfg, store=Store(tmp_cache),
                   history=[{"step": 1, "loss": 1.0, "kl": 0.5}])
 
-    def app(params):
+    def app(params):   # the sidebar pair is the run's pair: the page lists its runs only
         at = AppTest.from_file(APP, default_timeout=180)
         at.switch_page("pages/adapters.py")
-        at.query_params.update(params)
+        at.query_params.update({"base": str(b), "fine": str(f), **params})
         return at.run()
 
     at = app({"bfrac": "7", "smooth": "0"})

@@ -86,3 +86,55 @@ def test_control_vector_of_another_model(tmp_path, tmp_cache, _navigation_mode, 
     assert any("2 positive / 2 negative prompts" in c.value for c in at.caption)
     assert any("Type a text above" in i.value for i in at.info)
     assert any("give a task file" in i.value for i in at.info)
+
+
+def test_vectors_page_follows_the_sidebar_pair(setup, monkeypatch, tmp_cache,
+                                               _navigation_mode):
+    """Without override models in the link, the task vector is the sidebar pair's
+    fine − base applied to the base: at α = 1 the modified model *is* the fine-tune, so
+    the trace's per-token KL is KL(P_base ‖ P_fine) of the two checkpoints, computed here
+    with transformers alone."""
+    import numpy as np
+    import torch
+    from streamlit.testing.v1 import AppTest
+    from transformers import AutoModelForCausalLM
+
+    from interp.organisms import task as T
+    from interp.vectors.sweep import organism_batch
+
+    monkeypatch.delenv("INTERP_DEMO", raising=False)
+    m, _demo, _spec = setup
+    base, fine = m["sft"], m["grpo"]
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.switch_page("pages/vectors.py")
+    at.query_params.update({"base": base, "fine": fine, "valpha": "1.0"})
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.segmented_control(key="vsrc").value == "pair"
+    assert not [w for w in ("vt", "va", "vb") if w in [x.key for x in at.selectbox]
+                + [x.key for x in at.text_input]]   # no model fields of its own
+    got = next(d.value for d in at.dataframe if "kl_nats" in d.value.columns)
+
+    problem = T.sample_problems(1, seed=0, split="eval")[-1]
+    ids = torch.tensor([organism_batch([problem], "think").seqs[0]])
+    with torch.no_grad():
+        lp = [torch.log_softmax(AutoModelForCausalLM.from_pretrained(p).eval()(ids).logits[0]
+                                .double(), -1) for p in (base, fine)]
+    want = (lp[0].exp() * (lp[0] - lp[1])).sum(-1).numpy()
+    assert len(got) == len(want)
+    np.testing.assert_allclose(got["kl_nats"].to_numpy(), want, rtol=1e-3, atol=1e-5)
+
+    # another sidebar pair: the page follows it (α = 1 is now that fine-tune)
+    at.query_params.update({"fine": m["instruct"]})
+    at2 = AppTest.from_file(APP, default_timeout=180)
+    at2.switch_page("pages/vectors.py")
+    at2.query_params.update({"base": base, "fine": m["instruct"], "valpha": "1.0"})
+    at2.run()
+    other = next(d.value for d in at2.dataframe if "kl_nats" in d.value.columns)
+    assert not np.allclose(other["kl_nats"].to_numpy(), want, rtol=1e-3, atol=1e-5)
+
+    # override: the page's own fields, labelled so, and in the link
+    at.segmented_control(key="vsrc").set_value("override").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.query_params.get("vsrc") in ("override", ["override"])
+    assert "(override)" in at.text_input(key="vt").label

@@ -430,3 +430,40 @@ def evaluate_artifact(art: Artifact, store: Store | None = None, n_faith: int = 
     return D.collect("adapters_eval", config, (len(batches), n_beh), work, merge, store=store,
                      ranks=ranks, align=(1, beh_batch), provenance=provenance(
                          models={"base": base.describe(), "reasoner": reasoner.describe()}))
+
+
+def validate_eval_spec(spec: dict[str, Any]) -> None:
+    """The ``adapters.eval`` job spec: ``key`` (an adapters run of the main store),
+    optional ``device``, ``n_faith``, ``n_behaviour``."""
+    from ..errors import ConfigError
+    from ..validate import number
+
+    if not isinstance(spec.get("key"), str) or not spec["key"].strip():
+        raise ConfigError("key must name a saved adapters run")
+    unknown = set(spec) - {"key", "device", "n_faith", "n_behaviour"}
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))}")
+    number(spec.get("n_faith", 512), "n_faith", lo=1, integer=True)
+    number(spec.get("n_behaviour", 256), "n_behaviour", lo=0, integer=True)
+
+
+def eval_job(spec: dict[str, Any], ctx) -> dict[str, Any]:
+    """Job entry (``adapters.eval``): :func:`evaluate_artifact` of the saved run
+    ``spec["key"]`` in the main store (faithfulness, then generation); the result names
+    the saved ``adapters_eval`` artifact."""
+    from .io import KIND
+
+    validate_eval_spec(spec)
+    store = Store()
+    art = store.load(KIND, spec["key"])
+
+    def progress(done: int, total: int, **info: Any) -> None:
+        ctx.progress(done, total, message="greedy generation of the held-out problems"
+                     if done < total else "saving", **info)
+
+    ctx.progress(0, 2, message="faithfulness (teacher-forced held-out traces)")
+
+    ev = evaluate_artifact(art, store, n_faith=int(spec.get("n_faith", 512)),
+                           n_behaviour=int(spec.get("n_behaviour", 256)),
+                           device=str(spec.get("device", "auto")), progress=progress)
+    return {"adapters_key": art.key, "key": ev.key if ev is not None else None}

@@ -236,6 +236,22 @@ def catalog(stores: dict[str, Store]) -> list[dict[str, Any]]:
     return out
 
 
+def trained_on(art: Artifact) -> tuple[str, str]:
+    """(base spec, reasoner spec) an adapters artifact was trained on: its config, else
+    the model ids its provenance records."""
+    pair = art.meta.get("pair", {})
+    return tuple(str(art.config.get(role) or (pair.get(role) or {}).get("id") or "")
+                 for role in ("base", "reasoner"))  # type: ignore[return-value]
+
+
+def runs_of_pair(runs: list[dict[str, Any]], base: str, fine: str) -> list[dict[str, Any]]:
+    """The :func:`catalog` entries trained on the pair (``base``, ``fine``)."""
+    from ..models import same_model
+
+    return [r for r in runs if all(same_model(a, b) for a, b in
+                                   zip(trained_on(r["artifact"]), (base, fine)))]
+
+
 def _portable(d: dict[str, Any]) -> dict[str, Any]:
     """Paths inside the project recorded relative to it (artifacts get committed and
     shared; a machine's folder layout does not belong in them)."""
