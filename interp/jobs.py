@@ -70,6 +70,7 @@ JOB_VALIDATORS: dict[str, str] = {
     "length.sweep": "interp.length.sweep:validate_spec",
     "vectors.sweep": "interp.vectors.sweep:validate_spec",
     "traces.generate": "interp.tasks.traces:validate_spec",
+    "features.collect": "interp.features.pipeline:validate_spec",
 }
 
 STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")

@@ -33,6 +33,7 @@ COMMAND_MODULES: list[str] = [
     "interp.length.cli",
     "interp.vectors.cli",
     "interp.attribution.cli",
+    "interp.features.cli",
     "interp.tasks.cli",
     "interp.estimate",
     "interp.transcoders",

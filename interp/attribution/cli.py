@@ -108,6 +108,13 @@ def _cmd_graph(args) -> int:
     from .prune import prune
 
     t0 = time.perf_counter()
+    if args.trace and not args.transcoders:   # refuse before any model loads
+        from .study import adapters_artifact
+        from .tracing import require_organisms
+
+        art = adapters_artifact(args.adapters, args.store)
+        require_organisms("--trace (the organisms' labelled trigger traces)",
+                          (art.meta.get("pair", {}).get("reasoner") or {}).get("id"))
     tr, spec, vocab = _tracer(args)
     tokens = _prompt_tokens(args, tr, spec)
     target = _target(args, tr)
