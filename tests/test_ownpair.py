@@ -319,7 +319,49 @@ def test_own_pair_features_and_attribution(tmp_cache, tmp_path, pair, capsys):
     assert ga["source"] == "adapters" and ga["covered_layers"] == [0, 1]
     assert sorted(ga["target"]["tokens"]) == sorted(hes)
 
+    # the hesitation study with triggers from the trace set: features ranked on its train
+    # traces, the top k zeroed on its eval traces
+    su = _run(capsys, "attribution", "study", "--adapters", ad_key, "--traces", key,
+              "--quick", "--spec", '{"k": 3}')
+    assert su["state"] == "done", su
+    ha = Store().load("hesitation_ranking", su["result"]["key"])
+    f = ha.meta["figures"]
+    assert f["hesitation_ids"] == sorted(hes) and ha.meta["source"] == {"traces": key}
+
+    def triggers(r):     # thinking positions whose next token is a hesitation token
+        p = len(r["prompt_ids"])
+        ids = r["prompt_ids"] + r["output_ids"]
+        return [q - 1 for q in range(p + r["think_start"], p + r["think_end"])
+                if ids[q] in hes]
+    train = [r for r in ts.split("train") if triggers(r)][:8]
+    assert f["n_train_triggers"] == sum(min(4, len(triggers(r))) for r in train)
+    ev = ts.split("eval")[:8]
+    assert f["n_eval_triggers"] == sum(len(triggers(r)) for r in ev)
+    from interp.adapters.evaluate import load_adapter_model
+    from interp.adapters.model import adapter_hooks
+    from interp.attribution.hesitation import feature_mask
+
+    am, _, _ = load_adapter_model(Store().load("adapters", ad_key), "cpu")
+    d_sae = am.adapters.d_sae
+    means = [r["mean_effect"] for r in ha.meta["ranking"]]
+    assert means == sorted(means, reverse=True) and len(ha.meta["top"]) == 3
+    nonzero = [r for r in ha.meta["ranking"] if r["mean_effect"] != 0][:3]
+    assert ha.meta["top"] == [r["feature"] for r in nonzero]
+    assert f["top_effects"] == pytest.approx([r["mean_effect"] for r in nonzero])
+    for mask, want in ((None, f["p_hesitation_before"]),
+                       (feature_mask(ha.meta["top"], d_sae), f["p_hesitation_after"])):
+        ps = []
+        for r in ev:
+            ids = r["prompt_ids"] + r["output_ids"]
+            with torch.no_grad():
+                lg = am.hybrid.run_with_hooks(torch.tensor([ids]), fwd_hooks=adapter_hooks(
+                    am.adapters, mask=mask))[0]
+            ps += [float(lg[q].softmax(-1)[sorted(hes)].sum()) for q in triggers(r)]
+        assert want == pytest.approx(sum(ps) / len(ps), rel=1e-4)
+
     # organism-only settings on this pair
+    err = _fail(capsys, "attribution", "study", "--adapters", ad_key)
+    assert "only runs on the organism models" in err
     err = _fail(capsys, "attribution", "graph", "--adapters", ad_key, "--trace", "validation:0")
     assert "only runs on the organism models" in err
     err = _fail(capsys, "features", "collect", "--adapters", ad_key, "--organisms",

@@ -10,13 +10,19 @@
   it minus the most likely other token); prints the pruned graph's summary (nodes,
   replacement / completeness scores, seconds) and writes circuit-tracer JSON with
   ``--out``.
-* ``attribution study``: the hesitation study (ranking, clusters, ablation, clamping)
-  as a job with a progress bar; saves a ``hesitation_study`` artifact.
+* ``attribution study``: the hesitation study as a job with a progress bar. With
+  ``--traces KEY`` or ``--task FILE`` (records with a ``trace``) on any pair's adapter
+  set: features ranked by their effect on the hesitation set at the traces' hesitation
+  positions, and the top ``k`` ablated on the eval traces
+  (:mod:`~interp.attribution.trace_study`, a ``hesitation_ranking`` artifact); without
+  them the organisms' protocol (ranking, clusters, ablation, clamping; organism models
+  only; a ``hesitation_study`` artifact).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -150,14 +156,35 @@ def _cmd_study(args) -> int:
     from ..validate import parse_json_object
 
     spec = parse_json_object(args.spec, "--spec") if args.spec else {}
-    if args.quick:
-        spec = {"n_validation": 24, "n_evaluation": 24, "n_gen_validation": 32,
-                "n_gen_evaluation": 48, "ks": [25], "modes": ["zero"], **spec}
+    if args.adapters:
+        spec["adapters_key"] = args.adapters
     if args.store:
         spec["store"] = args.store
+    if args.traces or args.task:   # triggers from the reasoner's own traces: any pair
+        kind = "attribution.trace_study"
+        spec.update({k: v for k, v in (("traces", args.traces), ("task", args.task),
+                                       ("hesitation", args.hesitation)) if v})
+        if args.quick:
+            spec = {"n_train": 8, "n_eval": 8, "max_triggers": 4, **spec}
+    else:                          # the organisms' labelled traces and problems
+        from .study import adapters_artifact
+        from .tracing import require_organisms
+
+        if args.hesitation:
+            raise ConfigError("--hesitation goes with --traces or --task")
+        art = adapters_artifact(spec.get("adapters_key"), spec.get("adapters_store"))
+        require_organisms("the organisms' study protocol (attribution study without "
+                          "--traces or --task)",
+                          (art.meta.get("pair", {}).get("reasoner") or {}).get("id"))
+        kind = "attribution.study"
+        if args.quick:
+            spec = {"n_validation": 24, "n_evaluation": 24, "n_gen_validation": 32,
+                    "n_gen_evaluation": 48, "ks": [25], "modes": ["zero"], **spec}
     bar, on = _tqdm_progress()
-    st = run_inline("attribution.study", spec, progress_root(), on, raise_on_error=False)
+    st = run_inline(kind, spec, progress_root(), on, raise_on_error=False)
     bar.close()
+    if st.state != "done":
+        print(f"error: {st.error}", file=sys.stderr)
     print(json.dumps({"state": st.state, "error": st.error, "result": st.result},
                      default=str))
     return 0 if st.state == "done" else 1
@@ -216,7 +243,14 @@ def add_commands(sub) -> None:
     g.add_argument("--device", default="cpu")
     g.set_defaults(func=_cmd_graph)
     st = s.add_parser("study", help="the hesitation study as a job (progress bar)")
-    st.add_argument("--spec", help="JSON settings (see interp.attribution.study.DEFAULTS)")
+    st.add_argument("--adapters", help="adapters artifact key (default: the newest)")
+    st.add_argument("--traces", help="triggers from this trace set of the reasoner (train "
+                    "records rank, eval records test the ablation); any pair")
+    st.add_argument("--task", help="triggers from a task file whose records carry 'trace'")
+    st.add_argument("--hesitation", nargs="+", metavar="WORD",
+                    help="hesitation word(s) (default: the trace set's markers)")
+    st.add_argument("--spec", help="JSON settings (interp.attribution.study.DEFAULTS; with "
+                    "--traces/--task interp.attribution.trace_study.DEFAULTS)")
     st.add_argument("--store", help="artifact store folder for the result")
     st.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
     st.set_defaults(func=_cmd_study)
