@@ -160,6 +160,8 @@ def _cmd_study(args) -> int:
         spec["adapters_key"] = args.adapters
     if args.store:
         spec["store"] = args.store
+    if args.device:
+        spec["device"] = args.device
     if args.traces or args.task:   # triggers from the reasoner's own traces: any pair
         kind = "attribution.trace_study"
         spec.update({k: v for k, v in (("traces", args.traces), ("task", args.task),
@@ -253,4 +255,5 @@ def add_commands(sub) -> None:
                     "--traces/--task interp.attribution.trace_study.DEFAULTS)")
     st.add_argument("--store", help="artifact store folder for the result")
     st.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
+    st.add_argument("--device", default=None, help="cpu (default) | cuda | mps")
     st.set_defaults(func=_cmd_study)
