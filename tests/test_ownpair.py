@@ -360,8 +360,9 @@ def test_own_pair_features_and_attribution(tmp_cache, tmp_path, pair, capsys):
         assert want == pytest.approx(sum(ps) / len(ps), rel=1e-4)
 
     # organism-only settings on this pair
+    capsys.readouterr()
     err = _fail(capsys, "attribution", "study", "--adapters", ad_key)
-    assert "only runs on the organism models" in err
+    assert "only runs on the organism models" in err and "--traces KEY" in err
     err = _fail(capsys, "attribution", "graph", "--adapters", ad_key, "--trace", "validation:0")
     assert "only runs on the organism models" in err
     err = _fail(capsys, "features", "collect", "--adapters", ad_key, "--organisms",

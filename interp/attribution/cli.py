@@ -177,7 +177,9 @@ def _cmd_study(args) -> int:
         art = adapters_artifact(spec.get("adapters_key"), spec.get("adapters_store"))
         require_organisms("the organisms' study protocol (attribution study without "
                           "--traces or --task)",
-                          (art.meta.get("pair", {}).get("reasoner") or {}).get("id"))
+                          (art.meta.get("pair", {}).get("reasoner") or {}).get("id"),
+                          "take the triggers from the reasoner's traces (--traces KEY, or "
+                          "--task FILE whose records carry a 'trace')")
         kind = "attribution.study"
         if args.quick:
             spec = {"n_validation": 24, "n_evaluation": 24, "n_gen_validation": 32,

@@ -74,13 +74,14 @@ def is_organism_model(spec: str | None) -> bool:
     return bool(spec) and speaks_organism(str(spec))
 
 
-def require_organisms(setting: str, spec: str | None) -> None:
-    """ConfigError when an organism-only ``setting`` is asked of model ``spec``."""
+def require_organisms(setting: str, spec: str | None,
+                      instead: str = "give a prompt (--prompt), a task (--task FILE --index "
+                                     "I) or a trace set (--traces KEY --index I)") -> None:
+    """ConfigError when an organism-only ``setting`` is asked of model ``spec``; the
+    message ends with what to do ``instead``."""
     if not is_organism_model(spec):
-        raise ConfigError(
-            f"{setting} only runs on the organism models, not on {spec}: give a prompt "
-            "(--prompt), a task (--task FILE --index I) or a trace set (--traces KEY "
-            "--index I)")
+        raise ConfigError(f"{setting} only runs on the organism models, not on {spec}: "
+                          f"{instead}")
 
 
 # ---------------------------------------------------------------------- transcoders
