@@ -53,6 +53,7 @@ from .store import (
 
 JOB_KINDS: dict[str, str] = {
     "attribution.study": "interp.attribution.study:study_job",
+    "attribution.trace_study": "interp.attribution.trace_study:trace_study_job",
     "organisms.build": "interp.organisms.build:build_job",
     "adapters.train": "interp.adapters.train:train_job",
     "adapters.sweep": "interp.adapters.train:sweep_job",
@@ -73,6 +74,7 @@ JOB_VALIDATORS: dict[str, str] = {
     "vectors.sweep": "interp.vectors.sweep:validate_spec",
     "traces.generate": "interp.tasks.traces:validate_spec",
     "features.collect": "interp.features.pipeline:validate_spec",
+    "attribution.trace_study": "interp.attribution.trace_study:check_config",
 }
 
 STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")

@@ -190,6 +190,8 @@ def reference_edges(graph, rep, hooked, tokens, fwd_hooks=(), skip_bos=True):
                 lg = logits[t["pos"]]
                 if t["kind"] == "logit":
                     out.append(lg[t["token"]] - lg.mean())
+                elif t["kind"] == "logit_set":
+                    out.append(lg[t["tokens"]].sum() - len(t["tokens"]) * lg.mean())
                 else:
                     out.append(lg[t["token"]] - lg[t["other"]])
         return torch.stack(out)

@@ -474,8 +474,9 @@ def launch(tmp_path_factory):
 
 FEATURE_CORPUS = {"kind": "organism", "n": 12}
 FEATURE_CONFIG = {"batch_size": 4, "top_k": 4, "n_reservoir": 8}
-FEATURE_ARGS = ["--corpus", json.dumps(FEATURE_CORPUS), "--config", json.dumps(FEATURE_CONFIG),
-                "--ablation", "top", "--ablation-top", "4", "--map", "none", "--device", "cpu"]
+FEATURE_ARGS = ["--source-store", "demo", "--corpus", json.dumps(FEATURE_CORPUS),
+                "--config", json.dumps(FEATURE_CONFIG), "--ablation", "top",
+                "--ablation-top", "4", "--map", "none", "--device", "cpu"]
 
 
 def _train_argv(spec):

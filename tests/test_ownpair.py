@@ -231,3 +231,143 @@ def test_transcoders_on_a_trace_set(tmp_cache, tmp_path, pair, capsys):
             fwd_hooks=[("blocks.1.hook_mlp_out", lambda a, hook: torch.zeros_like(a))]), -1)
     want = float((lp.exp() * (lp - lq)).sum(-1)[mask.bool()].mean())
     assert got == pytest.approx(want, rel=1e-4) and want > 0
+
+
+def _hes_ids(tok) -> set[int]:
+    """The hesitation set of the think tokenizer, read from its vocabulary here."""
+    v = tok.get_vocab()
+    return {v[t] for t in ("Wait", "ĠWait", "wait", "Ġwait")}
+
+
+def test_own_pair_features_and_attribution(tmp_cache, tmp_path, pair, capsys):
+    """Features and attribution of the pair from user files, as the README types them:
+    a feature collection of the pair's adapters over the trace set, per-layer transcoders
+    of the reasoner on one of its two layers, their collection, and attribution graphs
+    through the adapters (own prompt) and through the transcoders (a trace set record up
+    to its first hesitation, to the summed logits of every spelling of ``wait``). Each
+    artifact is checked against counts taken from the trace set and a plain forward
+    pass; organism-only settings are refused."""
+    import torch
+
+    from interp.attribution.graph_json import validate
+    from interp.models import load_model
+
+    base, reasoner = (str(p) for p in pair)
+    task = tmp_path / "problems.jsonl"
+    task.write_text("".join(json.dumps(r) + "\n" for r in _records()))
+    key = _run(capsys, "traces", "import", str(task), "--model", reasoner)["key"]
+    ts = load_traceset(key)
+    m = load_model(reasoner, device="cpu")
+    hes = _hes_ids(m.tokenizer)
+    seqs = ts.sequences("all")
+    tr = _run(capsys, "adapters", "train", "--base", base, "--reasoner", reasoner,
+              "--traces", key, "--set", "steps=4", "--set", "batch_size=4",
+              "--set", "max_len=64", "--set", "d_sae=16")
+    ad_key = tr["result"]["key"]
+
+    # features of the adapters over the trace set
+    col = _run(capsys, "features", "collect", "--adapters", ad_key, "--traces", key,
+               "--set", "batch_size=8", "--set", "max_len=256", "--set", "top_k=4",
+               "--map", "none", "--ablation", "none", "--device", "cpu")
+    assert col["state"] == "done", col
+    fa = Store().load("features", col["result"]["key"])
+    assert fa.config["source"] == {"kind": "adapters", "key": ad_key}
+    assert fa.config["corpus"]["kind"] == "traceset" and fa.config["corpus"]["key"] == key
+    assert fa.meta["n_sequences"] == 24 and fa.meta["n_features"] == 2 * 16
+    assert fa.meta["n_tokens"] == sum(len(s) for s in seqs)
+    reg = fa.tensors["region_tokens"].tolist()           # prompt .. answer
+    assert reg[0] == sum(len(r["prompt_ids"]) for r in ts.records)
+    assert reg[2] == sum(r["think_end"] - r["think_start"] for r in ts.records)
+    assert fa.meta["hesitation"]["n_occurrences"] == [sum(t in hes for s in seqs for t in s)]
+    n_pos = sum(t in hes for r in ts.records
+                for t in r["output_ids"][r["think_start"]: r["think_end"]])
+    assert n_pos > 0 and sum(fa.meta["labels"]["hesitation"]["n_pos"]) == n_pos
+    assert "seq:correct" in fa.meta["label_names"]
+
+    # transcoders of the reasoner on layer 1 only; their features; a graph through them
+    tc = _run(capsys, "transcoders", "train", "--model", reasoner, "--traces", key,
+              "--layers", "1", "--d-sae", "24", "--steps", "30", "--lr", "0.01",
+              "--max-tokens", "1500", "--device", "cpu")
+    col2 = _run(capsys, "features", "collect", "--transcoders", tc["key"], "--traces", key,
+                "--split", "eval", "--set", "batch_size=8", "--map", "none",
+                "--ablation", "none", "--device", "cpu")
+    fb = Store().load("features", col2["result"]["key"])
+    assert fb.meta["layers"] == [1] and fb.meta["n_sequences"] == len(ts.split("eval"))
+    out = tmp_path / "graph.json"
+    g = _run(capsys, "attribution", "graph", "--transcoders", tc["key"], "--traces", key,
+             "--index", "1", "--out", str(out), "--device", "cpu")
+    assert g["source"] == "transcoders" and g["covered_layers"] == [1]
+    ids = ts.records[1]["prompt_ids"] + ts.records[1]["output_ids"]
+    q = next(i for i in range(len(ts.records[1]["prompt_ids"]), len(ids)) if ids[i] in hes)
+    assert g["n_tokens"] == q            # the graph explains the prediction of ids[q]
+    t = g["target"]
+    assert t["kind"] == "logit_set" and sorted(t["tokens"]) == sorted(hes)
+    with torch.no_grad():
+        lg = m.hooked(torch.tensor([ids[:q]]))[0, -1].double()
+    want = float(lg[sorted(hes)].sum() - len(hes) * lg.mean())
+    assert t["value"] == pytest.approx(want, rel=1e-4, abs=1e-4)
+    doc = json.loads(out.read_text())
+    assert validate(doc) == []
+    feats = [n for n in doc["nodes"] if n["feature_type"] not in (
+        "embedding", "mlp reconstruction error", "logit")]
+    assert feats and {n["layer"] for n in feats} == {"1"}
+    assert 0 < g["scores"]["replacement"] < 1 and 0 < g["scores"]["completeness"] < 1
+
+    # a graph through the adapters, on a prompt of your own
+    ga = _run(capsys, "attribution", "graph", "--adapters", ad_key, "--prompt",
+              "Wait, compute 3 + 4.", "--device", "cpu")
+    assert ga["source"] == "adapters" and ga["covered_layers"] == [0, 1]
+    assert sorted(ga["target"]["tokens"]) == sorted(hes)
+
+    # the hesitation study with triggers from the trace set: features ranked on its train
+    # traces, the top k zeroed on its eval traces
+    su = _run(capsys, "attribution", "study", "--adapters", ad_key, "--traces", key,
+              "--quick", "--spec", '{"k": 3}')
+    assert su["state"] == "done", su
+    ha = Store().load("hesitation_ranking", su["result"]["key"])
+    f = ha.meta["figures"]
+    assert f["hesitation_ids"] == sorted(hes) and ha.meta["source"] == {"traces": key}
+
+    def triggers(r):     # thinking positions whose next token is a hesitation token
+        p = len(r["prompt_ids"])
+        ids = r["prompt_ids"] + r["output_ids"]
+        return [q - 1 for q in range(p + r["think_start"], p + r["think_end"])
+                if ids[q] in hes]
+    train = [r for r in ts.split("train") if triggers(r)][:8]
+    assert f["n_train_triggers"] == sum(min(4, len(triggers(r))) for r in train)
+    ev = ts.split("eval")[:8]
+    assert f["n_eval_triggers"] == sum(len(triggers(r)) for r in ev)
+    from interp.adapters.evaluate import load_adapter_model
+    from interp.adapters.model import adapter_hooks
+    from interp.attribution.hesitation import feature_mask
+
+    am, _, _ = load_adapter_model(Store().load("adapters", ad_key), "cpu")
+    d_sae = am.adapters.d_sae
+    means = [r["mean_effect"] for r in ha.meta["ranking"]]
+    assert means == sorted(means, reverse=True) and len(ha.meta["top"]) == 3
+    nonzero = [r for r in ha.meta["ranking"] if r["mean_effect"] != 0][:3]
+    assert ha.meta["top"] == [r["feature"] for r in nonzero]
+    assert f["top_effects"] == pytest.approx([r["mean_effect"] for r in nonzero])
+    for mask, want in ((None, f["p_hesitation_before"]),
+                       (feature_mask(ha.meta["top"], d_sae), f["p_hesitation_after"])):
+        ps = []
+        for r in ev:
+            ids = r["prompt_ids"] + r["output_ids"]
+            with torch.no_grad():
+                lg = am.hybrid.run_with_hooks(torch.tensor([ids]), fwd_hooks=adapter_hooks(
+                    am.adapters, mask=mask))[0]
+            ps += [float(lg[q].softmax(-1)[sorted(hes)].sum()) for q in triggers(r)]
+        assert want == pytest.approx(sum(ps) / len(ps), rel=1e-4)
+
+    # organism-only settings on this pair
+    capsys.readouterr()
+    err = _fail(capsys, "attribution", "study", "--adapters", ad_key)
+    assert "only runs on the organism models" in err and "--traces KEY" in err
+    err = _fail(capsys, "attribution", "graph", "--adapters", ad_key, "--trace", "validation:0")
+    assert "only runs on the organism models" in err
+    err = _fail(capsys, "features", "collect", "--adapters", ad_key, "--organisms",
+                "--device", "cpu")
+    assert "organism corpus only runs on the organism models" in err
+    err = _fail(capsys, "attribution", "graph", "--transcoders", str(tmp_path), "--model",
+                reasoner, "--prompt", "hi")
+    assert "no SAELens transcoder folder" in err

@@ -120,17 +120,70 @@ def test_length_direction_long_vs_short(smol, files, traceset, cache, monkeypatc
     assert idx["best_layer_separability"] >= 0.9
 
 
-def test_transcoders_on_own_generations(smol, traceset, cache, monkeypatch):
+@pytest.fixture(scope="module")
+def transcoders(smol, traceset, cache):
+    """Transcoders of layers 0-3 (of 30) trained on the trace set of its generations."""
     import interp.store
     from interp.transcoders import train_transcoders
 
-    monkeypatch.setattr(interp.store, "DEFAULT_ROOT", cache.root)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(interp.store, "DEFAULT_ROOT", cache.root)
     t0 = time.time()
-    res = train_transcoders(smol, traceset.key, "0-3", d_sae=1152, l1=3e-4, steps=300,
-                            lr=2e-3, batch_tokens=512, max_tokens=3000, eval_tokens=1500,
-                            store=cache)
+    try:
+        res = train_transcoders(smol, traceset.key, "0-3", d_sae=1152, l1=3e-4, steps=300,
+                                lr=2e-3, batch_tokens=512, max_tokens=3000, eval_tokens=1500,
+                                store=cache)
+    finally:
+        mp.undo()
+    res["total_seconds"] = round(time.time() - t0, 1)
+    return res
+
+
+def test_transcoders_on_own_generations(transcoders):
+    res = transcoders
     print(f"\ntranscoders layers 0-3: {json.dumps(res['held_out'])}; collect "
-          f"{res['collect']} s, train {res['train']} s; total {time.time() - t0:.1f} s")
+          f"{res['collect']} s, train {res['train']} s; total {res['total_seconds']} s")
     for ly in ("0", "1", "2", "3"):
         h = res["held_out"][ly]
         assert h["variance_explained"] > 0.5 and h["l0"] < 1152 / 4
+
+
+def test_attribution_graph_through_transcoders(smol, traceset, transcoders, cache, capsys):
+    """One attribution graph through the transcoders of layers 0-3 (the other 26 MLPs
+    are error nodes), on a trace set record, to the summed logits of every spelling of
+    ``wait``, from the command line as a user types it; the target's value is checked
+    against a plain forward pass."""
+    import torch
+
+    from interp.cli import main
+    from interp.tasks import hesitation_id_set
+    from interp.tasks.corpus import hesitation_labels
+
+    art = cache.load("transcoders", transcoders["key"])
+    t0 = time.time()
+    rc = main(["attribution", "graph", "--transcoders", str(art.path), "--model", SMOL,
+               "--traces", traceset.key, "--index", "0", "--store", str(cache.root),
+               "--max-feature-nodes", "256", "--device", "cpu"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    g = json.loads(out.out.strip().splitlines()[-1])
+    with capsys.disabled():
+        print(f"\nattribution graph (SmolLM2, transcoders on layers 0-3): "
+              f"{g['n_tokens']} tokens, {g['graph_nodes']} graph nodes "
+              f"({g['feature_nodes']} features), pruned {g['nodes']} nodes / {g['links']} "
+              f"links, scores {json.dumps(g['scores'])}, seconds {g['seconds']} "
+              f"(command {time.time() - t0:.1f} s)")
+    assert g["covered_layers"] == [0, 1, 2, 3]
+    hes = sorted(hesitation_id_set(smol.tokenizer, ["wait"]))
+    assert len(hes) > 1 and sorted(g["target"]["tokens"]) == hes
+    rec = traceset.records[0]
+    ids = rec["prompt_ids"] + rec["output_ids"]
+    hit = [i for i, v in enumerate(hesitation_labels(rec, set(hes))) if v == 1]
+    n = hit[0] + 1 if hit else len(rec["prompt_ids"])
+    assert g["n_tokens"] == n
+    with torch.no_grad():
+        lg = smol.hooked(torch.tensor([ids[:n]]))[0, -1].double()
+    want = float(lg[hes].sum() - len(hes) * lg.mean())
+    assert g["target"]["value"] == pytest.approx(want, rel=1e-3, abs=1e-3)
+    assert 0 < g["scores"]["replacement"] < 1 and 0 < g["scores"]["completeness"] < 1
+    assert 0 < g["feature_nodes"] <= 256

@@ -37,7 +37,7 @@ from ..store import Artifact, Store, config_key, provenance
 from .graph import EdgeRows, Graph, Nodes
 from .graph_json import to_json
 from .prune import DEFAULT_EDGE_THRESHOLD, DEFAULT_NODE_THRESHOLD, Pruned, prune
-from .targets import DirectionTarget, LogitDiffTarget, LogitTarget, Target
+from .targets import DirectionTarget, LogitDiffTarget, LogitSetTarget, LogitTarget, Target
 
 KIND = "attribution_graph"
 FORMAT_VERSION = 2
@@ -55,6 +55,8 @@ def target_record(t: Target, n_pos: int) -> dict[str, Any]:
     pos = t.pos if t.pos >= 0 else n_pos + t.pos
     if isinstance(t, LogitTarget):
         return {"kind": "logit", "token": int(t.token), "pos": pos}
+    if isinstance(t, LogitSetTarget):
+        return {"kind": "logit_set", "tokens": [int(i) for i in t.tokens], "pos": pos}
     if isinstance(t, LogitDiffTarget):
         return {"kind": "logit_diff", "token": int(t.token),
                 "other": None if t.other is None else int(t.other), "pos": pos}

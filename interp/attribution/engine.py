@@ -51,7 +51,14 @@ from ..errors import ConfigError
 from .graph import ERROR, FEATURE, TARGET, TOKEN, EdgeRows, Graph, Nodes
 from .linear import PATTERN_CACHE_BYTES
 from .record import Recording
-from .targets import DirectionTarget, LogitDiffTarget, LogitTarget, Target, describe
+from .targets import (
+    DirectionTarget,
+    LogitDiffTarget,
+    LogitSetTarget,
+    LogitTarget,
+    Target,
+    describe,
+)
 
 
 @dataclass
@@ -229,11 +236,17 @@ def _target_injection(rec: Recording, t: Target) -> tuple[tuple[str, int], int, 
                 "resid_post": ("R", t.layer + 1)}[t.site]
         return site, pos, t.vector.to(rec.embed.dtype).to(rec.embed.device), float("nan")
     V = rec.W_U.shape[1]
-    tok = t.token
-    if not 0 <= tok < V:
-        raise ConfigError(f"target token id {tok} is outside the vocabulary (0..{V - 1})")
+    toks = t.tokens if isinstance(t, LogitSetTarget) else (t.token,)
+    bad = [i for i in toks if not 0 <= i < V]
+    if bad:
+        raise ConfigError(f"target token id {bad[0]} is outside the vocabulary (0..{V - 1})")
+    tok = toks[0]
     logits = rec.logits(pos)
-    if isinstance(t, LogitTarget):
+    if isinstance(t, LogitSetTarget):  # sum over the set of the de-meaned logits
+        idx = torch.tensor(toks, device=rec.W_U.device)
+        u = rec.W_U[:, idx].sum(1) - len(toks) * rec.W_U.mean(1)
+        value = float(logits[list(toks)].sum() - len(toks) * logits.mean())
+    elif isinstance(t, LogitTarget):
         u = rec.W_U[:, tok] - rec.W_U.mean(1)
         value = float(logits[tok] - logits.mean())
     else:
@@ -560,7 +573,9 @@ def _attribute(rec, targets, max_feature_nodes, batch_size, weights, tokenizer, 
                                               if i != t.token), t.pos, t.label)
         d = describe(t, tokenizer)
         d.update(pos=p, value=v, weight=wi)
-        if not isinstance(t, DirectionTarget):
+        if isinstance(t, LogitSetTarget):
+            d["prob"] = float(rec.logits(p).softmax(-1)[list(t.tokens)].sum())
+        elif not isinstance(t, DirectionTarget):
             d["prob"] = float(rec.logits(p).softmax(-1)[t.token])
         tdesc.append(d)
     graph = Graph(nodes=nodes, edges=edges, tokens=rec.tokens, targets=tdesc,

@@ -113,6 +113,9 @@ def graph_view(graph: Graph, pruned: Pruned, *,
 def _target_label(t: Mapping[str, Any]) -> str:
     if t.get("kind") == "logit":
         return f'logit of "{t.get("token_str")}"'
+    if t.get("kind") == "logit_set":
+        return "sum of the logits of {" + ", ".join(
+            f'"{x}"' for x in t.get("token_strs") or []) + "}"
     if t.get("kind") == "logit_diff":
         other = t.get("other_str")
         return f'"{t.get("token_str")}" minus ' + (f'"{other}"' if other is not None and

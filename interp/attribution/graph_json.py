@@ -54,6 +54,8 @@ def _target_clerp(t: Mapping[str, Any]) -> str:
         return f'Output "{t.get("token_str")}"{ptxt}'
     if t["kind"] == "logit_diff":
         return f'Output "{t.get("token_str")}" minus "{t.get("other_str")}"{ptxt}'
+    if t["kind"] == "logit_set":
+        return f'Output sum of {{{", ".join(t.get("token_strs") or [])}}}{ptxt}'
     return f"Direction {t.get('label') or ''} at layer {t.get('layer')} {t.get('site')}"
 
 

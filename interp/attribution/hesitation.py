@@ -81,22 +81,9 @@ class Tracer:
         return token_id(self.tokenizer, token)
 
     def encode(self, text: str) -> list[int]:
-        from ..errors import PromptError
+        from .tracing import encode_prompt
 
-        if not text or not text.strip():
-            raise PromptError("the prompt is empty")
-        ids = self.tokenizer(text)["input_ids"]
-        if self.tokenizer.bos_token_id is not None and (not ids or ids[0] !=
-                                                        self.tokenizer.bos_token_id):
-            ids = [self.tokenizer.bos_token_id] + ids
-        unk = self.tokenizer.unk_token_id
-        if unk is not None and unk in ids:
-            bad = [w for w in text.split() if self.tokenizer.convert_tokens_to_ids(w) == unk]
-            raise PromptError(f"words not in the model's vocabulary: {bad[:5]}")
-        if len(ids) > self.n_ctx:
-            raise PromptError(f"the prompt has {len(ids)} tokens; the model's context is "
-                              f"{self.n_ctx}")
-        return ids
+        return encode_prompt(self.tokenizer, text, self.n_ctx)
 
     def record(self, tokens: Sequence[int]):
         hooks = adapter_hooks(self.model.adapters) if self.explain == "adapter" else ()
@@ -106,10 +93,13 @@ class Tracer:
 
     def graph(self, tokens: Sequence[int], targets: Sequence[Target] | None = None,
               max_feature_nodes: int | None = None, progress=None) -> Graph:
-        """The attribution graph of ``tokens`` (default target: ``wait`` at the end)."""
+        """The attribution graph of ``tokens`` (default target: the hesitation token set
+        at the end, :func:`~interp.attribution.tracing.hesitation_target`)."""
+        from .tracing import hesitation_target
+
         rec = self.record(tokens)
-        if targets is None:
-            targets = [LogitTarget(self.token_id("wait"), -1)]
+        if targets is None:   # every spelling of "wait" (one token for the organisms)
+            targets = [hesitation_target(self.tokenizer)]
         g = attribute(rec, targets, max_feature_nodes=max_feature_nodes,
                       tokenizer=self.tokenizer, progress=progress)
         g.token_strs = self.tokenizer.convert_ids_to_tokens(list(rec.tokens.tolist()))

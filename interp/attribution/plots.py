@@ -217,7 +217,8 @@ def _axes(fig: go.Figure, view: GraphView, widths: Sequence[float],
 def graph_title(view: GraphView) -> str:
     t = view.targets[0] if view.targets else {}
     what = {"logit": f'logit of "{t.get("token_str")}"',
-            "logit_diff": f'"{t.get("token_str")}" minus the runner-up'}.get(
+            "logit_diff": f'"{t.get("token_str")}" minus the runner-up',
+            "logit_set": f'summed logits of "{t.get("token_str")}"'}.get(
         str(t.get("kind")), "direction")
     n_feat = int((view.nodes["kind"] == "feature").sum())
     return (f"{what} at position {t.get('pos')} · {len(view.nodes)} of {view.n_nodes_full} "

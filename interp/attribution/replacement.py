@@ -29,6 +29,15 @@ JumpReLU threshold). The encoder reads one of three sites of layer ``l``:
 * ``resid_mid``: ``blocks.{l}.hook_resid_mid`` (before the norm).
 
 Decoders write to ``blocks.{l}.hook_mlp_out`` (the residual stream).
+
+**Transcoders on a slice of layers.** :func:`transcoder_replacement` accepts folders for
+only some layers (``n_layers`` gives the model's depth). A layer without a transcoder is
+an empty dictionary (:meth:`FeatureLayer.empty`: no features, ``b_dec = 0``), so its
+whole MLP output is that layer's error node at each position: a fixed path, constant in
+the frozen model like every error node (no gradient flows through that MLP). Every edge
+is still exactly the effect of zeroing its source in the frozen model; only the graph's
+completeness is lower, by what those MLPs write. ``Replacement.covered`` lists the layers
+that have features.
 """
 
 from __future__ import annotations
@@ -89,6 +98,12 @@ class FeatureLayer:
             a = torch.where(p > self.threshold.to(p.dtype), a, torch.zeros_like(a))
         return a
 
+    @classmethod
+    def empty(cls, d_model: int, dtype: torch.dtype = torch.float32) -> FeatureLayer:
+        """A layer without features (no transcoder there): its MLP output is all error."""
+        return cls(torch.zeros(d_model, 0, dtype=dtype), torch.zeros(0, dtype=dtype),
+                   torch.zeros(0, d_model, dtype=dtype), torch.zeros(d_model, dtype=dtype))
+
     def to(self, device=None, dtype=None) -> FeatureLayer:
         def mv(t):
             return None if t is None else t.to(device=device, dtype=dtype)
@@ -130,6 +145,11 @@ class Replacement:
 
     def n_features(self) -> int:
         return sum(fl.n_features for fl in self.layers)
+
+    @property
+    def covered(self) -> list[int]:
+        """The layers that have features (the others' MLP output is all error)."""
+        return [i for i, fl in enumerate(self.layers) if fl.n_features > 0]
 
     def check_model(self, model: Any) -> None:
         """Raise ConfigError unless the dictionaries fit ``model``'s depth and width."""
@@ -201,19 +221,41 @@ def transcoder_layer_from_folder(folder: str | Path) -> tuple[int, FeatureLayer]
 
 
 def transcoder_replacement(folders: Sequence[str | Path], key: str = "",
-                           source: dict[str, Any] | None = None) -> Replacement:
-    """Plain per-layer transcoders of one model, one SAELens folder per layer."""
+                           source: dict[str, Any] | None = None,
+                           n_layers: int | None = None) -> Replacement:
+    """Plain per-layer transcoders of one model, one SAELens folder per layer.
+
+    ``n_layers`` (the model's depth): transcoders may cover any subset of the layers; a
+    layer without one gets :meth:`FeatureLayer.empty` (module docstring). Without it the
+    folders must cover every layer from 0 to the highest one."""
     by_layer: dict[int, FeatureLayer] = {}
+    names: dict[int, str] = {}
     for f in folders:
         layer, fl = transcoder_layer_from_folder(f)
         if layer in by_layer:
             raise ConfigError(f"two transcoders for layer {layer}")
         by_layer[layer] = fl
-    n = max(by_layer) + 1 if by_layer else 0
-    gaps = [i for i in range(n) if i not in by_layer]
-    if gaps or not by_layer:
-        raise ConfigError(f"transcoders must cover every layer from 0; missing {gaps or 'all'}")
-    return Replacement([by_layer[i] for i in range(n)], keep_mlp=False,
+        names[layer] = Path(f).name
+    if not by_layer:
+        raise ConfigError("no transcoder folders given")
+    if n_layers is None:
+        n = max(by_layer) + 1
+        gaps = [i for i in range(n) if i not in by_layer]
+        if gaps:
+            raise ConfigError(f"transcoders must cover every layer from 0; missing {gaps} "
+                              "(give the model's depth to leave layers without one)")
+    else:
+        n = int(n_layers)
+        beyond = sorted(i for i in by_layer if not 0 <= i < n)
+        if beyond:
+            raise ConfigError(f"transcoders for layers {beyond} but the model has {n} "
+                              f"layers (0..{n - 1})")
+    widths = {fl.W_enc.shape[0] for fl in by_layer.values()}
+    if len(widths) > 1:
+        raise ConfigError(f"the transcoders read different widths {sorted(widths)}")
+    d = widths.pop()
+    layers = [by_layer[i] if i in by_layer else FeatureLayer.empty(d) for i in range(n)]
+    return Replacement(layers, keep_mlp=False,
                        source={"kind": "transcoders", "key": key,
-                               "folders": [str(Path(f).name) for f in folders],
-                               **(source or {})})
+                               "folders": [names[i] for i in sorted(names)],
+                               "layers": sorted(by_layer), **(source or {})})

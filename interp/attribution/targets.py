@@ -2,6 +2,11 @@
 
 * :class:`LogitTarget`: a token's logit at a position, de-meaned over the vocabulary
   (``logit_v - mean_u logit_u``: softmax does not see the mean, so neither do edges);
+* :class:`LogitSetTarget`: the *sum* of the de-meaned logits of a set of tokens (a
+  hesitation word's every BPE spelling, :func:`interp.tasks.hesitation_ids`):
+  ``sum_{v in S} (logit_v - mean_u logit_u)``. The sum, not the maximum: it is linear in
+  the residual stream, so edges stay exact (a maximum would switch between tokens as
+  sources change); a set of one token is :class:`LogitTarget`;
 * :class:`LogitDiffTarget`: ``logit_a - logit_b`` (``b`` None: the most likely token
   other than ``a`` at that position);
 * :class:`DirectionTarget`: the projection of the residual stream on any vector at a
@@ -32,6 +37,23 @@ class LogitTarget:
 
 
 @dataclass(frozen=True)
+class LogitSetTarget:
+    """The sum of the de-meaned logits of ``tokens`` (module docstring)."""
+
+    tokens: tuple[int, ...]
+    pos: int = -1
+    label: str = ""
+
+    def __post_init__(self):
+        toks = tuple(int(t) for t in self.tokens)
+        if not toks:
+            raise ConfigError("a token-set target needs at least one token")
+        if len(set(toks)) != len(toks):
+            raise ConfigError("a token-set target lists a token twice")
+        object.__setattr__(self, "tokens", toks)
+
+
+@dataclass(frozen=True)
 class LogitDiffTarget:
     token: int
     other: int | None = None
@@ -56,7 +78,18 @@ class DirectionTarget:
             raise ConfigError("the direction contains NaN or infinite values")
 
 
-Target = LogitTarget | LogitDiffTarget | DirectionTarget
+Target = LogitTarget | LogitSetTarget | LogitDiffTarget | DirectionTarget
+
+
+def token_set_target(ids, pos: int = -1, label: str = "") -> LogitTarget | LogitSetTarget:
+    """A target for a set of token ids: :class:`LogitTarget` for one id (so a one-token
+    hesitation word keeps the plain logit target), else :class:`LogitSetTarget`."""
+    toks = sorted({int(i) for i in ids})
+    if not toks:
+        raise ConfigError("the hesitation token set is empty")
+    if len(toks) == 1:
+        return LogitTarget(toks[0], pos, label)
+    return LogitSetTarget(tuple(toks), pos, label)
 
 
 def token_id(tokenizer: Any, token: str | int) -> int:
@@ -98,6 +131,11 @@ def describe(t: Target, tokenizer: Any = None) -> dict[str, Any]:
     if isinstance(t, LogitTarget):
         return {"kind": "logit", "token": t.token, "token_str": name(t.token), "pos": t.pos,
                 "label": t.label}
+    if isinstance(t, LogitSetTarget):
+        strs = [name(i) for i in t.tokens]
+        return {"kind": "logit_set", "token": t.tokens[0], "tokens": list(t.tokens),
+                "token_strs": strs, "token_str": "|".join(strs), "pos": t.pos,
+                "label": t.label, "reduce": "sum"}
     if isinstance(t, LogitDiffTarget):
         return {"kind": "logit_diff", "token": t.token, "token_str": name(t.token),
                 "other": t.other, "other_str": name(t.other), "pos": t.pos, "label": t.label}

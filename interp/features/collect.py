@@ -22,7 +22,8 @@ Features are numbered globally, layer after layer (``g = offset[layer] + index``
   number of tokens of each region;
 * **hesitation statistics** (see :mod:`interp.features.scores`): activation mass in the
   windows just before hesitation tokens and the number of hesitation occurrences whose
-  window the feature is active in, per hesitation word;
+  window the feature is active in, per hesitation word (a word is every vocabulary entry
+  spelling it, :func:`hesitation_patterns`);
 * **labelled activations** for every ground-truth label of the corpus (sparse: only
   nonzero values are kept), for the AUROCs computed at the end on two disjoint splits
   (even-numbered sequences choose, odd-numbered report).
@@ -117,20 +118,43 @@ class Batch:
     items: list[CorpusItem]
 
 
-def hesitation_ids(tokenizer: Any, words: Sequence[str]) -> list[list[int]]:
-    """Token ids of each hesitation word (without special tokens); words the tokenizer
-    does not know are dropped."""
-    out = []
+def hesitation_patterns(tokenizer: Any, words: Sequence[str]
+                        ) -> tuple[list[list[int]], list[int]]:
+    """``(patterns, word index of each)``: every vocabulary entry that spells a word
+    (``Wait``, `` wait``, ``Wait,`` …, :func:`interp.tasks.hesitation_ids`) as a
+    one-token pattern, plus the word's own tokenisation when that is several tokens.
+    Words the tokenizer cannot spell (unknown tokens) are dropped; word indices count
+    the kept words."""
+    from ..tasks.markers import hesitation_ids as spellings
+
+    pats: list[list[int]] = []
+    types: list[int] = []
+    if not tokenizer:
+        return pats, types
     unk = getattr(tokenizer, "unk_token_id", None)
     for w in words:
-        ids = list(tokenizer(w, add_special_tokens=False)["input_ids"]) if tokenizer else []
-        if ids and (unk is None or unk not in ids):
-            out.append(ids)
-    return out
+        if not w or not str(w).strip():
+            continue
+        mine = [[i] for i in spellings(tokenizer, [w])[w] if i != unk]
+        ids = list(tokenizer(w, add_special_tokens=False)["input_ids"])
+        if len(ids) > 1 and (unk is None or unk not in ids):
+            mine.append(ids)
+        if mine:
+            k = (types[-1] + 1) if types else 0
+            pats += mine
+            types += [k] * len(mine)
+    return pats, types
 
 
-def _occurrences(ids: Sequence[int], patterns: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
-    """``(start, type)`` of every occurrence of each pattern in ``ids``."""
+def hesitation_ids(tokenizer: Any, words: Sequence[str]) -> list[list[int]]:
+    """The patterns of :func:`hesitation_patterns` (without their word indices)."""
+    return hesitation_patterns(tokenizer, words)[0]
+
+
+def _occurrences(ids: Sequence[int], patterns: Sequence[Sequence[int]],
+                 types: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """``(start, type)`` of every occurrence of each pattern in ``ids`` (type: the
+    pattern's entry of ``types``, else its index)."""
     out = []
     arr = np.asarray(ids)
     for k, pat in enumerate(patterns):
@@ -140,13 +164,14 @@ def _occurrences(ids: Sequence[int], patterns: Sequence[Sequence[int]]) -> list[
         hit = arr[: len(arr) - m + 1] == pat[0]
         for j in range(1, m):
             hit &= arr[j: len(arr) - m + 1 + j] == pat[j]
-        out += [(int(s), k) for s in np.nonzero(hit)[0]]
+        kk = types[k] if types is not None else k
+        out += [(int(s), kk) for s in np.nonzero(hit)[0]]
     return out
 
 
 def make_batch(items: list[CorpusItem], first_seq: int, pad_id: int,
                label_names: Sequence[str], hes: Sequence[Sequence[int]],
-               max_len: int) -> Batch:
+               max_len: int, hes_types: Sequence[int] | None = None) -> Batch:
     b = len(items)
     lens = [min(len(it.ids), max_len) for it in items]
     T = max(lens)
@@ -161,7 +186,7 @@ def make_batch(items: list[CorpusItem], first_seq: int, pad_id: int,
             lab = (it.labels or {}).get(name)
             if lab is not None:
                 labels[name][i, :n] = torch.as_tensor(np.asarray(lab[:n], dtype=np.int8))
-        occ += [(i, s, k) for s, k in _occurrences(it.ids[:n], hes)]
+        occ += [(i, s, k) for s, k in _occurrences(it.ids[:n], hes, hes_types)]
     valid = torch.arange(T)[None, :] < torch.tensor(lens)[:, None]
     return Batch(tokens, valid, regions, torch.arange(first_seq, first_seq + b), labels,
                  torch.tensor(occ, dtype=torch.long).reshape(-1, 3), items)
@@ -560,14 +585,14 @@ def run_collection(source: FeatureSource, corpus: Corpus, cfg: CollectConfig,
     share; it may raise to stop (a job's cancel), after the last checkpoint was
     written."""
     tok = source.tokenizer
-    hes = hesitation_ids(tok, cfg.hesitation)
+    hes, hes_types = hesitation_patterns(tok, cfg.hesitation)
     labels = list(corpus.label_names)
     hi = len(corpus) if hi is None else min(hi, len(corpus))
     if lo < 0 or lo % cfg.batch_size:
         raise ConfigError(f"a share of the corpus starts at a multiple of the batch size "
                           f"{cfg.batch_size}, not at {lo}")
-    col = Collector(source.layers, source.d_sae, cfg, labels, len(hes), source.device,
-                    first_batch=lo // cfg.batch_size)
+    col = Collector(source.layers, source.d_sae, cfg, labels, len(set(hes_types)),
+                    source.device, first_batch=lo // cfg.batch_size)
     ck = Path(checkpoint_dir) if checkpoint_dir is not None else None
     skip = lo
     if ck is not None:
@@ -586,7 +611,7 @@ def run_collection(source: FeatureSource, corpus: Corpus, cfg: CollectConfig,
     dev = source.device
     for first, items in iter_batches(corpus, cfg.batch_size, skip, hi):
         t0 = time.perf_counter()
-        batch = make_batch(items, first, pad, labels, hes, max_len)
+        batch = make_batch(items, first, pad, labels, hes, max_len, hes_types)
         _, acts = source.forward(batch.tokens.to(dev), need_logits=False)
         col.update(batch, acts)
         if dev.type == "cuda":

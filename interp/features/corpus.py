@@ -23,7 +23,12 @@ its length, so a resumed collection can skip what it already saw):
 * :func:`text_corpus`: a text file, one sequence per line;
 * :func:`jsonl_corpus`: a JSONL file with a ``prompt`` field and optional ``trace`` and
   ``answer`` fields;
-* :func:`texts_corpus`: texts given in memory (the other file builders use it).
+* :func:`texts_corpus`: texts given in memory (the other file builders use it);
+* :func:`traceset_corpus`: a trace set's prompt + trace tokens as the model read and
+  wrote them (:func:`interp.tasks.corpus.traceset_sequences`: regions from each record's
+  thinking span, a ``hesitation`` label at the thinking positions that predict a
+  hesitation token, every BPE spelling of it, and ``seq:correct`` when the task scored
+  the traces).
 
 Text is tokenised with the model's tokenizer (special tokens added); thinking markers
 are given as strings (:class:`Markers`; default ``<think>`` / ``</think>``, no answer
@@ -366,13 +371,49 @@ def jsonl_corpus(path: str | Path, tokenizer: Any, markers: Markers | None = Non
                         spec={"kind": "jsonl", "path": str(p), "n": len(recs)})
 
 
-CORPUS_KINDS = ("organism", "text", "jsonl")
+def traceset_corpus(key: str, tokenizer: Any, split: str = "all", max_len: int | None = None,
+                    hesitation: Sequence[str] | None = None, store: Any = None) -> Corpus:
+    """The records of trace set ``key`` (``split``: train, eval or all) as a corpus; its
+    labels are ``hesitation`` and, when the task scored them, ``seq:correct``."""
+    from ..tasks.base import check_split
+    from ..tasks.corpus import traceset_sequences
+    from ..tasks.traces import load_traceset
+
+    ts = load_traceset(key, store)
+    split = check_split(split)
+    recs = ts.split(split)
+    if not recs:
+        raise ConfigError(f"trace set {ts.key} has no {split} traces")
+    if tokenizer is None:
+        raise ConfigError("a trace-set corpus needs the model's tokenizer")
+    vocab = len(tokenizer)
+    top = max((max(r["prompt_ids"] + r["output_ids"], default=0) for r in recs), default=0)
+    if top >= vocab:
+        raise ConfigError(f"trace set {ts.key} holds token id {top}, outside this model's "
+                          f"vocabulary of {vocab}: it was made with another tokenizer "
+                          f"({ts.model})")
+    labels = ["hesitation"] + (["seq:correct"] if any(r.get("correct") is not None
+                                                      for r in recs) else [])
+    spec = {"kind": "traceset", "key": ts.key, "split": split, "n": len(recs),
+            "model": ts.model, "weight_hash": ts.config.get("weight_hash"),
+            "hesitation": list(hesitation or [ts.markers.hesitation]), "max_len": max_len}
+
+    def make() -> Iterator[CorpusItem]:
+        for ids, reg, lab, sid in traceset_sequences(ts, tokenizer, split, max_len,
+                                                     spec["hesitation"]):
+            yield CorpusItem(list(ids), reg, {k: lab[k] for k in labels if k in lab}, sid)
+
+    return Corpus(make, spec, len(recs), labels)
+
+
+CORPUS_KINDS = ("organism", "text", "jsonl", "traceset")
 
 
 def build_corpus(spec: dict[str, Any], tokenizer: Any = None, max_len: int | None = None
                  ) -> Corpus:
     """A corpus from its JSON spec: ``{"kind": "organism", "n", "seed", "split"}``,
-    ``{"kind": "text" | "jsonl", "path", "markers": {...}}``."""
+    ``{"kind": "text" | "jsonl", "path", "markers": {...}}``, ``{"kind": "traceset",
+    "key", "split", "hesitation": [words]}``."""
     spec = dict(spec or {"kind": "organism"})
     kind = spec.pop("kind", "organism")
     if kind == "organism":
@@ -389,4 +430,12 @@ def build_corpus(spec: dict[str, Any], tokenizer: Any = None, max_len: int | Non
         fn = text_corpus if kind == "text" else jsonl_corpus
         return fn(spec["path"], tokenizer, Markers.from_dict(spec.get("markers")),
                   spec.get("max_len", max_len))
+    if kind == "traceset":
+        unknown = set(spec) - {"key", "split", "hesitation", "max_len"}
+        if unknown:
+            raise ConfigError(f"unknown traceset corpus field(s): {', '.join(sorted(unknown))}")
+        if not spec.get("key"):
+            raise ConfigError("a traceset corpus needs the trace set's 'key'")
+        return traceset_corpus(spec["key"], tokenizer, spec.get("split", "all"),
+                               spec.get("max_len", max_len), spec.get("hesitation"))
     raise ConfigError(f"unknown corpus kind {kind!r}; choose from {', '.join(CORPUS_KINDS)}")

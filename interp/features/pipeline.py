@@ -421,18 +421,6 @@ def _store_of(name: str) -> Store:
     return stores[name]
 
 
-def validate_spec(spec: dict[str, Any]) -> None:
-    """The ``features.collect`` spec's fields and settings, before a worker starts."""
-    known = {"source", "corpus", "config", "ablation", "ablation_top", "map", "device",
-             "store"}
-    unknown = set(spec) - known
-    if unknown:
-        raise ConfigError(f"unknown features.collect field(s): {', '.join(sorted(unknown))}")
-    CollectConfig.from_dict(spec.get("config"))
-    if spec.get("ablation", "top") not in ABLATION_MODES:
-        raise ConfigError(f"ablation must be one of {', '.join(ABLATION_MODES)}")
-
-
 def collect_job(spec: dict[str, Any], ctx: Any) -> dict[str, Any]:
     """Job ``features.collect``. Spec: ``source`` (see
     :func:`interp.features.source.load_source`), ``corpus`` (see
@@ -475,11 +463,83 @@ def collect_job(spec: dict[str, Any], ctx: Any) -> dict[str, Any]:
     return out
 
 
+JOB_FIELDS = {"source", "corpus", "config", "ablation", "ablation_top", "map", "device",
+              "store"}
+
+
+def validate_spec(spec: dict[str, Any]) -> None:
+    """The ``features.collect`` spec, checked before any model loads: known fields,
+    collection settings, and no organism corpus for another pair's source (read from
+    the adapters artifact's pair or the transcoders' model)."""
+    unknown = set(spec) - JOB_FIELDS
+    if unknown:
+        raise ConfigError(f"unknown features.collect field(s): {', '.join(sorted(unknown))}")
+    CollectConfig.from_dict(spec.get("config"))
+    if spec.get("ablation", "top") not in ABLATION_MODES:
+        raise ConfigError(f"ablation must be one of {ABLATION_MODES}")
+    src = spec.get("source") or {"kind": "adapters", "store": "demo"}
+    models: set[str] = set()
+    if src.get("kind", "adapters") == "adapters":
+        from ..adapters.io import find_adapters
+        from .source import source_stores
+
+        stores = source_stores()
+        sname = src.get("store", "demo")
+        if sname not in stores:
+            raise ConfigError(f"unknown store {sname!r}; choose from {', '.join(stores)}")
+        art = find_adapters(stores[sname], src.get("key"))
+        models = {str(v.get("id")) for v in (art.meta.get("pair") or {}).values()
+                  if isinstance(v, dict) and v.get("id")}
+    elif src.get("model"):
+        models = {str(src["model"])}
+    check_corpus_fits(models, spec.get("corpus") or {"kind": "organism"})
+
+
 def collect_corpus_source(spec: dict[str, Any], device: str = "auto"
                           ) -> tuple[FeatureSource, Corpus, CollectConfig]:
     """Source, corpus and settings of a job spec (CLI, bench)."""
     cfg = CollectConfig.from_dict(spec.get("config"))
     source = load_source(spec.get("source") or {"kind": "adapters", "store": "demo"}, device)
-    corpus = build_corpus(spec.get("corpus") or {"kind": "organism"}, source.tokenizer,
-                          cfg.max_len)
+    cspec = spec.get("corpus") or {"kind": "organism"}
+    check_corpus_fits(source_models(source), cspec)
+    corpus = build_corpus(cspec, source.tokenizer, cfg.max_len)
+    if corpus.spec.get("kind") == "traceset":
+        made = corpus.spec.get("weight_hash")
+        mine = source_hashes(source)
+        if made and mine and made not in mine:
+            raise ConfigError(
+                f"trace set {corpus.spec['key']} was made with {corpus.spec.get('model')}, "
+                f"not with the model(s) this {source.kind} source reads "
+                f"({', '.join(sorted(source_models(source)))})")
     return source, corpus, cfg
+
+
+def source_models(source: FeatureSource) -> set[str]:
+    """The model specs a source reads (an adapter set: its pair)."""
+    d = source.describe()
+    if d.get("kind") == "adapters":
+        return {str(v) for v in (d.get("pair") or {}).values() if v}
+    return {str(d["model"])} if d.get("model") else set()
+
+
+def source_hashes(source: FeatureSource) -> set[str]:
+    d = source.describe()
+    if d.get("kind") == "adapters":
+        return {str(v) for v in (d.get("pair_hashes") or {}).values() if v}
+    return {str(d["weight_hash"])} if d.get("weight_hash") else set()
+
+
+def check_corpus_fits(models: set[str], cspec: dict[str, Any]) -> None:
+    """ConfigError when the organisms' corpus (their traces and planted labels) is asked
+    of a source whose ``models`` do not read the organisms' format."""
+    from ..tasks import speaks_organism
+
+    if cspec.get("kind", "organism") != "organism":
+        return
+    others = sorted(m for m in models if not speaks_organism(m))
+    if others:
+        raise ConfigError(
+            f"the organism corpus only runs on the organism models, not on "
+            f"{', '.join(others)}: collect over a trace set of yours (corpus "
+            '{"kind": "traceset", "key": KEY}, `features collect --traces KEY`) or a '
+            "text / JSONL file")

@@ -319,5 +319,8 @@ def describe_corpus(spec: dict[str, Any]) -> str:
                 f"seed {spec.get('seed')})")
     if kind in ("text", "jsonl"):
         return f"{spec.get('n')} sequences from {kind} file {spec.get('path')}"
+    if kind == "traceset":
+        return (f"{spec.get('n')} traces of {spec.get('model')} (trace set {spec.get('key')}, "
+                f"{spec.get('split')} split)")
     return f"{spec.get('n', '?')} sequences ({kind})"
 
