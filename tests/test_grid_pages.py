@@ -244,12 +244,14 @@ def test_models_page_reproduces_weights_and_generations(tiny_pair_dirs):
     assert _expanders(at).count("Reproduce in Python") == 2
 
 
-def test_adapters_page_reproduce_and_l1_grid(saved_run, monkeypatch, _navigation_mode):  # noqa: F811
+def test_adapters_page_reproduce_and_l1_grid(saved_run, tiny_pair_dirs,  # noqa: F811
+                                             monkeypatch, _navigation_mode):
     from streamlit.testing.v1 import AppTest
 
     art, ev = saved_run
     monkeypatch.delenv("INTERP_DEMO", raising=False)
     at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params.update({"base": str(tiny_pair_dirs[0]), "fine": str(tiny_pair_dirs[1])})
     at.switch_page("pages/adapters.py")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
