@@ -397,9 +397,9 @@ def merge_states(source: FeatureSource, corpus: Corpus, cfg: CollectConfig,
                  ) -> Collector:
     """One collector holding the states of consecutive shares of the corpus, in order
     (``(state_tensors, seq_ids)`` each): the state one pass over them reaches."""
-    from .collect import hesitation_ids
+    from .collect import hesitation_patterns
 
-    n_hes = len(hesitation_ids(source.tokenizer, cfg.hesitation))
+    n_hes = len(set(hesitation_patterns(source.tokenizer, cfg.hesitation)[1]))
     col = Collector(source.layers, source.d_sae, cfg, list(corpus.label_names), n_hes,
                     source.device)
     for st, ids in states:
