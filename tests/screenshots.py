@@ -28,6 +28,7 @@ PAGES = (  # (file name, URL path)
     ("hesitation", "hesitation"),
     ("length", "length"),
     ("vectors", "vectors"),
+    ("amplify", "amplify"),
 )
 WIDTH = 1400
 # the height of the page's content: Streamlit scrolls inside its own container
