@@ -44,14 +44,7 @@ st.caption(
     "fine-tune's own sampling, α > 0 exaggerates what fine-tuning changed, α = −1 samples "
     "from the base. Every α uses the same seed, so its samples share their random "
     "numbers with the α = 0 samples.")
-base_spec, fine_spec = ui.current_pair()
-device, dtype = ui.current_device()
-st.markdown(f":blue[**base**] `{ui.short_name(base_spec)}` vs :orange[**fine-tune**] "
-            f"`{ui.short_name(fine_spec)}`")
-if ui.unbuilt_organisms(base_spec, fine_spec):
-    st.info(ui.NOT_BUILT_HELP, icon=":material/info:")
-    st.stop()
-stamps = (ui.checkpoint_stamp(base_spec), ui.checkpoint_stamp(fine_spec))
+base_spec, fine_spec, device, dtype, stamps = ui.pair_header()
 if not ui.attempt(lambda: _validate(base_spec, fine_spec, *stamps) or True):
     st.stop()
 base = ui.attempt(ui.cached_model, base_spec, device, dtype)

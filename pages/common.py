@@ -696,3 +696,18 @@ def reproduce(code: str) -> None:
         st.caption("Recomputes this view with its current settings; the numbers end up in "
                    "`result`.")
         st.code(code, language="python")
+
+
+def pair_header() -> tuple[str, str, str, str, tuple[str, str]]:
+    """The sidebar pair named under a page's title (base blue, fine-tune orange); stops the
+    page when an organism of the pair is not built. Returns ``(base_spec, fine_spec,
+    device, dtype, stamps)`` (``stamps``: each checkpoint's, for caches keyed by weights)."""
+    base_spec, fine_spec = current_pair()
+    device, dtype = current_device()
+    st.markdown(f":blue[**base**] `{short_name(base_spec)}` vs :orange[**fine-tune**] "
+                f"`{short_name(fine_spec)}`")
+    if unbuilt_organisms(base_spec, fine_spec):
+        st.info(NOT_BUILT_HELP, icon=":material/info:")
+        st.stop()
+    return base_spec, fine_spec, device, dtype, (checkpoint_stamp(base_spec),
+                                                  checkpoint_stamp(fine_spec))

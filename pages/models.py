@@ -93,16 +93,7 @@ def results_shown(state_key: str, url_key: str, clicked: bool, inputs: tuple) ->
 
 # ------------------------------------------------------------------ page
 st.title("Models")
-base_spec, fine_spec = ui.current_pair()
-device, dtype = ui.current_device()
-st.markdown(f":blue[**base**] `{ui.short_name(base_spec)}` vs :orange[**fine-tune**] "
-            f"`{ui.short_name(fine_spec)}`")
-
-if ui.unbuilt_organisms(base_spec, fine_spec):
-    st.info(ui.NOT_BUILT_HELP, icon=":material/info:")
-    st.stop()
-
-stamps = (ui.checkpoint_stamp(base_spec), ui.checkpoint_stamp(fine_spec))
+base_spec, fine_spec, device, dtype, stamps = ui.pair_header()
 failure: Exception | None = None
 with st.status("Loading the pair…", expanded=False) as status:
     bar = ui.progress_callback("", container=status)
