@@ -611,7 +611,7 @@ class Store:
                     continue   # removed meanwhile
                 except ArtifactError as e:
                     log.warning("skipping a damaged artifact: %s", e)
-        out.sort(key=lambda a: a.provenance.get("created", ""), reverse=True)
+        out.sort(key=_age_key, reverse=True)
         return out
 
     def check(self, tensors: bool = True) -> list[dict[str, str]]:
@@ -748,3 +748,14 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write one JSON file atomically (temp file in the same folder + rename)."""
     write_bytes_atomic(path, json.dumps(obj, indent=1, default=_json_default).encode())
+
+
+def _age_key(a: Artifact) -> tuple[str, int]:
+    """Sort key of :meth:`Store.list` (newest last): the recorded creation time (whole
+    seconds), then the folder's modification time, so artifacts saved within one second
+    keep the order they were saved in."""
+    try:
+        mtime = a.path.stat().st_mtime_ns
+    except OSError:
+        mtime = 0
+    return (str(a.provenance.get("created", "")), mtime)

@@ -603,3 +603,30 @@ def test_store_commands(tmp_path):
     assert main(["store", "check", "--store", str(root)]) == 0
     assert [a.key for a in st.list("v")] == [good.key]
     assert main(["store", "delete", "v", bad.key, "--store", str(root)]) == 1
+
+
+def test_list_keeps_save_order_within_one_second(tmp_path, monkeypatch):
+    """Artifacts saved in the same second (one recorded creation time) are listed newest
+    first in the order they were saved, whatever order the folder lists them in."""
+    import datetime as real
+
+    import interp.store as S
+
+    class _Frozen(real.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return real.datetime(2026, 1, 1, 12, 0, 0, tzinfo=tz)
+
+    class _Mod:
+        datetime = _Frozen
+        timezone = real.timezone
+
+    monkeypatch.setattr(S, "_dt", _Mod)
+    store = S.Store(tmp_path)
+    keys = []
+    for i in range(4):
+        keys.append(store.save("thing", {"i": i}, provenance=S.provenance()).key)
+        time.sleep(0.02)
+    listed = store.list("thing")
+    assert len({a.provenance["created"] for a in listed}) == 1
+    assert [a.key for a in listed] == keys[::-1]
