@@ -170,18 +170,13 @@ def run_ours(setup_folder: Path, n_tokens: int | None = None,
              prune_max_nodes: int | None = None, device: str = "cpu",
              timeout: float | None = None) -> dict[str, Any]:
     """One timed attribution of ours in a fresh subprocess; its figures (worker)."""
+    from .ct_compare import run_flags
+
     with tempfile.TemporaryDirectory(prefix="attr-bench-") as tmp:
         out = Path(tmp) / "ours.json"
         cmd = [sys.executable, "-m", "interp.attribution.bench", str(setup_folder), str(out),
                "--device", device]
-        if n_tokens is not None:
-            cmd += ["--n-tokens", str(int(n_tokens))]
-        if max_feature_nodes is not None:
-            cmd += ["--max-feature-nodes", str(int(max_feature_nodes))]
-        if target_ids:
-            cmd += ["--target-ids", ",".join(str(int(t)) for t in target_ids)]
-        if threads:
-            cmd += ["--threads", str(int(threads))]
+        cmd += run_flags(n_tokens, max_feature_nodes, target_ids, threads)
         if edges is not None:
             cmd += ["--edges", str(edges)]
         if prune:

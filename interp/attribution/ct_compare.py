@@ -61,6 +61,22 @@ def ct_python() -> Path:
     return path
 
 
+
+def run_flags(n_tokens: int | None, max_feature_nodes: int | None,
+              target_ids: Sequence[int] | None, threads: int | None) -> list[str]:
+    """The command-line flags both timed attribution workers (ours and circuit-tracer's
+    runner) take for these settings (unset ones are left out)."""
+    out: list[str] = []
+    if n_tokens is not None:
+        out += ["--n-tokens", str(int(n_tokens))]
+    if max_feature_nodes is not None:
+        out += ["--max-feature-nodes", str(int(max_feature_nodes))]
+    if target_ids:
+        out += ["--target-ids", ",".join(str(int(t)) for t in target_ids)]
+    if threads:
+        out += ["--threads", str(int(threads))]
+    return out
+
 def run_circuit_tracer(setup_folder: str | os.PathLike, n_tokens: int | None = None,
                        out_file: str | os.PathLike | None = None, batch_size: int = 256,
                        max_feature_nodes: int | None = None,
@@ -84,14 +100,7 @@ def run_circuit_tracer(setup_folder: str | os.PathLike, n_tokens: int | None = N
     # -I: isolated (no PYTHONPATH, no script folder on sys.path): nothing of this project
     cmd = [str(python), "-I", str(RUNNER), str(setup_folder), str(out_file),
            "--batch-size", str(batch_size), "--device", device]
-    if n_tokens is not None:
-        cmd += ["--n-tokens", str(int(n_tokens))]
-    if max_feature_nodes is not None:
-        cmd += ["--max-feature-nodes", str(int(max_feature_nodes))]
-    if target_ids:
-        cmd += ["--target-ids", ",".join(str(int(t)) for t in target_ids)]
-    if threads:
-        cmd += ["--threads", str(int(threads))]
+    cmd += run_flags(n_tokens, max_feature_nodes, target_ids, threads)
     if check:
         cmd.append("--check")
     try:
