@@ -33,21 +33,19 @@ Launch any command with ``torchrun`` (it sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import fcntl
 import json
 import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, ContextManager, Mapping, Sequence, TypeVar
 
 import torch
 
 from .errors import ConfigError
-from .store import Artifact, Store, config_key
+from .store import Artifact, Store, config_key, dir_lock
 
 T = TypeVar("T")
 
@@ -338,18 +336,10 @@ def merge_parts(store: Store, kind: str, config: Mapping[str, Any], n_parts: int
     return art
 
 
-@contextlib.contextmanager
-def _merge_lock(store: Store) -> Iterator[None]:
+def _merge_lock(store: Store) -> ContextManager[None]:
     """An exclusive lock on the store's part folder for merging (its own lock file: the
     store's writes and deletes hold the folder's ``.lock`` themselves)."""
-    d = store.kind_dir(PART_KIND)
-    d.mkdir(parents=True, exist_ok=True)
-    with open(d / ".merge.lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return dir_lock(store.kind_dir(PART_KIND), ".merge.lock")
 
 
 def collect(kind: str, config: Mapping[str, Any], sizes: int | Sequence[int],

@@ -344,9 +344,11 @@ def pid_alive(pid: int | None) -> bool:
 
 
 @contextlib.contextmanager
-def _dir_lock(d: Path) -> Iterator[None]:
+def dir_lock(d: Path, name: str = ".lock") -> Iterator[None]:
+    """An exclusive ``flock`` on the file ``name`` in folder ``d`` (made if missing),
+    held for the ``with`` block."""
     d.mkdir(parents=True, exist_ok=True)
-    with open(d / ".lock", "a+") as lf:
+    with open(d / name, "a+") as lf:
         fcntl.flock(lf, fcntl.LOCK_EX)
         try:
             yield
@@ -420,7 +422,7 @@ class Store:
         return self.kind_dir(kind) / key
 
     def _lock(self, kind: str):
-        return _dir_lock(self.kind_dir(kind))
+        return dir_lock(self.kind_dir(kind))
 
     # -- write -------------------------------------------------------------------
     def save(
@@ -683,7 +685,7 @@ class Store:
                           (d / n).is_symlink()]
             if not names:
                 continue
-            lock = _dir_lock(d) if not dry_run else contextlib.nullcontext()
+            lock = dir_lock(d) if not dry_run else contextlib.nullcontext()
             with lock:
                 by_key: dict[str, list[tuple[str, Path]]] = {}
                 for n in names:

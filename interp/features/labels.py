@@ -16,12 +16,10 @@ A read-only store (the hosted demo) raises :class:`~interp.errors.StorageError` 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-from typing import Iterator
+from typing import ContextManager
 
 from ..errors import ConfigError, StorageError
-from ..store import Store, config_key, provenance
+from ..store import Store, config_key, dir_lock, provenance
 
 KIND = "feature_labels"
 MAX_LABEL_CHARS = 200
@@ -47,16 +45,8 @@ def load_labels(source_key: str, store: Store) -> dict[tuple[int, int], str]:
     return out
 
 
-@contextlib.contextmanager
-def _writer_lock(store: Store) -> Iterator[None]:
-    d = store.kind_dir(KIND)
-    d.mkdir(parents=True, exist_ok=True)
-    with open(d / ".labels.lock", "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def _writer_lock(store: Store) -> ContextManager[None]:
+    return dir_lock(store.kind_dir(KIND), ".labels.lock")
 
 
 def save_label(source_key: str, layer: int, feature: int, text: str, store: Store) -> None:
