@@ -67,7 +67,7 @@ def task_records(task_spec: str, tokenizer) -> tuple[list[dict[str, Any]], str]:
     the hesitation word of its markers."""
     from ..tasks import get_task
     from ..tasks.markers import hesitation_id_set
-    from ..tasks.traces import make_record, task_markers
+    from ..tasks.traces import imported_records, task_markers
 
     task = get_task(task_spec)
     if task.organism_only:
@@ -78,15 +78,7 @@ def task_records(task_spec: str, tokenizer) -> tuple[list[dict[str, Any]], str]:
     items = [it for it in task.items(None, "all") if it.trace]
     if not items:
         raise ConfigError(f"task {task_spec} has no record with a 'trace' field")
-    recs = []
-    for it in items:
-        trace = str(it.trace)
-        if mk.starts_open and mk.think_open and trace.lstrip().startswith(mk.think_open):
-            trace = trace.lstrip()[len(mk.think_open):]
-        out = list(tokenizer(trace, add_special_tokens=False)["input_ids"])
-        recs.append(make_record(it, task.encode(it, tokenizer), out, False, task, mk,
-                                tokenizer, hes, trace))
-    return recs, mk.hesitation
+    return imported_records(items, task, tokenizer, mk, hes), mk.hesitation
 
 
 def trigger_sets(records: list[dict[str, Any]], hes: set[int], max_len: int

@@ -366,6 +366,21 @@ def generate_job(spec: dict[str, Any], ctx) -> dict[str, Any] | None:
 
 
 # --------------------------------------------------------------------------- import
+def imported_records(items, task, tok, mk, hes: set[int]) -> list[dict[str, Any]]:
+    """Trace records of task items that carry a ``trace`` text (as ``traces import``
+    makes them): the trace tokenised after the prompt, an open marker the chat template
+    already wrote dropped from its start."""
+    recs = []
+    for it in items:
+        trace = str(it.trace)
+        if mk.starts_open and mk.think_open and trace.lstrip().startswith(mk.think_open):
+            trace = trace.lstrip()[len(mk.think_open):]
+        out = list(tok(trace, add_special_tokens=False)["input_ids"])
+        recs.append(make_record(it, task.encode(it, tok), out, False, task, mk, tok, hes,
+                                trace))
+    return recs
+
+
 def import_traces(path: str | Path, model_spec: str, *, chat: str = "auto",
                   markers: dict[str, Any] | None = None, store=None) -> dict[str, Any]:
     """A trace set from a JSONL file whose records have ``prompt`` and ``trace`` (and
@@ -387,14 +402,7 @@ def import_traces(path: str | Path, model_spec: str, *, chat: str = "auto",
     if not items:
         raise ConfigError(f"{Path(path).name} has no record with a 'trace' field: nothing "
                           "to import (use `traces generate` to make traces)")
-    recs = []
-    for it in items:
-        trace = str(it.trace)
-        if mk.starts_open and mk.think_open and trace.lstrip().startswith(mk.think_open):
-            trace = trace.lstrip()[len(mk.think_open):]
-        out = list(tok(trace, add_special_tokens=False)["input_ids"])
-        recs.append(make_record(it, task.encode(it, tok), out, False, task, mk, tok, hes,
-                                trace))
+    recs = imported_records(items, task, tok, mk, hes)
     cfg = {"model": r.spec, "weight_hash": current_weight_hash(r.spec),
            "task": task.describe(), "markers": mk.to_dict(), "source": "imported",
            "n": len(recs), "skipped_without_trace": len(task.items(None, "all")) - len(recs)}
