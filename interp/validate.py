@@ -97,6 +97,18 @@ def parse_json_object(text: str, what: str) -> dict[str, Any]:
     return obj
 
 
+def jsonl_record(line: str, file_name: str, line_no: int) -> dict[str, Any]:
+    """One line of a JSONL file as a JSON object (ConfigError naming the file and line
+    otherwise)."""
+    try:
+        r = json.loads(line)
+    except ValueError as e:
+        raise ConfigError(f"{file_name} line {line_no} is not JSON: {e}") from e
+    if not isinstance(r, dict):
+        raise ConfigError(f"{file_name} line {line_no} is not a JSON object")
+    return r
+
+
 def parse_sets(pairs: Sequence[str] | None) -> dict[str, Any]:
     """``["k=v", ...]`` from ``--set`` -> dict; values parsed as JSON when they are JSON
     (numbers, lists, true/false/null), else kept as strings (the config's types decide

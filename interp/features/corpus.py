@@ -38,7 +38,6 @@ tokens still works. :func:`build_corpus` makes a corpus from a JSON spec (jobs, 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -46,6 +45,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from ..errors import ConfigError
+from ..validate import jsonl_record
 
 REGIONS = ("prompt", "think_start", "thinking", "think_end", "answer")
 REGION_CODE = {name: i for i, name in enumerate(REGIONS)}
@@ -358,13 +358,7 @@ def jsonl_corpus(path: str | Path, tokenizer: Any, markers: Markers | None = Non
         raise ConfigError(f"cannot read the JSONL file {p}: {e}") from e
     recs = []
     for i, ln in enumerate(lines):
-        try:
-            r = json.loads(ln)
-        except ValueError as e:
-            raise ConfigError(f"{p.name} line {i + 1} is not JSON: {e}") from e
-        if not isinstance(r, dict):
-            raise ConfigError(f"{p.name} line {i + 1} is not a JSON object")
-        recs.append(r)
+        recs.append(jsonl_record(ln, p.name, i + 1))
     if not recs:
         raise ConfigError(f"the JSONL file {p} has no records")
     return texts_corpus(recs, tokenizer, markers, max_len,

@@ -12,11 +12,11 @@ task. Answers are scored by :func:`~.base.extract_answer` + :func:`~.base.answer
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..validate import jsonl_record
 from .base import Task, TaskItem, check_split, hash_split
 
 PROMPT_FIELDS = ("prompt", "problem", "question")
@@ -41,12 +41,7 @@ def read_records(path: str | Path) -> tuple[list[dict[str, Any]], str]:
         if not jsonl:
             recs.append({"prompt": ln.strip(), "id": f"line{no}"})
             continue
-        try:
-            r = json.loads(ln)
-        except ValueError as e:
-            raise ConfigError(f"{p.name} line {no} is not JSON: {e}") from e
-        if not isinstance(r, dict):
-            raise ConfigError(f"{p.name} line {no} is not a JSON object")
+        r = jsonl_record(ln, p.name, no)
         prompt = next((r[k] for k in PROMPT_FIELDS if isinstance(r.get(k), str)), None)
         if not prompt or not prompt.strip():
             raise ConfigError(f"{p.name} line {no} has no 'prompt' text")
