@@ -111,3 +111,21 @@ def test_l1_selection_rule():
     assert select_l1(runs) == 0.01
     assert select_l1(runs, max_l0=5.0) == 0.03
     assert select_l1(runs, max_l0=1.0) is None
+
+
+def test_compare_with_reasoner_reads_each_side_and_groups_by_the_reasoner():
+    """Hand-made scores: answers agree on the first problem only, completions on the
+    second only; groups follow the reasoner's (not the other model's) short thinking."""
+    from interp.adapters.evaluate import compare_with_reasoner
+
+    ref = [{"answer": 5, "short": False, "output_ids": [1, 2, 3]},
+           {"answer": 7, "short": True, "output_ids": [4, 5]}]
+    other = [{"answer": 5, "short": True, "output_ids": [1, 2, 9]},
+             {"answer": 8, "short": False, "output_ids": [4, 5]}]
+    c = compare_with_reasoner(other, ref, None)
+    assert c["n"] == 2 and c["answer_agreement"] == 0.5
+    assert c["completion_agreement"] == 0.5
+    assert c["token_agreement"] == pytest.approx((2 / 3 + 1) / 2)
+    g = c["groups"]
+    assert g["reasoner_short"] == {"n": 1, "answer_agreement": 0.0, "completion_agreement": 1.0}
+    assert g["reasoner_long"] == {"n": 1, "answer_agreement": 1.0, "completion_agreement": 0.0}
