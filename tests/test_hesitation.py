@@ -164,6 +164,33 @@ def test_study_end_to_end_tiny(tracer, tmp_path):
     json.dumps(out)
 
 
+def test_study_with_measured_ablation_ranking_tiny(tracer, tmp_path):
+    from interp.attribution.study import run_study, save_study, study_config
+
+    with pytest.raises(ConfigError):
+        study_config({"greedy_pool": 0})
+    res = run_study({"n_validation": 6, "n_evaluation": 6, "n_gen_validation": 6,
+                     "n_gen_evaluation": 6, "ks": [8], "modes": ["zero"],
+                     "rankings": ["ablation"], "n_cluster": 8, "greedy_pool": 3,
+                     "max_fraction": 4 / tracer.n_features}, tracer=tracer)
+    cands = res["candidates"]
+    assert cands and all(c["ranking"] == "ablation" and 1 <= c["k"] <= 4 for c in cands)
+    path = res["ablation"]["path"]
+    assert [c["features"] for c in cands] == [path[c["k"] - 1]["features"] for c in cands]
+    assert set(res["ablation"]["verify_set"]) <= set(res["ablation"]["pool"])
+    f = res["figures"]
+    for k in ("collateral_accuracy_change", "lost_corrections"):
+        assert isinstance(f[k], float)
+    v = f["verification_set"]
+    assert v["k"] == len(res["verification_features"]) >= 1
+    assert v["teacher_forced"]["p_wait_verify_after"] < v["teacher_forced"][
+        "p_wait_verify_before"]
+    art = save_study(res, Store(tmp_path / "store"))
+    single = art.tensors["ablation.single"]
+    assert single.shape == (tracer.n_features, 2)
+    assert art.meta["ablation"]["verify_set"] == res["ablation"]["verify_set"]
+
+
 def test_graph_cli_writes_a_valid_file(tmp_path, capsys):
     from interp.attribution.graph_json import validate
     from interp.cli import main
@@ -176,3 +203,95 @@ def test_graph_cli_writes_a_valid_file(tmp_path, capsys):
     assert any(n["feature_type"] == "logit" and n["is_target_logit"] for n in doc["nodes"])
     assert main(["attribution", "graph", "--target", "nosuch", "--store", str(DEMO)]) == 1
     assert "not in the model's vocabulary" in capsys.readouterr().err
+
+
+# ------------------------------------------------- measured ablations, per-example accuracy
+def _p_wait_by_decoder_zeroing(tracer, traces, feats):
+    """P(wait) at each mechanism's triggers with ``feats`` removed by zeroing their decoder
+    rows in a copy of the adapters (no FeatureMask, no wait_probs): an independent route
+    to the same ablation."""
+    import copy
+
+    from interp.adapters.model import adapter_hooks
+
+    ads = copy.deepcopy(tracer.model.adapters)
+    d = ads.d_sae
+    with torch.no_grad():
+        for f in feats:
+            ads[f // d].W_dec[f % d] = 0.0
+    wait = TOKEN_ID["wait"]
+    out = {m: [] for m in H.MECHANISMS}
+    for t in traces:
+        x = torch.tensor([t.tokens])
+        with torch.no_grad():
+            logits = tracer.model.hybrid.run_with_hooks(x, fwd_hooks=adapter_hooks(ads))
+        p = torch.softmax(logits[0].double(), -1)[:, wait]
+        for pos, m, _ in t.triggers:
+            out[m].append(float(p[pos]))
+    return {m: np.mean(v) for m, v in out.items()}
+
+
+def test_greedy_ablation_path_matches_decoder_zeroing(tracer):
+    val = H.trigger_traces("validation", 8)
+    assert {m for t in val for _, m, _ in t.triggers} == set(H.MECHANISMS)
+    single = H.ablation_effects(tracer, val, features=[83, 222, 652, 5])
+    before = _p_wait_by_decoder_zeroing(tracer, val, [])
+    for f in (83, 222):
+        after = _p_wait_by_decoder_zeroing(tracer, val, [f])
+        for j, m in enumerate(H.MECHANISMS):
+            assert single[f, j] == pytest.approx(before[m] - after[m], abs=1e-5)
+    assert single[100].tolist() == [0.0, 0.0]            # not asked for
+    pool = [83, 222, 652, 5]
+    path = H.greedy_ablation_set(tracer, val, pool, k_max=3)
+    assert 1 <= len(path) <= 3
+    # the first pick is the pool feature that leaves the lowest mean relative P(wait)
+    rem = {f: np.mean([_p_wait_by_decoder_zeroing(tracer, val, [f])[m] / before[m]
+                       for m in H.MECHANISMS]) for f in pool}
+    assert path[0]["features"] == [min(rem, key=rem.get)]
+    assert path[0]["remaining"]["mean"] == pytest.approx(min(rem.values()), abs=1e-5)
+    # every step's figure is the set's measured effect, and each step lowers it
+    for row in path:
+        after = _p_wait_by_decoder_zeroing(tracer, val, row["features"])
+        for m in H.MECHANISMS:
+            assert row["remaining"][m] == pytest.approx(after[m] / before[m], abs=1e-5)
+    means = [row["remaining"]["mean"] for row in path]
+    assert means == sorted(means, reverse=True) and means[-1] < 1
+    vpath = H.greedy_ablation_set(tracer, val, pool, k_max=1, mechanisms=("verify",))
+    vrem = {f: _p_wait_by_decoder_zeroing(tracer, val, [f])["verify"] for f in pool}
+    assert vpath[0]["features"] == [min(vrem, key=vrem.get)]
+
+
+def test_column_steps_find_uncorrected_results():
+    from interp.organisms.task import Problem, score_completion
+
+    p = Problem(1413, 9592, easy=False)
+    fixed = ("3 + 2 + 0 = 0 5 ; 1 + 9 + 0 = 1 0 ; 4 + 5 + 1 = 0 0 wait 1 0 ; "
+             "1 + 9 + 1 = 1 2 wait 1 1 ; wait check 1 1 0 0 5 ; </think> A 1 1 0 0 5 <eos>")
+    s = score_completion(p, fixed)
+    assert (s["columns_wrong"], s["columns_uncorrected"], s["correct"]) == (2, 0, True)
+    left = fixed.replace("0 0 wait 1 0", "0 0")           # the carry slip stays
+    s = score_completion(p, left)
+    assert (s["columns_wrong"], s["columns_uncorrected"]) == (2, 1)
+    worse = fixed.replace("wait 1 0", "wait 0 9")        # a "correction" that is wrong
+    assert score_completion(p, worse)["columns_uncorrected"] == 1
+    assert score_completion(p, "3 + x + 0 = 0 5 ; </think> A 5")["columns_wrong"] == 0
+
+
+def test_accuracy_decomposition_splits_lost_corrections_from_collateral():
+    def row(correct, unc):
+        return {"correct": correct, "columns_wrong": unc, "columns_uncorrected": unc}
+
+    before = [row(True, 0)] * 6 + [row(False, 0)] * 2 + [row(True, 0)] * 2
+    after = ([row(False, 1)] * 2                      # corrections lost
+             + [row(True, 0)] * 3 + [row(False, 0)]   # one collateral loss
+             + [row(False, 0), row(True, 0)]          # one collateral gain
+             + [row(True, 0)] * 2)
+    d = H.accuracy_decomposition(before, after)
+    assert d["lost_corrections"] == pytest.approx(0.2)
+    assert d["n_collateral"] == 8
+    assert d["collateral_accuracy_change"] == pytest.approx(0.0)   # -1 +1 over 8
+    after[2] = row(False, 0)
+    d = H.accuracy_decomposition(before, after)
+    assert d["collateral_accuracy_change"] == pytest.approx(-100 / 8)
+    assert d["columns_uncorrected_after"] == pytest.approx(0.2)
+    assert d["collateral_accuracy_change_ci"][0] <= d["collateral_accuracy_change"]

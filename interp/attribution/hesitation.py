@@ -20,7 +20,10 @@ The pieces, on an adapters artifact (its pair and adapter model):
   groups the top features by their effect profiles across triggers (cosine distance,
   average linkage, the number of clusters chosen by silhouette; no labels are used);
   :func:`cluster_purity` scores them against the planted mechanisms.
-* :func:`ablation_figures` and :func:`clamp_figures` test necessity (zero- or
+* :func:`ablation_effects` measures each feature's necessity by ablating it alone, and
+  :func:`greedy_ablation_set` grows a set by forward selection on measured ablations.
+* :func:`ablation_teacher_forced`, :func:`ablation_generation` and :func:`clamp_figures`
+  test necessity (zero- or
   mean-ablating a feature set: teacher-forced P(``wait``) at triggers, generated
   hesitations, thinking length and accuracy) and sufficiency (clamping the set at clean
   decision points, one position at a time: how often ``wait`` becomes the top token).
@@ -441,6 +444,70 @@ def ablation_teacher_forced(tracer: Tracer, traces: Sequence[Trace], mask: Featu
     return out
 
 
+def ablation_effects(tracer: Tracer, traces: Sequence[Trace],
+                     features: Sequence[int] | None = None,
+                     progress: ProgressFn | None = None) -> np.ndarray:
+    """Each feature's necessity on its own, measured: the drop of the mean teacher-forced
+    P(``wait``) at each mechanism's triggers when that one feature is zeroed everywhere
+    ``[n_features, len(MECHANISMS)]`` (one forward pass over the traces per feature;
+    only ``features`` when given, e.g. those active in the traces: the rest stay 0).
+    Unlike the graph's linear effects, this sees paths through attention patterns and
+    norms."""
+    d_sae = tracer.model.adapters.d_sae
+    before = wait_probs(tracer, traces, batch_size=128)
+    out = np.zeros((tracer.n_features, len(MECHANISMS)))
+    todo = list(range(tracer.n_features)) if features is None else [int(f) for f in features]
+    for i, f in enumerate(todo):
+        after = wait_probs(tracer, traces, feature_mask([f], d_sae, "zero"), batch_size=128)
+        for j, m in enumerate(MECHANISMS):
+            if before[m].size:
+                out[f, j] = before[m].mean() - after[m].mean()
+        if progress:
+            progress(i + 1, len(todo))
+    return out
+
+
+def greedy_ablation_set(tracer: Tracer, traces: Sequence[Trace], pool: Sequence[int],
+                        k_max: int, mechanisms: Sequence[str] = MECHANISMS,
+                        progress: ProgressFn | None = None) -> list[dict[str, Any]]:
+    """Forward selection of a zero-ablation set from ``pool``: at each step the feature
+    whose addition leaves the lowest mean over ``mechanisms`` of P(``wait``) at their
+    triggers relative to the unablated model. Returns the path, one row per step
+    (``features`` so far and the ``remaining`` relative P(``wait``) per mechanism and on
+    average); a step that cannot lower the average ends it early."""
+    d_sae = tracer.model.adapters.d_sae
+    before = wait_probs(tracer, traces, batch_size=128)
+    mechs = [m for m in mechanisms if before[m].size and before[m].mean() > 0]
+    if not mechs:
+        raise ConfigError("the traces have no triggers of the mechanisms asked for")
+
+    def remaining(fs: list[int]) -> dict[str, float]:
+        after = wait_probs(tracer, traces, feature_mask(fs, d_sae, "zero"), batch_size=128)
+        r = {m: float(after[m].mean() / before[m].mean()) for m in mechs}
+        r["mean"] = float(np.mean([r[m] for m in mechs]))
+        return r
+
+    chosen: list[int] = []
+    path: list[dict[str, Any]] = []
+    best_so_far = 1.0
+    for step in range(min(k_max, len(pool))):
+        best = None
+        for f in pool:
+            if f in chosen:
+                continue
+            r = remaining(chosen + [int(f)])
+            if best is None or r["mean"] < best[1]["mean"]:
+                best = (int(f), r)
+        if best is None or best[1]["mean"] >= best_so_far:
+            break
+        chosen.append(best[0])
+        best_so_far = best[1]["mean"]
+        path.append({"features": list(chosen), "remaining": best[1]})
+        if progress:
+            progress(step + 1, min(k_max, len(pool)))
+    return path
+
+
 def generation_figures(tracer: Tracer, problems: Sequence[Any],
                        mask: FeatureMask | None = None, max_new_tokens: int = 80,
                        batch_size: int = 128) -> list[dict[str, Any]]:
@@ -488,6 +555,40 @@ def ablation_generation(tracer: Tracer, problems: Sequence[Any], mask: FeatureMa
     out["answer_agreement"] = float(np.mean([x["answer"] == y["answer"] for x, y in zip(b, a)]))
     out["completion_agreement"] = float(np.mean([x["output_ids"] == y["output_ids"]
                                                  for x, y in zip(b, a)]))
+    out.update(accuracy_decomposition(b, a))
+    return out
+
+
+def accuracy_decomposition(before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]]
+                           ) -> dict[str, Any]:
+    """Where an ablation's accuracy change comes from, per problem (greedy generations
+    scored by ``score_completion``, paired by problem).
+
+    An error hesitation exists to catch a wrongly written column result; without it the
+    wrong result stays. ``lost_corrections``: the share of problems right before and wrong
+    after whose ablated thinking keeps a wrong column result (``columns_uncorrected``).
+    ``collateral_accuracy_change`` (points, with a bootstrap 95% interval): the paired
+    change over the problems whose ablated thinking keeps no wrong column result, i.e.
+    everything the ablation did besides leaving errors uncorrected. ``columns_wrong``:
+    wrong column results written per problem (caught or not), before and after: the
+    ablation should not change how often the model errs, only whether it notices."""
+    from ..length.stats import paired_change
+
+    n = len(before)
+    if not n:
+        return {}
+    clean = [i for i, r in enumerate(after) if not r.get("columns_uncorrected", 0)]
+    lost = sum(1 for x, y in zip(before, after)
+               if x["correct"] and not y["correct"] and y.get("columns_uncorrected", 0))
+    out: dict[str, Any] = {"lost_corrections": lost / n, "n_collateral": len(clean)}
+    for k in ("columns_wrong", "columns_uncorrected"):
+        out[f"{k}_before"] = float(np.mean([r.get(k, 0) for r in before]))
+        out[f"{k}_after"] = float(np.mean([r.get(k, 0) for r in after]))
+    if clean:
+        ch = paired_change([100.0 * before[i]["correct"] for i in clean],
+                           [100.0 * after[i]["correct"] for i in clean])
+        out["collateral_accuracy_change"] = ch["mean"]
+        out["collateral_accuracy_change_ci"] = [ch["ci_low"], ch["ci_high"]]
     return out
 
 

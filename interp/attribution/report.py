@@ -42,10 +42,10 @@ def collect(store: Store) -> dict[str, Any]:
     for feat, lab in zip(cl["features"], cl["labels"]):
         groups.setdefault(int(lab), []).append(f"{feat // d}:{feat % d}")
     out["clusters"] = {str(k): v for k, v in sorted(groups.items())}
-    out["candidates"] = [{k: c[k] for k in ("ranking", "k", "mode", "p_wait_drop",
-                                            "hesitation_rate_drop", "accuracy_change",
-                                            "think_tokens_change")}
-                         for c in art.meta["candidates"]]
+    out["candidates"] = [{k: c.get(k) for k in (
+        "ranking", "k", "mode", "p_wait_drop", "hesitation_rate_drop", "accuracy_change",
+        "collateral_accuracy_change", "lost_corrections", "think_tokens_change")}
+        for c in art.meta["candidates"]]
     return out
 
 

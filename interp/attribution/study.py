@@ -10,16 +10,27 @@ the two splits use disjoint held-out problems):
    the planted mechanisms (``cluster_purity``) and, inside the error clusters, against
    the error's cause; triggers clustered by their driving features
    (``prompt_cluster_purity``).
-3. **Candidate feature sets**: the top ``k`` of either ranking (``k`` in ``ks``, at most
-   ``max_fraction`` of all features), ablated to zero or to the feature's mean activation;
-   each is scored on validation traces (teacher-forced P(``wait``) at triggers) and
-   validation generations (hesitations, thinking length, accuracy). The chosen set
-   maximises the validation hesitation-rate drop minus the accuracy lost (as a share),
-   among sets that keep the mean thinking length within ``max_length_change`` of the
-   unablated model's.
+3. **Candidate feature sets**: the top ``k`` of either graph ranking (``k`` in ``ks``, at
+   most ``max_fraction`` of all features), ablated to zero or to the feature's mean
+   activation; and, for the ``ablation`` ranking, sets grown by forward selection on
+   measured ablations (each feature ablated alone, the ``greedy_pool`` best per
+   mechanism form the pool; each step adds the feature that most lowers the mean over
+   mechanisms of the relative P(``wait``) at validation triggers). Each set is scored on
+   validation traces (teacher-forced P(``wait``) at triggers) and validation generations
+   (hesitations, thinking length, accuracy, split per problem into corrections lost and
+   collateral change). The chosen set maximises the validation hesitation-rate drop
+   minus the collateral accuracy lost (as a share), among sets that keep the mean
+   thinking length within ``max_length_change`` of the unablated model's. Corrections
+   lost are not penalised: in this organism an error hesitation is followed by the
+   correction of a wrong column result, so any set that removes error hesitations must
+   leave those results wrong; the study reports that share instead.
 4. **Evaluation** of the chosen set: P(``wait``) at evaluation triggers, generations on
    evaluation problems (paired accuracy change with a bootstrap interval), and clamping
    it at evaluation clean decision points to its mean activation at validation triggers.
+   The *verification set* (the shortest forward-selection prefix, on verification
+   triggers alone, that leaves at most ``verify_remaining`` of their P(``wait``)) is
+   evaluated likewise: verification hesitations are redundant re-checks, so removing
+   them should cost no accuracy at all.
 """
 
 from __future__ import annotations
@@ -38,9 +49,11 @@ DEFAULTS: dict[str, Any] = {
     "adapters_key": None, "adapters_store": None, "store": None, "device": "cpu",
     "n_validation": 120, "n_evaluation": 120, "n_gen_validation": 100,
     "n_gen_evaluation": 300, "n_cluster": 30, "ks": [25, 51], "max_fraction": 0.05,
-    "modes": ["zero", "mean"], "rankings": ["logit_diff", "logit"],
+    "modes": ["zero", "mean"], "rankings": ["logit_diff", "logit", "ablation"],
+    "greedy_pool": 40, "verify_remaining": 0.1,
     "max_length_change": 0.25, "max_new_tokens": 80,
 }
+GRAPH_RANKINGS = ("logit", "logit_diff")
 GEN_SEEDS = {"validation": 303, "evaluation": 404}
 
 
@@ -56,7 +69,11 @@ def study_config(spec: dict[str, Any]) -> dict[str, Any]:
     if not 0 < float(cfg["max_fraction"]) <= 1:
         raise ConfigError("max_fraction must be in (0, 1]")
     bad = [m for m in cfg["modes"] if m not in ("zero", "mean")]
-    bad += [r for r in cfg["rankings"] if r not in ("logit", "logit_diff")]
+    bad += [r for r in cfg["rankings"] if r not in (*GRAPH_RANKINGS, "ablation")]
+    if not isinstance(cfg["greedy_pool"], int) or cfg["greedy_pool"] < 1:
+        raise ConfigError("greedy_pool must be a positive integer")
+    if not 0 < float(cfg["verify_remaining"]) < 1:
+        raise ConfigError("verify_remaining must be in (0, 1)")
     if bad:
         raise ConfigError(f"unknown modes or rankings {bad}")
     return cfg
@@ -115,7 +132,8 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
         tracer = H.Tracer.from_artifact(art, cfg["device"])
     d_sae = tracer.model.adapters.d_sae
     n_feat = tracer.n_features
-    steps = 2 * cfg["n_validation"] + 8
+    steps = 2 * cfg["n_validation"] + 8 + 2 * len(cfg["rankings"]) \
+        + (3 if "ablation" in cfg["rankings"] else 0)
     done = 0
 
     def step(msg, k=1):
@@ -163,32 +181,58 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
     base_gen = _gen_summary(base_rows)
     base_tf = H.wait_probs(tracer, val)
     hybrid_tf = H.wait_probs(_HybridOnly(tracer), val)
-    candidates = []
+    sets: list[tuple[str, list[int], str]] = []     # (ranking, features, mode)
     for rname in cfg["rankings"]:
+        if rname == "ablation":
+            continue
         ranked = [r["feature"] for r in rankings[rname] if r["mean_effect"] > 0]
         for k in sorted({min(int(k), kmax) for k in cfg["ks"]}):
-            feats = ranked[:k]
-            for mode in cfg["modes"]:
-                mask = H.feature_mask(feats, d_sae, mode, means)
-                after = H.wait_probs(tracer, val, mask)
-                trig_b = np.concatenate([base_tf[m] for m in H.MECHANISMS])
-                trig_a = np.concatenate([after[m] for m in H.MECHANISMS])
-                rows = H.generation_figures(tracer, val_probs, mask, cfg["max_new_tokens"])
-                g = _gen_summary(rows)
-                hd = 1 - g["hesitations"] / base_gen["hesitations"] \
-                    if base_gen["hesitations"] > 0 else float("nan")
-                candidates.append({
-                    "ranking": rname, "k": len(feats), "mode": mode, "features": feats,
-                    "p_wait_drop": float(1 - trig_a.mean() / trig_b.mean()),
-                    "hesitation_rate_drop": hd,
-                    "accuracy_change": 100 * (g["accuracy"] - base_gen["accuracy"]),
-                    "think_tokens_change": g["think_tokens"] / base_gen["think_tokens"] - 1,
-                    "generation": g})
-        step(f"candidates ({rname})", 2)
+            sets += [(rname, ranked[:k], mode) for mode in cfg["modes"]]
+    ablation: dict[str, Any] = {}
+    if "ablation" in cfg["rankings"]:
+        live = torch.nonzero(means > 0).flatten().tolist()  # active somewhere in val
+        single = H.ablation_effects(tracer, val, live, progress=lambda i, n: step(
+            "single-feature ablations", 0) if i % 64 == 0 else None)
+        step("single-feature ablations", 1)
+        pool = sorted({int(f) for j in range(single.shape[1])
+                       for f in np.argsort(-single[:, j])[: cfg["greedy_pool"]]
+                       if single[f, j] > 0})
+        path = H.greedy_ablation_set(tracer, val, pool, kmax)
+        step("greedy selection (all triggers)", 1)
+        vpath = H.greedy_ablation_set(tracer, val, pool, kmax, mechanisms=("verify",))
+        step("greedy selection (verification)", 1)
+        best = int(np.argmin([p["remaining"]["mean"] for p in path])) + 1 if path else 0
+        for k in sorted(({min(int(k), len(path)) for k in cfg["ks"]} | {best}) - {0}):
+            sets.append(("ablation", path[k - 1]["features"], "zero"))
+        vk = next((i for i, p in enumerate(vpath)
+                   if p["remaining"]["verify"] <= cfg["verify_remaining"]), len(vpath) - 1)
+        ablation = {"single": single, "pool": pool, "path": path, "verify_path": vpath,
+                    "verify_set": vpath[vk]["features"] if vpath else []}
+    candidates = []
+    for rname, feats, mode in sets:
+        mask = H.feature_mask(feats, d_sae, mode, means)
+        after = H.wait_probs(tracer, val, mask)
+        trig_b = np.concatenate([base_tf[m] for m in H.MECHANISMS])
+        trig_a = np.concatenate([after[m] for m in H.MECHANISMS])
+        rows = H.generation_figures(tracer, val_probs, mask, cfg["max_new_tokens"])
+        g = _gen_summary(rows)
+        dec = H.accuracy_decomposition(base_rows, rows)
+        hd = 1 - g["hesitations"] / base_gen["hesitations"] \
+            if base_gen["hesitations"] > 0 else float("nan")
+        candidates.append({
+            "ranking": rname, "k": len(feats), "mode": mode, "features": feats,
+            "p_wait_drop": float(1 - trig_a.mean() / trig_b.mean()),
+            "hesitation_rate_drop": hd,
+            "accuracy_change": 100 * (g["accuracy"] - base_gen["accuracy"]),
+            "collateral_accuracy_change": dec.get("collateral_accuracy_change", 0.0),
+            "lost_corrections": dec.get("lost_corrections", 0.0),
+            "think_tokens_change": g["think_tokens"] / base_gen["think_tokens"] - 1,
+            "generation": g})
+        step(f"candidate {rname} k={len(feats)} {mode}", 0)
+    step("candidates", 2 * len(cfg["rankings"]))
     ok = [c for c in candidates if abs(c["think_tokens_change"]) <= cfg["max_length_change"]]
-    pool = ok or candidates
-    chosen = max(pool, key=lambda c: c["hesitation_rate_drop"]
-                 - max(0.0, -c["accuracy_change"]) / 100)
+    pool_c = ok or candidates
+    chosen = max(pool_c, key=_choice_score)
     # evaluation
     feats = chosen["features"]
     mask = H.feature_mask(feats, d_sae, chosen["mode"], means)
@@ -196,11 +240,20 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
     ev_probs = generation_problems("evaluation", cfg["n_gen_evaluation"])
     gen = H.ablation_generation(tracer, ev_probs, mask, cfg["max_new_tokens"])
     step("evaluation")
+    verification: dict[str, Any] = {}
+    if ablation.get("verify_set"):
+        vfeats = ablation["verify_set"]
+        vmask = H.feature_mask(vfeats, d_sae, "zero")
+        verification = {"features": vfeats, "k": len(vfeats),
+                        "teacher_forced": H.ablation_teacher_forced(tracer, ev, vmask),
+                        "generation": H.ablation_generation(tracer, ev_probs, vmask,
+                                                            cfg["max_new_tokens"])}
     clamp = H.clamp_figures(tracer, ev, feats, trig_means)
     step("clamp")
     # ranking stability: the chosen features' effects on evaluation traces
     ev_eff = H.collect_effects(tracer, ev[: max(10, cfg["n_evaluation"] // 4)],
-                               chosen["ranking"])
+                               chosen["ranking"] if chosen["ranking"] in GRAPH_RANKINGS
+                               else "logit")
     ev_mean = ev_eff.total.mean(0)
     stability = float(np.mean([float(ev_mean[f]) > 0 for f in feats])) if feats else 0.0
     step("done", steps)
@@ -210,6 +263,9 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
         "p_wait_drop": tf["p_wait_drop"], "hesitation_rate_drop": gen["hesitation_rate_drop"],
         "accuracy_change": gen["accuracy_change"],
         "accuracy_change_ci": gen["accuracy_change_ci"],
+        "collateral_accuracy_change": gen.get("collateral_accuracy_change"),
+        "collateral_accuracy_change_ci": gen.get("collateral_accuracy_change_ci"),
+        "lost_corrections": gen.get("lost_corrections"),
         "ablated_feature_fraction": len(feats) / n_feat,
         "clamp_induced_rate": clamp["clamp_induced_rate"],
         "chosen": {k: v for k, v in chosen.items() if k != "features"},
@@ -221,10 +277,20 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
                               if base_tf[m].size},
         "p_wait_validation_hybrid": {m: float(hybrid_tf[m].mean()) for m in H.MECHANISMS
                                      if hybrid_tf[m].size},
+        "verification_set": {k: v for k, v in verification.items() if k != "features"},
     }
     return {"config": cfg, "figures": figures, "effects": effects, "rankings": rankings,
             "clusters": {"features": top, "labels": cl["labels"], "truth": truth},
-            "candidates": candidates, "chosen_features": feats, "tracer": tracer}
+            "candidates": candidates, "chosen_features": feats, "tracer": tracer,
+            "ablation": ablation, "verification_features": verification.get("features", [])}
+
+
+def _choice_score(c: dict[str, Any]) -> float:
+    """The validation rule that picks the evaluated set: the hesitation-rate drop minus
+    the collateral accuracy lost (as a share). Accuracy lost because a wrong column
+    result stayed uncorrected is the price of removing error hesitations in this
+    organism and is reported, not penalised: any set that removes them pays it."""
+    return c["hesitation_rate_drop"] - max(0.0, -c["collateral_accuracy_change"]) / 100
 
 
 class _HybridOnly:
@@ -263,6 +329,9 @@ def save_study(res: dict[str, Any], store: Store) -> Any:
         tensors[f"{t}.direct"] = e.direct
         tensors[f"{t}.active"] = e.active.to(torch.uint8)
     eff = res["effects"]["logit_diff"]
+    abl = res.get("ablation") or {}
+    if abl:
+        tensors["ablation.single"] = torch.as_tensor(abl["single"], dtype=torch.float32)
     meta = {
         "figures": res["figures"],
         "rankings": {t: r[:200] for t, r in res["rankings"].items()},
@@ -272,6 +341,9 @@ def save_study(res: dict[str, Any], store: Store) -> Any:
         "triggers": {"mechanism": eff.mechanism, "cause": eff.cause,
                      "trace_index": eff.trace_index},
         "d_sae": eff.d_sae, "adapters_key": tr.key,
+        "ablation": {k: abl[k] for k in ("pool", "path", "verify_path", "verify_set")
+                     if k in abl},
+        "verification_features": res.get("verification_features", []),
     }
     models = {"base": tr.base.describe(), "reasoner": tr.reasoner.describe()}
     return store.save(KIND, cfg, tensors, provenance=provenance(models=models), meta=meta,

@@ -468,6 +468,7 @@ def score_completion(problem: Problem, completion_text: str, fmt: str = "think"
     answer = int("".join(ans_words)) if ans_words else None
     closed = "</think>" in w
     think = w[: w.index("</think>")] if closed else (w if fmt == "think" else [])
+    steps = column_steps(think)
     n_err = n_ver = 0
     for i, t in enumerate(think):
         if t == "wait":
@@ -484,7 +485,40 @@ def score_completion(problem: Problem, completion_text: str, fmt: str = "think"
         "hesitations_verify": n_ver,
         "short": fmt == "think" and closed and len(think) == 0,
         "closed": closed,
+        "columns_wrong": sum(not s["right"] for s in steps),
+        "columns_uncorrected": sum(not s["kept_right"] for s in steps),
     }
+
+
+def column_steps(think: Sequence[str]) -> list[dict[str, Any]]:
+    """The column steps ``x + y + c = s1 s0 [wait s1 s0]... ;`` written in a thinking
+    span, each checked against its own written operands: ``right`` when the first result
+    written equals ``x + y + c``, ``kept_right`` when the last one (after any corrections)
+    does. A written result that is wrong and never corrected is what an error hesitation
+    exists to catch. Malformed steps (non-digits where digits belong) are skipped."""
+    out: list[dict[str, Any]] = []
+    w = list(think)
+    dig = lambda t: len(t) == 1 and t.isdigit()  # noqa: E731
+    for i, t in enumerate(w):
+        if t != "=" or i < 5 or w[i - 2] != "+" or w[i - 4] != "+":
+            continue
+        x, y, c = w[i - 5], w[i - 3], w[i - 1]
+        if not (dig(x) and dig(y) and dig(c)):
+            continue
+        total = int(x) + int(y) + int(c)
+        results = []
+        j = i + 1
+        while j + 1 < len(w) and dig(w[j]) and dig(w[j + 1]):
+            results.append(10 * int(w[j]) + int(w[j + 1]))
+            j += 2
+            if j < len(w) and w[j] == "wait" and j + 1 < len(w) and w[j + 1] != "check":
+                j += 1
+                continue
+            break
+        if results:
+            out.append({"total": total, "results": results, "right": results[0] == total,
+                        "kept_right": results[-1] == total})
+    return out
 
 
 # --------------------------------------------------------------------------- tokenizer
