@@ -42,6 +42,8 @@ DEMO_ALLOWS = {  # page title -> what the hosted demo allows there (one line)
                 "clamp a feature in a short generation ({limits}); labels are not saved.",
     "Hesitation graph": "attribution graphs of short organism prompts ({limits}); graphs "
                         "are computed, never saved.",
+    "Hesitation features": "the committed hesitation study of the demo adapters (ranking, "
+                           "clusters, ablation and clamping); no new studies.",
     "Amplify": "logit-diff amplified sampling of the organisms, up to 8 samples and 4 α "
                "values at a time ({limits}).",
 }
@@ -53,6 +55,7 @@ OPTIONAL_PAGES = (  # pages other capabilities add; shown once their file exists
     ("pages/vectors.py", "Reasoning vectors", ":material/trending_flat:"),
     ("pages/features.py", "Features", ":material/scatter_plot:"),
     ("pages/hesitation.py", "Hesitation graph", ":material/account_tree:"),
+    ("pages/hesitation_study.py", "Hesitation features", ":material/troubleshoot:"),
     ("pages/amplify.py", "Amplify", ":material/volume_up:"),
 )
 

@@ -26,6 +26,7 @@ PAGES = (  # (file name, URL path)
     ("adapters", "adapters"),
     ("features", "features"),
     ("hesitation", "hesitation"),
+    ("hesitation_study", "hesitation_study"),
     ("length", "length"),
     ("vectors", "vectors"),
     ("amplify", "amplify"),

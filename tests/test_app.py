@@ -175,7 +175,7 @@ def test_optional_pages_appear_when_their_file_exists(tmp_cache, tmp_path):
     shutil.copytree(PROJECT_ROOT / "pages", tmp_path / "pages",
                     ignore=shutil.ignore_patterns("adapters.py", "length.py", "vectors.py",
                                                   "features.py", "hesitation.py",
-                                                  "amplify.py"))
+                                                  "hesitation_study.py", "amplify.py"))
     at = AppTest.from_file(str(tmp_path / "app.py"), default_timeout=60).run()
     assert not at.exception
     titles = lambda: {i["page_name"] for i in at._registered_pages.values()}  # noqa: E731

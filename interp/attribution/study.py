@@ -197,9 +197,12 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
         pool = sorted({int(f) for j in range(single.shape[1])
                        for f in np.argsort(-single[:, j])[: cfg["greedy_pool"]]
                        if single[f, j] > 0})
-        path = H.greedy_ablation_set(tracer, val, pool, kmax)
+        path = H.greedy_ablation_set(tracer, val, pool, kmax, progress=lambda i, n: step(
+            f"forward selection {i}/{n}", 0))
         step("greedy selection (all triggers)", 1)
-        vpath = H.greedy_ablation_set(tracer, val, pool, kmax, mechanisms=("verify",))
+        vpath = H.greedy_ablation_set(tracer, val, pool, kmax, mechanisms=("verify",),
+                                      progress=lambda i, n: step(
+                                          f"forward selection (verification) {i}/{n}", 0))
         step("greedy selection (verification)", 1)
         best = int(np.argmin([p["remaining"]["mean"] for p in path])) + 1 if path else 0
         for k in sorted(({min(int(k), len(path)) for k in cfg["ks"]} | {best}) - {0}):

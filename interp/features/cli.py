@@ -143,3 +143,42 @@ def add_commands(sub) -> None:
     c.add_argument("--device", default="auto")
     c.add_argument("--background", action="store_true", help="submit and return")
     c.set_defaults(func=_cmd_collect)
+    pr = s.add_parser("probe", help="linear probes of the organisms' planted labels at every "
+                      "layer of the reasoner (does the model represent what no feature "
+                      "separates?)")
+    pr.add_argument("--n", type=int, default=800, help="labelled organism traces")
+    pr.add_argument("--store", default="main", choices=["main", "demo"],
+                    help="where the artifact goes (default: your cache)")
+    pr.add_argument("--device", default="cpu")
+    pr.set_defaults(func=_cmd_probe)
+
+
+def _cmd_probe(args) -> int:
+    """Fit and save the label probes (``interp.features.probe``) and print them."""
+    import json
+    import sys
+
+    from tqdm import tqdm
+
+    from ..adapters.report import demo_store
+    from ..models import load_model
+    from ..store import Store
+    from ..validate import number
+    from .corpus import organism_corpus
+    from .probe import label_probes, save_probes
+
+    n = number(args.n, "--n", lo=2, integer=True)
+    model = load_model("organism:reasoner", device=args.device)
+    corpus = organism_corpus(n, seed=0)
+    bar = tqdm(total=n, file=sys.stderr, unit="seq")
+
+    def progress(i, total):
+        bar.n = i
+        bar.refresh()
+
+    res = label_probes(model.hooked, corpus, max_seqs=n, progress=progress)
+    bar.close()
+    store = demo_store(read_only=False) if args.store == "demo" else Store()
+    art = save_probes(res, model, corpus, n, store)
+    print(json.dumps({"key": art.key, **res}, indent=1))
+    return 0

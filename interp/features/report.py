@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import ArtifactError
 from ..store import Artifact, Store
+from .pipeline import label_display
 
 DEMO_N = 2000
 TARGET_AUROC = 0.95
@@ -121,9 +122,39 @@ def report_features(args) -> dict[str, Any]:
         out["map"] = {"key": fm.key, "method": fm.config["method"],
                       "seconds": fm.meta.get("seconds"), "n_placed": fm.meta.get("n_placed"),
                       "bytes": _size(fm)}
+    out.update(_probe_figures(tab, best, store))
     vals = [v for v in out["best_auroc_per_label"].values() if v is not None]
     out["target_auroc"] = TARGET_AUROC
     out["labels_meeting_target"] = sorted(k for k, v in out["best_auroc_per_label"].items()
                                           if v is not None and v >= TARGET_AUROC)
     out["target_met"] = bool(vals) and all(v >= TARGET_AUROC for v in vals)
     return out
+
+
+def _probe_figures(tab: Any, best: Any, store: Store) -> dict[str, Any]:
+    """``label_probes``: per planted label, the best linear read-out of the reasoner's
+    activations (site and AUROC) and the read-out of the MLP input of the best
+    feature's layer (what any single feature there is a function of); absent until
+    ``python -m interp features probe --store demo`` has run."""
+    from .probe import best_site, feature_layer_reference, find_probes
+
+    pair = tab.meta.get("source", {}).get("pair_hashes") or {}
+    art = find_probes(store, pair.get("reasoner", "")) if pair else None
+    if art is None:
+        arts = store.list("features_probe")
+        art = arts[0] if arts else None
+    if art is None:
+        return {}
+    out: dict[str, Any] = {}
+    for _, r in best.iterrows():
+        name = next((n for n in tab.label_names if label_display(n) == r["label"]), None)
+        if name is None or name not in art.meta["labels"]:
+            continue
+        site, auc = best_site(art.meta, name)
+        layer = int(str(r["feature"]).split(":")[0]) if r["feature"] else None
+        out[r["label"]] = {
+            "best_site": site, "best_site_auroc": auc,
+            "feature_layer_mlp_input_auroc": None if layer is None
+            else feature_layer_reference(art.meta, name, layer),
+            "by_site": art.meta["labels"][name]}
+    return {"label_probes": out, "probe_key": art.key}

@@ -1,0 +1,81 @@
+"""The Hesitation features page (AppTest) on the committed demo hesitation study: the
+numbers it shows are the artifact's, recomputed here from its records where they can be."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from interp.attribution import study_view as V
+from interp.attribution.report import DEMO_ROOT, latest_study
+from interp.store import PROJECT_ROOT, Store
+
+APP = str(PROJECT_ROOT / "app.py")
+PAGE = "pages/hesitation_study.py"
+pytestmark = pytest.mark.usefixtures("_navigation_mode")
+
+
+@pytest.fixture(scope="module")
+def study():
+    return latest_study(Store(DEMO_ROOT, read_only=True))
+
+
+def _page(params: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page(PAGE)
+    at.query_params.update(params or {})
+    return at.run()
+
+
+def test_page_shows_the_committed_study(tmp_cache, monkeypatch, study):
+    monkeypatch.setenv("INTERP_DEMO", "1")
+    at = _page()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.query_params["study"] == f"demo:{study.key}"
+    text = " ".join(m.value for m in at.markdown)
+    f = study.meta["figures"]
+    assert f"{f['clamp']['clamp_induced_rate']:.1%}" in text
+    assert f"{f['cluster_purity']:.2f}" in text
+    frames = [d.value for d in at.dataframe]
+    ranking = next(d for d in frames if "mean effect" in d.columns)
+    top = study.meta["rankings"]["logit_diff"][0]
+    assert ranking.iloc[0]["feature"] == top["name"]
+    assert ranking.iloc[0]["card"] == f"features?feat={top['name']}"
+    assert len(ranking) == 30
+    at.query_params["rn"] = "10"
+    at.query_params["rk"] = "logit"
+    at = _page({"rn": "10", "rk": "logit"})
+    ranking = next(d.value for d in at.dataframe if "mean effect" in d.value.columns)
+    assert len(ranking) == 10
+    assert ranking.iloc[0]["feature"] == study.meta["rankings"]["logit"][0]["name"]
+    assert not at.button  # nothing can be started in the hosted demo
+
+
+def test_bad_links_fall_back(tmp_cache, monkeypatch, study):
+    monkeypatch.setenv("INTERP_DEMO", "1")
+    at = _page({"study": "demo:nosuch", "rn": "9999", "rk": "bogus"})
+    assert not at.exception
+    assert at.query_params["study"] == f"demo:{study.key}"
+
+
+def test_headline_recomputes_from_the_figures(study):
+    f = study.meta["figures"]
+    head = V.headline_table(study).set_index("set")
+    tf, gen = f["evaluation_teacher_forced"], f["evaluation_generation"]
+    row = head.loc["chosen set"]
+    assert row["features"] == len(study.meta["chosen_features"])
+    assert row["share of features"] == pytest.approx(f["ablated_feature_fraction"])
+    assert row["P(wait) drop, error"] == pytest.approx(
+        1 - tf["p_wait_error_after"] / tf["p_wait_error_before"])
+    assert row["hesitation drop, verify"] == pytest.approx(
+        1 - gen["hesitations_verify_after"] / gen["hesitations_verify_before"])
+    path = V.selection_path(study)
+    for which, key in (("all triggers", "path"), ("verification only", "verify_path")):
+        rows = study.meta.get("ablation", {}).get(key) or []
+        part = path[path["selection"] == which] if len(path) else path
+        assert len(part) == len(rows)
+    clusters = V.clusters_table(study)
+    assert clusters["size"].sum() == len(study.meta["clusters"]["features"])
+    # the prompt context shown for a cluster ends at a trigger of its mechanism
+    assert all(m in row for row, m in zip(clusters["fires most at"],
+                                           clusters["mechanism (ground truth)"]))
