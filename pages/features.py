@@ -27,6 +27,8 @@ from interp.features import plots as fp
 from interp.features.card import card_data, card_html, examples_html, graphs_with_feature
 from interp.features.labels import MAX_LABEL_CHARS, merged_labels, save_label
 from interp.features.pipeline import label_display
+from interp.features.probe import KIND as PROBE_KIND
+from interp.features.probe import probe_table
 from interp.features.table import FeatureTable, describe_corpus, find_features
 from interp.grid import format_grid
 
@@ -556,6 +558,20 @@ if tab.label_names:
     fig_b = _best_figure(str(store.root), key, _stamp(art))
     st.plotly_chart(fig_b, key="fig_best")
     ui.export_panel(fig_b, best, "features-best-per-label", key="exp_best")
+    _probes = store.list(PROBE_KIND)
+    if _probes:
+        ptab = probe_table(best, _probes[0].meta, tab.label_names)
+        st.markdown("**Does the model represent the label?** A logistic-regression read-out "
+                    "of the reasoner's activations at each layer (fitted on the even "
+                    "sequences, scored on the odd ones). A feature's activation is a "
+                    "function of one linear read-out of its layer's MLP input, so the last "
+                    "column is about the most any single feature of that layer can reach; a "
+                    "label readable only after a layer's MLP is computed by it, "
+                    "non-linearly, and need not sit in one of its features.")
+        st.dataframe(ptab, hide_index=True, column_config={
+            c: st.column_config.NumberColumn(format="%.3f") for c in ptab.columns
+            if "AUROC" in c or "input" in c})
+        ui.export_panel(None, ptab, "features-label-probes", key="exp_probe")
     names = [label_display(n) for n in tab.label_names]
     lab = ui.url_widget(st.segmented_control, "Ranking for", "flab", names[0], options=names)
     full = next((n for n in tab.label_names if label_display(n) == lab), tab.label_names[0])

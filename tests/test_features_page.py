@@ -152,6 +152,16 @@ def test_report_features_on_the_committed_demo():
     assert all(0.0 <= v <= 1.0 for v in out["best_auroc_per_label"].values())
     assert out["map"]["method"] == "umap"
     assert out["collection_bytes"] < 5e6
+    # the committed probes: per token label, the best read-out of the reasoner and the
+    # read-out of the best feature's layer input, both taken from the artifact's table
+    from interp.adapters.report import demo_store
+
+    probe = demo_store().load("features_probe", out["probe_key"]).meta["labels"]
+    assert set(out["label_probes"]) == set(probe)
+    for label, row in out["label_probes"].items():
+        assert row["best_site_auroc"] == pytest.approx(max(probe[label].values()), abs=0.005)
+        layer = out["best_feature_per_label"][label].split(":")[0]
+        assert row["feature_layer_mlp_input_auroc"] == probe[label][f"L{layer} MLP input"]
 
 
 @pytest.mark.browser

@@ -136,3 +136,27 @@ def find_probes(store: Any, weight_hash: str) -> Any | None:
         if a.config.get("weight_hash") == weight_hash:
             return a
     return None
+
+
+def probe_table(best: Any, probes: dict[str, Any], label_names: list[str]) -> Any:
+    """Next to each label's best single feature (``FeatureTable.best_per_label``): the
+    best linear read-out of the model (its site and AUROC) and the read-out of the MLP
+    input of that feature's layer."""
+    import pandas as pd
+
+    from .pipeline import label_display
+
+    rows = []
+    by_display = {label_display(n): n for n in label_names}
+    for _, r in best.iterrows():
+        name = by_display.get(r["label"])
+        if name is None or name not in probes.get("labels", {}):
+            continue
+        site, auc = best_site(probes, name)
+        layer = int(str(r["feature"]).split(":")[0]) if r["feature"] else None
+        rows.append({"label": r["label"], "best feature": r["feature"],
+                     "feature AUROC": r["report_auroc"], "probe: best site": site,
+                     "probe AUROC": auc,
+                     "probe of the feature layer's MLP input": None if layer is None
+                     else feature_layer_reference(probes, name, layer)})
+    return pd.DataFrame(rows)
