@@ -187,7 +187,7 @@ def test_study_with_measured_ablation_ranking_tiny(tracer, tmp_path):
         "p_wait_verify_before"]
     art = save_study(res, Store(tmp_path / "store"))
     single = art.tensors["ablation.single"]
-    assert single.shape == (tracer.n_features, 2)
+    assert single.shape == (tracer.n_features, 3)
     assert art.meta["ablation"]["verify_set"] == res["ablation"]["verify_set"]
 
 
@@ -221,14 +221,29 @@ def _p_wait_by_decoder_zeroing(tracer, traces, feats):
             ads[f // d].W_dec[f % d] = 0.0
     wait = TOKEN_ID["wait"]
     out = {m: [] for m in H.MECHANISMS}
+    probs = []
     for t in traces:
         x = torch.tensor([t.tokens])
         with torch.no_grad():
             logits = tracer.model.hybrid.run_with_hooks(x, fwd_hooks=adapter_hooks(ads))
-        p = torch.softmax(logits[0].double(), -1)[:, wait]
+        probs.append(torch.softmax(logits[0].double(), -1))
+        p = probs[-1][:, wait]
         for pos, m, _ in t.triggers:
             out[m].append(float(p[pos]))
-    return {m: np.mean(v) for m, v in out.items()}
+    res = {m: np.mean(v) for m, v in out.items()}
+    res["probs"] = probs
+    return res
+
+
+def _kl_other(traces, before, after):
+    """Mean KL(before ‖ after) over every position predicting a trace token, triggers out."""
+    kls = []
+    for t, p, q in zip(traces, before["probs"], after["probs"]):
+        trig = {pos for pos, _, _ in t.triggers}
+        for pos in range(len(t.tokens) - 1):
+            if pos not in trig:
+                kls.append(float((p[pos] * (p[pos].log() - q[pos].log())).sum()))
+    return float(np.mean(kls))
 
 
 def test_greedy_ablation_path_matches_decoder_zeroing(tracer):
@@ -240,7 +255,9 @@ def test_greedy_ablation_path_matches_decoder_zeroing(tracer):
         after = _p_wait_by_decoder_zeroing(tracer, val, [f])
         for j, m in enumerate(H.MECHANISMS):
             assert single[f, j] == pytest.approx(before[m] - after[m], abs=1e-5)
-    assert single[100].tolist() == [0.0, 0.0]            # not asked for
+        assert single[f, -1] == pytest.approx(_kl_other(val, before, after), rel=1e-4)
+    assert single[83, -1] > 2 * single[222, -1] > 0      # 0:83 disturbs far more
+    assert single[100].tolist() == [0.0, 0.0, 0.0]       # not asked for
     pool = [83, 222, 652, 5]
     path = H.greedy_ablation_set(tracer, val, pool, k_max=3)
     assert 1 <= len(path) <= 3
@@ -259,6 +276,14 @@ def test_greedy_ablation_path_matches_decoder_zeroing(tracer):
     vpath = H.greedy_ablation_set(tracer, val, pool, k_max=1, mechanisms=("verify",))
     vrem = {f: _p_wait_by_decoder_zeroing(tracer, val, [f])["verify"] for f in pool}
     assert vpath[0]["features"] == [min(vrem, key=vrem.get)]
+    # with a collateral price, the first pick minimises P(wait) left + weight x KL
+    after = {f: _p_wait_by_decoder_zeroing(tracer, val, [f]) for f in pool}
+    w = 5.0
+    obj = {f: np.mean([after[f][m] / before[m] for m in H.MECHANISMS])
+           + w * _kl_other(val, before, after[f]) for f in pool}
+    kpath = H.greedy_ablation_set(tracer, val, pool, k_max=1, kl_weight=w)
+    assert kpath[0]["features"] == [min(obj, key=obj.get)]
+    assert kpath[0]["objective"] == pytest.approx(min(obj.values()), rel=1e-4)
 
 
 def test_column_steps_find_uncorrected_results():

@@ -444,24 +444,64 @@ def ablation_teacher_forced(tracer: Tracer, traces: Sequence[Trace], mask: Featu
     return out
 
 
+class AblationProbe:
+    """Teacher-forced figures of zero-ablations on fixed traces, against the unablated
+    adapter model: the mean P(``wait``) at each mechanism's triggers, and the
+    *collateral*: the mean KL(unablated ‖ ablated) of the next-token distribution at
+    every other position that predicts a token of the trace (what else the ablation
+    changes)."""
+
+    def __init__(self, tracer: Tracer, traces: Sequence[Trace]):
+        self.tracer, self.d_sae = tracer, tracer.model.adapters.d_sae
+        self.wait = tracer.token_id("wait")
+        self.x = _batch(traces, tracer.tokenizer.pad_token_id or 0)
+        self.trig: dict[str, tuple[list[int], list[int]]] = {m: ([], []) for m in MECHANISMS}
+        other = torch.zeros(self.x.shape, dtype=torch.bool)
+        for i, t in enumerate(traces):
+            other[i, : len(t.tokens) - 1] = True
+            for p, m, _ in t.triggers:
+                self.trig[m][0].append(i)
+                self.trig[m][1].append(p)
+                other[i, p] = False
+        self.other = other
+        self.base_lp = self._logprobs(None)
+        self.before = self._p_wait(self.base_lp)
+
+    def _logprobs(self, feats: Sequence[int] | None) -> torch.Tensor:
+        mask = None if feats is None else feature_mask(list(feats), self.d_sae, "zero")
+        return self.tracer.forward_logits(self.x, mask).double().log_softmax(-1).cpu()
+
+    def _p_wait(self, lp: torch.Tensor) -> dict[str, float]:
+        return {m: float(lp[b, p, self.wait].exp().mean()) if b else float("nan")
+                for m, (b, p) in self.trig.items()}
+
+    def figures(self, feats: Sequence[int]) -> dict[str, float]:
+        """``{mechanism: mean P(wait)}`` and ``kl`` with ``feats`` zeroed everywhere."""
+        lp = self._logprobs(feats)
+        out = self._p_wait(lp)
+        kl = (self.base_lp.exp() * (self.base_lp - lp)).sum(-1)[self.other]
+        out["kl"] = float(kl.mean())
+        return out
+
+
 def ablation_effects(tracer: Tracer, traces: Sequence[Trace],
                      features: Sequence[int] | None = None,
                      progress: ProgressFn | None = None) -> np.ndarray:
-    """Each feature's necessity on its own, measured: the drop of the mean teacher-forced
-    P(``wait``) at each mechanism's triggers when that one feature is zeroed everywhere
-    ``[n_features, len(MECHANISMS)]`` (one forward pass over the traces per feature;
-    only ``features`` when given, e.g. those active in the traces: the rest stay 0).
-    Unlike the graph's linear effects, this sees paths through attention patterns and
-    norms."""
-    d_sae = tracer.model.adapters.d_sae
-    before = wait_probs(tracer, traces, batch_size=128)
-    out = np.zeros((tracer.n_features, len(MECHANISMS)))
+    """Each feature's necessity on its own, measured, ``[n_features, len(MECHANISMS) + 1]``:
+    the drop of the mean teacher-forced P(``wait``) at each mechanism's triggers when
+    that one feature is zeroed everywhere, then its collateral KL (:class:`AblationProbe`;
+    one forward pass over the traces per feature; only ``features`` when given, e.g. those
+    active in the traces: the rest stay 0). Unlike the graph's linear effects, this sees
+    paths through attention patterns and norms."""
+    probe = AblationProbe(tracer, traces)
+    out = np.zeros((tracer.n_features, len(MECHANISMS) + 1))
     todo = list(range(tracer.n_features)) if features is None else [int(f) for f in features]
     for i, f in enumerate(todo):
-        after = wait_probs(tracer, traces, feature_mask([f], d_sae, "zero"), batch_size=128)
+        after = probe.figures([f])
         for j, m in enumerate(MECHANISMS):
-            if before[m].size:
-                out[f, j] = before[m].mean() - after[m].mean()
+            if probe.trig[m][0]:
+                out[f, j] = probe.before[m] - after[m]
+        out[f, -1] = after["kl"]
         if progress:
             progress(i + 1, len(todo))
     return out
@@ -469,23 +509,27 @@ def ablation_effects(tracer: Tracer, traces: Sequence[Trace],
 
 def greedy_ablation_set(tracer: Tracer, traces: Sequence[Trace], pool: Sequence[int],
                         k_max: int, mechanisms: Sequence[str] = MECHANISMS,
-                        progress: ProgressFn | None = None) -> list[dict[str, Any]]:
+                        kl_weight: float = 0.0, progress: ProgressFn | None = None
+                        ) -> list[dict[str, Any]]:
     """Forward selection of a zero-ablation set from ``pool``: at each step the feature
-    whose addition leaves the lowest mean over ``mechanisms`` of P(``wait``) at their
-    triggers relative to the unablated model. Returns the path, one row per step
-    (``features`` so far and the ``remaining`` relative P(``wait``) per mechanism and on
-    average); a step that cannot lower the average ends it early."""
-    d_sae = tracer.model.adapters.d_sae
-    before = wait_probs(tracer, traces, batch_size=128)
-    mechs = [m for m in mechanisms if before[m].size and before[m].mean() > 0]
+    whose addition gives the lowest objective, the mean over ``mechanisms`` of the
+    P(``wait``) left at their triggers (relative to the unablated model) plus
+    ``kl_weight`` times the set's collateral KL in nats (:class:`AblationProbe`), so that
+    features whose removal disturbs everything else are not bought for their effect on
+    ``wait``. Returns the path, one row per step (``features`` so far, the ``remaining``
+    relative P(``wait``) per mechanism and on average, ``kl`` and ``objective``); a step
+    that cannot lower the objective ends it early."""
+    probe = AblationProbe(tracer, traces)
+    mechs = [m for m in mechanisms if probe.trig[m][0] and probe.before[m] > 0]
     if not mechs:
         raise ConfigError("the traces have no triggers of the mechanisms asked for")
 
-    def remaining(fs: list[int]) -> dict[str, float]:
-        after = wait_probs(tracer, traces, feature_mask(fs, d_sae, "zero"), batch_size=128)
-        r = {m: float(after[m].mean() / before[m].mean()) for m in mechs}
+    def score(fs: list[int]) -> dict[str, Any]:
+        after = probe.figures(fs)
+        r = {m: after[m] / probe.before[m] for m in mechs}
         r["mean"] = float(np.mean([r[m] for m in mechs]))
-        return r
+        return {"remaining": r, "kl": after["kl"],
+                "objective": r["mean"] + kl_weight * after["kl"]}
 
     chosen: list[int] = []
     path: list[dict[str, Any]] = []
@@ -495,14 +539,14 @@ def greedy_ablation_set(tracer: Tracer, traces: Sequence[Trace], pool: Sequence[
         for f in pool:
             if f in chosen:
                 continue
-            r = remaining(chosen + [int(f)])
-            if best is None or r["mean"] < best[1]["mean"]:
+            r = score(chosen + [int(f)])
+            if best is None or r["objective"] < best[1]["objective"]:
                 best = (int(f), r)
-        if best is None or best[1]["mean"] >= best_so_far:
+        if best is None or best[1]["objective"] >= best_so_far:
             break
         chosen.append(best[0])
-        best_so_far = best[1]["mean"]
-        path.append({"features": list(chosen), "remaining": best[1]})
+        best_so_far = best[1]["objective"]
+        path.append({"features": list(chosen), **best[1]})
         if progress:
             progress(step + 1, min(k_max, len(pool)))
     return path

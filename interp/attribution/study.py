@@ -13,9 +13,11 @@ the two splits use disjoint held-out problems):
 3. **Candidate feature sets**: the top ``k`` of either graph ranking (``k`` in ``ks``, at
    most ``max_fraction`` of all features), ablated to zero or to the feature's mean
    activation; and, for the ``ablation`` ranking, sets grown by forward selection on
-   measured ablations (each feature ablated alone, the ``greedy_pool`` best per
-   mechanism form the pool; each step adds the feature that most lowers the mean over
-   mechanisms of the relative P(``wait``) at validation triggers). Each set is scored on
+   measured ablations (each feature ablated alone; the ``greedy_pool`` best per
+   mechanism by their P(``wait``) drop minus ``kl_weight`` times their collateral KL form
+   the pool; each step adds the feature that most lowers the mean over mechanisms of the
+   relative P(``wait``) at validation triggers plus ``kl_weight`` times the set's
+   collateral KL, the next-token KL at every other position). Each set is scored on
    validation traces (teacher-forced P(``wait``) at triggers) and validation generations
    (hesitations, thinking length, accuracy, split per problem into corrections lost and
    collateral change). The chosen set maximises the validation hesitation-rate drop
@@ -50,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "n_validation": 120, "n_evaluation": 120, "n_gen_validation": 100,
     "n_gen_evaluation": 300, "n_cluster": 30, "ks": [25, 51], "max_fraction": 0.05,
     "modes": ["zero", "mean"], "rankings": ["logit_diff", "logit", "ablation"],
-    "greedy_pool": 40, "verify_remaining": 0.1,
+    "greedy_pool": 40, "verify_remaining": 0.1, "kl_weight": 10.0,
     "max_length_change": 0.25, "max_new_tokens": 80,
 }
 GRAPH_RANKINGS = ("logit", "logit_diff")
@@ -70,6 +72,8 @@ def study_config(spec: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("max_fraction must be in (0, 1]")
     bad = [m for m in cfg["modes"] if m not in ("zero", "mean")]
     bad += [r for r in cfg["rankings"] if r not in (*GRAPH_RANKINGS, "ablation")]
+    if not float(cfg["kl_weight"]) >= 0:
+        raise ConfigError("kl_weight must be a number >= 0")
     if not isinstance(cfg["greedy_pool"], int) or cfg["greedy_pool"] < 1:
         raise ConfigError("greedy_pool must be a positive integer")
     if not 0 < float(cfg["verify_remaining"]) < 1:
@@ -194,17 +198,20 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
         single = H.ablation_effects(tracer, val, live, progress=lambda i, n: step(
             "single-feature ablations", 0) if i % 64 == 0 else None)
         step("single-feature ablations", 1)
-        pool = sorted({int(f) for j in range(single.shape[1])
-                       for f in np.argsort(-single[:, j])[: cfg["greedy_pool"]]
-                       if single[f, j] > 0})
-        path = H.greedy_ablation_set(tracer, val, pool, kmax, progress=lambda i, n: step(
-            f"forward selection {i}/{n}", 0))
+        kw = float(cfg["kl_weight"])
+        net = single[:, :-1] - kw * single[:, -1:]   # drop net of the collateral KL
+        pool = sorted({int(f) for j in range(net.shape[1])
+                       for f in np.argsort(-net[:, j])[: cfg["greedy_pool"]]
+                       if single[f, j] > 0 and net[f, j] > 0})
+        path = H.greedy_ablation_set(tracer, val, pool, kmax, kl_weight=kw,
+                                     progress=lambda i, n: step(
+                                         f"forward selection {i}/{n}", 0))
         step("greedy selection (all triggers)", 1)
         vpath = H.greedy_ablation_set(tracer, val, pool, kmax, mechanisms=("verify",),
-                                      progress=lambda i, n: step(
+                                      kl_weight=kw, progress=lambda i, n: step(
                                           f"forward selection (verification) {i}/{n}", 0))
         step("greedy selection (verification)", 1)
-        best = int(np.argmin([p["remaining"]["mean"] for p in path])) + 1 if path else 0
+        best = int(np.argmin([p["objective"] for p in path])) + 1 if path else 0
         for k in sorted(({min(int(k), len(path)) for k in cfg["ks"]} | {best}) - {0}):
             sets.append(("ablation", path[k - 1]["features"], "zero"))
         vk = next((i for i, p in enumerate(vpath)
