@@ -177,7 +177,9 @@ st.caption(
     "Which adapter features make the reasoner say **wait**? An attribution graph over the "
     "adapter features: every edge is the direct, linear effect of one node on another "
     "with attention patterns and norms frozen; nodes are kept by their influence on the "
-    "target. Red raises the target, blue lowers it; marker size is influence.")
+    "target. Red raises the target, blue lowers it; marker size is influence. Across many "
+    "prompts (ranking, clusters, ablation and clamping): the "
+    "[Hesitation features](hesitation_study) page.")
 demo = ui.demo_mode()
 if demo:
     st.caption(":material/lock: Hosted demo: graphs are computed on the fly (about a second "

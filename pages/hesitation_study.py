@@ -43,7 +43,8 @@ st.caption(
     "their attribution to **wait** over labelled triggers, grouped into clusters by their "
     "effect profiles (no labels used), then tested: ablating a set (is it necessary?) and "
     "clamping it on where the model does not hesitate (is it sufficient?). Every set is "
-    "chosen on a validation split of problems and reported on a separate evaluation split.")
+    "chosen on a validation split of problems and reported on a separate evaluation split. "
+    "One prompt's graph: the [Hesitation graph](hesitation) page.")
 demo = ui.demo_mode()
 stores = {"demo": demo_store()}
 if not demo:
@@ -118,7 +119,10 @@ if len(path):
     st.plotly_chart(fig_s, key="hs_path")
     st.caption("Forward selection on validation triggers: each step ablates the feature that "
                "most lowers the P(wait) left (mean over mechanisms; dotted: verification "
-               "triggers alone).")
+               f"triggers alone) plus {art.config.get('kl_weight', 0):g} × the set's "
+               "collateral KL (nats, next-token distributions at every other position), so "
+               "that features whose removal disturbs everything are not picked for their "
+               "effect on wait.")
     ui.export_panel(fig_s, path, "hesitation-study-selection", key="exp_path")
 
 # ------------------------------------------------------------------ ranking and clusters
@@ -137,7 +141,7 @@ if len(single):
                "triggers): the graph ranking is linear with attention frozen, this is not.")
     st.dataframe(single, hide_index=True, column_config={
         "card": st.column_config.LinkColumn("card", display_text="open"),
-        **{c: NUM for c in single.columns if "drop" in c}})
+        **{c: NUM for c in single.columns if "drop" in c or "KL" in c}})
     ui.export_panel(None, single, "hesitation-study-single-ablation", key="exp_single")
 clusters = V.clusters_table(art)
 st.markdown(f"**Functional clusters** of the top {len(art.meta['clusters']['features'])} "

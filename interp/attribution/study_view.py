@@ -114,7 +114,8 @@ def selection_path(art: Any) -> pd.DataFrame:
                          "added": feature_name(row["features"][-1], d),
                          **{f"remaining {m}": row["remaining"].get(m)
                             for m in H.MECHANISMS},
-                         "remaining mean": row["remaining"]["mean"]})
+                         "remaining mean": row["remaining"]["mean"],
+                         "collateral KL": row.get("kl"), "objective": row.get("objective")})
     return pd.DataFrame(rows)
 
 
@@ -177,12 +178,14 @@ def single_ablation_table(art: Any, n: int = 30) -> pd.DataFrame:
     d = art.meta["d_sae"]
     chosen = set(art.meta["chosen_features"])
     verify = set(art.meta.get("verification_features", []))
-    order = np.argsort(-s.max(1))[:n]
+    order = np.argsort(-s[:, : len(H.MECHANISMS)].max(1))[:n]
     return pd.DataFrame([{
         "feature": feature_name(int(f), d), "card": f"features?feat={feature_name(int(f), d)}",
         **{f"P(wait) drop, {m}": float(s[f, j]) for j, m in enumerate(H.MECHANISMS)},
+        **({"collateral KL (nats)": float(s[f, -1])} if s.shape[1] > len(H.MECHANISMS)
+           else {}),
         "in chosen set": int(f) in chosen, "in verification set": int(f) in verify}
-        for f in order if s[f].max() > 0])
+        for f in order if s[f, : len(H.MECHANISMS)].max() > 0])
 
 
 @lru_cache(maxsize=4)
