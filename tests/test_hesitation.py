@@ -284,6 +284,9 @@ def test_greedy_ablation_path_matches_decoder_zeroing(tracer):
     kpath = H.greedy_ablation_set(tracer, val, pool, k_max=1, kl_weight=w)
     assert kpath[0]["features"] == [min(obj, key=obj.get)]
     assert kpath[0]["objective"] == pytest.approx(min(obj.values()), rel=1e-4)
+    # stopping once the P(wait) left reaches stop_at
+    spath = H.greedy_ablation_set(tracer, val, pool, k_max=3, stop_at=1.0)
+    assert len(spath) == 1 and spath[0]["features"] == path[0]["features"]
 
 
 def test_column_steps_find_uncorrected_results():

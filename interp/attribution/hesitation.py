@@ -509,8 +509,8 @@ def ablation_effects(tracer: Tracer, traces: Sequence[Trace],
 
 def greedy_ablation_set(tracer: Tracer, traces: Sequence[Trace], pool: Sequence[int],
                         k_max: int, mechanisms: Sequence[str] = MECHANISMS,
-                        kl_weight: float = 0.0, progress: ProgressFn | None = None
-                        ) -> list[dict[str, Any]]:
+                        kl_weight: float = 0.0, stop_at: float = 0.0,
+                        progress: ProgressFn | None = None) -> list[dict[str, Any]]:
     """Forward selection of a zero-ablation set from ``pool``: at each step the feature
     whose addition gives the lowest objective, the mean over ``mechanisms`` of the
     P(``wait``) left at their triggers (relative to the unablated model) plus
@@ -518,7 +518,8 @@ def greedy_ablation_set(tracer: Tracer, traces: Sequence[Trace], pool: Sequence[
     features whose removal disturbs everything else are not bought for their effect on
     ``wait``. Returns the path, one row per step (``features`` so far, the ``remaining``
     relative P(``wait``) per mechanism and on average, ``kl`` and ``objective``); a step
-    that cannot lower the objective ends it early."""
+    that cannot lower the objective ends it early, and so does reaching a mean P(``wait``)
+    left of ``stop_at`` or less."""
     probe = AblationProbe(tracer, traces)
     mechs = [m for m in mechanisms if probe.trig[m][0] and probe.before[m] > 0]
     if not mechs:
@@ -549,6 +550,8 @@ def greedy_ablation_set(tracer: Tracer, traces: Sequence[Trace], pool: Sequence[
         path.append({"features": list(chosen), **best[1]})
         if progress:
             progress(step + 1, min(k_max, len(pool)))
+        if best[1]["remaining"]["mean"] <= stop_at:
+            break
     return path
 
 

@@ -52,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "n_validation": 120, "n_evaluation": 120, "n_gen_validation": 100,
     "n_gen_evaluation": 300, "n_cluster": 30, "ks": [25, 51], "max_fraction": 0.05,
     "modes": ["zero", "mean"], "rankings": ["logit_diff", "logit", "ablation"],
-    "greedy_pool": 40, "verify_remaining": 0.1, "kl_weight": 10.0,
+    "greedy_pool": 20, "verify_remaining": 0.1, "kl_weight": 10.0,
     "max_length_change": 0.25, "max_new_tokens": 80,
 }
 GRAPH_RANKINGS = ("logit", "logit_diff")
@@ -208,7 +208,8 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
                                          f"forward selection {i}/{n}", 0))
         step("greedy selection (all triggers)", 1)
         vpath = H.greedy_ablation_set(tracer, val, pool, kmax, mechanisms=("verify",),
-                                      kl_weight=kw, progress=lambda i, n: step(
+                                      kl_weight=kw, stop_at=float(cfg["verify_remaining"]),
+                                      progress=lambda i, n: step(
                                           f"forward selection (verification) {i}/{n}", 0))
         step("greedy selection (verification)", 1)
         best = int(np.argmin([p["objective"] for p in path])) + 1 if path else 0
