@@ -119,10 +119,10 @@ if len(path):
     st.plotly_chart(fig_s, key="hs_path")
     st.caption("Forward selection on validation triggers: each step ablates the feature that "
                "most lowers the P(wait) left (mean over mechanisms; dotted: verification "
-               f"triggers alone) plus {art.config.get('kl_weight', 0):g} × the set's "
-               "collateral KL (nats, next-token distributions at every other position), so "
-               "that features whose removal disturbs everything are not picked for their "
-               "effect on wait.")
+               "triggers alone) plus a price × the set's collateral KL (nats, next-token "
+               "distributions at every other position), so that features whose removal "
+               "disturbs everything are not picked for their effect on wait; one path per "
+               "price (marker).")
     ui.export_panel(fig_s, path, "hesitation-study-selection", key="exp_path")
 
 # ------------------------------------------------------------------ ranking and clusters
@@ -157,7 +157,9 @@ with st.expander("Every candidate set (validation split)"):
     st.dataframe(cands, hide_index=True, column_config={
         c: PCT for c in ("P(wait) drop", "hesitation drop", "corrections lost",
                          "thinking length change")})
-    st.caption("The evaluated set maximises the validation hesitation drop minus the "
-               "collateral accuracy lost, among sets that keep thinking length within "
-               f"{art.config.get('max_length_change', 0.25):.0%}.")
+    st.caption("The evaluated set has the largest validation hesitation drop among sets "
+               "that keep thinking length within "
+               f"{art.config.get('max_length_change', 0.25):.0%} and lose at most "
+               f"{art.config.get('max_collateral_loss', 2.0):g} points of collateral "
+               "accuracy.")
     ui.export_panel(None, cands, "hesitation-study-candidates", key="exp_cands")

@@ -167,28 +167,68 @@ def test_study_end_to_end_tiny(tracer, tmp_path):
 def test_study_with_measured_ablation_ranking_tiny(tracer, tmp_path):
     from interp.attribution.study import run_study, save_study, study_config
 
-    with pytest.raises(ConfigError):
-        study_config({"greedy_pool": 0})
+    for bad in ({"greedy_pool": 0}, {"kl_weights": []}, {"kl_weights": [-1]},
+                {"max_collateral_loss": -1}):
+        with pytest.raises(ConfigError):
+            study_config(bad)
     res = run_study({"n_validation": 6, "n_evaluation": 6, "n_gen_validation": 6,
                      "n_gen_evaluation": 6, "ks": [8], "modes": ["zero"],
                      "rankings": ["ablation"], "n_cluster": 8, "greedy_pool": 3,
+                     "kl_weights": [0.0, 10.0], "verify_remaining": 0.9,
                      "max_fraction": 4 / tracer.n_features}, tracer=tracer)
     cands = res["candidates"]
-    assert cands and all(c["ranking"] == "ablation" and 1 <= c["k"] <= 4 for c in cands)
-    path = res["ablation"]["path"]
-    assert [c["features"] for c in cands] == [path[c["k"] - 1]["features"] for c in cands]
-    assert set(res["ablation"]["verify_set"]) <= set(res["ablation"]["pool"])
+    assert cands and all(1 <= c["k"] <= 4 for c in cands)
+    runs = {r["kl_weight"]: r for r in res["ablation"]["paths"]}
+    assert set(runs) == {0.0, 10.0}
+    for c in cands:
+        run = runs[c["kl_weight"]]
+        if c["ranking"] == "ablation":
+            assert c["features"] == run["path"][c["k"] - 1]["features"]
+        else:
+            assert c["ranking"] == "verification"
+            assert c["features"] == run["verify_path"][c["k"] - 1]["features"]
+            assert run["verify_path"][c["k"] - 1]["remaining"]["verify"] <= 0.9
+    assert {c["ranking"] for c in cands} == {"ablation", "verification"}
     f = res["figures"]
     for k in ("collateral_accuracy_change", "lost_corrections"):
         assert isinstance(f[k], float)
     v = f["verification_set"]
     assert v["k"] == len(res["verification_features"]) >= 1
+    assert res["verification_features"] in [c["features"] for c in cands
+                                            if c["ranking"] == "verification"]
     assert v["teacher_forced"]["p_wait_verify_after"] < v["teacher_forced"][
         "p_wait_verify_before"]
     art = save_study(res, Store(tmp_path / "store"))
     single = art.tensors["ablation.single"]
     assert single.shape == (tracer.n_features, 3)
     assert art.meta["ablation"]["verify_set"] == res["ablation"]["verify_set"]
+    from interp.attribution import study_view as V
+
+    path = V.selection_path(art)
+    assert set(path["KL price"]) == {0.0, 10.0}
+    assert len(path) == sum(len(r["path"]) + len(r["verify_path"]) for r in runs.values())
+    assert V.candidates_table(art)["chosen"].sum() == 1
+
+
+def test_choice_rule_prefers_sets_within_the_collateral_tolerance():
+    from interp.attribution.study import DEFAULTS, choose_candidate
+
+    def cand(name, drop, collateral, length=0.0, k=10):
+        return {"ranking": name, "hesitation_rate_drop": drop, "k": k,
+                "collateral_accuracy_change": collateral, "think_tokens_change": length}
+
+    cfg = dict(DEFAULTS)
+    cs = [cand("big-but-harmful", 0.9, -6.0), cand("safe", 0.7, -1.5),
+          cand("safest", 0.5, 0.0), cand("too-long", 0.95, 0.0, length=0.5)]
+    assert choose_candidate(cs, cfg)["ranking"] == "safe"
+    cs[1]["collateral_accuracy_change"] = -2.5      # now outside the tolerance
+    assert choose_candidate(cs, cfg)["ranking"] == "safest"
+    # nothing within the tolerance: the drop net of the collateral loss decides
+    worst = [cand("a", 0.9, -40.0), cand("b", 0.6, -3.0)]   # 0.5 vs 0.57
+    assert choose_candidate(worst, cfg)["ranking"] == "b"
+    # ties on the drop: the smaller set
+    tie = [cand("k20", 0.7, 0.0, k=20), cand("k5", 0.7, 0.0, k=5)]
+    assert choose_candidate(tie, cfg)["ranking"] == "k5"
 
 
 def test_graph_cli_writes_a_valid_file(tmp_path, capsys):

@@ -13,26 +13,28 @@ the two splits use disjoint held-out problems):
 3. **Candidate feature sets**: the top ``k`` of either graph ranking (``k`` in ``ks``, at
    most ``max_fraction`` of all features), ablated to zero or to the feature's mean
    activation; and, for the ``ablation`` ranking, sets grown by forward selection on
-   measured ablations (each feature ablated alone; the ``greedy_pool`` best per
-   mechanism by their P(``wait``) drop minus ``kl_weight`` times their collateral KL form
+   measured ablations, once per collateral price ``w`` in ``kl_weights``: each feature is
+   ablated alone; the ``greedy_pool`` best per mechanism by their P(``wait``) drop minus
+   ``w`` times their collateral KL (the next-token KL at every non-trigger position) form
    the pool; each step adds the feature that most lowers the mean over mechanisms of the
-   relative P(``wait``) at validation triggers plus ``kl_weight`` times the set's
-   collateral KL, the next-token KL at every other position). Each set is scored on
-   validation traces (teacher-forced P(``wait``) at triggers) and validation generations
-   (hesitations, thinking length, accuracy, split per problem into corrections lost and
-   collateral change). The chosen set maximises the validation hesitation-rate drop
-   minus the collateral accuracy lost (as a share), among sets that keep the mean
-   thinking length within ``max_length_change`` of the unablated model's. Corrections
-   lost are not penalised: in this organism an error hesitation is followed by the
-   correction of a wrong column result, so any set that removes error hesitations must
-   leave those results wrong; the study reports that share instead.
+   relative P(``wait``) at validation triggers plus ``w`` times the set's collateral KL.
+   The same selection on verification triggers alone gives *verification* candidates
+   (the shortest prefix leaving at most ``verify_remaining`` of their P(``wait``)). Each
+   set is scored on validation traces (teacher-forced P(``wait``) at triggers) and
+   validation generations (hesitations, thinking length, accuracy, split per problem
+   into corrections lost and collateral change). The chosen set
+   (:func:`choose_candidate`) has the largest validation hesitation-rate drop among sets
+   that keep thinking length within ``max_length_change`` and lose at most
+   ``max_collateral_loss`` points of collateral accuracy. Corrections lost are not
+   penalised: in this organism an error hesitation is followed by the correction of a
+   wrong column result, so any set that removes error hesitations must leave those
+   results wrong; the study reports that share instead.
 4. **Evaluation** of the chosen set: P(``wait``) at evaluation triggers, generations on
    evaluation problems (paired accuracy change with a bootstrap interval), and clamping
    it at evaluation clean decision points to its mean activation at validation triggers.
-   The *verification set* (the shortest forward-selection prefix, on verification
-   triggers alone, that leaves at most ``verify_remaining`` of their P(``wait``)) is
-   evaluated likewise: verification hesitations are redundant re-checks, so removing
-   them should cost no accuracy at all.
+   The *verification set* (the verification candidate with the least collateral loss on
+   validation) is evaluated likewise: verification hesitations are redundant re-checks,
+   so removing them should cost no accuracy at all.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ DEFAULTS: dict[str, Any] = {
     "n_validation": 120, "n_evaluation": 120, "n_gen_validation": 100,
     "n_gen_evaluation": 300, "n_cluster": 30, "ks": [25, 51], "max_fraction": 0.05,
     "modes": ["zero", "mean"], "rankings": ["logit_diff", "logit", "ablation"],
-    "greedy_pool": 20, "verify_remaining": 0.1, "kl_weight": 10.0,
+    "greedy_pool": 20, "verify_remaining": 0.1, "kl_weights": [10.0, 100.0],
+    "max_collateral_loss": 2.0,
     "max_length_change": 0.25, "max_new_tokens": 80,
 }
 GRAPH_RANKINGS = ("logit", "logit_diff")
@@ -72,8 +75,10 @@ def study_config(spec: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("max_fraction must be in (0, 1]")
     bad = [m for m in cfg["modes"] if m not in ("zero", "mean")]
     bad += [r for r in cfg["rankings"] if r not in (*GRAPH_RANKINGS, "ablation")]
-    if not float(cfg["kl_weight"]) >= 0:
-        raise ConfigError("kl_weight must be a number >= 0")
+    if not cfg["kl_weights"] or not all(float(w) >= 0 for w in cfg["kl_weights"]):
+        raise ConfigError("kl_weights must be a list of numbers >= 0")
+    if not float(cfg["max_collateral_loss"]) >= 0:
+        raise ConfigError("max_collateral_loss must be a number >= 0")
     if not isinstance(cfg["greedy_pool"], int) or cfg["greedy_pool"] < 1:
         raise ConfigError("greedy_pool must be a positive integer")
     if not 0 < float(cfg["verify_remaining"]) < 1:
@@ -185,42 +190,45 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
     base_gen = _gen_summary(base_rows)
     base_tf = H.wait_probs(tracer, val)
     hybrid_tf = H.wait_probs(_HybridOnly(tracer), val)
-    sets: list[tuple[str, list[int], str]] = []     # (ranking, features, mode)
+    sets: list[tuple[str, list[int], str, float | None]] = []  # ranking, features, mode, KL
+
     for rname in cfg["rankings"]:
         if rname == "ablation":
             continue
         ranked = [r["feature"] for r in rankings[rname] if r["mean_effect"] > 0]
         for k in sorted({min(int(k), kmax) for k in cfg["ks"]}):
-            sets += [(rname, ranked[:k], mode) for mode in cfg["modes"]]
+            sets += [(rname, ranked[:k], mode, None) for mode in cfg["modes"]]
     ablation: dict[str, Any] = {}
     if "ablation" in cfg["rankings"]:
         live = torch.nonzero(means > 0).flatten().tolist()  # active somewhere in val
         single = H.ablation_effects(tracer, val, live, progress=lambda i, n: step(
             "single-feature ablations", 0) if i % 64 == 0 else None)
         step("single-feature ablations", 1)
-        kw = float(cfg["kl_weight"])
-        net = single[:, :-1] - kw * single[:, -1:]   # drop net of the collateral KL
-        pool = sorted({int(f) for j in range(net.shape[1])
-                       for f in np.argsort(-net[:, j])[: cfg["greedy_pool"]]
-                       if single[f, j] > 0 and net[f, j] > 0})
-        path = H.greedy_ablation_set(tracer, val, pool, kmax, kl_weight=kw,
-                                     progress=lambda i, n: step(
-                                         f"forward selection {i}/{n}", 0))
-        step("greedy selection (all triggers)", 1)
-        vpath = H.greedy_ablation_set(tracer, val, pool, kmax, mechanisms=("verify",),
-                                      kl_weight=kw, stop_at=float(cfg["verify_remaining"]),
-                                      progress=lambda i, n: step(
-                                          f"forward selection (verification) {i}/{n}", 0))
-        step("greedy selection (verification)", 1)
-        best = int(np.argmin([p["objective"] for p in path])) + 1 if path else 0
-        for k in sorted(({min(int(k), len(path)) for k in cfg["ks"]} | {best}) - {0}):
-            sets.append(("ablation", path[k - 1]["features"], "zero"))
-        vk = next((i for i, p in enumerate(vpath)
-                   if p["remaining"]["verify"] <= cfg["verify_remaining"]), len(vpath) - 1)
-        ablation = {"single": single, "pool": pool, "path": path, "verify_path": vpath,
-                    "verify_set": vpath[vk]["features"] if vpath else []}
+        ablation = {"single": single, "paths": []}
+        for kw in [float(w) for w in cfg["kl_weights"]]:
+            net = single[:, :-1] - kw * single[:, -1:]   # drop net of the collateral KL
+            pool = sorted({int(f) for j in range(net.shape[1])
+                           for f in np.argsort(-net[:, j])[: cfg["greedy_pool"]]
+                           if single[f, j] > 0 and net[f, j] > 0})
+            path = H.greedy_ablation_set(tracer, val, pool, kmax, kl_weight=kw,
+                                         progress=lambda i, n, _w=kw: step(
+                                             f"forward selection (KL x{_w:g}) {i}/{n}", 0))
+            vpath = H.greedy_ablation_set(
+                tracer, val, pool, kmax, mechanisms=("verify",), kl_weight=kw,
+                stop_at=float(cfg["verify_remaining"]), progress=lambda i, n, _w=kw: step(
+                    f"forward selection (verification, KL x{_w:g}) {i}/{n}", 0))
+            ablation["paths"].append({"kl_weight": kw, "pool": pool, "path": path,
+                                      "verify_path": vpath})
+            best = int(np.argmin([p["objective"] for p in path])) + 1 if path else 0
+            for k in sorted(({min(int(k), len(path)) for k in cfg["ks"]} | {best}) - {0}):
+                sets.append(("ablation", path[k - 1]["features"], "zero", kw))
+            vk = next((i for i, p in enumerate(vpath)
+                       if p["remaining"]["verify"] <= cfg["verify_remaining"]), None)
+            if vk is not None:
+                sets.append(("verification", vpath[vk]["features"], "zero", kw))
+        step("forward selection", 2)
     candidates = []
-    for rname, feats, mode in sets:
+    for rname, feats, mode, kw in sets:
         mask = H.feature_mask(feats, d_sae, mode, means)
         after = H.wait_probs(tracer, val, mask)
         trig_b = np.concatenate([base_tf[m] for m in H.MECHANISMS])
@@ -232,6 +240,7 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
             if base_gen["hesitations"] > 0 else float("nan")
         candidates.append({
             "ranking": rname, "k": len(feats), "mode": mode, "features": feats,
+            "kl_weight": kw,
             "p_wait_drop": float(1 - trig_a.mean() / trig_b.mean()),
             "hesitation_rate_drop": hd,
             "accuracy_change": 100 * (g["accuracy"] - base_gen["accuracy"]),
@@ -241,9 +250,12 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
             "generation": g})
         step(f"candidate {rname} k={len(feats)} {mode}", 0)
     step("candidates", 2 * len(cfg["rankings"]))
-    ok = [c for c in candidates if abs(c["think_tokens_change"]) <= cfg["max_length_change"]]
-    pool_c = ok or candidates
-    chosen = max(pool_c, key=_choice_score)
+    chosen = choose_candidate(candidates, cfg)
+    vcands = [c for c in candidates if c["ranking"] == "verification"]
+    if vcands:   # the verification set: the one that costs the least accuracy besides
+        v = max(vcands, key=lambda c: (c["collateral_accuracy_change"], -c["k"]))
+        ablation["verify_set"] = v["features"]
+        ablation["verify_kl_weight"] = v["kl_weight"]
     # evaluation
     feats = chosen["features"]
     mask = H.feature_mask(feats, d_sae, chosen["mode"], means)
@@ -296,12 +308,21 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
             "ablation": ablation, "verification_features": verification.get("features", [])}
 
 
-def _choice_score(c: dict[str, Any]) -> float:
-    """The validation rule that picks the evaluated set: the hesitation-rate drop minus
-    the collateral accuracy lost (as a share). Accuracy lost because a wrong column
-    result stayed uncorrected is the price of removing error hesitations in this
-    organism and is reported, not penalised: any set that removes them pays it."""
-    return c["hesitation_rate_drop"] - max(0.0, -c["collateral_accuracy_change"]) / 100
+def choose_candidate(candidates: list[dict[str, Any]], cfg: dict[str, Any]) -> dict[str, Any]:
+    """The validation rule that picks the evaluated set. Among the sets that keep the mean
+    thinking length within ``max_length_change`` and lose at most ``max_collateral_loss``
+    points of collateral accuracy (the issue's tolerance), the largest hesitation-rate
+    drop; when none qualifies, the largest drop minus the collateral loss as a share.
+    Accuracy lost because a wrong column result stayed uncorrected is the price of
+    removing error hesitations in this organism and is reported, not penalised: any set
+    that removes them pays it."""
+    ok = [c for c in candidates if abs(c["think_tokens_change"]) <= cfg["max_length_change"]]
+    pool = ok or candidates
+    safe = [c for c in pool if c["collateral_accuracy_change"] >= -cfg["max_collateral_loss"]]
+    if safe:
+        return max(safe, key=lambda c: (c["hesitation_rate_drop"], -c["k"]))
+    return max(pool, key=lambda c: c["hesitation_rate_drop"]
+               - max(0.0, -c["collateral_accuracy_change"]) / 100)
 
 
 class _HybridOnly:
@@ -352,7 +373,7 @@ def save_study(res: dict[str, Any], store: Store) -> Any:
         "triggers": {"mechanism": eff.mechanism, "cause": eff.cause,
                      "trace_index": eff.trace_index},
         "d_sae": eff.d_sae, "adapters_key": tr.key,
-        "ablation": {k: abl[k] for k in ("pool", "path", "verify_path", "verify_set")
+        "ablation": {k: abl[k] for k in ("paths", "verify_set", "verify_kl_weight")
                      if k in abl},
         "verification_features": res.get("verification_features", []),
     }

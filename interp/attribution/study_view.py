@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from ..plots.common import SERIES_COLORS, style
+from ..plots.common import PALETTE, SERIES_COLORS, style
 from . import hesitation as H
 
 MECHANISM_COLORS = {"error": SERIES_COLORS[0], "verify": SERIES_COLORS[2]}
@@ -42,7 +42,7 @@ def headline_table(art: Any) -> pd.DataFrame:
     v = f.get("verification_set") or {}
     if v:
         sets.append(("verification", art.meta.get("verification_features", []),
-                     v["teacher_forced"], v["generation"], "ablation", "zero"))
+                     v["teacher_forced"], v["generation"], "verification", "zero"))
     for name, feats, tf, gen, ranking, mode in sets:
         row = {"set": SETS[name], "features": len(feats),
                "share of features": len(feats) / n_feat, "selected by": ranking,
@@ -102,41 +102,52 @@ def necessity_figure(art: Any) -> go.Figure:
 
 
 def selection_path(art: Any) -> pd.DataFrame:
-    """The forward-selection paths on validation triggers: per step, the remaining share
-    of P(``wait``) at each mechanism's triggers (``path``: all triggers; ``verification``:
-    verification triggers only)."""
+    """The forward-selection paths on validation triggers: per collateral price and step,
+    the remaining share of P(``wait``) at each mechanism's triggers, the set's collateral
+    KL and the objective (``all triggers`` and ``verification only`` selections)."""
     abl = art.meta.get("ablation") or {}
     d = art.meta["d_sae"]
+    runs = abl.get("paths") or ([{"kl_weight": art.config.get("kl_weight", 0.0),
+                                  "path": abl.get("path"),
+                                  "verify_path": abl.get("verify_path")}]
+                                if abl.get("path") else [])
     rows = []
-    for which, key in (("all triggers", "path"), ("verification only", "verify_path")):
-        for step, row in enumerate(abl.get(key) or [], start=1):
-            rows.append({"selection": which, "k": step,
-                         "added": feature_name(row["features"][-1], d),
-                         **{f"remaining {m}": row["remaining"].get(m)
-                            for m in H.MECHANISMS},
-                         "remaining mean": row["remaining"]["mean"],
-                         "collateral KL": row.get("kl"), "objective": row.get("objective")})
+    for run in runs:
+        for which, key in (("all triggers", "path"), ("verification only", "verify_path")):
+            for step, row in enumerate(run.get(key) or [], start=1):
+                rows.append({"selection": which, "KL price": run["kl_weight"], "k": step,
+                             "added": feature_name(row["features"][-1], d),
+                             **{f"remaining {m}": row["remaining"].get(m)
+                                for m in H.MECHANISMS},
+                             "remaining mean": row["remaining"]["mean"],
+                             "collateral KL": row.get("kl"),
+                             "objective": row.get("objective")})
     return pd.DataFrame(rows)
 
 
 def selection_figure(path: pd.DataFrame, chosen_k: int | None = None) -> go.Figure:
     """Remaining P(``wait``) per mechanism against the number of ablated features."""
     fig = go.Figure()
+    prices = sorted(path["KL price"].unique()) if len(path) else []
+    markers = ["circle", "diamond", "square", "x"]
     for which, dash in (("all triggers", "solid"), ("verification only", "dot")):
-        part = path[path["selection"] == which]
-        for m in H.MECHANISMS:
-            y = part[f"remaining {m}"]
-            if part.empty or y.isna().all():
-                continue
-            fig.add_scatter(x=part["k"], y=y, mode="lines+markers", name=f"{m} ({which})",
-                            line=dict(color=MECHANISM_COLORS[m], dash=dash),
-                            customdata=part["added"],
-                            hovertemplate=(f"{m}, {which}<br>k=%{{x}} (added %{{customdata}})"
-                                           "<br>remaining %{y:.3f}<extra></extra>"))
+        for i, w in enumerate(prices):
+            part = path[(path["selection"] == which) & (path["KL price"] == w)]
+            for m in H.MECHANISMS:
+                y = part[f"remaining {m}"]
+                if part.empty or y.isna().all():
+                    continue
+                name = f"{m} ({which}, KL ×{w:g})"
+                fig.add_scatter(x=part["k"], y=y, mode="lines+markers", name=name,
+                                line=dict(color=MECHANISM_COLORS[m], dash=dash),
+                                marker_symbol=markers[i % len(markers)],
+                                customdata=part["added"],
+                                hovertemplate=(f"{name}<br>k=%{{x}} (added %{{customdata}})"
+                                               "<br>remaining %{y:.3f}<extra></extra>"))
     if chosen_k:
-        fig.add_vline(x=chosen_k, line_dash="dash", line_color="grey",
+        fig.add_vline(x=chosen_k, line_dash="dash", line_color=PALETTE["guide"],
                       annotation_text=f"chosen k={chosen_k}")
-    fig.add_hline(y=0.2, line_dash="dot", line_color="black", opacity=0.4,
+    fig.add_hline(y=0.2, line_dash="dot", line_color=PALETTE["guide"], opacity=0.6,
                   annotation_text="80% removed", annotation_position="bottom right")
     style(fig, height=400)
     fig.update_layout(xaxis_title="features ablated (forward selection, validation)",
@@ -239,12 +250,14 @@ def candidates_table(art: Any) -> pd.DataFrame:
     rows = []
     for c in art.meta["candidates"]:
         rows.append({
-            "selected by": c["ranking"], "k": c["k"], "ablation": c["mode"],
+            "selected by": c["ranking"], "KL price": c.get("kl_weight"), "k": c["k"],
+            "ablation": c["mode"],
             "P(wait) drop": c["p_wait_drop"], "hesitation drop": c["hesitation_rate_drop"],
             "accuracy change": c["accuracy_change"],
             "collateral change": c.get("collateral_accuracy_change"),
             "corrections lost": c.get("lost_corrections"),
             "thinking length change": c["think_tokens_change"],
-            "chosen": all(c.get(k) == chosen.get(k) for k in ("ranking", "k", "mode")),
+            "chosen": all(c.get(k) == chosen.get(k)
+                          for k in ("ranking", "k", "mode", "kl_weight")),
         })
     return pd.DataFrame(rows)
