@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.screenshots", description=__doc__)
     ap.add_argument("outdir", type=Path)
     ap.add_argument("--demo", action="store_true", help="the hosted demo's settings")
+    ap.add_argument("--only", nargs="+", metavar="PAGE",
+                    help=f"only these pages ({', '.join(n for n, _ in PAGES)})")
     args = ap.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
@@ -76,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
                     for i, (name, path) in enumerate(PAGES):
+                        if args.only and name not in args.only:
+                            continue
                         out = args.outdir / f"{i:02d}-{name}.png"
                         problems = shoot(page, f"{base}/{path}", out)
                         print(f"{out}" + (f"  problems: {problems}" if problems else ""),

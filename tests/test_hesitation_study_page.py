@@ -70,10 +70,11 @@ def test_headline_recomputes_from_the_figures(study):
     assert row["hesitation drop, verify"] == pytest.approx(
         1 - gen["hesitations_verify_after"] / gen["hesitations_verify_before"])
     path = V.selection_path(study)
-    for which, key in (("all triggers", "path"), ("verification only", "verify_path")):
-        rows = study.meta.get("ablation", {}).get(key) or []
-        part = path[path["selection"] == which] if len(path) else path
-        assert len(part) == len(rows)
+    for run in study.meta.get("ablation", {}).get("paths", []):
+        for which, key in (("all triggers", "path"), ("verification only", "verify_path")):
+            part = path[(path["selection"] == which) & (path["KL price"] == run["kl_weight"])]
+            assert len(part) == len(run[key])
+            assert list(part["remaining mean"]) == [r["remaining"]["mean"] for r in run[key]]
     clusters = V.clusters_table(study)
     assert clusters["size"].sum() == len(study.meta["clusters"]["features"])
     # the prompt context shown for a cluster ends at a trigger of its mechanism
