@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import torch
+
 from ..errors import ArtifactNotFoundError
 from ..store import PROJECT_ROOT, Store
 from .study import KIND
@@ -43,9 +45,18 @@ def collect(store: Store) -> dict[str, Any]:
         groups.setdefault(int(lab), []).append(f"{feat // d}:{feat % d}")
     out["clusters"] = {str(k): v for k, v in sorted(groups.items())}
     out["candidates"] = [{k: c.get(k) for k in (
-        "ranking", "k", "mode", "p_wait_drop", "hesitation_rate_drop", "accuracy_change",
-        "collateral_accuracy_change", "lost_corrections", "think_tokens_change")}
-        for c in art.meta["candidates"]]
+        "ranking", "kl_weight", "k", "mode", "p_wait_drop", "hesitation_rate_drop",
+        "accuracy_change", "collateral_accuracy_change", "lost_corrections",
+        "think_tokens_change")} for c in art.meta["candidates"]]
+    single = art.tensors.get("ablation.single")
+    if single is not None:   # measured single-feature ablations, strongest per mechanism
+        from .hesitation import MECHANISMS
+
+        out["single_ablation_top"] = {
+            m: [{"feature": f"{int(f) // d}:{int(f) % d}", "p_wait_drop": float(single[f, j]),
+                 "collateral_kl": float(single[f, -1])}
+                for f in torch.argsort(single[:, j], descending=True)[:5].tolist()]
+            for j, m in enumerate(MECHANISMS)}
     return out
 
 
