@@ -80,3 +80,18 @@ def test_headline_recomputes_from_the_figures(study):
     # the prompt context shown for a cluster ends at a trigger of its mechanism
     assert all(m in row for row, m in zip(clusters["fires most at"],
                                            clusters["mechanism (ground truth)"]))
+
+
+def test_report_prints_the_measured_ablations(study):
+    from interp.attribution.report import collect
+
+    out = collect(Store(DEMO_ROOT, read_only=True))
+    single = study.tensors["ablation.single"]
+    d = study.meta["d_sae"]
+    for j, m in enumerate(("error", "verify")):
+        top = out["single_ablation_top"][m][0]
+        f = int(single[:, j].argmax())
+        assert top["feature"] == f"{f // d}:{f % d}"
+        assert top["p_wait_drop"] == pytest.approx(float(single[f, j]))
+        assert top["collateral_kl"] == pytest.approx(float(single[f, -1]))
+    assert {c["kl_weight"] for c in out["candidates"]} >= {None, 10.0}
