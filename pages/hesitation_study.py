@@ -92,7 +92,8 @@ f = art.meta["figures"]
 # ------------------------------------------------------------------ necessity
 st.subheader("Necessity and sufficiency")
 head = V.headline_table(art)
-st.dataframe(head.set_index("set").T.astype(str))
+_shown = V.headline_display(head)
+st.dataframe(_shown, height=35 * (len(_shown) + 1) + 3)
 ui.export_panel(None, head, "hesitation-study-headline", key="exp_head")
 fig_n = V.necessity_figure(art)
 st.plotly_chart(fig_n, key="hs_necessity")

@@ -64,6 +64,25 @@ def headline_table(art: Any) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def headline_display(head: pd.DataFrame) -> pd.DataFrame:
+    """:func:`headline_table` for reading: one column per set, percentages and points as
+    text (the exports keep the numbers)."""
+    def fmt(col: str, v: Any) -> str:
+        if v is None or (isinstance(v, float) and v != v):
+            return "–"
+        if isinstance(v, str):
+            return v
+        if "drop" in col or "share" in col or "lost" in col:
+            return f"{v:.1%}"
+        if "points" in col:
+            return f"{v:+.1f}"
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    t = head.set_index("set")
+    return pd.DataFrame({c: [fmt(r, t.loc[c, r]) for r in t.columns] for c in t.index},
+                        index=list(t.columns))
+
+
 def necessity_figure(art: Any) -> go.Figure:
     """Before/after bars for each evaluated set: teacher-forced P(``wait``) at each
     mechanism's triggers and generated hesitations per problem by type."""
@@ -94,8 +113,9 @@ def necessity_figure(art: Any) -> go.Figure:
                             marker_color=MECHANISM_COLORS[m], opacity=alpha,
                             offsetgroup=m, row=1, col=col,
                             hovertemplate=f"{m}: %{{y:.3g}}<extra></extra>")
-    style(fig, height=400)
-    fig.update_layout(barmode="group", margin=dict(t=70, b=40), legend_title_text="")
+    style(fig, height=420)
+    fig.update_layout(barmode="group", margin=dict(t=90, b=40), legend_title_text="",
+                      legend=dict(orientation="h", y=1.16, x=0.0, xanchor="left"))
     fig.update_yaxes(title_text="P(wait)", range=[0, 1.05], row=1, col=1)
     fig.update_yaxes(title_text="per problem", rangemode="tozero", row=1, col=2)
     return fig
