@@ -326,6 +326,24 @@ def adapters_eval(store: str, key: str, view: str) -> str:
     return _join(lines)
 
 
+def hesitation_study(store: str, key: str, ranking: str = "logit_diff", n: int = 30) -> str:
+    """A saved hesitation study's tables (``result`` = the necessity table of the
+    evaluated sets; ``ranking``, ``clusters``, ``candidates`` and the selection ``path``
+    as the page shows them) and its necessity figure."""
+    return _join([
+        "from interp.adapters.report import demo_store",
+        "from interp.attribution import study_view as V",
+        "from interp.store import Store", "",
+        f"study = {'demo_store()' if store == 'demo' else 'Store()'}.load("
+        f"\"hesitation_study\", {key!r})",
+        "result = V.headline_table(study)",
+        f"ranking = V.ranking_table(study, {ranking!r}, {int(n)})",
+        "clusters = V.clusters_table(study)",
+        "candidates = V.candidates_table(study)",
+        "path = V.selection_path(study)",
+        "fig = V.necessity_figure(study)"])
+
+
 def adapters_frontier(sweeps: Sequence[tuple[str, str]]) -> str:
     """The sparsity-faithfulness frontier of saved L1 sweeps (``sweeps``: (store, key) of
     each ``adapters_sweep``; ``result`` = the frontier's table)."""

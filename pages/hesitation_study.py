@@ -16,6 +16,7 @@ from __future__ import annotations
 import streamlit as st
 
 import pages.common as ui
+from interp import reproduce
 from interp.adapters.report import demo_store
 from interp.attribution import study_view as V
 from interp.attribution.study import KIND
@@ -95,6 +96,8 @@ head = V.headline_table(art)
 _shown = V.headline_display(head)
 st.dataframe(_shown, height=35 * (len(_shown) + 1) + 3)
 ui.export_panel(None, head, "hesitation-study-headline", key="exp_head")
+ui.reproduce(reproduce.hesitation_study(sname, skey, ui.url_param("rk", "logit_diff"),
+                                        ui.url_param("rn", 30, int)))
 fig_n = V.necessity_figure(art)
 st.plotly_chart(fig_n, key="hs_necessity")
 ui.export_panel(fig_n, head, "hesitation-study-necessity", key="exp_nec")

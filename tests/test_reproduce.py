@@ -300,3 +300,17 @@ def test_adapters_snippets_on_the_demo():
     ns = run(R.adapters_frontier([("demo", a.key) for a in sweeps]))
     points = [p for a in sweeps for p in a.meta.get("runs", [])]
     assert len(points) and ns["result"].equals(ap.frontier_frame(points))
+
+
+def test_hesitation_study_snippet_recomputes_the_page_tables():
+    from interp.attribution import study_view as V
+    from interp.attribution.report import DEMO_ROOT, latest_study
+    from interp.store import Store
+
+    art = latest_study(Store(DEMO_ROOT, read_only=True))
+    ns = run(R.hesitation_study("demo", art.key, "logit", 12))
+    assert ns["result"].equals(V.headline_table(art))
+    assert ns["ranking"].equals(V.ranking_table(art, "logit", 12))
+    assert len(ns["ranking"]) == 12
+    assert ns["clusters"].equals(V.clusters_table(art))
+    assert ns["path"].equals(V.selection_path(art))
