@@ -25,7 +25,7 @@ import streamlit as st
 
 import pages.common as ui
 from interp import reproduce
-from interp.adapters.io import catalog
+from interp.adapters.io import catalog, runs_of_pair
 from interp.adapters.report import demo_store
 from interp.attribution import artifacts as ga
 from interp.attribution import explore
@@ -225,7 +225,14 @@ if saved_key:
     compare = False
 else:
     device = str(pick_device(ui.current_device()[0]))
-    keys = list(by_key)
+    base_spec, fine_spec = ui.current_pair()
+    keys = [r["artifact"].key for r in runs_of_pair(runs, base_spec, fine_spec)]
+    if not keys:
+        st.info(f"No adapter set of the sidebar pair ({ui.short_name(base_spec)} → "
+                f"{ui.short_name(fine_spec)}) is saved: train one on the Adapters page. "
+                f"Saved sets are of other pairs ({len(runs)}); pick their pair in the "
+                "sidebar to draw their graphs.", icon=":material/info:")
+        st.stop()
     c1, c2 = st.columns([3, 2], vertical_alignment="bottom")
     with c1:
         akey = ui.url_widget(st.selectbox, "Adapter set", "ad", keys[0], options=keys,

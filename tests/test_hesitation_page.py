@@ -272,3 +272,15 @@ def test_clicking_a_node_pins_it_in_the_browser(organisms):
     finally:
         print("--- streamlit log (tail) ---\n" + app_log(proc))
         stop_app(proc)
+
+
+def test_adapter_sets_are_those_of_the_sidebar_pair(organisms):
+    """Another pair in the sidebar: the organisms' adapter sets are not offered (their
+    graphs would explain a different model); the page says so and stops cleanly."""
+    at = _page({"base": "organism:sft", "fine": "organism:grpo"})
+    _ok(at)
+    assert any("No adapter set of the sidebar pair" in i.value for i in at.info)
+    assert not at.get("plotly_chart")
+    at = _page()
+    _ok(at)
+    assert at.selectbox(key="ad").options  # the organisms' own pair: the demo set
