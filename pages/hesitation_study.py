@@ -17,6 +17,7 @@ import streamlit as st
 
 import pages.common as ui
 from interp import reproduce
+from interp.adapters.io import catalog, runs_of_pair
 from interp.adapters.report import demo_store
 from interp.attribution import study_view as V
 from interp.attribution.study import KIND
@@ -50,8 +51,16 @@ demo = ui.demo_mode()
 stores = {"demo": demo_store()}
 if not demo:
     stores["local"] = ui.store()
-studies = ui.attempt(_studies, tuple((n, str(s.root)) for n, s in stores.items())) or []
-if not studies:
+base_spec, fine_spec = ui.current_pair()
+runs = runs_of_pair(ui.attempt(catalog, stores) or [], base_spec, fine_spec)
+pair_keys = {r["artifact"].key for r in runs}
+every_study = ui.attempt(_studies, tuple((n, str(s.root)) for n, s in stores.items())) or []
+studies = [s for s in every_study if s[2] in pair_keys]   # of the sidebar pair's adapters
+if every_study and not studies:
+    st.info(f"No hesitation study of the sidebar pair ({ui.short_name(base_spec)} → "
+            f"{ui.short_name(fine_spec)}); {len(every_study)} of other pairs are saved: pick "
+            "their pair in the sidebar.", icon=":material/info:")
+elif not studies:
     st.info("No hesitation study is saved yet: run one below or with `python -m interp "
             "attribution study`.", icon=":material/info:")
 labels = {f"{n}:{k}": f"{k} · adapters {a} ({n})" for n, k, a in studies}
@@ -60,9 +69,6 @@ pick = ui.run_picker(st.selectbox, "Study", "study", list(labels),
 
 if not demo:
     with st.expander("Run a new study", icon=":material/play_arrow:", expanded=not studies):
-        from interp.adapters.io import catalog
-
-        runs = ui.attempt(catalog, stores) or []
         keys = [r["artifact"].key for r in runs]
         if keys:
             c1, c2, c3 = st.columns(3)
@@ -77,7 +83,7 @@ if not demo:
                                                "n_gen_evaluation": int(ne)},
                          key="study_job", label="Run the study")
         else:
-            st.caption("Train an adapter set first (Adapters page).")
+            st.caption("Train an adapter set of this pair first (Adapters page).")
 if pick is None:
     st.stop()
 

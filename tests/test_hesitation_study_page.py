@@ -95,3 +95,16 @@ def test_report_prints_the_measured_ablations(study):
         assert top["p_wait_drop"] == pytest.approx(float(single[f, j]))
         assert top["collateral_kl"] == pytest.approx(float(single[f, -1]))
     assert {c["kl_weight"] for c in out["candidates"]} >= {None, 10.0}
+
+
+def test_studies_are_those_of_the_sidebar_pair(tmp_cache, monkeypatch):
+    monkeypatch.delenv("INTERP_DEMO", raising=False)
+    (tmp_cache / "organisms").symlink_to(PROJECT_ROOT / "cache" / "organisms")
+    at = _page({"base": "organism:sft", "fine": "organism:grpo"})
+    assert not at.exception
+    assert any("No hesitation study of the sidebar pair" in i.value for i in at.info)
+    assert not at.dataframe
+    at = _page()       # the organisms' own pair: the committed study, and a job form
+    assert not at.exception
+    assert at.query_params["study"].startswith("demo:hesitation_study-")
+    assert any(e.label == "Run a new study" for e in at.expander)
