@@ -29,7 +29,7 @@ from interp.features.labels import MAX_LABEL_CHARS, merged_labels, save_label
 from interp.features.pipeline import label_display
 from interp.features.probe import KIND as PROBE_KIND
 from interp.features.probe import probe_table
-from interp.features.table import FeatureTable, describe_corpus, find_features
+from interp.features.table import FeatureTable, describe_corpus, find_features, of_pair
 from interp.grid import format_grid
 
 st.title("Features")
@@ -167,10 +167,16 @@ else:
             ui.job_panel("features.collect", spec, key="fjob", label="Collect")
 
 # ------------------------------------------------------------------ which collection
-found = ui.attempt(find_features, stores) or []
+every = ui.attempt(find_features, stores) or []
+_base, _fine = ui.current_pair()
+found = [(n, a) for n, a in every if of_pair(a, _base, _fine)]   # the sidebar pair's
 if not found:
-    st.info("No feature collection is saved yet. Collect one above, or from a shell: "
-            "`python -m interp jobs submit features.collect --wait`.", icon=":material/info:")
+    other = (f" {len(every)} collections of other pairs are saved: pick their pair in the "
+             "sidebar." if every else "")
+    st.info(f"No feature collection of the sidebar pair ({ui.short_name(_base)} → "
+            f"{ui.short_name(_fine)}) is saved yet. Collect one above, or from a shell: "
+            f"`python -m interp jobs submit features.collect --wait`.{other}",
+            icon=":material/info:")
     st.stop()
 options = [f"{name}:{art.key}" for name, art in found]
 labels_of = {f"{name}:{art.key}": f"{name} · {describe_corpus(art.config.get('corpus', {}))} · "

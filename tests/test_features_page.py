@@ -43,8 +43,19 @@ def collection(tiny_pair_dirs, tmp_cache):
     return feats
 
 
+def pair_params(fset: str) -> dict:
+    """The sidebar pair of a local collection (the page lists only the pair's)."""
+    from interp.store import Store
+
+    key = fset.split(":", 1)[1]
+    pair = Store().load("features", key).meta["source"]["pair"]
+    return {"base": pair["base"], "fine": pair["reasoner"]}
+
+
 def _app(params):
     at = AppTest.from_file(APP, default_timeout=180)
+    if str(params.get("fset", "")).startswith("local:") and "base" not in params:
+        params = {**pair_params(params["fset"]), **params}
     at.query_params.update(params)
     at.switch_page(PAGE)
     return at.run()
@@ -229,3 +240,18 @@ def test_map_click_and_box_select_in_chromium(tmp_cache, tmp_path):
             b.close()
     finally:
         stop_app(proc)
+
+
+def test_collections_are_those_of_the_sidebar_pair(collection, monkeypatch):
+    """The organisms' pair in the sidebar: the tiny pair's collection is not listed."""
+    monkeypatch.delenv("INTERP_DEMO", raising=False)
+    at = _app({"base": "organism:sft", "fine": "organism:grpo"})
+    assert not at.exception
+    assert any("No feature collection of the sidebar pair" in i.value and "other pairs"
+               in i.value for i in at.info)
+    from interp.features.table import of_pair
+
+    pair = pair_params(f"local:{collection.key}")
+    assert of_pair(collection, pair["base"], pair["fine"])
+    assert not of_pair(collection, pair["fine"], pair["base"])     # the order matters
+    assert not of_pair(collection, "organism:base", "organism:reasoner")

@@ -168,8 +168,11 @@ def test_features_clamp_grid_generates_and_reproduces(collection, monkeypatch): 
 
     monkeypatch.delenv("INTERP_DEMO", raising=False)
     at = AppTest.from_file(APP, default_timeout=180)
+    from tests.test_features_page import pair_params
+
     at.query_params.update({"fset": f"local:{collection.key}", "feat": "1:3", "device": "cpu",
-                            "fgen": "hello 1 + 2", "fclamp": "0:2:1", "fmax": "5"})
+                            "fgen": "hello 1 + 2", "fclamp": "0:2:1", "fmax": "5",
+                            **pair_params(f"local:{collection.key}")})
     at.switch_page("pages/features.py")
     at.run()
     assert not at.exception, [e.value for e in at.exception]

@@ -312,6 +312,22 @@ def find_features(stores: dict[str, Any], source_key: str | None = None
     return out
 
 
+def of_pair(art: Artifact, base: str, fine: str) -> bool:
+    """Whether a ``features`` collection belongs to the pair (``base``, ``fine``): an
+    adapter set trained on that pair, or transcoders of either of its models. A
+    collection that does not record its models is kept."""
+    from ..models import same_model
+
+    src = art.meta.get("source") or {}
+    if src.get("kind") == "adapters" and src.get("pair"):
+        pair = src["pair"]
+        return same_model(str(pair.get("base")), base) and \
+            same_model(str(pair.get("reasoner")), fine)
+    if src.get("kind") == "transcoders" and src.get("model"):
+        return any(same_model(str(src["model"]), m) for m in (base, fine))
+    return True
+
+
 def describe_corpus(spec: dict[str, Any]) -> str:
     kind = spec.get("kind", "?")
     if kind == "organism":
