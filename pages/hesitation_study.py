@@ -100,7 +100,8 @@ f = art.meta["figures"]
 st.subheader("Necessity and sufficiency")
 head = V.headline_table(art)
 _shown = V.headline_display(head)
-st.dataframe(_shown, height=35 * (len(_shown) + 1) + 3)
+st.dataframe(_shown, height=35 * (len(_shown) + 1) + 3,
+             column_config={"_index": st.column_config.Column(width="medium")})
 ui.export_panel(None, head, "hesitation-study-headline", key="exp_head")
 ui.reproduce(reproduce.hesitation_study(sname, skey, ui.url_param("rk", "logit_diff"),
                                         ui.url_param("rn", 30, int)))
