@@ -27,8 +27,7 @@ from interp.features import plots as fp
 from interp.features.card import card_data, card_html, examples_html, graphs_with_feature
 from interp.features.labels import MAX_LABEL_CHARS, merged_labels, save_label
 from interp.features.pipeline import label_display
-from interp.features.probe import KIND as PROBE_KIND
-from interp.features.probe import probe_table
+from interp.features.probe import probe_table, probes_for
 from interp.features.table import FeatureTable, describe_corpus, find_features, of_pair
 from interp.grid import format_grid
 
@@ -564,9 +563,9 @@ if tab.label_names:
     fig_b = _best_figure(str(store.root), key, _stamp(art))
     st.plotly_chart(fig_b, key="fig_best")
     ui.export_panel(fig_b, best, "features-best-per-label", key="exp_best")
-    _probes = store.list(PROBE_KIND)
-    if _probes:
-        ptab = probe_table(best, _probes[0].meta, tab.label_names)
+    _probes = probes_for(store, tab.meta.get("source") or {})
+    if _probes is not None:
+        ptab = probe_table(best, _probes.meta, tab.label_names)
         st.markdown("**Does the model represent the label?** A logistic-regression read-out "
                     "of the reasoner's activations at each layer (fitted on the even "
                     "sequences, scored on the odd ones). A feature's activation is a "

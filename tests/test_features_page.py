@@ -166,8 +166,15 @@ def test_report_features_on_the_committed_demo():
     # the committed probes: per token label, the best read-out of the reasoner and the
     # read-out of the best feature's layer input, both taken from the artifact's table
     from interp.adapters.report import demo_store
+    from interp.features.probe import probes_for
 
-    probe = demo_store().load("features_probe", out["probe_key"]).meta["labels"]
+    art = demo_store().load("features_probe", out["probe_key"])
+    probe = art.meta["labels"]
+    # the probes are those of the model the features read: never another model's
+    h = art.config["weight_hash"]
+    assert probes_for(demo_store(), {"kind": "transcoders", "weight_hash": h}).key == art.key
+    assert probes_for(demo_store(), {"kind": "adapters", "pair_hashes": {"base": h}}) is None
+    assert probes_for(demo_store(), {"kind": "transcoders", "weight_hash": "0" * 64}) is None
     assert set(out["label_probes"]) == set(probe)
     for label, row in out["label_probes"].items():
         assert row["best_site_auroc"] == pytest.approx(max(probe[label].values()), abs=0.005)

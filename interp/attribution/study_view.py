@@ -34,8 +34,7 @@ def headline_table(art: Any) -> pd.DataFrame:
     """One row per evaluated feature set (the chosen set; the verification set when the
     study has one): its size and every necessity figure on the evaluation split."""
     f = art.meta["figures"]
-    n_feat = round(f["ablated_feature_fraction"] and len(art.meta["chosen_features"])
-                   / f["ablated_feature_fraction"]) or 1
+    n_feat = art.tensors["logit_diff.total"].shape[1]     # [triggers, features]
     rows = []
     sets = [("chosen", art.meta["chosen_features"], f["evaluation_teacher_forced"],
              f["evaluation_generation"], f["chosen"].get("ranking"), f["chosen"].get("mode"))]

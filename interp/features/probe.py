@@ -138,12 +138,22 @@ def find_probes(store: Any, weight_hash: str) -> Any | None:
     return None
 
 
-def probe_table(best: Any, probes: dict[str, Any], label_names: list[str]) -> Any:
-    """Next to each label's best single feature (``FeatureTable.best_per_label``): the
-    best linear read-out of the model (its site and AUROC) and the read-out of the MLP
-    input of that feature's layer."""
-    import pandas as pd
+def probes_for(store: Any, source: dict[str, Any]) -> Any | None:
+    """The newest probe artifact of the model a feature collection's source reads
+    (``source``: the collection's ``meta["source"]``; adapters: their pair's reasoner,
+    transcoders: their model), or None."""
+    if source.get("kind") == "adapters":
+        h = (source.get("pair_hashes") or {}).get("reasoner")
+    else:
+        h = source.get("weight_hash")
+    return find_probes(store, h) if h else None
 
+
+def probe_rows(best: Any, probes: dict[str, Any], label_names: list[str]
+               ) -> list[dict[str, Any]]:
+    """Per label of ``best`` (``FeatureTable.best_per_label``) that was probed: its name,
+    the best feature and its report AUROC, the best read-out's site and AUROC, and the
+    read-out of the MLP input of the best feature's layer."""
     from .pipeline import label_display
 
     rows = []
@@ -154,9 +164,20 @@ def probe_table(best: Any, probes: dict[str, Any], label_names: list[str]) -> An
             continue
         site, auc = best_site(probes, name)
         layer = int(str(r["feature"]).split(":")[0]) if r["feature"] else None
-        rows.append({"label": r["label"], "best feature": r["feature"],
-                     "feature AUROC": r["report_auroc"], "probe: best site": site,
-                     "probe AUROC": auc,
-                     "probe of the feature layer's MLP input": None if layer is None
+        rows.append({"label": r["label"], "name": name, "feature": r["feature"],
+                     "feature_auroc": r["report_auroc"], "best_site": site,
+                     "best_site_auroc": auc,
+                     "feature_layer_mlp_input_auroc": None if layer is None
                      else feature_layer_reference(probes, name, layer)})
-    return pd.DataFrame(rows)
+    return rows
+
+
+def probe_table(best: Any, probes: dict[str, Any], label_names: list[str]) -> Any:
+    """:func:`probe_rows` as the Features page shows them."""
+    import pandas as pd
+
+    names = {"label": "label", "feature": "best feature", "feature_auroc": "feature AUROC",
+             "best_site": "probe: best site", "best_site_auroc": "probe AUROC",
+             "feature_layer_mlp_input_auroc": "probe of the feature layer's MLP input"}
+    return pd.DataFrame([{v: r[k] for k, v in names.items()}
+                         for r in probe_rows(best, probes, label_names)])

@@ -75,7 +75,6 @@ def report_features(args) -> dict[str, Any]:
     """REPORTS.md key ``best_auroc_per_label`` and the rest of the figures."""
     from ..adapters.report import demo_store
     from .featmap import find_map
-    from .pipeline import label_display
     from .table import FeatureTable
 
     if getattr(args, "recompute", False):
@@ -136,25 +135,13 @@ def _probe_figures(tab: Any, best: Any, store: Store) -> dict[str, Any]:
     activations (site and AUROC) and the read-out of the MLP input of the best
     feature's layer (what any single feature there is a function of); absent until
     ``python -m interp features probe --store demo`` has run."""
-    from .probe import best_site, feature_layer_reference, find_probes
+    from .probe import probe_rows, probes_for
 
-    pair = tab.meta.get("source", {}).get("pair_hashes") or {}
-    art = find_probes(store, pair.get("reasoner", "")) if pair else None
-    if art is None:
-        arts = store.list("features_probe")
-        art = arts[0] if arts else None
+    art = probes_for(store, tab.meta.get("source") or {})
     if art is None:
         return {}
-    out: dict[str, Any] = {}
-    for _, r in best.iterrows():
-        name = next((n for n in tab.label_names if label_display(n) == r["label"]), None)
-        if name is None or name not in art.meta["labels"]:
-            continue
-        site, auc = best_site(art.meta, name)
-        layer = int(str(r["feature"]).split(":")[0]) if r["feature"] else None
-        out[r["label"]] = {
-            "best_site": site, "best_site_auroc": auc,
-            "feature_layer_mlp_input_auroc": None if layer is None
-            else feature_layer_reference(art.meta, name, layer),
-            "by_site": art.meta["labels"][name]}
+    out = {r["label"]: {k: r[k] for k in ("best_site", "best_site_auroc",
+                                          "feature_layer_mlp_input_auroc")}
+           | {"by_site": art.meta["labels"][r["name"]]}
+           for r in probe_rows(best, art.meta, tab.label_names)}
     return {"label_probes": out, "probe_key": art.key}
