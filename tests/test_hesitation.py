@@ -168,7 +168,7 @@ def test_study_with_measured_ablation_ranking_tiny(tracer, tmp_path):
     from interp.attribution.study import run_study, save_study, study_config
 
     for bad in ({"greedy_pool": 0}, {"kl_weights": []}, {"kl_weights": [-1]},
-                {"max_collateral_loss": -1}):
+                {"max_collateral_loss": -1}, {"complete_with": "ablation"}):
         with pytest.raises(ConfigError):
             study_config(bad)
     res = run_study({"n_validation": 6, "n_evaluation": 6, "n_gen_validation": 6,
@@ -180,15 +180,24 @@ def test_study_with_measured_ablation_ranking_tiny(tracer, tmp_path):
     assert cands and all(1 <= c["k"] <= 4 for c in cands)
     runs = {r["kl_weight"]: r for r in res["ablation"]["paths"]}
     assert set(runs) == {0.0, 10.0}
+    ld = [r["feature"] for r in res["rankings"]["logit_diff"] if r["mean_effect"] > 0]
     for c in cands:
         run = runs[c["kl_weight"]]
         if c["ranking"] == "ablation":
             assert c["features"] == run["path"][c["k"] - 1]["features"]
+        elif c["ranking"] == "ablation+logit_diff":
+            # the path's best set (least objective), then the graph ranking, to the cap
+            objs = [p["objective"] for p in run["path"]]
+            best = run["path"][int(np.argmin(objs))]["features"]
+            assert c["features"][: len(best)] == best and c["k"] == 4
+            assert c["features"][len(best):] == [f for f in ld if f not in best][
+                : 4 - len(best)]
         else:
             assert c["ranking"] == "verification"
             assert c["features"] == run["verify_path"][c["k"] - 1]["features"]
             assert run["verify_path"][c["k"] - 1]["remaining"]["verify"] <= 0.9
-    assert {c["ranking"] for c in cands} == {"ablation", "verification"}
+    assert {c["ranking"] for c in cands} == {"ablation", "ablation+logit_diff",
+                                             "verification"}
     f = res["figures"]
     for k in ("collateral_accuracy_change", "lost_corrections"):
         assert isinstance(f[k], float)
@@ -208,6 +217,18 @@ def test_study_with_measured_ablation_ranking_tiny(tracer, tmp_path):
     assert set(path["KL price"]) == {0.0, 10.0}
     assert len(path) == sum(len(r["path"]) + len(r["verify_path"]) for r in runs.values())
     assert V.candidates_table(art)["chosen"].sum() == 1
+
+
+def test_complete_set_fills_a_selection_from_the_ranking():
+    from interp.attribution.study import complete_set
+
+    ranking = [{"feature": f, "mean_effect": e}
+               for f, e in ((7, 2.0), (3, 1.5), (9, 1.0), (4, -0.5), (5, 0.3))]
+    assert complete_set([3, 11], ranking, 5) == [3, 11, 7, 9, 5]   # 3 once; 4 is < 0
+    assert complete_set([3, 3, 11], ranking, 5) == [3, 11, 7, 9, 5]
+    assert complete_set([3, 11], ranking, 3) == [3, 11, 7]
+    assert complete_set([3, 11, 12], ranking, 2) == [3, 11]         # never past k
+    assert complete_set([], ranking, 10) == [7, 3, 9, 5]
 
 
 def test_choice_rule_prefers_sets_within_the_collateral_tolerance():

@@ -20,6 +20,10 @@ the two splits use disjoint held-out problems):
    relative P(``wait``) at validation triggers plus ``w`` times the set's collateral KL.
    The same selection on verification triggers alone gives *verification* candidates
    (the shortest prefix leaving at most ``verify_remaining`` of their P(``wait``)). Each
+   price's best selected set (least objective) is also *completed*: filled up to the cap
+   with the ``complete_with`` graph ranking (:func:`complete_set`; ranking name
+   ``ablation+logit_diff``), since the selection tests a pool of a few dozen features
+   while error detection is spread over many small, specific ones. Each
    set is scored on validation traces (teacher-forced P(``wait``) at triggers) and
    validation generations (hesitations, thinking length, accuracy, split per problem
    into corrections lost and collateral change). The chosen set
@@ -55,7 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "n_gen_evaluation": 300, "n_cluster": 30, "ks": [25, 51], "max_fraction": 0.05,
     "modes": ["zero", "mean"], "rankings": ["logit_diff", "logit", "ablation"],
     "greedy_pool": 20, "verify_remaining": 0.1, "kl_weights": [10.0, 100.0],
-    "max_collateral_loss": 2.0,
+    "max_collateral_loss": 2.0, "complete_with": "logit_diff",
     "max_length_change": 0.25, "max_new_tokens": 80,
 }
 GRAPH_RANKINGS = ("logit", "logit_diff")
@@ -79,6 +83,8 @@ def study_config(spec: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("kl_weights must be a list of numbers >= 0")
     if not float(cfg["max_collateral_loss"]) >= 0:
         raise ConfigError("max_collateral_loss must be a number >= 0")
+    if cfg["complete_with"] not in (None, *GRAPH_RANKINGS):
+        raise ConfigError(f"complete_with must be one of {list(GRAPH_RANKINGS)} or null")
     if not isinstance(cfg["greedy_pool"], int) or cfg["greedy_pool"] < 1:
         raise ConfigError("greedy_pool must be a positive integer")
     if not 0 < float(cfg["verify_remaining"]) < 1:
@@ -222,6 +228,10 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
             best = int(np.argmin([p["objective"] for p in path])) + 1 if path else 0
             for k in sorted(({min(int(k), len(path)) for k in cfg["ks"]} | {best}) - {0}):
                 sets.append(("ablation", path[k - 1]["features"], "zero", kw))
+            if best and cfg["complete_with"]:   # the measured set, filled up to kmax
+                sets.append((f"ablation+{cfg['complete_with']}", complete_set(
+                    path[best - 1]["features"], rankings[cfg["complete_with"]], kmax),
+                    "zero", kw))
             vk = next((i for i, p in enumerate(vpath)
                        if p["remaining"]["verify"] <= cfg["verify_remaining"]), None)
             if vk is not None:
@@ -306,6 +316,24 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
             "clusters": {"features": top, "labels": cl["labels"], "truth": truth},
             "candidates": candidates, "chosen_features": feats, "tracer": tracer,
             "ablation": ablation, "verification_features": verification.get("features", [])}
+
+
+def complete_set(features: list[int], ranking: list[dict[str, Any]], k: int) -> list[int]:
+    """``features`` (a forward-selection set), then the ranking's features with a positive
+    mean effect that are not in it yet, in ranking order, up to ``k`` features in all:
+    the selection finds the few features whose measured removal matters most, the graph
+    ranking adds the many small, specific contributors it cannot afford to test one by
+    one."""
+    out = list(dict.fromkeys(int(f) for f in features))[:k]
+    seen = set(out)
+    for r in ranking:
+        if len(out) >= k:
+            break
+        f = int(r["feature"])
+        if r["mean_effect"] > 0 and f not in seen:
+            out.append(f)
+            seen.add(f)
+    return out
 
 
 def choose_candidate(candidates: list[dict[str, Any]], cfg: dict[str, Any]) -> dict[str, Any]:
