@@ -113,10 +113,13 @@ st.caption(
     f"Evaluation split: {gen['n']} greedy generations per setting, "
     f"{f['evaluation_teacher_forced']['n_triggers']} labelled triggers. In these organisms "
     "an error hesitation is followed by the correction of a wrong column result, so removing "
-    "error hesitations leaves those results wrong: *corrections lost* is the share of "
-    "problems right before and wrong after with a wrong column result left in the thinking; "
-    "*collateral change* is the paired accuracy change over the problems with none, i.e. "
-    "everything else the ablation did. Verification hesitations are redundant re-checks.")
+    "error hesitations leaves those results wrong. Problems are split by the unablated "
+    "generation: *corrections lost* is the share of problems where it wrote (and corrected) "
+    "a wrong column result that were right and are now wrong with a wrong result left; "
+    "*collateral change* is the paired accuracy change over the problems where it wrote "
+    "none, i.e. everything else the ablation did, new arithmetic errors included "
+    "(*new errors*: the share of them that now keep a wrong column result). Verification "
+    "hesitations are redundant re-checks.")
 cl = f["clamp"]
 st.markdown(
     f"**Sufficiency:** clamping the chosen set on (to its mean activation at validation "
@@ -167,7 +170,7 @@ with st.expander("Every candidate set (validation split)"):
     cands = V.candidates_table(art)
     st.dataframe(cands, hide_index=True, column_config={
         c: PCT for c in ("P(wait) drop", "hesitation drop", "corrections lost",
-                         "thinking length change")})
+                         "new errors", "thinking length change")})
     st.caption("The evaluated set has the largest validation hesitation drop among sets "
                "that keep thinking length within "
                f"{art.config.get('max_length_change', 0.25):.0%} and lose at most "

@@ -310,16 +310,19 @@ def _kl_other(traces, before, after):
 def test_greedy_ablation_path_matches_decoder_zeroing(tracer):
     val = H.trigger_traces("validation", 8)
     assert {m for t in val for _, m, _ in t.triggers} == set(H.MECHANISMS)
-    single = H.ablation_effects(tracer, val, features=[83, 222, 652, 5])
+    # demo set: 0:83 is a general feature (collateral KL ~0.08 nats), 2:16 (528) lowers
+    # P(wait) at verification triggers, 2:116 (628) at error triggers
+    single = H.ablation_effects(tracer, val, features=[83, 528, 628, 5])
     before = _p_wait_by_decoder_zeroing(tracer, val, [])
-    for f in (83, 222):
+    for f in (83, 528):
         after = _p_wait_by_decoder_zeroing(tracer, val, [f])
         for j, m in enumerate(H.MECHANISMS):
             assert single[f, j] == pytest.approx(before[m] - after[m], abs=1e-5)
         assert single[f, -1] == pytest.approx(_kl_other(val, before, after), rel=1e-4)
-    assert single[83, -1] > 2 * single[222, -1] > 0      # 0:83 disturbs far more
+    assert single[83, -1] > 2 * single[528, -1] > 0      # 0:83 disturbs far more
+    assert single[528, 1] > 0.1 and single[628, 0] > 0.01
     assert single[100].tolist() == [0.0, 0.0, 0.0]       # not asked for
-    pool = [83, 222, 652, 5]
+    pool = [83, 528, 628, 5]
     path = H.greedy_ablation_set(tracer, val, pool, k_max=3)
     assert 1 <= len(path) <= 3
     # the first pick is the pool feature that leaves the lowest mean relative P(wait)
@@ -367,20 +370,27 @@ def test_column_steps_find_uncorrected_results():
 
 
 def test_accuracy_decomposition_splits_lost_corrections_from_collateral():
-    def row(correct, unc):
-        return {"correct": correct, "columns_wrong": unc, "columns_uncorrected": unc}
+    def row(correct, wrong, unc=0):
+        return {"correct": correct, "columns_wrong": wrong, "columns_uncorrected": unc}
 
-    before = [row(True, 0)] * 6 + [row(False, 0)] * 2 + [row(True, 0)] * 2
-    after = ([row(False, 1)] * 2                      # corrections lost
-             + [row(True, 0)] * 3 + [row(False, 0)]   # one collateral loss
-             + [row(False, 0), row(True, 0)]          # one collateral gain
+    # problems 0-2: the unablated model wrote a wrong column and corrected it
+    before = [row(True, 1)] * 3 + [row(True, 0)] * 3 + [row(False, 0)] * 2 \
+        + [row(True, 0)] * 2
+    after = ([row(False, 1, 1)] * 2 + [row(True, 1)]    # two corrections lost, one kept
+             + [row(True, 0)] * 2 + [row(False, 0)]     # one collateral loss
+             + [row(False, 0), row(True, 0)]            # one collateral gain
              + [row(True, 0)] * 2)
     d = H.accuracy_decomposition(before, after)
     assert d["lost_corrections"] == pytest.approx(0.2)
-    assert d["n_collateral"] == 8
-    assert d["collateral_accuracy_change"] == pytest.approx(0.0)   # -1 +1 over 8
-    after[2] = row(False, 0)
+    assert (d["n_caught"], d["n_collateral"]) == (3, 7)
+    assert d["collateral_accuracy_change"] == pytest.approx(0.0)   # -1 +1 over 7
+    assert d["new_errors"] == 0.0
+    # a new uncorrected error where the model wrote none before is collateral, not a
+    # lost correction
+    after[3] = row(False, 1, 1)
     d = H.accuracy_decomposition(before, after)
-    assert d["collateral_accuracy_change"] == pytest.approx(-100 / 8)
-    assert d["columns_uncorrected_after"] == pytest.approx(0.2)
+    assert d["lost_corrections"] == pytest.approx(0.2)
+    assert d["collateral_accuracy_change"] == pytest.approx(-100 / 7)
+    assert d["new_errors"] == pytest.approx(1 / 7)
+    assert d["columns_uncorrected_after"] == pytest.approx(0.3)
     assert d["collateral_accuracy_change_ci"][0] <= d["collateral_accuracy_change"]

@@ -612,26 +612,39 @@ def accuracy_decomposition(before: Sequence[dict[str, Any]], after: Sequence[dic
     scored by ``score_completion``, paired by problem).
 
     An error hesitation exists to catch a wrongly written column result; without it the
-    wrong result stays. ``lost_corrections``: the share of problems right before and wrong
-    after whose ablated thinking keeps a wrong column result (``columns_uncorrected``).
-    ``collateral_accuracy_change`` (points, with a bootstrap 95% interval): the paired
-    change over the problems whose ablated thinking keeps no wrong column result, i.e.
-    everything the ablation did besides leaving errors uncorrected. ``columns_wrong``:
-    wrong column results written per problem (caught or not), before and after: the
-    ablation should not change how often the model errs, only whether it notices."""
+    wrong result stays. The problems are split by the *unablated* generation alone (so
+    that the split cannot depend on what the ablation did):
+
+    * ``n_caught`` problems where the unablated model wrote a wrong column result
+      (``columns_wrong`` > 0; the reasoner then hesitates and corrects it).
+      ``lost_corrections``: the share of all problems that are among these, were right
+      and are now wrong with a wrong column result left (``columns_uncorrected``).
+    * ``n_collateral`` problems where it wrote none. ``collateral_accuracy_change``
+      (points, with a bootstrap 95% interval): the paired change over these, i.e.
+      everything the ablation did besides leaving errors uncorrected, new arithmetic
+      errors included; ``new_errors``: the share of them that now keep a wrong column
+      result.
+
+    ``columns_wrong``: wrong column results written per problem (caught or not), before
+    and after: the ablation should not change how often the model errs, only whether it
+    notices."""
     from ..length.stats import paired_change
 
     n = len(before)
     if not n:
         return {}
-    clean = [i for i, r in enumerate(after) if not r.get("columns_uncorrected", 0)]
-    lost = sum(1 for x, y in zip(before, after)
-               if x["correct"] and not y["correct"] and y.get("columns_uncorrected", 0))
-    out: dict[str, Any] = {"lost_corrections": lost / n, "n_collateral": len(clean)}
+    caught = [i for i, r in enumerate(before) if r.get("columns_wrong", 0)]
+    clean = [i for i, r in enumerate(before) if not r.get("columns_wrong", 0)]
+    lost = sum(1 for i in caught if before[i]["correct"] and not after[i]["correct"]
+               and after[i].get("columns_uncorrected", 0))
+    out: dict[str, Any] = {"lost_corrections": lost / n, "n_caught": len(caught),
+                           "n_collateral": len(clean)}
     for k in ("columns_wrong", "columns_uncorrected"):
         out[f"{k}_before"] = float(np.mean([r.get(k, 0) for r in before]))
         out[f"{k}_after"] = float(np.mean([r.get(k, 0) for r in after]))
     if clean:
+        out["new_errors"] = float(np.mean([bool(after[i].get("columns_uncorrected", 0))
+                                           for i in clean]))
         ch = paired_change([100.0 * before[i]["correct"] for i in clean],
                            [100.0 * after[i]["correct"] for i in clean])
         out["collateral_accuracy_change"] = ch["mean"]

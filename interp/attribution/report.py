@@ -46,7 +46,7 @@ def collect(store: Store) -> dict[str, Any]:
     out["clusters"] = {str(k): v for k, v in sorted(groups.items())}
     out["candidates"] = [{k: c.get(k) for k in (
         "ranking", "kl_weight", "k", "mode", "p_wait_drop", "hesitation_rate_drop",
-        "accuracy_change", "collateral_accuracy_change", "lost_corrections",
+        "accuracy_change", "collateral_accuracy_change", "lost_corrections", "new_errors",
         "think_tokens_change")} for c in art.meta["candidates"]]
     single = art.tensors.get("ablation.single")
     if single is not None:   # measured single-feature ablations, strongest per mechanism

@@ -256,6 +256,7 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
             "accuracy_change": 100 * (g["accuracy"] - base_gen["accuracy"]),
             "collateral_accuracy_change": dec.get("collateral_accuracy_change", 0.0),
             "lost_corrections": dec.get("lost_corrections", 0.0),
+            "new_errors": dec.get("new_errors", 0.0),
             "think_tokens_change": g["think_tokens"] / base_gen["think_tokens"] - 1,
             "generation": g})
         step(f"candidate {rname} k={len(feats)} {mode}", 0)
@@ -299,6 +300,7 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
         "collateral_accuracy_change": gen.get("collateral_accuracy_change"),
         "collateral_accuracy_change_ci": gen.get("collateral_accuracy_change_ci"),
         "lost_corrections": gen.get("lost_corrections"),
+        "new_errors": gen.get("new_errors"),
         "ablated_feature_fraction": len(feats) / n_feat,
         "clamp_induced_rate": clamp["clamp_induced_rate"],
         "chosen": {k: v for k, v in chosen.items() if k != "features"},

@@ -59,6 +59,7 @@ def headline_table(art: Any) -> pd.DataFrame:
         row["collateral change (points)"] = gen.get("collateral_accuracy_change")
         row["collateral 95% CI"] = _ci(gen.get("collateral_accuracy_change_ci"))
         row["corrections lost"] = gen.get("lost_corrections")
+        row["new errors"] = gen.get("new_errors")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -71,7 +72,7 @@ def headline_display(head: pd.DataFrame) -> pd.DataFrame:
             return "–"
         if isinstance(v, str):
             return v
-        if "drop" in col or "share" in col or "lost" in col:
+        if "drop" in col or "share" in col or "lost" in col or "new errors" in col:
             return f"{v:.1%}"
         if "points" in col:
             return f"{v:+.1f}"
@@ -275,6 +276,7 @@ def candidates_table(art: Any) -> pd.DataFrame:
             "accuracy change": c["accuracy_change"],
             "collateral change": c.get("collateral_accuracy_change"),
             "corrections lost": c.get("lost_corrections"),
+            "new errors": c.get("new_errors"),
             "thinking length change": c["think_tokens_change"],
             "chosen": all(c.get(k) == chosen.get(k)
                           for k in ("ranking", "k", "mode", "kl_weight")),
