@@ -499,3 +499,22 @@ def test_float_order_keys_sort_like_the_floats():
     assert (k[1:] > k[:-1]).all()
     y = torch.randn(2000)
     assert torch.equal(float_order_key(y).argsort(stable=True), y.argsort(stable=True))
+
+
+def test_group_max_sparse_branch_equals_dense_and_brute_force():
+    from interp.features.collect import _group_max
+
+    g = torch.Generator().manual_seed(0)
+    key = torch.randint(0, 50, (400,), generator=g)
+    v = torch.rand(400, generator=g).round(decimals=1) + 0.1   # ties on purpose
+    pos = torch.randint(0, 30, (400,), generator=g)
+    dense = _group_max(key, v, pos, 50, 30)
+    sparse = _group_max(key, v, pos, 50, 30, dense_max=10)
+    for a, b in zip(dense, sparse):
+        assert torch.equal(a, b)
+    keys, mx, first = dense
+    assert keys.tolist() == sorted(set(key.tolist()))
+    for k, m, f in zip(keys.tolist(), mx.tolist(), first.tolist()):
+        sel = key == k
+        assert m == v[sel].max().item()
+        assert f == pos[sel & (v == v[sel].max())].min().item()

@@ -195,7 +195,7 @@ def bench_features_collect(args) -> dict[str, Any]:
 
     quick = bool(getattr(args, "quick", False))
     source, note = _source(getattr(args, "device", "auto"))
-    n, repeats = (256, 3) if quick else (1024, 3)
+    n, repeats = (256, 3) if quick else (4096, 5)
     corpus = organism_corpus(n, seed=0)
     items = list(corpus)  # generated once; not timed
     fixed = Corpus(lambda: iter(items), corpus.spec, len(items), corpus.label_names)

@@ -260,6 +260,26 @@ def float_order_key(x: torch.Tensor) -> torch.Tensor:
     return torch.where(b < 0, b ^ 0x7FFFFFFF, b)
 
 
+def _group_max(key: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, n_keys: int,
+               T: int, dense_max: int = 1 << 24
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per distinct ``key`` (in ``0 .. n_keys-1``; ``v`` > 0): ``(keys ascending, the
+    largest v, the smallest pos where it is reached)``. A dense scatter over ``n_keys``
+    slots while that is small (the organisms: 128 sequences x 1,024 features), a sort
+    of the keys present otherwise (wide models: the dense buffer would be gigabytes)."""
+    if n_keys <= dense_max:
+        mx = torch.zeros(n_keys, device=v.device).scatter_reduce_(0, key, v, "amax")
+        first = torch.full((n_keys,), T, dtype=torch.long, device=v.device)
+        first.scatter_reduce_(0, key, torch.where(v == mx[key], pos, T), "amin")
+        k = (mx > 0).nonzero().flatten()
+        return k, mx[k], first[k]
+    k, inv = torch.unique(key, return_inverse=True)
+    mx = torch.zeros(len(k), device=v.device).scatter_reduce_(0, inv, v, "amax")
+    first = torch.full((len(k),), T, dtype=torch.long, device=v.device)
+    first.scatter_reduce_(0, inv, torch.where(v == mx[inv], pos, T), "amin")
+    return k, mx, first
+
+
 # ------------------------------------------------------------------ the collector
 class Collector:
     """Streaming state of a collection (see the module docstring). The state lives on
@@ -319,22 +339,35 @@ class Collector:
 
     # -------------------------------------------------------------- one batch
     def update(self, batch: Batch, acts: dict[int, torch.Tensor]) -> None:
-        """Add one batch (``acts``: ``{layer: [b, T, d_sae]}``, values >= 0). On a CPU the
-        bookkeeping runs on one thread: its operations are many and small, and
-        intra-op threads cost more than they gain there (measured: 1.2 s on one thread
-        vs 9.6 s on two for 1,024 traces on a loaded 2-core machine)."""
+        """Add one batch (``acts``: ``{layer: [b, T, d_sae]}``, values >= 0). The one dense
+        pass over each layer's activations (finding the active entries) runs on every
+        thread; on a CPU the rest of the bookkeeping runs on one: its operations are many
+        and small, and intra-op threads cost more than they gain there (measured: 1.2 s
+        on one thread vs 9.6 s on two for 1,024 traces on a loaded 2-core machine)."""
+        with torch.no_grad():
+            sparse = {layer: self._active(acts[layer], batch.valid) for layer in self.layers}
         single = self.device.type == "cpu" and torch.get_num_threads() > 1
         n = torch.get_num_threads()
         if single:
             torch.set_num_threads(1)
         try:
             with torch.no_grad():
-                self._update(batch, acts)
+                self._update(batch, acts, sparse)
         finally:
             if single:
                 torch.set_num_threads(n)
 
-    def _update(self, batch: Batch, acts: dict[int, torch.Tensor]) -> None:
+    def _active(self, a: torch.Tensor, valid: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(bi, ti, fi, v)``: the positive entries of ``a [b, T, d]`` at valid positions."""
+        a = a.detach().to(self.device, torch.float32)
+        bi, ti, fi = a.nonzero(as_tuple=True)  # the one dense pass
+        v = a[bi, ti, fi]
+        keep = (valid.to(self.device)[bi, ti] & (v > 0)).nonzero().flatten()
+        return bi[keep], ti[keep], fi[keep], v[keep]
+
+    def _update(self, batch: Batch, acts: dict[int, torch.Tensor],
+                sparse: dict[int, tuple[torch.Tensor, ...]]) -> None:
         t, cfg, dev = self.t, self.cfg, self.device
         valid = batch.valid.to(dev)
         b, T = valid.shape
@@ -382,28 +415,25 @@ class Collector:
             if len(rows):
                 self.lab_rows[name].append(torch.stack([seq[rows], cls], 1).cpu())
             self.lab_n[name] += len(rows)
-        for layer in self.layers:
-            a = acts[layer].detach().to(dev, torch.float32)
-            self._layer(a, valid, layer, seq, reg, occ, win_pos, win_ok, win_mask, bi_n, sel)
+        self._entries(acts, sparse, seq, reg, occ, win_pos, win_ok, win_mask, bi_n, sel)
         for i, it in enumerate(batch.items):
             n = int(batch.valid[i].sum())
             self.seqs[int(batch.seq[i])] = (list(it.ids[:n]), np.asarray(it.regions[:n]), it.id)
 
-    def _layer(self, a, valid, layer, seq, reg, occ, win_pos, win_ok, win_mask, bi_n, sel
-               ) -> None:
-        """One layer's activations ``a [b, T, d]`` (pad positions are ignored: only the
-        nonzero entries at valid positions are used, and the dense reads below touch
-        valid positions only)."""
+    def _entries(self, acts, sparse, seq, reg, occ, win_pos, win_ok, win_mask, bi_n, sel
+                 ) -> None:
+        """Every layer's positive entries at valid positions at once (``sparse``:
+        :meth:`_active` per layer; the feature index ``g`` is global, so one pass of each
+        statistic serves all layers; pad positions are ignored: the dense reads below
+        touch valid positions only)."""
         # (boolean-mask indexing hides a nonzero() per tensor: entries are filtered once
         # into an index and then gathered, and masks become weights where possible)
-        t, cfg, dev = self.t, self.cfg, self.device
-        o, d = self.offsets[layer], self.d_sae[layer]
-        b, T, _ = a.shape
-        bi, ti, fi = a.nonzero(as_tuple=True)  # the one dense pass
-        v = a[bi, ti, fi]
-        keep = (valid[bi, ti] & (v > 0)).nonzero().flatten()
-        bi, ti, fi, v = bi[keep], ti[keep], fi[keep], v[keep]
-        g = fi + o
+        t, cfg, dev, F = self.t, self.cfg, self.device, self.F
+        b, T = win_mask.shape
+        bi = torch.cat([sparse[la][0] for la in self.layers])
+        ti = torch.cat([sparse[la][1] for la in self.layers])
+        g = torch.cat([sparse[la][2] + self.offsets[la] for la in self.layers])
+        v = torch.cat([sparse[la][3] for la in self.layers])
         ones = torch.ones_like(g)
         vd = v.double()
         t["active"].index_add_(0, g, ones)
@@ -417,22 +447,22 @@ class Collector:
         t["region_sum"].view(-1).index_add_(0, gr, vd)
         t["hes_mass"].index_add_(0, g, vd * win_mask[bi, ti])
         if len(occ):
-            wa = a[occ[:, 0:1].expand_as(win_pos), win_pos.clamp(min=0)]  # [n_occ, w, d]
-            hit = ((wa > 0) & win_ok[..., None]).any(1).long()  # [n_occ, d]
-            t["hes_cover"][:, o:o + d].index_add_(0, occ[:, 2], hit)
+            for layer in self.layers:
+                o, d = self.offsets[layer], self.d_sae[layer]
+                a = acts[layer].detach().to(dev, torch.float32)
+                wa = a[occ[:, 0:1].expand_as(win_pos), win_pos.clamp(min=0)]  # [n_occ, w, d]
+                hit = ((wa > 0) & win_ok[..., None]).any(1).long()  # [n_occ, d]
+                t["hes_cover"][:, o:o + d].index_add_(0, occ[:, 2], hit)
         # top-k sequences by their maximum (earliest position of the maximum)
-        key = bi * d + fi
-        seqmax = torch.zeros(b * d, device=dev).scatter_reduce_(0, key, v, "amax")
-        first = torch.full((b * d,), T, dtype=torch.long, device=dev).scatter_reduce_(
-            0, key, torch.where(v == seqmax[key], ti, T), "amin")
-        ck = (seqmax > 0).nonzero().flatten()
-        merge_topk(t["top_act"], [t["top_seq"], t["top_pos"]], ck % d + o, seqmax[ck],
-                   [seq[ck // d], first[ck]])
+        ck, seqmax, first = _group_max(bi * F + g, v, ti, b * F, T)
+        merge_topk(t["top_act"], [t["top_seq"], t["top_pos"]], ck % F, seqmax,
+                   [seq[ck // F], first])
         # reservoir (priority sampling; the stored sort value is -key); only keys that
-        # beat a full reservoir's worst are merged
-        gen = torch.Generator(device=dev).manual_seed(
-            int(cfg.seed) * 1_000_003 + bi_n * 1009 + int(layer))
-        u = torch.rand(len(v), generator=gen, device=dev)
+        # beat a full reservoir's worst are merged. One draw per layer, seeded by the
+        # batch and the layer, so that a share of the corpus draws what one pass draws.
+        u = torch.cat([torch.rand(len(sparse[la][3]), device=dev, generator=torch.Generator(
+            device=dev).manual_seed(int(cfg.seed) * 1_000_003 + bi_n * 1009 + int(la)))
+            for la in self.layers])
         c = (-u > t["res_key"][g, -1]).nonzero().flatten()
         merge_topk(t["res_key"], [t["res_act"], t["res_seq"], t["res_pos"]], g[c], -u[c],
                    [v[c], seq[bi[c]], ti[c]])
@@ -440,20 +470,19 @@ class Collector:
         if not sel:
             return
         li = self._lab_any[bi, ti].nonzero().flatten()
-        lbi, lti, lfi, lv = bi[li], ti[li], fi[li], v[li]
+        lbi, lti, lg, lv = bi[li], ti[li], g[li], v[li]
         for name, (kind, dom, rid) in sel.items():
             if kind == "seq":
-                vals = torch.where(dom[lbi, lti], lv, 0.0)
-                mx = torch.zeros(b * d, device=dev).scatter_reduce_(0, lbi * d + lfi, vals,
-                                                                   "amax")
-                kk = mx.nonzero().flatten()
-                r, ff, vals = rid[kk // d], kk % d, mx[kk]
+                inside = dom[lbi, lti].nonzero().flatten()
+                kk, vals, _ = _group_max(lbi[inside] * F + lg[inside], lv[inside],
+                                         lti[inside], b * F, T)
+                r, gg = rid[kk // F], kk % F
             else:
                 r = rid[lbi, lti]
                 k = (r >= 0).nonzero().flatten()
-                r, ff, vals = r[k], lfi[k], lv[k]
+                r, gg, vals = r[k], lg[k], lv[k]
             if len(r):
-                self.lab_idx[name].append(torch.stack([r, ff + o], 1).cpu())
+                self.lab_idx[name].append(torch.stack([r, gg], 1).cpu())
                 self.lab_val[name].append(vals.cpu())
 
     # -------------------------------------------------------------- housekeeping
