@@ -185,6 +185,10 @@ def test_study_with_measured_ablation_ranking_tiny(tracer, tmp_path):
         run = runs[c["kl_weight"]]
         if c["ranking"] == "ablation":
             assert c["features"] == run["path"][c["k"] - 1]["features"]
+        elif c["ranking"] == "logit_diff+ablation":
+            # the ranking's top (capped one below the 4-feature limit), then measured picks
+            assert c["features"][:3] == ld[:3] and 3 < c["k"] <= 4
+            assert c["features"] in [p["features"] for p in run["start_path"]]
         elif c["ranking"] == "ablation+logit_diff":
             # the path's best set (least objective), then the graph ranking, to the cap
             objs = [p["objective"] for p in run["path"]]
@@ -197,7 +201,7 @@ def test_study_with_measured_ablation_ranking_tiny(tracer, tmp_path):
             assert c["features"] == run["verify_path"][c["k"] - 1]["features"]
             assert run["verify_path"][c["k"] - 1]["remaining"]["verify"] <= 0.9
     assert {c["ranking"] for c in cands} == {"ablation", "ablation+logit_diff",
-                                             "verification"}
+                                             "logit_diff+ablation", "verification"}
     f = res["figures"]
     for k in ("collateral_accuracy_change", "lost_corrections"):
         assert isinstance(f[k], float)
@@ -215,7 +219,8 @@ def test_study_with_measured_ablation_ranking_tiny(tracer, tmp_path):
 
     path = V.selection_path(art)
     assert set(path["KL price"]) == {0.0, 10.0}
-    assert len(path) == sum(len(r["path"]) + len(r["verify_path"]) for r in runs.values())
+    assert len(path) == sum(len(r["path"]) + len(r["verify_path"]) + len(r["start_path"])
+                            for r in runs.values())
     assert V.candidates_table(art)["chosen"].sum() == 1
 
 
@@ -348,6 +353,12 @@ def test_greedy_ablation_path_matches_decoder_zeroing(tracer):
     kpath = H.greedy_ablation_set(tracer, val, pool, k_max=1, kl_weight=w)
     assert kpath[0]["features"] == [min(obj, key=obj.get)]
     assert kpath[0]["objective"] == pytest.approx(min(obj.values()), rel=1e-4)
+    # from a start set: the first pick is the best addition to it, measured with it
+    st_path = H.greedy_ablation_set(tracer, val, [528, 628, 5], k_max=2, start=[83])
+    with83 = {f: np.mean([_p_wait_by_decoder_zeroing(tracer, val, [83, f])[m] / before[m]
+                          for m in H.MECHANISMS]) for f in (528, 628, 5)}
+    assert len(st_path) == 1 and st_path[0]["features"] == [83, min(with83, key=with83.get)]
+    assert st_path[0]["remaining"]["mean"] == pytest.approx(min(with83.values()), abs=1e-5)
     # stopping once the P(wait) left reaches stop_at
     spath = H.greedy_ablation_set(tracer, val, pool, k_max=3, stop_at=1.0)
     assert len(spath) == 1 and spath[0]["features"] == path[0]["features"]

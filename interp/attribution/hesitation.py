@@ -510,7 +510,8 @@ def ablation_effects(tracer: Tracer, traces: Sequence[Trace],
 def greedy_ablation_set(tracer: Tracer, traces: Sequence[Trace], pool: Sequence[int],
                         k_max: int, mechanisms: Sequence[str] = MECHANISMS,
                         kl_weight: float = 0.0, stop_at: float = 0.0,
-                        progress: ProgressFn | None = None) -> list[dict[str, Any]]:
+                        progress: ProgressFn | None = None, start: Sequence[int] = ()
+                        ) -> list[dict[str, Any]]:
     """Forward selection of a zero-ablation set from ``pool``: at each step the feature
     whose addition gives the lowest objective, the mean over ``mechanisms`` of the
     P(``wait``) left at their triggers (relative to the unablated model) plus
@@ -519,7 +520,8 @@ def greedy_ablation_set(tracer: Tracer, traces: Sequence[Trace], pool: Sequence[
     ``wait``. Returns the path, one row per step (``features`` so far, the ``remaining``
     relative P(``wait``) per mechanism and on average, ``kl`` and ``objective``); a step
     that cannot lower the objective ends it early, and so does reaching a mean P(``wait``)
-    left of ``stop_at`` or less."""
+    left of ``stop_at`` or less. ``start``: features ablated from the outset (e.g. the top
+    of a graph ranking); the path then adds to them, and ``k_max`` counts them too."""
     probe = AblationProbe(tracer, traces)
     mechs = [m for m in mechanisms if probe.trig[m][0] and probe.before[m] > 0]
     if not mechs:
@@ -532,10 +534,11 @@ def greedy_ablation_set(tracer: Tracer, traces: Sequence[Trace], pool: Sequence[
         return {"remaining": r, "kl": after["kl"],
                 "objective": r["mean"] + kl_weight * after["kl"]}
 
-    chosen: list[int] = []
+    chosen: list[int] = list(dict.fromkeys(int(f) for f in start))[:k_max]
     path: list[dict[str, Any]] = []
-    best_so_far = 1.0
-    for step in range(min(k_max, len(pool))):
+    best_so_far = score(chosen)["objective"] if chosen else 1.0
+    n_steps = min(k_max - len(chosen), len([f for f in pool if int(f) not in chosen]))
+    for step in range(n_steps):
         best = None
         for f in pool:
             if f in chosen:
@@ -549,7 +552,7 @@ def greedy_ablation_set(tracer: Tracer, traces: Sequence[Trace], pool: Sequence[
         best_so_far = best[1]["objective"]
         path.append({"features": list(chosen), **best[1]})
         if progress:
-            progress(step + 1, min(k_max, len(pool)))
+            progress(step + 1, n_steps)
         if best[1]["remaining"]["mean"] <= stop_at:
             break
     return path

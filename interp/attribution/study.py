@@ -23,7 +23,10 @@ the two splits use disjoint held-out problems):
    price's best selected set (least objective) is also *completed*: filled up to the cap
    with the ``complete_with`` graph ranking (:func:`complete_set`; ranking name
    ``ablation+logit_diff``), since the selection tests a pool of a few dozen features
-   while error detection is spread over many small, specific ones. Each
+   while error detection is spread over many small, specific ones; and the other way
+   round, the selection runs once more *from* the ranking's top ``start_k`` features,
+   adding measured picks to them (``logit_diff+ablation``: its best set and its last).
+   Each
    set is scored on validation traces (teacher-forced P(``wait``) at triggers) and
    validation generations (hesitations, thinking length, accuracy, split per problem
    into corrections lost and collateral change). The chosen set
@@ -55,11 +58,11 @@ from . import hesitation as H
 KIND = "hesitation_study"
 DEFAULTS: dict[str, Any] = {
     "adapters_key": None, "adapters_store": None, "store": None, "device": "cpu",
-    "n_validation": 120, "n_evaluation": 120, "n_gen_validation": 100,
+    "n_validation": 120, "n_evaluation": 120, "n_gen_validation": 200,
     "n_gen_evaluation": 300, "n_cluster": 30, "ks": [25, 51], "max_fraction": 0.05,
     "modes": ["zero", "mean"], "rankings": ["logit_diff", "logit", "ablation"],
     "greedy_pool": 20, "verify_remaining": 0.1, "kl_weights": [10.0, 100.0],
-    "max_collateral_loss": 2.0, "complete_with": "logit_diff",
+    "max_collateral_loss": 2.0, "complete_with": "logit_diff", "start_k": 25,
     "max_length_change": 0.25, "max_new_tokens": 80,
 }
 GRAPH_RANKINGS = ("logit", "logit_diff")
@@ -85,6 +88,9 @@ def study_config(spec: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("max_collateral_loss must be a number >= 0")
     if cfg["complete_with"] not in (None, *GRAPH_RANKINGS):
         raise ConfigError(f"complete_with must be one of {list(GRAPH_RANKINGS)} or null")
+    if not isinstance(cfg["start_k"], int) or cfg["start_k"] < 0:
+        raise ConfigError("start_k must be an integer >= 0 (0: no selection from the "
+                          "ranking's top)")
     if not isinstance(cfg["greedy_pool"], int) or cfg["greedy_pool"] < 1:
         raise ConfigError("greedy_pool must be a positive integer")
     if not 0 < float(cfg["verify_remaining"]) < 1:
@@ -223,8 +229,21 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
                 tracer, val, pool, kmax, mechanisms=("verify",), kl_weight=kw,
                 stop_at=float(cfg["verify_remaining"]), progress=lambda i, n, _w=kw: step(
                     f"forward selection (verification, KL x{_w:g}) {i}/{n}", 0))
-            ablation["paths"].append({"kl_weight": kw, "pool": pool, "path": path,
-                                      "verify_path": vpath})
+            run = {"kl_weight": kw, "pool": pool, "path": path, "verify_path": vpath}
+            ablation["paths"].append(run)
+            top = [r["feature"] for r in rankings[cfg["complete_with"] or "logit_diff"]
+                   if r["mean_effect"] > 0][: min(cfg["start_k"], kmax - 1)]
+            if top:   # the ranking's top, then measured picks on top of it
+                spath = H.greedy_ablation_set(
+                    tracer, val, pool, kmax, kl_weight=kw, start=top,
+                    progress=lambda i, n, _w=kw: step(
+                        f"forward selection from the ranking (KL x{_w:g}) {i}/{n}", 0))
+                run["start_path"] = spath
+                if spath:
+                    sbest = int(np.argmin([p["objective"] for p in spath]))
+                    for j in sorted({sbest, len(spath) - 1}):
+                        sets.append((f"{cfg['complete_with'] or 'logit_diff'}+ablation",
+                                     spath[j]["features"], "zero", kw))
             best = int(np.argmin([p["objective"] for p in path])) + 1 if path else 0
             for k in sorted(({min(int(k), len(path)) for k in cfg["ks"]} | {best}) - {0}):
                 sets.append(("ablation", path[k - 1]["features"], "zero", kw))

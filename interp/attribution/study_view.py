@@ -133,9 +133,11 @@ def selection_path(art: Any) -> pd.DataFrame:
                                 if abl.get("path") else [])
     rows = []
     for run in runs:
-        for which, key in (("all triggers", "path"), ("verification only", "verify_path")):
-            for step, row in enumerate(run.get(key) or [], start=1):
-                rows.append({"selection": which, "KL price": run["kl_weight"], "k": step,
+        for which, key in (("all triggers", "path"), ("verification only", "verify_path"),
+                           ("from the ranking's top", "start_path")):
+            for row in run.get(key) or []:
+                rows.append({"selection": which, "KL price": run["kl_weight"],
+                             "k": len(row["features"]),
                              "added": feature_name(row["features"][-1], d),
                              **{f"remaining {m}": row["remaining"].get(m)
                                 for m in H.MECHANISMS},
@@ -150,7 +152,8 @@ def selection_figure(path: pd.DataFrame, chosen_k: int | None = None) -> go.Figu
     fig = go.Figure()
     prices = sorted(path["KL price"].unique()) if len(path) else []
     markers = ["circle", "diamond", "square", "x"]
-    for which, dash in (("all triggers", "solid"), ("verification only", "dot")):
+    for which, dash in (("all triggers", "solid"), ("verification only", "dot"),
+                        ("from the ranking's top", "dash")):
         for i, w in enumerate(prices):
             part = path[(path["selection"] == which) & (path["KL price"] == w)]
             for m in H.MECHANISMS:
