@@ -155,14 +155,16 @@ def auroc_figure(best: pd.DataFrame, target: float | None = 0.95) -> go.Figure:
         hovertemplate="%{x}: feature %{customdata[0]}<br>report AUROC %{y:.3f}"
                       "<br>choose AUROC %{customdata[1]:.3f}<extra></extra>",
         text=[f"{f}" for f in best["feature"]], textposition="inside",
-        insidetextanchor="end"))
-    if target is not None:
+        insidetextanchor="middle"))
+    if target is not None:   # the label above the plot area, clear of the bars
         fig.add_hline(y=target, line_dash="dot", line_color=PALETTE["guide"],
-                      annotation_text=f"target {target}", annotation_position="top left")
-    fig.update_yaxes(range=[0.0, 1.08])
+                      annotation_text=f"target {target}", annotation_position="right",
+                      annotation_xanchor="left")
+    fig.update_yaxes(range=[0.0, 1.05])
     fig.update_xaxes(type="category")
-    return style(fig, "Best feature per ground-truth label (chosen on one split, scored on "
-                      "the other)", height=360, y_title="AUROC (report split)")
+    fig = style(fig, "Best feature per ground-truth label (chosen on one split, scored on "
+                     "the other)", height=360, y_title="AUROC (report split)")
+    return fig.update_layout(margin_r=90) if target is not None else fig
 
 
 def card_auroc_figure(aurocs: pd.DataFrame, fid: str) -> go.Figure:
