@@ -301,7 +301,8 @@ def map_section() -> None:
             st.caption(f"{map_art.config['method'].upper()} of the decoder directions "
                        "(cosine), computed once per feature set. Click a point to open its "
                        "card; box or lasso (toolbar) to compare a group."
-                       + (f" {n_out} features without a decoder direction are not shown."
+                       + (f" {n_out} feature{'s' if n_out != 1 else ''} without a decoder "
+                          f"direction {'are' if n_out != 1 else 'is'} not shown."
                           if n_out else ""))
             ui.export_panel(fig_map, mdf.drop(columns=["g"]), "features-map", key="exp_map")
     with right:
