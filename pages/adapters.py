@@ -250,10 +250,10 @@ if pick in evaluated:
         st.dataframe(table_view(bt), hide_index=True)
         der = be.get("derived", {})
         m = st.columns(3)
-        m[0].metric("accuracy recovered", f"{der.get('accuracy_recovered', float('nan')):.0%}")
+        m[0].metric("accuracy recovered", f"{der.get('accuracy_recovered', float('nan')):.1%}")
         m[1].metric("max hesitation-rate error",
-                    f"{der.get('hesitation_rate_rel_error', float('nan')):.0%}")
-        m[2].metric("thinking-length error", f"{der.get('think_tokens_rel_error', 0):.0%}")
+                    f"{der.get('hesitation_rate_rel_error', float('nan')):.1%}")
+        m[2].metric("thinking-length error", f"{der.get('think_tokens_rel_error', 0):.1%}")
         fig_be = ap.behaviour_figure(be)
         st.plotly_chart(fig_be, key="fig_behaviour")
         ui.export_panel(fig_be, bt, "adapters-behaviour", key="exp_behaviour")
