@@ -175,20 +175,23 @@ def make_batch(items: list[CorpusItem], first_seq: int, pad_id: int,
     b = len(items)
     lens = [min(len(it.ids), max_len) for it in items]
     T = max(lens)
-    tokens = torch.full((b, T), pad_id, dtype=torch.long)
-    regions = torch.full((b, T), PAD_REGION, dtype=torch.uint8)
-    labels = {n: torch.full((b, T), -1, dtype=torch.int8) for n in label_names}
+    # filled row by row in numpy (a row assignment there costs a fraction of torch's)
+    tokens = np.full((b, T), pad_id, dtype=np.int64)
+    regions = np.full((b, T), PAD_REGION, dtype=np.uint8)
+    labels = {n: np.full((b, T), -1, dtype=np.int8) for n in label_names}
     occ = []
     for i, (it, n) in enumerate(zip(items, lens)):
-        tokens[i, :n] = torch.as_tensor(it.ids[:n], dtype=torch.long)
-        regions[i, :n] = torch.as_tensor(np.asarray(it.regions[:n], dtype=np.uint8))
+        tokens[i, :n] = it.ids[:n]
+        regions[i, :n] = it.regions[:n]
         for name in label_names:
             lab = (it.labels or {}).get(name)
             if lab is not None:
-                labels[name][i, :n] = torch.as_tensor(np.asarray(lab[:n], dtype=np.int8))
+                labels[name][i, :n] = lab[:n]
         occ += [(i, s, k) for s, k in _occurrences(it.ids[:n], hes, hes_types)]
     valid = torch.arange(T)[None, :] < torch.tensor(lens)[:, None]
-    return Batch(tokens, valid, regions, torch.arange(first_seq, first_seq + b), labels,
+    return Batch(torch.from_numpy(tokens), valid, torch.from_numpy(regions),
+                 torch.arange(first_seq, first_seq + b),
+                 {n: torch.from_numpy(v) for n, v in labels.items()},
                  torch.tensor(occ, dtype=torch.long).reshape(-1, 3), items)
 
 
