@@ -8,7 +8,8 @@ problem into corrections lost and collateral change) and clamped on at clean pos
 (sufficiency). Sets are chosen on a validation split and reported on an evaluation
 split. The study runs as a job (``python -m interp attribution study``).
 
-URL state: ``study`` (``store:key``), ``rk`` (ranking shown), ``rn`` (rows).
+URL state: ``study`` (``store:key``), ``rk`` (ranking shown), ``rn`` (rows), ``sel``
+(selection paths shown).
 """
 
 from __future__ import annotations
@@ -129,11 +130,16 @@ st.markdown(
 path = V.selection_path(art)
 if len(path):
     ch = f["chosen"]
-    fig_s = V.selection_figure(path, ch["k"] if ch.get("ranking") == "ablation" else None)
+    kinds = list(dict.fromkeys(path["selection"]))
+    shown = ui.url_widget(st.segmented_control, "Selections shown", "sel", "all",
+                          options=["all", *kinds]) or "all"
+    part = path if shown == "all" else path[path["selection"] == shown]
+    fig_s = V.selection_figure(part, ch["k"] if ch.get("ranking") == "ablation" else None)
     st.plotly_chart(fig_s, key="hs_path")
     st.caption("Forward selection on validation triggers: each step ablates the feature that "
                "most lowers the P(wait) left (mean over mechanisms; dotted: verification "
-               "triggers alone) plus a price × the set's collateral KL (nats, next-token "
+               "triggers alone; dashed: added to the ranking's top features) plus a price × "
+               "the set's collateral KL (nats, next-token "
                "distributions at every other position), so that features whose removal "
                "disturbs everything are not picked for their effect on wait; one path per "
                "price (marker).")

@@ -51,6 +51,26 @@ def test_page_shows_the_committed_study(tmp_cache, monkeypatch, study):
     assert not at.button  # nothing can be started in the hosted demo
 
 
+def test_selection_paths_can_be_shown_one_kind_at_a_time(tmp_cache, monkeypatch, study):
+    import json
+
+    monkeypatch.setenv("INTERP_DEMO", "1")
+    path = V.selection_path(study)
+
+    def names(at):
+        fig = next(json.loads(c.proto.spec) for c in at.get("plotly_chart")
+                   if "forward selection" in json.dumps(json.loads(c.proto.spec)["layout"]))
+        return {t["name"] for t in fig["data"]}
+
+    every = names(_page())
+    kinds = list(dict.fromkeys(path["selection"]))
+    assert len(kinds) == 3 and all(any(k in n for n in every) for k in kinds)
+    for k in kinds:
+        got = names(_page({"sel": k}))
+        assert got and all(k in n for n in got), (k, got)
+    assert names(_page({"sel": "bogus"})) == every   # a bad link shows all
+
+
 def test_bad_links_fall_back(tmp_cache, monkeypatch, study):
     monkeypatch.setenv("INTERP_DEMO", "1")
     at = _page({"study": "demo:nosuch", "rn": "9999", "rk": "bogus"})
