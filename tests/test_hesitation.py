@@ -178,6 +178,10 @@ def test_study_with_measured_ablation_ranking_tiny(tracer, tmp_path):
                      "max_fraction": 4 / tracer.n_features}, tracer=tracer)
     cands = res["candidates"]
     assert cands and all(1 <= c["k"] <= 4 for c in cands)
+    # the clusters keep every clustered feature (the start of the selection from the
+    # ranking's top is another, shorter list)
+    cl = res["clusters"]
+    assert len(cl["features"]) == len(cl["labels"]) == len(cl["truth"]) == 8
     runs = {r["kl_weight"]: r for r in res["ablation"]["paths"]}
     assert set(runs) == {0.0, 10.0}
     ld = [r["feature"] for r in res["rankings"]["logit_diff"] if r["mean_effect"] > 0]

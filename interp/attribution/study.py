@@ -182,8 +182,7 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
     rankings = {t: H.rank_features(e) for t, e in effects.items()}
     # clusters of the hesitation-specific ranking
     eff = effects["logit_diff"]
-    top = [r["feature"] for r in rankings["logit_diff"] if r["mean_effect"] > 0][
-        : cfg["n_cluster"]]
+    top = _positive(rankings["logit_diff"])[: cfg["n_cluster"]]
     cl = H.functional_clusters(eff, top)
     truth = [H.feature_mechanism(eff, f) for f in top]
     purity = H.cluster_purity(cl["labels"], truth)
@@ -207,7 +206,7 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
     for rname in cfg["rankings"]:
         if rname == "ablation":
             continue
-        ranked = [r["feature"] for r in rankings[rname] if r["mean_effect"] > 0]
+        ranked = _positive(rankings[rname])
         for k in sorted({min(int(k), kmax) for k in cfg["ks"]}):
             sets += [(rname, ranked[:k], mode, None) for mode in cfg["modes"]]
     ablation: dict[str, Any] = {}
@@ -217,6 +216,8 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
             "single-feature ablations", 0) if i % 64 == 0 else None)
         step("single-feature ablations", 1)
         ablation = {"single": single, "paths": []}
+        fill = cfg["complete_with"] or "logit_diff"
+        start = _positive(rankings[fill])[: min(cfg["start_k"], kmax - 1)]
         for kw in [float(w) for w in cfg["kl_weights"]]:
             net = single[:, :-1] - kw * single[:, -1:]   # drop net of the collateral KL
             pool = sorted({int(f) for j in range(net.shape[1])
@@ -231,19 +232,16 @@ def run_study(spec: dict[str, Any], progress=None, tracer: H.Tracer | None = Non
                     f"forward selection (verification, KL x{_w:g}) {i}/{n}", 0))
             run = {"kl_weight": kw, "pool": pool, "path": path, "verify_path": vpath}
             ablation["paths"].append(run)
-            top = [r["feature"] for r in rankings[cfg["complete_with"] or "logit_diff"]
-                   if r["mean_effect"] > 0][: min(cfg["start_k"], kmax - 1)]
-            if top:   # the ranking's top, then measured picks on top of it
+            if start:   # the ranking's top, then measured picks on top of it
                 spath = H.greedy_ablation_set(
-                    tracer, val, pool, kmax, kl_weight=kw, start=top,
+                    tracer, val, pool, kmax, kl_weight=kw, start=start,
                     progress=lambda i, n, _w=kw: step(
                         f"forward selection from the ranking (KL x{_w:g}) {i}/{n}", 0))
                 run["start_path"] = spath
                 if spath:
                     sbest = int(np.argmin([p["objective"] for p in spath]))
                     for j in sorted({sbest, len(spath) - 1}):
-                        sets.append((f"{cfg['complete_with'] or 'logit_diff'}+ablation",
-                                     spath[j]["features"], "zero", kw))
+                        sets.append((f"{fill}+ablation", spath[j]["features"], "zero", kw))
             best = int(np.argmin([p["objective"] for p in path])) + 1 if path else 0
             for k in sorted(({min(int(k), len(path)) for k in cfg["ks"]} | {best}) - {0}):
                 sets.append(("ablation", path[k - 1]["features"], "zero", kw))
@@ -347,14 +345,12 @@ def complete_set(features: list[int], ranking: list[dict[str, Any]], k: int) -> 
     one."""
     out = list(dict.fromkeys(int(f) for f in features))[:k]
     seen = set(out)
-    for r in ranking:
-        if len(out) >= k:
-            break
-        f = int(r["feature"])
-        if r["mean_effect"] > 0 and f not in seen:
-            out.append(f)
-            seen.add(f)
-    return out
+    return out + [f for f in _positive(ranking) if f not in seen][: k - len(out)]
+
+
+def _positive(ranking: list[dict[str, Any]]) -> list[int]:
+    """The features of a ranking with a positive mean effect, in ranking order."""
+    return [int(r["feature"]) for r in ranking if r["mean_effect"] > 0]
 
 
 def choose_candidate(candidates: list[dict[str, Any]], cfg: dict[str, Any]) -> dict[str, Any]:
