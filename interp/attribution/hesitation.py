@@ -171,6 +171,11 @@ def split_counts(traces: Sequence[Trace]) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------- effects
+def feature_name(f: int, d_sae: int) -> str:
+    """``layer:index`` of global feature ``f`` (``l * d_sae + i``)."""
+    return f"{int(f) // d_sae}:{int(f) % d_sae}"
+
+
 @dataclass
 class Effects:
     """Per trigger: each feature's total and direct effect on the ``wait`` logit
@@ -185,7 +190,7 @@ class Effects:
     d_sae: int
 
     def feature_name(self, f: int) -> str:
-        return f"{f // self.d_sae}:{f % self.d_sae}"
+        return feature_name(f, self.d_sae)
 
 
 def trace_effects(tracer: Tracer, trace: Trace, target: str = "logit_diff"

@@ -11,6 +11,7 @@ import torch
 
 from ..errors import ArtifactNotFoundError
 from ..store import PROJECT_ROOT, Store
+from .hesitation import MECHANISMS, feature_name
 from .study import KIND
 
 DEMO_ROOT = PROJECT_ROOT / "cache" / "demo"
@@ -42,7 +43,7 @@ def collect(store: Store) -> dict[str, Any]:
     groups: dict[int, list[str]] = {}
     d = art.meta["d_sae"]
     for feat, lab in zip(cl["features"], cl["labels"]):
-        groups.setdefault(int(lab), []).append(f"{feat // d}:{feat % d}")
+        groups.setdefault(int(lab), []).append(feature_name(feat, d))
     out["clusters"] = {str(k): v for k, v in sorted(groups.items())}
     out["candidates"] = [{k: c.get(k) for k in (
         "ranking", "kl_weight", "k", "mode", "p_wait_drop", "hesitation_rate_drop",
@@ -50,10 +51,8 @@ def collect(store: Store) -> dict[str, Any]:
         "think_tokens_change")} for c in art.meta["candidates"]]
     single = art.tensors.get("ablation.single")
     if single is not None:   # measured single-feature ablations, strongest per mechanism
-        from .hesitation import MECHANISMS
-
         out["single_ablation_top"] = {
-            m: [{"feature": f"{int(f) // d}:{int(f) % d}", "p_wait_drop": float(single[f, j]),
+            m: [{"feature": feature_name(f, d), "p_wait_drop": float(single[f, j]),
                  "collateral_kl": float(single[f, -1])}
                 for f in torch.argsort(single[:, j], descending=True)[:5].tolist()]
             for j, m in enumerate(MECHANISMS)}

@@ -16,14 +16,11 @@ import plotly.graph_objects as go
 
 from ..plots.common import PALETTE, SERIES_COLORS, style
 from . import hesitation as H
+from .hesitation import feature_name
 
 MECHANISM_COLORS = {"error": SERIES_COLORS[0], "verify": SERIES_COLORS[2]}
 
 SETS = {"chosen": "chosen set", "verification": "verification set"}
-
-
-def feature_name(f: int, d_sae: int) -> str:
-    return f"{f // d_sae}:{f % d_sae}"
 
 
 def _ci(v: Any) -> str:

@@ -175,7 +175,7 @@ def run_trace_study(spec: dict[str, Any], progress: Callable[..., None] | None =
         tick(i + 1, len(train) + 2, "effects")
     mean, mdirect, share = total / n_trig, direct / n_trig, active / n_trig
     order = [f for f in torch.argsort(mean, descending=True).tolist() if share[f] > 0]
-    ranking = [{"feature": f, "name": f"{f // d_sae}:{f % d_sae}",
+    ranking = [{"feature": f, "name": H.feature_name(f, d_sae),
                 "mean_effect": float(mean[f]), "mean_direct": float(mdirect[f]),
                 "share_active": float(share[f])} for f in order]
     top = [r["feature"] for r in ranking if r["mean_effect"] != 0][: cfg["k"]]
