@@ -364,180 +364,180 @@ def card_section() -> None:
                      f"(layers {tab.layers}, 0..{next(iter(tab.d_sae.values())) - 1}).")
         else:
             st.info("Open a feature: click it on the map, pick it in a table, or type its id.")
-    else:
-        fid = tab.fid(g)
-        layer, index = tab.lid(g)
-        # the generation inputs default to this feature's prompt and maximum: forget the
-        # previous feature's values when another one is opened
-        last = st.session_state.get("_card_feat")
-        if last is not None and last != f"{tab.key}:{fid}":
-            for k in ("fgen", "fclamp"):
-                st.session_state.pop(k, None)
-                if k in st.query_params:
-                    del st.query_params[k]
-        st.session_state["_card_feat"] = f"{tab.key}:{fid}"
-        stats = tab.stats(g)
-        label = labels.get((layer, index), "")
-        st.subheader(f"Feature {fid}" + (f" · {label}" if label else ""))
-        mc = st.columns(6)
-        mc[0].metric("density", f"{stats['density']:.2%}")
-        mc[1].metric("max activation", f"{stats['max']:.3g}")
-        mc[2].metric("mean when active", f"{stats['mean_when_active']:.3g}")
-        mc[3].metric("hesitation score", f"{stats['hesitation_score']:.3f}")
-        mc[4].metric("main region", stats["main_region"] or "—")
-        mc[5].metric("decoder norm", f"{stats['decoder_norm']:.3g}")
-        with st.container(horizontal=True, vertical_alignment="bottom"):
-            if ui.demo_mode() or stores.get("local") is None:
-                st.caption(":material/lock: Labels cannot be saved in the hosted demo (the "
-                           "artifact store is read-only).")
-            else:
-                new = st.text_input("Label", value=label, key=f"flabel_{tab.source_key}_{fid}",
-                                    max_chars=MAX_LABEL_CHARS,
-                                    help="a short description; saved with the feature set and "
-                                         "exported with cards and graph JSON")
-                if st.button("Save label", key="flabel_save", icon=":material/label:"):
-                    if ui.attempt(save_label, tab.source_key, layer, index, new, ui.store()) \
-                            is None:
-                        st.rerun()
-        if stats["active_tokens"] == 0:
-            st.warning("This feature never fired on the corpus (a dead feature).")
+        return
+    fid = tab.fid(g)
+    layer, index = tab.lid(g)
+    # the generation inputs default to this feature's prompt and maximum: forget the
+    # previous feature's values when another one is opened
+    last = st.session_state.get("_card_feat")
+    if last is not None and last != f"{tab.key}:{fid}":
+        for k in ("fgen", "fclamp"):
+            st.session_state.pop(k, None)
+            if k in st.query_params:
+                del st.query_params[k]
+    st.session_state["_card_feat"] = f"{tab.key}:{fid}"
+    stats = tab.stats(g)
+    label = labels.get((layer, index), "")
+    st.subheader(f"Feature {fid}" + (f" · {label}" if label else ""))
+    mc = st.columns(6)
+    mc[0].metric("density", f"{stats['density']:.2%}")
+    mc[1].metric("max activation", f"{stats['max']:.3g}")
+    mc[2].metric("mean when active", f"{stats['mean_when_active']:.3g}")
+    mc[3].metric("hesitation score", f"{stats['hesitation_score']:.3f}")
+    mc[4].metric("main region", stats["main_region"] or "—")
+    mc[5].metric("decoder norm", f"{stats['decoder_norm']:.3g}")
+    with st.container(horizontal=True, vertical_alignment="bottom"):
+        if ui.demo_mode() or stores.get("local") is None:
+            st.caption(":material/lock: Labels cannot be saved in the hosted demo (the "
+                       "artifact store is read-only).")
+        else:
+            new = st.text_input("Label", value=label, key=f"flabel_{tab.source_key}_{fid}",
+                                max_chars=MAX_LABEL_CHARS,
+                                help="a short description; saved with the feature set and "
+                                     "exported with cards and graph JSON")
+            if st.button("Save label", key="flabel_save", icon=":material/label:"):
+                if ui.attempt(save_label, tab.source_key, layer, index, new, ui.store()) \
+                        is None:
+                    st.rerun()
+    if stats["active_tokens"] == 0:
+        st.warning("This feature never fired on the corpus (a dead feature).")
 
-        ex = tab.examples(g)
-        st.markdown("**Examples** (orange: the feature's activation on each token, relative to "
-                    "its maximum; outlined: the example's position)")
-        st.html(examples_html(ex, stats["max"]))
+    ex = tab.examples(g)
+    st.markdown("**Examples** (orange: the feature's activation on each token, relative to "
+                "its maximum; outlined: the example's position)")
+    st.html(examples_html(ex, stats["max"]))
 
-        figs = _card_figures(str(store.root), key, _stamp(art), g)
-        hist, reg, lens, au = tab.histogram(g), tab.regions(g), tab.lens(g), tab.aurocs(g)
-        fig_h, fig_r, fig_l = figs["histogram"], figs["regions"], figs["logit-lens"]
-        ab = tab.ablation_of(g)
-        cols = st.columns(2)
-        for col, fig, data, name, k in ((cols[0], fig_h, hist, "histogram", "exp_hist"),
-                                        (cols[1], fig_r, reg, "regions", "exp_reg")):
-            with col:
-                st.plotly_chart(fig, key=f"fig_{name}")
-                ui.export_panel(fig, data, f"feature-{fid.replace(':', '_')}-{name}", key=k)
-        cols = st.columns(2)
-        with cols[0]:
-            st.plotly_chart(fig_l, key="fig_logit-lens")
-            ui.export_panel(fig_l, lens, f"feature-{fid.replace(':', '_')}-logit-lens",
-                            key="exp_lens")
-        if len(au):
-            with cols[1]:
-                fig_a = figs["aurocs"]
-                st.plotly_chart(fig_a, key="fig_card_auroc")
-                ui.export_panel(fig_a, au, f"feature-{fid.replace(':', '_')}-aurocs", key="exp_au")
-        ui.reproduce(reproduce.feature_card(str(store.root), key, fid))
-        with st.columns(2)[0]:
-            if ab is None and stats["active_tokens"] > 0:
-                if st.button("Compute the ablation effect", key="fabl", icon=":material/block:"):
-                    from interp.features.scores import ablation_effects
+    figs = _card_figures(str(store.root), key, _stamp(art), g)
+    hist, reg, lens, au = tab.histogram(g), tab.regions(g), tab.lens(g), tab.aurocs(g)
+    fig_h, fig_r, fig_l = figs["histogram"], figs["regions"], figs["logit-lens"]
+    ab = tab.ablation_of(g)
+    cols = st.columns(2)
+    for col, fig, data, name, k in ((cols[0], fig_h, hist, "histogram", "exp_hist"),
+                                    (cols[1], fig_r, reg, "regions", "exp_reg")):
+        with col:
+            st.plotly_chart(fig, key=f"fig_{name}")
+            ui.export_panel(fig, data, f"feature-{fid.replace(':', '_')}-{name}", key=k)
+    cols = st.columns(2)
+    with cols[0]:
+        st.plotly_chart(fig_l, key="fig_logit-lens")
+        ui.export_panel(fig_l, lens, f"feature-{fid.replace(':', '_')}-logit-lens",
+                        key="exp_lens")
+    if len(au):
+        with cols[1]:
+            fig_a = figs["aurocs"]
+            st.plotly_chart(fig_a, key="fig_card_auroc")
+            ui.export_panel(fig_a, au, f"feature-{fid.replace(':', '_')}-aurocs", key="exp_au")
+    ui.reproduce(reproduce.feature_card(str(store.root), key, fid))
+    with st.columns(2)[0]:
+        if ab is None and stats["active_tokens"] > 0:
+            if st.button("Compute the ablation effect", key="fabl", icon=":material/block:"):
+                from interp.features.scores import ablation_effects
 
-                    src = ui.attempt(_source, json.dumps(_source_spec(tab, store_name)), device)
-                    if src is not None:
-                        seqs = [tab.sequence(int(e["seq"]))[0].tolist()
-                                for e in ex if e["kind"] == "top"][:8]
-                        res = ui.attempt_work("a feature's ablation effect", ablation_effects,
-                                              src, [(layer, index)], lambda _l, _i: seqs,
-                                              pad_id=src.tokenizer.pad_token_id or 0)
-                        if res:
-                            tok = tab.token
-                            st.session_state[f"_abl_{tab.key}_{g}"] = {
-                                **res[0], "up": [[tok(t), v] for t, v in res[0]["up"]],
-                                "down": [[tok(t), v] for t, v in res[0]["down"]]}
-                ab = st.session_state.get(f"_abl_{tab.key}_{g}")
-            if ab is not None:
-                fig_ab = figs["ablation"] or fp.ablation_figure(ab, fid)
-                st.plotly_chart(fig_ab, key="fig_abl")
-                st.caption(f"Feature set to 0 at every position of its {ab['n_sequences']} top "
-                           f"sequences; KL(p ‖ p_ablated) averaged over the {ab['n_positions']} "
-                           "positions where it was active.")
-                ui.export_panel(fig_ab, {"token": [t for t, _ in ab["up"] + ab["down"]],
-                                         "change": [v for _, v in ab["up"] + ab["down"]]},
-                                f"feature-{fid.replace(':', '_')}-ablation", key="exp_abl")
-
-        graphs = graphs_with_feature(tab.source_key, layer, index, label_stores)
-        if graphs:
-            st.markdown("**In hesitation graphs**")
-            for gr in graphs:
-                st.markdown(f"- [{gr['graph']}](./hesitation?graph={gr['graph']}&pin={gr['pin']}) "
-                            f"· node `{gr['pin']}`")
-
-        # ---- ablate / clamp in generation
-        with st.expander("Ablate or clamp it in generation", icon=":material/tune:"):
-            top = next((e for e in ex if e["kind"] == "top"), None)
-            default_prompt = ""
-            if top is not None:
-                ids, regs, _ = tab.sequence(top["seq"])
-                cut = [i for i, r in enumerate(regs) if r <= 1]  # prompt + think start
-                default_prompt = tab.text(ids[:cut[-1] + 1]) if cut else ""
-            c = st.columns([4, 1, 1])
-            prompt = ui.url_widget(c[0].text_input, "prompt", "fgen", default_prompt,
-                                   max_chars=ui.max_prompt_chars())
-            clamps = ui.grid_input(c[1], "clamp values", "fclamp",
-                                   format_grid([round(float(stats["max"]), 3)]), "clamp value",
-                                   max_values=16)
-            max_new = ui.url_widget(c[2].number_input, "new tokens", "fmax",
-                                    ui.max_new_tokens(48), int, min_value=1,
-                                    max_value=ui.max_new_tokens(256))
-            gen_key = f"_gen_{tab.key}_{g}_{format_grid(clamps or [])}"
-            from interp.features.steer import clamp_cost, clamp_generations
-
-            src_json = json.dumps(_source_spec(tab, store_name))
-            # the models load on the first generation; the time estimate follows from then on
-            src = (ui.attempt(_source, src_json, device)
-                   if st.session_state.get(f"_fsrc_{src_json}") else None)
-            allowed = clamps is not None and ui.run_cost(
-                clamp_cost(prompt, clamps, int(max_new), src.tokenizer if src else None),
-                model=src.model if src else None)
-            if allowed and st.button("Generate side by side", key="fgen_go",
-                                     icon=":material/play_arrow:"):
-                src = ui.attempt(_source, src_json, device)
+                src = ui.attempt(_source, json.dumps(_source_spec(tab, store_name)), device)
                 if src is not None:
-                    st.session_state[f"_fsrc_{src_json}"] = True
-                    st.session_state[gen_key] = ui.attempt_work(
-                        "generations", clamp_generations, src, prompt, layer, index,
-                        clamps, int(max_new))
-            res = st.session_state.get(gen_key)
-            if res:
-                cc = st.columns(min(len(res), 4))
-                for i, (name, r) in enumerate(res.items()):
-                    with cc[i % len(cc)]:
-                        st.markdown(f"**{name}**")
-                        st.code(r["text"], language=None, wrap_lines=True)
-                        st.caption(f"{r['n_tokens']} tokens · "
-                                   f"{r['hesitations']} hesitation word(s)")
-                ui.export_panel(None, [{"run": k, **v} for k, v in res.items()],
-                                f"feature-{fid.replace(':', '_')}-generations", key="exp_gen")
-            if clamps is not None and prompt.strip():
-                ui.reproduce(reproduce.feature_clamps(_source_spec(tab, store_name), prompt,
-                                                      layer, index, clamps, int(max_new),
-                                                      device))
+                    seqs = [tab.sequence(int(e["seq"]))[0].tolist()
+                            for e in ex if e["kind"] == "top"][:8]
+                    res = ui.attempt_work("a feature's ablation effect", ablation_effects,
+                                          src, [(layer, index)], lambda _l, _i: seqs,
+                                          pad_id=src.tokenizer.pad_token_id or 0)
+                    if res:
+                        tok = tab.token
+                        st.session_state[f"_abl_{tab.key}_{g}"] = {
+                            **res[0], "up": [[tok(t), v] for t, v in res[0]["up"]],
+                            "down": [[tok(t), v] for t, v in res[0]["down"]]}
+            ab = st.session_state.get(f"_abl_{tab.key}_{g}")
+        if ab is not None:
+            fig_ab = figs["ablation"] or fp.ablation_figure(ab, fid)
+            st.plotly_chart(fig_ab, key="fig_abl")
+            st.caption(f"Feature set to 0 at every position of its {ab['n_sequences']} top "
+                       f"sequences; KL(p ‖ p_ablated) averaged over the {ab['n_positions']} "
+                       "positions where it was active.")
+            ui.export_panel(fig_ab, {"token": [t for t, _ in ab["up"] + ab["down"]],
+                                     "change": [v for _, v in ab["up"] + ab["down"]]},
+                            f"feature-{fid.replace(':', '_')}-ablation", key="exp_abl")
 
-        # ---- card exports
-        stem = f"feature-{fid.replace(':', '_')}"
+    graphs = graphs_with_feature(tab.source_key, layer, index, label_stores)
+    if graphs:
+        st.markdown("**In hesitation graphs**")
+        for gr in graphs:
+            st.markdown(f"- [{gr['graph']}](./hesitation?graph={gr['graph']}&pin={gr['pin']}) "
+                        f"· node `{gr['pin']}`")
 
-        def _card() -> dict:
-            c = card_data(tab, g, label, graphs)
-            if c["ablation"] is None and ab is not None:
-                c["ablation"] = ab  # computed on this page
-            return c
+    # ---- ablate / clamp in generation
+    with st.expander("Ablate or clamp it in generation", icon=":material/tune:"):
+        top = next((e for e in ex if e["kind"] == "top"), None)
+        default_prompt = ""
+        if top is not None:
+            ids, regs, _ = tab.sequence(top["seq"])
+            cut = [i for i, r in enumerate(regs) if r <= 1]  # prompt + think start
+            default_prompt = tab.text(ids[:cut[-1] + 1]) if cut else ""
+        c = st.columns([4, 1, 1])
+        prompt = ui.url_widget(c[0].text_input, "prompt", "fgen", default_prompt,
+                               max_chars=ui.max_prompt_chars())
+        clamps = ui.grid_input(c[1], "clamp values", "fclamp",
+                               format_grid([round(float(stats["max"]), 3)]), "clamp value",
+                               max_values=16)
+        max_new = ui.url_widget(c[2].number_input, "new tokens", "fmax",
+                                ui.max_new_tokens(48), int, min_value=1,
+                                max_value=ui.max_new_tokens(256))
+        gen_key = f"_gen_{tab.key}_{g}_{format_grid(clamps or [])}"
+        from interp.features.steer import clamp_cost, clamp_generations
 
-        def _examples_csv() -> bytes:
-            return table_bytes(pd.DataFrame([{k: v for k, v in e.items() if k != "token_ids"}
-                                             for e in ex]), "csv")
+        src_json = json.dumps(_source_spec(tab, store_name))
+        # the models load on the first generation; the time estimate follows from then on
+        src = (ui.attempt(_source, src_json, device)
+               if st.session_state.get(f"_fsrc_{src_json}") else None)
+        allowed = clamps is not None and ui.run_cost(
+            clamp_cost(prompt, clamps, int(max_new), src.tokenizer if src else None),
+            model=src.model if src else None)
+        if allowed and st.button("Generate side by side", key="fgen_go",
+                                 icon=":material/play_arrow:"):
+            src = ui.attempt(_source, src_json, device)
+            if src is not None:
+                st.session_state[f"_fsrc_{src_json}"] = True
+                st.session_state[gen_key] = ui.attempt_work(
+                    "generations", clamp_generations, src, prompt, layer, index,
+                    clamps, int(max_new))
+        res = st.session_state.get(gen_key)
+        if res:
+            cc = st.columns(min(len(res), 4))
+            for i, (name, r) in enumerate(res.items()):
+                with cc[i % len(cc)]:
+                    st.markdown(f"**{name}**")
+                    st.code(r["text"], language=None, wrap_lines=True)
+                    st.caption(f"{r['n_tokens']} tokens · "
+                               f"{r['hesitations']} hesitation word(s)")
+            ui.export_panel(None, [{"run": k, **v} for k, v in res.items()],
+                            f"feature-{fid.replace(':', '_')}-generations", key="exp_gen")
+        if clamps is not None and prompt.strip():
+            ui.reproduce(reproduce.feature_clamps(_source_spec(tab, store_name), prompt,
+                                                  layer, index, clamps, int(max_new),
+                                                  device))
 
-        with st.container(horizontal=True, gap="small", key="card_exports"):
-            st.caption(":material/download: This card", width="content")
-            for text, data, fname, mime, k in (
-                    ("Standalone HTML", lambda: card_html(_card()).encode(), f"{stem}.html",
-                     "text/html", "card_html"),
-                    ("JSON", lambda: json.dumps(_card(), indent=1).encode(), f"{stem}.json",
-                     "application/json", "card_json"),
-                    ("Examples CSV", _examples_csv, f"{stem}-examples.csv", "text/csv",
-                     "card_ex_csv")):
-                st.download_button(text, data=data, file_name=fname, mime=mime, on_click="ignore",
-                                   type="tertiary", key=k)
+    # ---- card exports
+    stem = f"feature-{fid.replace(':', '_')}"
+
+    def _card() -> dict:
+        c = card_data(tab, g, label, graphs)
+        if c["ablation"] is None and ab is not None:
+            c["ablation"] = ab  # computed on this page
+        return c
+
+    def _examples_csv() -> bytes:
+        return table_bytes(pd.DataFrame([{k: v for k, v in e.items() if k != "token_ids"}
+                                         for e in ex]), "csv")
+
+    with st.container(horizontal=True, gap="small", key="card_exports"):
+        st.caption(":material/download: This card", width="content")
+        for text, data, fname, mime, k in (
+                ("Standalone HTML", lambda: card_html(_card()).encode(), f"{stem}.html",
+                 "text/html", "card_html"),
+                ("JSON", lambda: json.dumps(_card(), indent=1).encode(), f"{stem}.json",
+                 "application/json", "card_json"),
+                ("Examples CSV", _examples_csv, f"{stem}-examples.csv", "text/csv",
+                 "card_ex_csv")):
+            st.download_button(text, data=data, file_name=fname, mime=mime, on_click="ignore",
+                               type="tertiary", key=k)
 
 
 @st.fragment
