@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..length.stats import auroc
 from .corpus import SEQ_PREFIX, Corpus
 
 KIND = "features_probe"
@@ -37,12 +38,6 @@ def sites(n_layers: int) -> list[tuple[str, str]]:
         out.append((f"L{layer} MLP input", f"blocks.{layer}.ln2.hook_normalized"))
         out.append((f"L{layer} output", f"blocks.{layer}.hook_resid_post"))
     return out
-
-
-def _auroc(y: np.ndarray, s: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else float("nan")
 
 
 def label_probes(hooked: Any, corpus: Corpus, max_seqs: int = 800,
@@ -98,7 +93,7 @@ def label_probes(hooked: Any, corpus: Corpus, max_seqs: int = 800,
                 continue
             mu, sd = X[h][fit].mean(0), X[h][fit].std(0) + 1e-6
             clf = LogisticRegression(max_iter=3000).fit((X[h][fit] - mu) / sd, y[fit])
-            row[name] = _auroc(y[rep], clf.decision_function((X[h][rep] - mu) / sd))
+            row[name] = auroc(clf.decision_function((X[h][rep] - mu) / sd), y[rep])
         out["labels"][n] = row
     return out
 
