@@ -363,6 +363,10 @@ def test_greedy_ablation_path_matches_decoder_zeroing(tracer):
                           for m in H.MECHANISMS]) for f in (528, 628, 5)}
     assert len(st_path) == 1 and st_path[0]["features"] == [83, min(with83, key=with83.get)]
     assert st_path[0]["remaining"]["mean"] == pytest.approx(min(with83.values()), abs=1e-5)
+    # an addition that changes nothing (a feature silent on these traces) does not beat
+    # the start set itself, so the path ends before it
+    dead = int(torch.nonzero(H.mean_activations(tracer, val, at="all") == 0)[0])
+    assert H.greedy_ablation_set(tracer, val, [dead], k_max=3, start=[83]) == []
     # stopping once the P(wait) left reaches stop_at
     spath = H.greedy_ablation_set(tracer, val, pool, k_max=3, stop_at=1.0)
     assert len(spath) == 1 and spath[0]["features"] == path[0]["features"]
