@@ -100,9 +100,10 @@ def tok():
 
 
 def _corpus(tok, texts=TEXTS, labelled=True):
-    """Texts with two planted labels: ``digit`` (positive on digits, negative on the other
-    tokens inside the thinking) and ``seq:long`` (per sequence: more than 6 tokens;
-    domain = the first 3 positions)."""
+    """Texts with three planted labels: ``digit`` (positive on digits, negative on the
+    other tokens inside the thinking), ``early`` (the first 5 positions, overlapping
+    ``digit``'s domain on some sequences: positive at even positions) and ``seq:long``
+    (per sequence: more than 6 tokens; domain = the first 3 positions)."""
     base = texts_corpus(list(texts), tok)
     items = []
     for it in base:
@@ -112,11 +113,14 @@ def _corpus(tok, texts=TEXTS, labelled=True):
         thinking = it.regions == REGION_CODE["thinking"]
         lab[thinking] = 0
         lab[thinking & digits] = 1
+        early = np.full(len(ids), -1, dtype=np.int8)
+        early[:5] = (np.arange(len(ids))[:5] % 2 == 0)
         seq = np.full(len(ids), -1, dtype=np.int8)
         seq[:3] = int(len(ids) > 6)
-        items.append(CorpusItem(it.ids, it.regions, {"digit": lab, "seq:long": seq}
+        items.append(CorpusItem(it.ids, it.regions, {"digit": lab, "early": early,
+                                                     "seq:long": seq}
                                 if labelled else None, it.id))
-    names = ["digit", "seq:long"] if labelled else []
+    names = ["digit", "early", "seq:long"] if labelled else []
     return Corpus(lambda: iter(items), {"kind": "test"}, len(items), names)
 
 
@@ -348,7 +352,7 @@ def test_labels_collected_equal_brute_force(tok):
     col = _collect(src, corpus)
     dense = _dense(src, corpus)
     items = list(corpus)
-    for name in ("digit", "seq:long"):
+    for name in ("digit", "early", "seq:long"):
         rows, idx, val = (x.numpy() for x in col.label_tensors(name))
         X = np.zeros((len(rows), 11))
         X[idx[:, 0], idx[:, 1]] = val
@@ -518,3 +522,6 @@ def test_group_max_sparse_branch_equals_dense_and_brute_force():
         sel = key == k
         assert m == v[sel].max().item()
         assert f == pos[sel & (v == v[sel].max())].min().item()
+    for dm in (1 << 24, 10):  # without positions: the same keys and maxima
+        k2, m2, none = _group_max(key, v, None, 50, 30, dense_max=dm)
+        assert none is None and torch.equal(k2, keys) and torch.equal(m2, mx)

@@ -85,6 +85,18 @@ def test_logit_lens_equals_checkpoint_weights(source, adapters_art, tiny_pair_di
         assert torch.equal(lens["top_ids"], top.indices)
 
 
+def test_features_only_pass_equals_the_full_pass(source):
+    """Collection's pass without logits (which skips the last layer's MLP output) gives
+    every layer's activations of the full adapter model, bit for bit."""
+    toks, _ = _tokens(source)
+    full = source.am(toks, "adapt")
+    logits, acts = source.forward(toks, need_logits=False)
+    assert logits is None and sorted(acts) == source.layers
+    for layer in source.layers:
+        assert torch.equal(acts[layer], full.acts[layer])
+        assert acts[layer].gt(0).any()
+
+
 def test_row_edits_equal_feature_masks(source):
     from interp.adapters.module import FeatureMask
 

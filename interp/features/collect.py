@@ -263,24 +263,34 @@ def float_order_key(x: torch.Tensor) -> torch.Tensor:
     return torch.where(b < 0, b ^ 0x7FFFFFFF, b)
 
 
-def _group_max(key: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, n_keys: int,
+def _group_max(key: torch.Tensor, v: torch.Tensor, pos: torch.Tensor | None, n_keys: int,
                T: int, dense_max: int = 1 << 24
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per distinct ``key`` (in ``0 .. n_keys-1``; ``v`` > 0): ``(keys ascending, the
-    largest v, the smallest pos where it is reached)``. A dense scatter over ``n_keys``
-    slots while that is small (the organisms: 128 sequences x 1,024 features), a sort
-    of the keys present otherwise (wide models: the dense buffer would be gigabytes)."""
+    largest v, the smallest pos where it is reached)`` (``pos=None``: no positions, the
+    third item is None). A dense scatter over ``n_keys`` slots while that is small (the
+    organisms: 128 sequences x 1,024 features), a sort of the keys present otherwise
+    (wide models: the dense buffer would be gigabytes)."""
     if n_keys <= dense_max:
         mx = torch.zeros(n_keys, device=v.device).scatter_reduce_(0, key, v, "amax")
+        k = (mx > 0).nonzero().flatten()
+        if pos is None:
+            return k, mx[k], None
         first = torch.full((n_keys,), T, dtype=torch.long, device=v.device)
         first.scatter_reduce_(0, key, torch.where(v == mx[key], pos, T), "amin")
-        k = (mx > 0).nonzero().flatten()
         return k, mx[k], first[k]
     k, inv = torch.unique(key, return_inverse=True)
     mx = torch.zeros(len(k), device=v.device).scatter_reduce_(0, inv, v, "amax")
+    if pos is None:
+        return k, mx, None
     first = torch.full((len(k),), T, dtype=torch.long, device=v.device)
     first.scatter_reduce_(0, inv, torch.where(v == mx[inv], pos, T), "amin")
     return k, mx, first
+
+
+def _cat(parts: list[torch.Tensor], empty: tuple[int, ...], dtype: torch.dtype
+         ) -> torch.Tensor:
+    return torch.cat(parts) if parts else torch.zeros(*empty, dtype=dtype)
 
 
 # ------------------------------------------------------------------ the collector
@@ -331,12 +341,21 @@ class Collector:
             "hes_occ": z(H),
             "hes_window_tokens": z(1),
         }
-        # labelled activations, sparse (CPU): per label, rows (seq, class) and entries
-        # (row, g) with their values
+        # labelled activations, sparse (CPU). Per label its rows (seq, class). Token
+        # labels share their entries: the positions inside any token label's domain are
+        # numbered once ("union positions"), entries (union position, g) with their values
+        # are kept once, and each token label maps a union position to its row (-1:
+        # outside its domain). Sequence labels keep entries (row, g) of their own.
+        self.seq_labels = [n for n in self.label_names if n.startswith(SEQ_PREFIX)]
+        self.tok_labels = [n for n in self.label_names if not n.startswith(SEQ_PREFIX)]
         self.lab_rows: dict[str, list[torch.Tensor]] = {n: [] for n in self.label_names}
-        self.lab_idx: dict[str, list[torch.Tensor]] = {n: [] for n in self.label_names}
-        self.lab_val: dict[str, list[torch.Tensor]] = {n: [] for n in self.label_names}
+        self.lab_idx: dict[str, list[torch.Tensor]] = {n: [] for n in self.seq_labels}
+        self.lab_val: dict[str, list[torch.Tensor]] = {n: [] for n in self.seq_labels}
+        self.lab_map: dict[str, list[torch.Tensor]] = {n: [] for n in self.tok_labels}
         self.lab_n: dict[str, int] = {n: 0 for n in self.label_names}
+        self.u_idx: list[torch.Tensor] = []  # [m, 2] (union position, g)
+        self.u_val: list[torch.Tensor] = []
+        self.u_n = 0
         self.seqs: dict[int, tuple[list[int], np.ndarray, str]] = {}
         self.edges = HIST_EDGES.to(dev)
 
@@ -348,7 +367,8 @@ class Collector:
         and small, and intra-op threads cost more than they gain there (measured: 1.2 s
         on one thread vs 9.6 s on two for 1,024 traces on a loaded 2-core machine)."""
         with torch.no_grad():
-            sparse = {layer: self._active(acts[layer], batch.valid) for layer in self.layers}
+            vpos = batch.valid.to(self.device).reshape(-1).nonzero().flatten()
+            sparse = {layer: self._active(acts[layer], vpos) for layer in self.layers}
         single = self.device.type == "cpu" and torch.get_num_threads() > 1
         n = torch.get_num_threads()
         if single:
@@ -360,14 +380,16 @@ class Collector:
             if single:
                 torch.set_num_threads(n)
 
-    def _active(self, a: torch.Tensor, valid: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(bi, ti, fi, v)``: the positive entries of ``a [b, T, d]`` at valid positions."""
-        a = a.detach().to(self.device, torch.float32)
-        bi, ti, fi = a.nonzero(as_tuple=True)  # the one dense pass
-        v = a[bi, ti, fi]
-        keep = (valid.to(self.device)[bi, ti] & (v > 0)).nonzero().flatten()
-        return bi[keep], ti[keep], fi[keep], v[keep]
+    def _active(self, a: torch.Tensor, vpos: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(p, f, v)``: the positive entries of ``a [b, T, d]`` at the valid positions
+        ``vpos`` (flat: ``p = row * T + t``), ordered by ``p``, then ``f``. Only the valid
+        rows are scanned (pads are a fifth of an organism batch)."""
+        d = a.shape[-1]
+        rows = a.detach().reshape(-1, d).index_select(0, vpos.to(a.device))
+        rows = rows.to(self.device, torch.float32)
+        r, f = (rows > 0).nonzero(as_tuple=True)  # the one dense pass
+        return vpos[r], f, rows[r, f]
 
     def _update(self, batch: Batch, acts: dict[int, torch.Tensor],
                 sparse: dict[int, tuple[torch.Tensor, ...]]) -> None:
@@ -393,50 +415,65 @@ class Collector:
             t["hes_occ"] += torch.bincount(occ[:, 2], minlength=t["hes_occ"].numel())
         win_mask &= valid
         t["hes_window_tokens"] += win_mask.sum()
-        # label domains: rows registered once per batch (row numbers per position for
-        # token labels, per sequence for sequence labels), filled per layer
+        # token labels: the union positions of this batch (row-major), their global
+        # numbers, and each label's rows among them (in the same row-major order)
+        flat = {n: batch.labels[n].to(dev).reshape(-1) for n in self.label_names}
+        tok_dom = torch.zeros(b * T, dtype=torch.bool, device=dev)
+        for name in self.tok_labels:
+            tok_dom |= flat[name] >= 0
+        tok_dom &= valid.reshape(-1)
+        upos = tok_dom.nonzero().flatten()
+        uid = torch.full((b * T,), -1, dtype=torch.long, device=dev)
+        uid[upos] = torch.arange(len(upos), device=dev) + self.u_n
+        self.u_n += len(upos)
+        for name in self.tok_labels:
+            lab = flat[name][upos]
+            inside = lab >= 0
+            here = inside.nonzero().flatten()
+            m = torch.full((len(upos),), -1, dtype=torch.long, device=dev)
+            m[here] = torch.arange(len(here), device=dev) + self.lab_n[name]
+            self.lab_map[name].append(m.cpu())
+            if len(here):
+                self.lab_rows[name].append(
+                    torch.stack([seq[upos[here] // T], lab[here].long()], 1).cpu())
+            self.lab_n[name] += len(here)
+        # sequence labels: one row per sequence with a domain (class: its maximum label)
+        seq_dom = torch.zeros(b * T, dtype=torch.bool, device=dev)
         sel = {}
-        self._lab_any = torch.zeros(b, T, dtype=torch.bool, device=dev)
-        for name in self.label_names:
-            lab = batch.labels[name].to(dev)
-            base = self.lab_n[name]
-            if name.startswith(SEQ_PREFIX):
-                dom = (lab >= 0) & valid
-                rows = dom.any(1).nonzero().flatten()
-                cls = lab[rows].amax(1).long()
-                rid = torch.full((b,), -1, dtype=torch.long, device=dev)
-                rid[rows] = torch.arange(len(rows), device=dev) + base
-                sel[name] = ("seq", dom, rid)
-                self._lab_any |= dom
-            else:
-                rows, tt = ((lab >= 0) & valid).nonzero(as_tuple=True)
-                cls = lab[rows, tt].long()
-                rid = torch.full((b, T), -1, dtype=torch.long, device=dev)
-                rid[rows, tt] = torch.arange(len(rows), device=dev) + base
-                sel[name] = ("tok", None, rid)
-                self._lab_any |= rid >= 0
+        for name in self.seq_labels:
+            lab = flat[name].view(b, T)
+            dom = (lab >= 0) & valid
+            rows = dom.any(1).nonzero().flatten()
+            rid = torch.full((b,), -1, dtype=torch.long, device=dev)
+            rid[rows] = torch.arange(len(rows), device=dev) + self.lab_n[name]
+            sel[name] = (dom.reshape(-1), rid)
+            seq_dom |= dom.reshape(-1)
             if len(rows):
-                self.lab_rows[name].append(torch.stack([seq[rows], cls], 1).cpu())
+                self.lab_rows[name].append(
+                    torch.stack([seq[rows], lab[rows].amax(1).long()], 1).cpu())
             self.lab_n[name] += len(rows)
-        self._entries(acts, sparse, seq, reg, occ, win_pos, win_ok, win_mask, bi_n, sel)
-        for i, it in enumerate(batch.items):
-            n = int(batch.valid[i].sum())
+        # what an entry needs of its position, in one table: region (bits 0-2), inside a
+        # hesitation window (3), a token label's domain (4), a sequence label's (5)
+        code = (reg.reshape(-1) | (win_mask.reshape(-1).long() << 3) | (tok_dom.long() << 4)
+                | (seq_dom.long() << 5))
+        self._entries(acts, sparse, seq, code, uid, occ, win_pos, win_ok, bi_n, sel, b, T)
+        lens = batch.valid.sum(1).tolist()
+        for i, (it, n) in enumerate(zip(batch.items, lens)):
             self.seqs[int(batch.seq[i])] = (list(it.ids[:n]), np.asarray(it.regions[:n]), it.id)
 
-    def _entries(self, acts, sparse, seq, reg, occ, win_pos, win_ok, win_mask, bi_n, sel
+    def _entries(self, acts, sparse, seq, code, uid, occ, win_pos, win_ok, bi_n, sel, b, T
                  ) -> None:
         """Every layer's positive entries at valid positions at once (``sparse``:
         :meth:`_active` per layer; the feature index ``g`` is global, so one pass of each
-        statistic serves all layers; pad positions are ignored: the dense reads below
-        touch valid positions only)."""
+        statistic serves all layers; pad positions never appear among the entries)."""
         # (boolean-mask indexing hides a nonzero() per tensor: entries are filtered once
         # into an index and then gathered, and masks become weights where possible)
         t, cfg, dev, F = self.t, self.cfg, self.device, self.F
-        b, T = win_mask.shape
-        bi = torch.cat([sparse[la][0] for la in self.layers])
-        ti = torch.cat([sparse[la][1] for la in self.layers])
-        g = torch.cat([sparse[la][2] + self.offsets[la] for la in self.layers])
-        v = torch.cat([sparse[la][3] for la in self.layers])
+        p = torch.cat([sparse[la][0] for la in self.layers])
+        g = torch.cat([sparse[la][1] + self.offsets[la] for la in self.layers])
+        v = torch.cat([sparse[la][2] for la in self.layers])
+        bi = p // T
+        c = code[p]
         ones = torch.ones_like(g)
         vd = v.double()
         t["active"].index_add_(0, g, ones)
@@ -445,10 +482,10 @@ class Collector:
         col = torch.bucketize(vd, self.edges, right=True) + 1
         t["hist"].view(-1).index_add_(0, g * N_HIST + col, ones)
         nr = len(REGIONS)
-        gr = g * nr + reg[bi, ti]
+        gr = g * nr + (c & 7)
         t["region_active"].view(-1).index_add_(0, gr, ones)
         t["region_sum"].view(-1).index_add_(0, gr, vd)
-        t["hes_mass"].index_add_(0, g, vd * win_mask[bi, ti])
+        t["hes_mass"].index_add_(0, g, vd * ((c >> 3) & 1))
         if len(occ):
             for layer in self.layers:
                 o, d = self.offsets[layer], self.d_sae[layer]
@@ -456,36 +493,36 @@ class Collector:
                 wa = a[occ[:, 0:1].expand_as(win_pos), win_pos.clamp(min=0)]  # [n_occ, w, d]
                 hit = ((wa > 0) & win_ok[..., None]).any(1).long()  # [n_occ, d]
                 t["hes_cover"][:, o:o + d].index_add_(0, occ[:, 2], hit)
-        # top-k sequences by their maximum (earliest position of the maximum)
-        ck, seqmax, first = _group_max(bi * F + g, v, ti, b * F, T)
-        merge_topk(t["top_act"], [t["top_seq"], t["top_pos"]], ck % F, seqmax,
-                   [seq[ck // F], first])
+        # top-k sequences by their maximum (earliest position of the maximum); only the
+        # entries above their feature's k-th kept value can enter (a tie loses to it), and
+        # a sequence's maximum is one of them whenever any is
+        k = (v > t["top_act"][g, -1]).nonzero().flatten()
+        if len(k):
+            ck, seqmax, first = _group_max(bi[k] * F + g[k], v[k], p[k] - bi[k] * T,
+                                           b * F, T)
+            merge_topk(t["top_act"], [t["top_seq"], t["top_pos"]], ck % F, seqmax,
+                       [seq[ck // F], first])
         # reservoir (priority sampling; the stored sort value is -key); only keys that
         # beat a full reservoir's worst are merged. One draw per layer, seeded by the
         # batch and the layer, so that a share of the corpus draws what one pass draws.
-        u = torch.cat([torch.rand(len(sparse[la][3]), device=dev, generator=torch.Generator(
+        u = torch.cat([torch.rand(len(sparse[la][2]), device=dev, generator=torch.Generator(
             device=dev).manual_seed(int(cfg.seed) * 1_000_003 + bi_n * 1009 + int(la)))
             for la in self.layers])
-        c = (-u > t["res_key"][g, -1]).nonzero().flatten()
-        merge_topk(t["res_key"], [t["res_act"], t["res_seq"], t["res_pos"]], g[c], -u[c],
-                   [v[c], seq[bi[c]], ti[c]])
-        # labelled activations (sparse): the entries inside each label's domain
-        if not sel:
-            return
-        li = self._lab_any[bi, ti].nonzero().flatten()
-        lbi, lti, lg, lv = bi[li], ti[li], g[li], v[li]
-        for name, (kind, dom, rid) in sel.items():
-            if kind == "seq":
-                inside = dom[lbi, lti].nonzero().flatten()
-                kk, vals, _ = _group_max(lbi[inside] * F + lg[inside], lv[inside],
-                                         lti[inside], b * F, T)
-                r, gg = rid[kk // F], kk % F
-            else:
-                r = rid[lbi, lti]
-                k = (r >= 0).nonzero().flatten()
-                r, gg, vals = r[k], lg[k], lv[k]
-            if len(r):
-                self.lab_idx[name].append(torch.stack([r, gg], 1).cpu())
+        k = (-u > t["res_key"][g, -1]).nonzero().flatten()
+        merge_topk(t["res_key"], [t["res_act"], t["res_seq"], t["res_pos"]], g[k], -u[k],
+                   [v[k], seq[bi[k]], p[k] - bi[k] * T])
+        # labelled activations (sparse): token labels' entries once, at union positions
+        if self.tok_labels:
+            k = ((c >> 4) & 1).nonzero().flatten()
+            if len(k):
+                self.u_idx.append(torch.stack([uid[p[k]], g[k]], 1).cpu())
+                self.u_val.append(v[k].cpu())
+        for name, (dom, rid) in sel.items():
+            k = ((c >> 5) & 1).nonzero().flatten()
+            k = k[dom[p[k]].nonzero().flatten()]
+            kk, vals, _ = _group_max(bi[k] * F + g[k], v[k], None, b * F, T)
+            if len(kk):
+                self.lab_idx[name].append(torch.stack([rid[kk // F], kk % F], 1).cpu())
                 self.lab_val[name].append(vals.cpu())
 
     # -------------------------------------------------------------- housekeeping
@@ -496,17 +533,27 @@ class Collector:
 
     def label_tensors(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(rows [n, 2] (seq, class), idx [m, 2] (row, g), values [m])`` of a label."""
-        rows, idx, val = self.lab_rows[name], self.lab_idx[name], self.lab_val[name]
-        return (torch.cat(rows) if rows else torch.zeros(0, 2, dtype=torch.long),
-                torch.cat(idx) if idx else torch.zeros(0, 2, dtype=torch.long),
-                torch.cat(val) if val else torch.zeros(0))
+        rows = _cat(self.lab_rows[name], (0, 2), torch.long)
+        if name in self.lab_idx:
+            return (rows, _cat(self.lab_idx[name], (0, 2), torch.long),
+                    _cat(self.lab_val[name], (0,), torch.float32))
+        ui, uv = _cat(self.u_idx, (0, 2), torch.long), _cat(self.u_val, (0,), torch.float32)
+        r = _cat(self.lab_map[name], (0,), torch.long)[ui[:, 0]]
+        k = (r >= 0).nonzero().flatten()
+        return rows, torch.stack([r[k], ui[k, 1]], 1), uv[k]
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out = {k: v.detach().cpu().clone() for k, v in self.t.items()}
         for name in self.label_names:
-            rows, idx, val = self.label_tensors(name)
-            out[f"lab_rows/{name}"], out[f"lab_idx/{name}"], out[f"lab_val/{name}"] = \
-                rows, idx, val
+            out[f"lab_rows/{name}"] = _cat(self.lab_rows[name], (0, 2), torch.long)
+        for name in self.seq_labels:
+            out[f"lab_idx/{name}"] = _cat(self.lab_idx[name], (0, 2), torch.long)
+            out[f"lab_val/{name}"] = _cat(self.lab_val[name], (0,), torch.float32)
+        for name in self.tok_labels:
+            out[f"lab_map/{name}"] = _cat(self.lab_map[name], (0,), torch.long)
+        if self.tok_labels:
+            out["lab_union_idx"] = _cat(self.u_idx, (0, 2), torch.long)
+            out["lab_union_val"] = _cat(self.u_val, (0,), torch.float32)
         idx = sorted(self.seqs)
         lens = [len(self.seqs[i][0]) for i in idx]
         out["seq_index"] = torch.tensor(idx, dtype=torch.long)
@@ -554,13 +601,23 @@ class Collector:
             if st[k].shape != self.t[k].shape:
                 raise ConfigError("the checkpoint does not match this collection's sizes")
             self.t[k] = st[k].to(self.device)
+        if any(f"lab_rows/{n}" not in st for n in self.label_names) or (
+                self.tok_labels and "lab_union_idx" not in st):
+            raise ConfigError("the checkpoint's labelled activations are of another "
+                              "collection (or an older version)")
         for name in self.label_names:
-            rows, idx, val = (st[f"lab_rows/{name}"], st[f"lab_idx/{name}"],
-                              st[f"lab_val/{name}"])
+            rows = st[f"lab_rows/{name}"]
             self.lab_rows[name] = [rows] if len(rows) else []
+            self.lab_n[name] = len(rows)
+        for name in self.seq_labels:
+            idx, val = st[f"lab_idx/{name}"], st[f"lab_val/{name}"]
             self.lab_idx[name] = [idx] if len(idx) else []
             self.lab_val[name] = [val] if len(val) else []
-            self.lab_n[name] = len(rows)
+        for name in self.tok_labels:
+            self.lab_map[name] = [st[f"lab_map/{name}"]]
+        if self.tok_labels:
+            self.u_idx, self.u_val = [st["lab_union_idx"]], [st["lab_union_val"]]
+            self.u_n = len(self.lab_map[self.tok_labels[0]][0])
         off, toks, regs = st["seq_offsets"], st["seq_tokens"], st["seq_regions"].numpy()
         self.seqs = {}
         for j, (i, sid) in enumerate(zip(st["seq_index"].tolist(), seq_ids)):
@@ -591,9 +648,17 @@ class Collector:
         for name in self.label_names:
             base = self.lab_n[name]
             self.lab_rows[name] += other.lab_rows[name]
-            self.lab_idx[name] += [idx + torch.tensor([base, 0]) for idx in other.lab_idx[name]]
-            self.lab_val[name] += other.lab_val[name]
+            if name in self.lab_idx:
+                self.lab_idx[name] += [idx + torch.tensor([base, 0])
+                                       for idx in other.lab_idx[name]]
+                self.lab_val[name] += other.lab_val[name]
+            else:
+                self.lab_map[name] += [torch.where(m >= 0, m + base, m)
+                                       for m in other.lab_map[name]]
             self.lab_n[name] += other.lab_n[name]
+        self.u_idx += [idx + torch.tensor([self.u_n, 0]) for idx in other.u_idx]
+        self.u_val += other.u_val
+        self.u_n += other.u_n
         self.seqs.update(other.seqs)
         self.prune_sequences()
 

@@ -171,8 +171,18 @@ class AdapterSource(FeatureSource):
             tr = am(tokens.to(self.device), "adapt")
             return tr.logits, dict(enumerate(tr.acts))
         if edit is None:
+            # without logits nothing reads the last layer's MLP output: its adapters are
+            # encoded and the base MLP and the decoder are skipped
+            last, adapt = am.n_layers - 1, am.mlp_fn("adapt")
+
+            def mlp_or_encode(layer, x, m):
+                if layer < last:
+                    return adapt(layer, x, m)
+                return torch.zeros((), dtype=m.dtype, device=m.device), \
+                    am.adapters[layer].encode(x)
+
             r0 = am.embed(tokens.to(self.device))
-            _, acts = am.run_layers(r0, 0, am.n_layers, am.mlp_fn("adapt"))
+            _, acts = am.run_layers(r0, 0, am.n_layers, mlp_or_encode)
             return None, dict(enumerate(acts))
 
         def mlp(layer, x, m):
