@@ -525,3 +525,21 @@ def test_group_max_sparse_branch_equals_dense_and_brute_force():
     for dm in (1 << 24, 10):  # without positions: the same keys and maxima
         k2, m2, none = _group_max(key, v, None, 50, 30, dense_max=dm)
         assert none is None and torch.equal(k2, keys) and torch.equal(m2, mx)
+
+
+def test_collection_benchmark_reads_the_same_tokens_on_both_sides():
+    """``bench features-collect --quick``: the plain forward runs over every batch the
+    collection took in (per-batch interleaving), so both sides count the same tokens."""
+    from types import SimpleNamespace
+
+    from interp.features.bench import bench_features_collect
+    from interp.features.corpus import organism_corpus
+
+    out = bench_features_collect(SimpleNamespace(quick=True, device="cpu"))
+    assert out["interleaving"] == "per batch" and out["repeats"] == 3
+    # the bench raises when the sides differ; both cover the whole corpus
+    assert out["n_tokens"] == sum(len(it.ids) for it in organism_corpus(256, seed=0))
+    lo, hi = out["collect_tokens_per_s_spread"]
+    assert lo <= out["collect_tokens_per_s"] <= hi
+    assert out["ratio"] == pytest.approx(out["collect_tokens_per_s"]
+                                         / out["forward_tokens_per_s"])

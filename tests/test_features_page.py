@@ -61,6 +61,17 @@ def _app(params):
     return at.run()
 
 
+def _arr(v) -> list:
+    """A figure JSON array (plain, or plotly's typed {dtype, bdata})."""
+    if isinstance(v, dict):
+        import base64
+
+        import numpy as np
+
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]).tolist()
+    return list(v)
+
+
 def _titles(at) -> str:
     return " | ".join(str(json.loads(c.proto.spec)["layout"].get("title", {}).get("text"))
                       for c in at.get("plotly_chart"))
@@ -80,7 +91,14 @@ def test_page_shows_map_and_card_from_the_url(collection, monkeypatch):
     # the map: one trace per layer (default colouring) and the selected feature ringed
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     names = [t.get("name") for t in spec["data"]]
-    assert "layer 0" in names and "layer 1" in names and "feature 1:3" in names
+    assert "layer 0" in names and "layer 1" in names
+    # the open feature is ringed: a shape anchored at its point
+    ring = [s for s in spec["layout"]["shapes"] if s.get("name") == "feature 1:3"]
+    assert len(ring) == 1 and ring[0]["type"] == "circle"
+    pts = [(x, y, h) for t in spec["data"]
+           for x, y, h in zip(_arr(t["x"]), _arr(t["y"]), t["hovertext"])]
+    at_ring = [h for x, y, h in pts if (x, y) == (ring[0]["xanchor"], ring[0]["yanchor"])]
+    assert at_ring and all(h.startswith("<b>1:3</b>") for h in at_ring)
     # colouring and search go to the URL; an id in the search opens that feature
     at.segmented_control(key="fcol").set_value("density").run()
     assert at.query_params.get("fcol") == "density"

@@ -6,6 +6,7 @@ and returns a figure; the page exports the figure and the same data.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -36,12 +37,34 @@ def _hover(df: pd.DataFrame) -> list[str]:
                                         df["region"], df["hesitation"])]
 
 
+def _xy(df: pd.DataFrame, gs: Sequence[int]) -> tuple[list[float], list[float]]:
+    sub = df[df["g"].isin(gs)]
+    return sub["x"].astype(float).tolist(), sub["y"].astype(float).tolist()
+
+
+def _ring(x: float, y: float, radius: float, width: float, name: str, legend: bool
+          ) -> dict[str, Any]:
+    """A ring of ``radius`` pixels around the point ``(x, y)`` (its size does not change
+    with zoom); ``legend``: it has a legend entry (one per kind of ring)."""
+    return dict(type="circle", xref="x", yref="y", xsizemode="pixel", ysizemode="pixel",
+                xanchor=x, yanchor=y, x0=-radius, x1=radius, y0=-radius, y1=radius,
+                line=dict(width=width, color=PALETTE["ink"]), name=name, showlegend=legend,
+                layer="above")
+
+
+def _digest(df: pd.DataFrame) -> str:
+    """A digest of every value of the map frame (what the traces draw)."""
+    return hashlib.sha1(pd.util.hash_pandas_object(df, index=False).values.tobytes()
+                        ).hexdigest()[:16]
+
+
 def feature_map(df: pd.DataFrame, color: str = "layer", selected: int | None = None,
                 marked: Sequence[int] = (), height: int = 560) -> go.Figure:
     """Scatter of the features (``map_frame``) coloured by ``color``: ``layer``,
     ``region`` (categorical), ``density`` (log10), ``hesitation`` or ``auroc:<label>``
     (continuous). Points carry their global number as ``customdata``; ``selected`` is
-    drawn as a ring, ``marked`` (search hits) as small rings."""
+    drawn as a ring, ``marked`` (search hits) as small rings (layout shapes named
+    ``feature <id>`` and ``search hits``)."""
     Scatter = go.Scattergl if len(df) > GL_THRESHOLD else go.Scatter
     fig = go.Figure()
     if color in ("layer", "region"):
@@ -73,20 +96,18 @@ def feature_map(df: pd.DataFrame, color: str = "layer", selected: int | None = N
                         line=dict(width=0.4, color=PALETTE["light"]),  # light values stay visible
                         colorbar=dict(title=dict(text=title, side="right")), **kw),
             customdata=df["g"], hovertext=_hover(df), hoverinfo="text", showlegend=False))
-    ring = df[df["g"].isin(list(marked))]
-    if len(ring):
-        fig.add_trace(go.Scatter(x=ring["x"], y=ring["y"], mode="markers", name="search hits",
-                                 marker=dict(size=12, color="rgba(0,0,0,0)",
-                                             line=dict(width=1.5, color=PALETTE["ink"])),
-                                 customdata=ring["g"], hoverinfo="skip"))
+    # the open feature and the search hits are rings drawn as layout shapes, not traces:
+    # the traces (and their arrays) stay those of the colouring, and ``datarevision`` (a
+    # digest of the drawn data) tells the browser's Plotly.react that they did not change,
+    # so opening a feature redraws the shapes only
+    rings = [_ring(x, y, 6, 1.5, "search hits", k == 0)
+             for k, (x, y) in enumerate(zip(*_xy(df, list(marked))))]
     if selected is not None:
         s = df[df["g"] == selected]
         if len(s):
-            fig.add_trace(go.Scatter(
-                x=s["x"], y=s["y"], mode="markers", name=f"feature {s['id'].iloc[0]}",
-                marker=dict(size=18, color="rgba(0,0,0,0)",
-                            line=dict(width=3, color=PALETTE["ink"])),
-                customdata=s["g"], hoverinfo="skip"))
+            rings.append(_ring(float(s["x"].iloc[0]), float(s["y"].iloc[0]), 9, 3,
+                               f"feature {s['id'].iloc[0]}", True))
+    fig.update_layout(shapes=rings, datarevision=f"{color}:{_digest(df)}")
     fig.update_xaxes(showticklabels=False, zeroline=False, showgrid=False)
     fig.update_yaxes(showticklabels=False, zeroline=False, showgrid=False)
     fig = style(fig, None, height=height)
