@@ -556,7 +556,8 @@ if tab.label_names:
     st.caption("Each label's feature is chosen on the even-numbered sequences (highest AUROC) "
                "and scored on the odd-numbered ones (report AUROC). Positives and negatives: "
                "error/verify triggers vs clean decision points, carry-out at each column's "
-               "'=', wrong vs right result digits, short vs long thinking per sequence "
+               "'=', wrong vs right result digits (all, then carry-out and units digits apart), "
+               "short vs long thinking per sequence "
                "(maximum over the prompt and <think>).")
     best = tab.best_per_label()
     st.session_state["_fbest_frame"] = best

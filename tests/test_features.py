@@ -425,6 +425,13 @@ def test_text_and_jsonl_corpora(tok, tmp_path):
         Markers("<nothere>", "</think>").token_ids(tok)
 
 
+def _column_sum(w: list[str], p: int) -> int:
+    """The true sum of the column whose result's first digit is at ``p`` (the column step
+    ``x + y + c =`` is the last one before ``p``)."""
+    eq = max(i for i in range(p) if w[i] == "=")
+    return int(w[eq - 5]) + int(w[eq - 3]) + int(w[eq - 1])
+
+
 def test_organism_labels_mark_the_right_positions():
     from interp.features.corpus import organism_corpus
     from interp.organisms.task import VOCAB
@@ -449,6 +456,17 @@ def test_organism_labels_mark_the_right_positions():
             assert L["carry"][p] == int(x + y + c >= 10)
         for p in np.nonzero(L["planted_error"] >= 0)[0]:
             assert w[p].isdigit()
+        # the halves: carry digits follow '=' or 'wait', units digits a carry digit
+        first, units = L["planted_error.carry_digit"], L["planted_error.units_digit"]
+        assert ((first >= 0) != (units >= 0))[L["planted_error"] >= 0].all()
+        assert (np.maximum(first, units) == L["planted_error"]).all()
+        for p in np.nonzero(first >= 0)[0]:
+            assert w[p - 1] in ("=", "wait")
+            true = _column_sum(w, p)
+            assert first[p] == int(int(w[p]) != true // 10)
+        for p in np.nonzero(units >= 0)[0]:
+            assert first[p - 1] >= 0
+            assert units[p] == int(int(w[p]) != _column_sum(w, p - 1) % 10)
         # a wrong digit is always followed (at most one digit later) by wait
         for p in np.nonzero(L["planted_error"] == 1)[0]:
             assert "wait" in w[p + 1:p + 3]

@@ -177,7 +177,7 @@ def test_report_features_on_the_committed_demo():
     out = report_features(argparse.Namespace(recompute=False))
     assert set(out["best_auroc_per_label"]) == {
         "error", "error.carry_slip", "error.random", "verify", "carry", "planted_error",
-        "short_thinking"}
+        "planted_error.carry_digit", "planted_error.units_digit", "short_thinking"}
     assert all(0.0 <= v <= 1.0 for v in out["best_auroc_per_label"].values())
     assert out["map"]["method"] == "umap"
     assert out["collection_bytes"] < 5e6

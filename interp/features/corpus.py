@@ -186,7 +186,8 @@ class Corpus:
 
 # ------------------------------------------------------------------ organism traces
 ORGANISM_LABELS = ("error", "error.carry_slip", "error.random", "verify", "carry",
-                   "planted_error", SEQ_PREFIX + "short_thinking")
+                   "planted_error", "planted_error.carry_digit", "planted_error.units_digit",
+                   SEQ_PREFIX + "short_thinking")
 
 
 def organism_labels(words: Sequence[str], labels: dict[str, Any], problem: Any
@@ -206,6 +207,8 @@ def organism_labels(words: Sequence[str], labels: dict[str, Any], problem: Any
     * ``planted_error``: at every written column-result digit (the two digits after a
       column's ``=``, and the corrected digits after ``wait``): positive when the digit
       differs from the true digit of the column sum, negative when it is right.
+      ``planted_error.carry_digit`` / ``planted_error.units_digit``: the same on the
+      first (carry-out) / second (units) digits only.
     * ``seq:short_thinking``: per sequence, positive when thinking is skipped (length
       class ``short``), negative otherwise; the domain is the prompt and the ``<think>``
       token (where the decision is made; the statistic is the maximum over it).
@@ -233,8 +236,9 @@ def organism_labels(words: Sequence[str], labels: dict[str, Any], problem: Any
             p = eq + 1
             while True:
                 got = [int(words[p - 1]), int(words[p])]
-                for j in range(2):
+                for j, half in enumerate(("carry_digit", "units_digit")):
                     out["planted_error"][p + j] = int(got[j] != true[j])
+                    out["planted_error." + half][p + j] = int(got[j] != true[j])
                 p += 2
                 if words[p - 1] == "wait":
                     p += 1
