@@ -288,6 +288,29 @@ def models_generate(base: str, fine: str, prompt: str, chat: bool, max_new_token
     ])
 
 
+def amplify_samples(base: str, fine: str, prompt: str, alphas: Sequence[float],
+                    n_samples: int, max_new_tokens: int, temperature: float, seed: int,
+                    device: str = "auto", dtype: str = "auto") -> str:
+    """Amplified sampling at each α (``result`` = the per-α hesitation summary)."""
+    return _join([
+        "from interp.amplify import amplify",
+        "from interp.generation import encode_user_prompt",
+        "from interp.models import load_model",
+        "",
+        f"base = load_model({base!r}, device={device!r}, dtype={dtype!r})",
+        f"fine = load_model({fine!r}, device={device!r}, dtype={dtype!r})",
+        f"ids = encode_user_prompt(fine.tokenizer, {prompt!r}, "
+        f"max_new_tokens={int(max_new_tokens)},",
+        "                         n_ctx=fine.cfg.n_ctx)",
+        f"amp = amplify(base, fine, ids, {_lit([float(a) for a in alphas])}, "
+        f"n_samples={int(n_samples)},",
+        f"              max_new_tokens={int(max_new_tokens)}, "
+        f"temperature={float(temperature)!r}, seed={int(seed)}, words=(\"wait\",))",
+        "result = amp.summary   # per α: hesitations per sample (± s.e.m.), share, new tokens",
+        "samples = amp.samples  # one row per sample: α, text, new tokens, hesitations",
+    ])
+
+
 # ------------------------------------------------------------------ adapters
 def adapters_curves(runs: dict[str, tuple[str, str]], term: str, smooth: int,
                     logy: bool) -> str:

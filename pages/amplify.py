@@ -12,6 +12,7 @@ from __future__ import annotations
 import streamlit as st
 
 import pages.common as ui
+from interp import reproduce
 from interp.amplify import amplify
 from interp.generation import encode_user_prompt
 from interp.models import validate_pair
@@ -123,6 +124,8 @@ st.subheader("Hesitations against α")
 fig = amplify_curve(result.summary, words)
 st.plotly_chart(fig, key="fig_amplify")
 ui.export_panel(fig, result.summary, "amplify-hesitations-vs-alpha", key="exp_amp_curve")
+ui.reproduce(reproduce.amplify_samples(base_spec, fine_spec, prompt, alphas, n_samples,
+                                       max_new, float(temperature), int(seed), device, dtype))
 st.dataframe(result.summary, hide_index=True, column_config={
     "mean_hesitations": st.column_config.NumberColumn("hesitations / sample", format="%.3g"),
     "sem_hesitations": st.column_config.NumberColumn("± s.e.m.", format="%.2g"),

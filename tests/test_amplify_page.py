@@ -56,9 +56,13 @@ def test_samples_and_chart(params, tiny_pair_dirs):
     fine = load_model(str(tiny_pair_dirs[1]), device="cpu")
     ids = fine.tokenizer("1 + 2 = wait", add_special_tokens=True)["input_ids"]
     plain = generate(fine, [ids] * 3, max_new_tokens=6, temperature=1.0, seed=0)
-    shown = [c.value for c in at.code]
+    shown = [c.value for c in at.code if c.language != "python"]
     assert shown[:3] == [g.text or "(no text)" for g in plain]
     assert len(shown) == 6
+    # "Reproduce in Python" carries the page's settings
+    snippet = [c.value for c in at.code if c.language == "python"]
+    assert len(snippet) == 1 and "[0.0, 2.0], n_samples=3" in snippet[0]
+    assert "max_new_tokens=6" in snippet[0] and "seed=0" in snippet[0]
     assert at.query_params["asam"] in ("1", ["1"])
     keys = {b.key for b in at.get("download_button")}
     assert {"exp_amp_curve_csv", "exp_amp_samples_json"} <= keys

@@ -279,6 +279,27 @@ def test_models_generate_snippet(organisms):
         assert ns["result"][role] == want
 
 
+def test_amplify_snippet(organisms):
+    from interp.amplify import amplify
+    from interp.models import load_model
+
+    m = organisms
+    prompt = "Q add 1 2 3 4 + 5 6 7 8 = <think>"
+    ns = run(R.amplify_samples(m["base"], m["grpo"], prompt, [0.0, 2.0], 3, 5, 1.0, 7,
+                               "cpu", "float32"))
+    base = load_model(m["base"], device="cpu", dtype="float32")
+    fine = load_model(m["grpo"], device="cpu", dtype="float32")
+    ids = fine.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    want = amplify(base, fine, ids, [0.0, 2.0], n_samples=3, max_new_tokens=5,
+                   temperature=1.0, seed=7, words=("wait",))
+    assert ns["samples"]["text"].tolist() == want.samples["text"].tolist()
+    assert ns["result"].equals(want.summary)
+    # another seed draws other samples: the snippet carries the page's seed
+    other = amplify(base, fine, ids, [0.0, 2.0], n_samples=3, max_new_tokens=5,
+                    temperature=1.0, seed=8, words=("wait",))
+    assert ns["samples"]["text"].tolist() != other.samples["text"].tolist()
+
+
 def test_adapters_snippets_on_the_demo():
     from interp.adapters import plots as ap
     from interp.adapters.io import catalog, history_of
