@@ -276,6 +276,46 @@ def test_interrupted_collection_resumes_to_the_same_state(tok, tmp_path):
     assert full.seq_ids() == resumed.seq_ids()
 
 
+def test_a_checkpoint_of_another_format_is_set_aside(tok, tmp_path):
+    """A checkpoint written by another version (its format differs) cannot be read: the
+    collection starts over (with a warning), reaches the full state and overwrites it;
+    a state of another collection is refused before anything is replaced."""
+    import json
+
+    from interp.errors import ConfigError
+
+    src, corpus = TokenSource(tok), _corpus(tok)
+    cfg = CollectConfig(top_k=4, n_reservoir=5, batch_size=2, checkpoint_every=1)
+    full, _ = run_collection(src, corpus, cfg)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(done, total, **_):
+        if done >= 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_collection(src, corpus, cfg, tmp_path / "ck", stop_after_two)
+    f = tmp_path / "ck" / "checkpoint.json"
+    rec = json.loads(f.read_text())
+    rec.pop("format")
+    f.write_text(json.dumps(rec))
+    with pytest.warns(UserWarning, match="starts over"):
+        again, timing = run_collection(src, corpus, cfg, tmp_path / "ck")
+    assert timing["tokens"] == sum(len(it.ids) for it in corpus)  # nothing skipped
+    a, b = full.state_tensors(), again.state_tensors()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads(f.read_text())["format"] >= 2
+    # another collection's state: refused, this collector's state untouched
+    other = Collector(src.layers, src.d_sae, cfg, ["digit"], 1)
+    before = {k: v.clone() for k, v in other.t.items()}
+    st = {k: v for k, v in a.items() if k != "lab_union_idx"}
+    with pytest.raises(ConfigError):
+        other.load_state(st, full.seq_ids())
+    assert all(torch.equal(before[k], other.t[k]) for k in before)
+
+
 def test_hesitation_score_ranks_the_planted_feature_first(tok):
     src, corpus = TokenSource(tok), _corpus(tok)
     cfg = CollectConfig(top_k=4, n_reservoir=5, batch_size=4, window=1)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -55,6 +56,7 @@ HIST_EDGES = torch.logspace(-3, 3, 49, dtype=torch.float64)  # bins of active va
 N_HIST = len(HIST_EDGES) + 2  # zero, (0, 1e-3), 48 log bins, [1e3, inf)
 PAD_REGION = 255
 KIND = "features"
+CHECKPOINT_FORMAT = 2  # 2: token labels' entries kept once (union positions)
 
 
 def hist_bin_edges() -> list[float]:
@@ -579,7 +581,8 @@ class Collector:
         tmp = folder / f".{tname}.tmp"
         save_file(self.state_tensors(), str(tmp))
         os.replace(tmp, folder / tname)
-        rec = {"tensors": tname, "n_batches": n, "seq_ids": self.seq_ids(), **extra}
+        rec = {"tensors": tname, "n_batches": n, "seq_ids": self.seq_ids(),
+               "format": CHECKPOINT_FORMAT, **extra}
         tmpj = folder / ".checkpoint.json.tmp"
         tmpj.write_text(json.dumps(rec))
         os.replace(tmpj, folder / "checkpoint.json")
@@ -588,23 +591,32 @@ class Collector:
                 p.unlink(missing_ok=True)
 
     def load_checkpoint(self, folder: Path) -> dict[str, Any] | None:
+        """The checkpoint's record after loading its state; None when there is none, or
+        when it was written in another checkpoint format (an older version of this code:
+        its state cannot be read, so the collection starts over and overwrites it)."""
         f = folder / "checkpoint.json"
         if not f.exists():
             return None
         rec = json.loads(f.read_text())
+        if rec.get("format") != CHECKPOINT_FORMAT:
+            warnings.warn(f"the checkpoint in {folder} was written by another version "
+                          f"(format {rec.get('format')}); the collection starts over",
+                          stacklevel=2)
+            return None
         self.load_state(load_file(str(folder / rec["tensors"])), rec["seq_ids"])
         return rec
 
     def load_state(self, st: dict[str, torch.Tensor], seq_ids: Sequence[str]) -> None:
-        """Replace the state by ``st`` (:meth:`state_tensors`) and its sequences' ids."""
-        for k in self.t:
-            if st[k].shape != self.t[k].shape:
-                raise ConfigError("the checkpoint does not match this collection's sizes")
-            self.t[k] = st[k].to(self.device)
+        """Replace the state by ``st`` (:meth:`state_tensors`) and its sequences' ids
+        (checked first: a state of another collection leaves this one as it was)."""
+        if any(k not in st or st[k].shape != self.t[k].shape for k in self.t):
+            raise ConfigError("the checkpoint does not match this collection's sizes")
         if any(f"lab_rows/{n}" not in st for n in self.label_names) or (
                 self.tok_labels and "lab_union_idx" not in st):
             raise ConfigError("the checkpoint's labelled activations are of another "
-                              "collection (or an older version)")
+                              "collection")
+        for k in self.t:
+            self.t[k] = st[k].to(self.device)
         for name in self.label_names:
             rows = st[f"lab_rows/{name}"]
             self.lab_rows[name] = [rows] if len(rows) else []
