@@ -252,7 +252,9 @@ def test_merge_topk_matches_sorting():
         assert got == want
 
 
-def test_interrupted_collection_resumes_to_the_same_state(tok, tmp_path):
+def _interrupted(tok, folder):
+    """``(source, corpus, config, the full collection)``, after a checkpointed run into
+    ``folder`` that was stopped after its second batch."""
     src, corpus = TokenSource(tok), _corpus(tok)
     cfg = CollectConfig(top_k=4, n_reservoir=5, batch_size=2, checkpoint_every=1)
     full, _ = run_collection(src, corpus, cfg)
@@ -265,7 +267,12 @@ def test_interrupted_collection_resumes_to_the_same_state(tok, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        run_collection(src, corpus, cfg, tmp_path / "ck", stop_after_two)
+        run_collection(src, corpus, cfg, folder, stop_after_two)
+    return src, corpus, cfg, full
+
+
+def test_interrupted_collection_resumes_to_the_same_state(tok, tmp_path):
+    src, corpus, cfg, full = _interrupted(tok, tmp_path / "ck")
     assert (tmp_path / "ck" / "checkpoint.json").exists()
     resumed, timing = run_collection(src, corpus, cfg, tmp_path / "ck")
     assert timing["tokens"] < sum(len(it.ids) for it in corpus)  # it did skip
@@ -284,19 +291,7 @@ def test_a_checkpoint_of_another_format_is_set_aside(tok, tmp_path):
 
     from interp.errors import ConfigError
 
-    src, corpus = TokenSource(tok), _corpus(tok)
-    cfg = CollectConfig(top_k=4, n_reservoir=5, batch_size=2, checkpoint_every=1)
-    full, _ = run_collection(src, corpus, cfg)
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_two(done, total, **_):
-        if done >= 4:
-            raise Stop
-
-    with pytest.raises(Stop):
-        run_collection(src, corpus, cfg, tmp_path / "ck", stop_after_two)
+    src, corpus, cfg, full = _interrupted(tok, tmp_path / "ck")
     f = tmp_path / "ck" / "checkpoint.json"
     rec = json.loads(f.read_text())
     rec.pop("format")
