@@ -119,8 +119,7 @@ _DONE_JS = """([settled, result, arg]) => {
 
 def _body(js: str) -> str:
     """The body of a ``() => {...}`` / ``() => expr`` snippet, for ``new Function``."""
-    head, rest = js.split("=>", 1)
-    rest = rest.strip()
+    rest = js.split("=>", 1)[1].strip()
     return rest[1:-1] if rest.startswith("{") else f"return ({rest});"
 
 
@@ -136,6 +135,7 @@ def page_latency(rounds: int = 3, chromium: str = "/usr/bin/chromium") -> dict[s
     result and the rerun is over (``page_cached_interaction_seconds``, per round the
     slowest). The same interaction timed around the browser driver's calls (which add
     the driver's own checks and polling) is reported as ``…_driver``."""
+    import json
     import os
 
     from ..app_load import SETTLED_JS
@@ -159,7 +159,7 @@ def page_latency(rounds: int = 3, chromium: str = "/usr/bin/chromium") -> dict[s
     proc = start_app(port, {"INTERP_DEMO": "1"})
     chart = "[data-testid='stPlotlyChart']"
     settled = _body(SETTLED_JS)
-    chart_has = ("const c = document.querySelector(\"[data-testid='stPlotlyChart']\");"
+    chart_has = (f"const c = document.querySelector({json.dumps(chart)});"
                  "return !!c && c.textContent.includes(arg);")
     heading = ("[...document.querySelectorAll('h3')].map(e => e.innerText)"
                ".find(t => t.startsWith('Feature')) || ''")
@@ -181,10 +181,13 @@ def page_latency(rounds: int = 3, chromium: str = "/usr/bin/chromium") -> dict[s
                     page.locator(".st-key-fcol").get_by_text(name, exact=True).click()
                     done(chart_has, expect)
 
-                def search(text: str) -> None:
+                def submit_search(text: str) -> None:
                     box = page.get_by_label("Search: feature id (2:17) or a token")
                     box.fill(text)
                     box.press("Enter")
+
+                def search(text: str) -> None:
+                    submit_search(text)
                     done(f"return ({heading}).startsWith('Feature ' + arg);", text)
 
                 def click_point() -> None:
@@ -209,9 +212,7 @@ def page_latency(rounds: int = 3, chromium: str = "/usr/bin/chromium") -> dict[s
                         act()
                         driver.append(time.perf_counter() - t)
                         times.append(page.evaluate("() => (window.__t1 - window.__t0) / 1000"))
-                    box = page.get_by_label("Search: feature id (2:17) or a token")
-                    box.fill("")
-                    box.press("Enter")
+                    submit_search("")
                     page.wait_for_timeout(100)
                     wait_rendered(page, chart)
                     if r == 0:   # the first round fills the app's caches: not counted

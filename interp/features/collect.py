@@ -475,6 +475,7 @@ class Collector:
         g = torch.cat([sparse[la][1] + self.offsets[la] for la in self.layers])
         v = torch.cat([sparse[la][2] for la in self.layers])
         bi = p // T
+        ti = p - bi * T
         c = code[p]
         ones = torch.ones_like(g)
         vd = v.double()
@@ -500,8 +501,7 @@ class Collector:
         # a sequence's maximum is one of them whenever any is
         k = (v > t["top_act"][g, -1]).nonzero().flatten()
         if len(k):
-            ck, seqmax, first = _group_max(bi[k] * F + g[k], v[k], p[k] - bi[k] * T,
-                                           b * F, T)
+            ck, seqmax, first = _group_max(bi[k] * F + g[k], v[k], ti[k], b * F, T)
             merge_topk(t["top_act"], [t["top_seq"], t["top_pos"]], ck % F, seqmax,
                        [seq[ck // F], first])
         # reservoir (priority sampling; the stored sort value is -key); only keys that
@@ -512,16 +512,16 @@ class Collector:
             for la in self.layers])
         k = (-u > t["res_key"][g, -1]).nonzero().flatten()
         merge_topk(t["res_key"], [t["res_act"], t["res_seq"], t["res_pos"]], g[k], -u[k],
-                   [v[k], seq[bi[k]], p[k] - bi[k] * T])
+                   [v[k], seq[bi[k]], ti[k]])
         # labelled activations (sparse): token labels' entries once, at union positions
         if self.tok_labels:
             k = ((c >> 4) & 1).nonzero().flatten()
             if len(k):
                 self.u_idx.append(torch.stack([uid[p[k]], g[k]], 1).cpu())
                 self.u_val.append(v[k].cpu())
+        in_seq = ((c >> 5) & 1).nonzero().flatten() if sel else None
         for name, (dom, rid) in sel.items():
-            k = ((c >> 5) & 1).nonzero().flatten()
-            k = k[dom[p[k]].nonzero().flatten()]
+            k = in_seq[dom[p[in_seq]].nonzero().flatten()]
             kk, vals, _ = _group_max(bi[k] * F + g[k], v[k], None, b * F, T)
             if len(kk):
                 self.lab_idx[name].append(torch.stack([rid[kk // F], kk % F], 1).cpu())

@@ -237,8 +237,8 @@ def organism_labels(words: Sequence[str], labels: dict[str, Any], problem: Any
             while True:
                 got = [int(words[p - 1]), int(words[p])]
                 for j, half in enumerate(("carry_digit", "units_digit")):
-                    out["planted_error"][p + j] = int(got[j] != true[j])
-                    out["planted_error." + half][p + j] = int(got[j] != true[j])
+                    wrong = int(got[j] != true[j])
+                    out["planted_error"][p + j] = out["planted_error." + half][p + j] = wrong
                 p += 2
                 if words[p - 1] == "wait":
                     p += 1
