@@ -100,10 +100,12 @@ def tok():
 
 
 def _corpus(tok, texts=TEXTS, labelled=True):
-    """Texts with three planted labels: ``digit`` (positive on digits, negative on the
+    """Texts with four planted labels: ``digit`` (positive on digits, negative on the
     other tokens inside the thinking), ``early`` (the first 5 positions, overlapping
-    ``digit``'s domain on some sequences: positive at even positions) and ``seq:long``
-    (per sequence: more than 6 tokens; domain = the first 3 positions)."""
+    ``digit``'s domain on some sequences: positive at even positions), ``seq:long`` (per
+    sequence: more than 6 tokens; domain = the first 3 positions) and ``seq:odd`` (per
+    sequence: an odd number of tokens; domain = positions 2 to 5, another domain than
+    ``seq:long``'s)."""
     base = texts_corpus(list(texts), tok)
     items = []
     for it in base:
@@ -117,10 +119,12 @@ def _corpus(tok, texts=TEXTS, labelled=True):
         early[:5] = (np.arange(len(ids))[:5] % 2 == 0)
         seq = np.full(len(ids), -1, dtype=np.int8)
         seq[:3] = int(len(ids) > 6)
+        odd = np.full(len(ids), -1, dtype=np.int8)
+        odd[2:6] = len(ids) % 2
         items.append(CorpusItem(it.ids, it.regions, {"digit": lab, "early": early,
-                                                     "seq:long": seq}
+                                                     "seq:long": seq, "seq:odd": odd}
                                 if labelled else None, it.id))
-    names = ["digit", "early", "seq:long"] if labelled else []
+    names = ["digit", "early", "seq:long", "seq:odd"] if labelled else []
     return Corpus(lambda: iter(items), {"kind": "test"}, len(items), names)
 
 
@@ -387,7 +391,7 @@ def test_labels_collected_equal_brute_force(tok):
     col = _collect(src, corpus)
     dense = _dense(src, corpus)
     items = list(corpus)
-    for name in ("digit", "early", "seq:long"):
+    for name in ("digit", "early", "seq:long", "seq:odd"):
         rows, idx, val = (x.numpy() for x in col.label_tensors(name))
         X = np.zeros((len(rows), 11))
         X[idx[:, 0], idx[:, 1]] = val

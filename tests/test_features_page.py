@@ -280,3 +280,33 @@ def test_collections_are_those_of_the_sidebar_pair(collection, monkeypatch):
     assert of_pair(collection, pair["base"], pair["fine"])
     assert not of_pair(collection, pair["fine"], pair["base"])     # the order matters
     assert not of_pair(collection, "organism:base", "organism:reasoner")
+
+
+@pytest.mark.browser
+def test_page_latency_is_timed_from_the_input_to_the_settled_result():
+    """``bench features-collect``'s page timing (one cache-filling round, one timed):
+    every in-page time lies between a rerun's round trip and the same interaction timed
+    around the browser driver's calls, and the interactions reached their results (a
+    wait that resolved before the result showed would time almost nothing)."""
+    from pathlib import Path
+
+    from interp.features.bench import page_latency
+    from interp.features.report import demo_features
+    from tests._browser import CHROMIUM
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium not installed")
+    pytest.importorskip("playwright.sync_api")
+    try:
+        demo_features()
+    except Exception:
+        pytest.skip("no committed demo feature collection")
+    out = page_latency(rounds=1, chromium=CHROMIUM)
+    assert len(out["page_first_interactions_seconds"]) == 4
+    assert len(out["page_slowest_per_round"]) == 1
+    for key in ("page_first_interactions_seconds", "page_slowest_per_round"):
+        assert all(0.03 < t < 60 for t in out[key]), out
+    assert 0.03 < out["page_cached_interaction_seconds"] \
+        <= out["page_cached_interaction_seconds_driver"]
+    assert out["page_max_cached_interaction_seconds"] \
+        <= out["page_max_cached_interaction_seconds_driver"]
