@@ -600,3 +600,25 @@ def test_collection_benchmark_reads_the_same_tokens_on_both_sides():
     assert lo <= out["collect_tokens_per_s"] <= hi
     assert out["ratio"] == pytest.approx(out["collect_tokens_per_s"]
                                          / out["forward_tokens_per_s"])
+
+
+def test_map_data_revision_follows_the_drawn_data_only():
+    """The map's ``datarevision`` tells the browser whether the points changed: the same
+    for another open feature or other search hits (only the ring shapes move), another
+    one for another colouring or other coordinates."""
+    import pandas as pd
+
+    from interp.features.plots import feature_map
+
+    df = pd.DataFrame({"g": range(6), "id": [f"0:{i}" for i in range(6)],
+                       "x": np.arange(6.0), "y": np.arange(6.0) ** 2, "layer": [0, 0, 0, 1, 1, 1],
+                       "region": ["prompt"] * 6, "density": [0.1] * 6, "max": [1.0] * 6,
+                       "top_token": ["a"] * 6, "hesitation": [0.0] * 6})
+    rev = feature_map(df, "layer", selected=1).layout.datarevision
+    assert feature_map(df, "layer", selected=4, marked=[2, 3]).layout.datarevision == rev
+    assert feature_map(df, "density", selected=1).layout.datarevision != rev
+    moved = df.assign(x=df["x"] + 1.0)
+    assert feature_map(moved, "layer", selected=1).layout.datarevision != rev
+    rings = feature_map(df, "layer", selected=4, marked=[2, 3]).layout.shapes
+    assert [(s.name, s.xanchor, s.yanchor) for s in rings] == [
+        ("search hits", 2.0, 4.0), ("search hits", 3.0, 9.0), ("feature 0:4", 4.0, 16.0)]
